@@ -1,0 +1,68 @@
+"""The handful of long-lived things every part needs (settings, catalogue, store, taxonomy), built
+once per process and handed to the library, the API and the CLI alike."""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import cached_property
+
+from sqlalchemy import select
+
+from hazardlens.db import Database
+from hazardlens.settings import Settings, get_settings
+from hazardlens.store import ObjectStore, open_store
+from hazardlens.taxonomy import Taxonomy, load_taxonomy
+
+
+class Context:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._tax_lock = threading.Lock()
+        self._tax: tuple[float, Taxonomy] | None = None
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return open_store(self.settings)
+
+    @cached_property
+    def base_taxonomy(self) -> Taxonomy:
+        return load_taxonomy(self.settings.taxonomy_path)
+
+    def taxonomy(self, max_age_s: float = 2.0) -> Taxonomy:
+        """The shipped taxonomy plus provincial additions from the catalogue (inactive until approved).
+
+        Cached briefly, so that an approval reaches every worker within seconds without a query per box.
+        """
+        with self._tax_lock:
+            now = time.monotonic()
+            if self._tax is not None and now - self._tax[0] < max_age_s:
+                return self._tax[1]
+            from hazardlens.orm import TaxonomyAddition
+
+            with self.db.session() as s:
+                rows = s.scalars(select(TaxonomyAddition).order_by(TaxonomyAddition.id)).all()
+                additions = [{"kind": r.kind, "key": r.key, "org_code": r.org_code, "status": r.status,
+                              "payload": r.payload} for r in rows]
+            tax = self.base_taxonomy.with_additions(additions) if additions else self.base_taxonomy
+            self._tax = (now, tax)
+            return tax
+
+    def invalidate_taxonomy(self) -> None:
+        with self._tax_lock:
+            self._tax = None
+
+    def init(self) -> None:
+        """Prepare home, catalogue and store (safe to run twice)."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.db.init()
+        self.store.ping()
+        self.base_taxonomy  # noqa: B018 - validate the taxonomy at start, fail early
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.dispose()

@@ -1,0 +1,96 @@
+"""Process-wide settings, read once from ``HAZARDLENS_*`` environment variables.
+
+Everything the embedded default keeps lives under ``HAZARDLENS_HOME`` (default ``./var``) so that an
+administrator can back up or move one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(f"HAZARDLENS_{name}")
+    return value if value not in (None, "") else default
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("var")
+    database_url: str = ""
+    store: str = "filesystem"  # filesystem | minio
+    minio_endpoint: str = "127.0.0.1:9000"
+    minio_access_key: str = ""
+    minio_secret_key: str = ""
+    minio_bucket: str = "hazardlens"
+    minio_secure: bool = False
+    minio_region: str | None = None
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 100_000_000  # 100 MP: larger is treated as a decompression bomb
+    near_duplicate_distance: int = 6
+    thumbnail_size: int = 320
+    taxonomy_path: Path = field(default_factory=lambda: CONFIGS / "taxonomy.yaml")
+    engine: str = "onnx"  # onnx | ultralytics
+    device: str = "auto"  # auto | cpu | cuda
+    request_timeout_s: float = 60.0
+    model_poll_s: float = 2.0
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'catalogue.sqlite3').resolve()}"
+
+    @property
+    def store_root(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment; unknown store names fail early with a clear message."""
+    store = (_env("STORE", "filesystem") or "filesystem").lower()
+    if store not in {"filesystem", "minio"}:
+        raise ValueError(f"HAZARDLENS_STORE must be 'filesystem' or 'minio', not {store!r}")
+    defaults = Settings()
+    taxonomy = _env("TAXONOMY")
+    return Settings(
+        home=Path(_env("HOME", "var") or "var"),
+        database_url=_env("DATABASE_URL", "") or "",
+        store=store,
+        minio_endpoint=_env("MINIO_ENDPOINT", defaults.minio_endpoint) or defaults.minio_endpoint,
+        minio_access_key=_env("MINIO_ACCESS_KEY", "") or "",
+        minio_secret_key=_env("MINIO_SECRET_KEY", "") or "",
+        minio_bucket=_env("MINIO_BUCKET", defaults.minio_bucket) or defaults.minio_bucket,
+        minio_secure=_bool(_env("MINIO_SECURE"), False),
+        minio_region=_env("MINIO_REGION"),
+        max_upload_bytes=int(_env("MAX_UPLOAD_BYTES", str(defaults.max_upload_bytes)) or 0),
+        max_pixels=int(_env("MAX_PIXELS", str(defaults.max_pixels)) or 0),
+        taxonomy_path=Path(taxonomy) if taxonomy else defaults.taxonomy_path,
+        engine=(_env("ENGINE", "onnx") or "onnx").lower(),
+        device=(_env("DEVICE", "auto") or "auto").lower(),
+        request_timeout_s=float(_env("REQUEST_TIMEOUT_S", "60") or 60),
+        model_poll_s=float(_env("MODEL_POLL_S", "2") or 2),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

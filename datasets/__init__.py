@@ -1,0 +1,1 @@
+"""The sample library (ingest, catalogue, search, near-duplicates) and dataset versions."""

@@ -1,0 +1,1 @@
+"""Annotation: revisions, review workflow, queues, import/export formats, agreement, suggestions."""

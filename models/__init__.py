@@ -1,0 +1,1 @@
+"""Model registry, inference engines (ONNX Runtime, Ultralytics) and their offline setup."""

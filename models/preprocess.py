@@ -1,0 +1,171 @@
+"""Image decoding and letterboxing for inference, and the way back to original pixels.
+
+Inspectors upload phone photos of 12-50 MP while the detector looks at 640 px, so decoding at full
+resolution wastes most of a request's time and memory. :func:`decode_image` lets libjpeg decode at
+1/2, 1/4 or 1/8 scale instead, yet reports the size of the EXIF-oriented original, because every box
+the product stores is in those pixels (see ``hazardlens.detections``).
+
+:func:`letterbox` reproduces Ultralytics' ``LetterBox`` exactly (same rounding, same grey 114 border)
+so that the ONNX engine sees the same tensor as the Ultralytics engine does.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+
+import cv2
+import numpy as np
+from hazardlens.detections import Detections
+from hazardlens.errors import TooLarge, UnsupportedMedia
+
+_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    """iPhones save HEIC by default; OpenCV cannot read it, Pillow can with the pillow-heif plugin."""
+    global _heif_registered
+    with _heif_lock:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except ImportError:
+            pass
+        _heif_registered = True
+
+
+def letterbox(image_bgr: np.ndarray, size: int | tuple[int, int], stride: int = 32, auto: bool = False,
+              color: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize keeping the aspect ratio and pad to ``size`` (an int or ``(height, width)``).
+
+    Returns the padded image, the scale factor applied and the left/top padding in pixels, which is
+    what :func:`boxes_to_original` needs. ``auto=True`` pads only to a multiple of ``stride``.
+    """
+    h, w = image_bgr.shape[:2]
+    new_h, new_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    ratio = min(new_h / h, new_w / w)
+    unpad_w, unpad_h = max(round(w * ratio), 1), max(round(h * ratio), 1)
+    dw, dh = new_w - unpad_w, new_h - unpad_h
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    dw_half, dh_half = dw / 2, dh / 2
+    if (w, h) != (unpad_w, unpad_h):
+        image_bgr = cv2.resize(image_bgr, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = round(dh_half - 0.1), round(dh_half + 0.1)
+    left, right = round(dw_half - 0.1), round(dw_half + 0.1)
+    if top or bottom or left or right:
+        image_bgr = cv2.copyMakeBorder(image_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                                       value=(color, color, color))
+    return image_bgr, ratio, (left, top)
+
+
+def boxes_to_original(xyxy: np.ndarray, ratio: float, pad: tuple[float, float],
+                      orig_size: tuple[int, int]) -> np.ndarray:
+    """Undo :func:`letterbox` on ``(N, 4)`` boxes and clip them to ``orig_size`` ``(width, height)``."""
+    out = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4).copy()
+    out[:, [0, 2]] -= pad[0]
+    out[:, [1, 3]] -= pad[1]
+    out /= ratio
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, orig_size[0])
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, orig_size[1])
+    return out
+
+
+def scale_detections(detections: Detections, from_size: tuple[int, int],
+                     to_size: tuple[int, int]) -> Detections:
+    """Rescale boxes found on a reduced decode (``from_size``) to the original pixels (``to_size``)."""
+    if tuple(from_size) == tuple(to_size) or len(detections) == 0:
+        return detections
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    xyxy = detections.xyxy * np.array([sx, sy, sx, sy], dtype=np.float32)
+    return Detections(xyxy, detections.class_keys, detections.confidence).clip(*to_size)
+
+
+def _reduction(longest: int, max_side: int | None) -> int:
+    """Biggest libjpeg scale that still leaves at least ``max_side`` pixels on the long side."""
+    if not max_side:
+        return 1
+    for factor in (8, 4, 2):
+        if math.ceil(longest / factor) >= max_side:
+            return factor
+    return 1
+
+
+def _probe(data: bytes) -> tuple[int, int, str] | None:
+    """Stored (not oriented) width, height and format from the header only: no pixels are decoded."""
+    from PIL import Image
+
+    _register_heif()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size[0], im.size[1], (im.format or "")
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(f"image too large: {exc}") from exc
+    except Exception:
+        return None
+
+
+def _decode_with_pillow(data: bytes, factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    from PIL import Image, ImageOps
+
+    _register_heif()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            oriented = ImageOps.exif_transpose(im)
+            size = oriented.size
+            if factor > 1:
+                oriented = oriented.reduce(factor)
+            rgb = np.asarray(oriented.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(f"image too large: {exc}") from exc
+    except Exception as exc:
+        raise UnsupportedMedia(f"cannot decode image: {exc}") from exc
+    return np.ascontiguousarray(rgb[..., ::-1]), (int(size[0]), int(size[1]))
+
+
+def decode_image(data: bytes, max_side: int | None = None, *,
+                 max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode to an EXIF-oriented BGR array, reduced when the original is far bigger than needed.
+
+    ``max_side`` is the long side the caller needs (e.g. the model's imgsz); the decode is never
+    smaller than that. Returns the array and the ``(width, height)`` of the oriented *original*, so
+    boxes found on the array can be scaled back with :func:`scale_detections`. ``max_pixels`` guards
+    against decompression bombs before any pixel is decoded.
+    """
+    if not data:
+        raise UnsupportedMedia("empty image")
+    header = _probe(data)
+    if header is not None and max_pixels and header[0] * header[1] > max_pixels:
+        raise TooLarge(f"image has {header[0] * header[1]} pixels, more than the limit of {max_pixels}")
+    factor = _reduction(max(header[:2]), max_side) if header is not None else 1
+
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS[factor])
+    if image is None:  # HEIC/AVIF and anything else OpenCV was built without
+        return _decode_with_pillow(data, factor)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    dh, dw = image.shape[:2]
+    if header is None:
+        return image, (dw, dh)
+    raw_w, raw_h = header[0], header[1]
+    straight = (math.ceil(raw_w / factor), math.ceil(raw_h / factor))
+
+    def near(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1
+
+    # OpenCV applied (or ignored) the EXIF rotation itself; compare shapes to learn which it did. libjpeg
+    # rounds reduced sizes up, other decoders may round down, hence exact matches first, then +-1 px.
+    turned = (straight[1], straight[0])
+    for same in ((lambda a, b: a == b), near):
+        if same((dw, dh), straight):
+            return image, (raw_w, raw_h)
+        if same((dw, dh), turned):
+            return image, (raw_h, raw_w)
+    return image, (round(dw * factor), round(dh * factor))

@@ -1,0 +1,1 @@
+"""HTTP layer: a thin FastAPI app over the library, labeling, datasets, training and models."""

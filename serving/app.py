@@ -1,0 +1,122 @@
+"""Application factory. Business rules live in the parts below; this file wires them to HTTP."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import pkgutil
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hazardlens import __version__
+from hazardlens.audit import reset_request_id, set_request_id
+from hazardlens.context import Context
+from hazardlens.errors import HazardError
+
+log = logging.getLogger("hazardlens.http")
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+               422: "invalid", 429: "too_many_requests", 500: "internal", 503: "unavailable", 504: "timeout"}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HazardError)
+    async def _hazard(_: Request, exc: HazardError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return error_response(422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=False)
+        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "error"), message,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+        return error_response(500, "internal", "internal error; the request id is in the X-Request-ID header")
+
+
+def _install_request_ids(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = rid
+        token = set_request_id(rid)
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            reset_request_id(token)
+        response.headers["X-Request-ID"] = rid
+        log.info("request", extra={"request_id": rid, "method": request.method, "path": request.url.path,
+                                   "status": response.status_code,
+                                   "ms": round((time.perf_counter() - start) * 1000, 1)})
+        return response
+
+
+def _mount_routers(app: FastAPI) -> None:
+    import hazardlens.serving.routes as routes
+
+    for mod in sorted(pkgutil.iter_modules(routes.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{routes.__name__}.{mod.name}")
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router)
+
+
+def create_app(ctx: Context | None = None, *, start_background: bool = True) -> FastAPI:
+    ctx = ctx or Context()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        ctx.init()
+        for hook in app.state.startup_hooks:
+            hook(app)
+        try:
+            yield
+        finally:
+            for hook in reversed(app.state.shutdown_hooks):
+                hook(app)
+            ctx.close()
+
+    app = FastAPI(title="hazardlens", version=__version__, lifespan=lifespan,
+                  description="设备设施样本库 and hazard detection API for emergency-management enforcement.")
+    app.state.ctx = ctx
+    app.state.start_background = start_background
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    _install_error_handlers(app)
+    _install_request_ids(app)
+    _mount_routers(app)
+    return app
+
+
+def write_openapi(path: Path) -> None:
+    app = create_app(start_background=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(app.openapi(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

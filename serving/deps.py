@@ -1,0 +1,46 @@
+"""Typed dependencies shared by every router: the context, a DB session, and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from hazardlens.auth import Principal, authenticate
+from hazardlens.context import Context
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def get_session(ctx: Annotated[Context, Depends(get_ctx)]) -> Iterator[Session]:
+    with ctx.db.session() as session:
+        yield session
+
+
+def get_principal(request: Request, ctx: Annotated[Context, Depends(get_ctx)]) -> Principal:
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else None
+    with ctx.db.session() as session:
+        principal = authenticate(session, key)
+    request.state.principal = principal
+    return principal
+
+
+def require(permission: str) -> Callable[..., Principal]:
+    """Dependency factory: the caller, once their role is known to allow ``permission``."""
+
+    def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        principal.require(permission)
+        return principal
+
+    dependency.__name__ = f"require_{permission.replace(':', '_')}"
+    return dependency
+
+
+CtxDep = Annotated[Context, Depends(get_ctx)]
+SessionDep = Annotated[Session, Depends(get_session)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
