@@ -257,6 +257,7 @@ class ModelVersion(Base):
     dataset_version_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(default=None)  # last time it went to production
     __table_args__ = (UniqueConstraint("name", "version"),)
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from hazardlens.detections import Detections
 from hazardlens.errors import HazardError
 from hazardlens.models.engines import Engine

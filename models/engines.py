@@ -26,6 +26,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
 from hazardlens.detections import Detections
 from hazardlens.errors import HazardError, Invalid, NotFound
 from hazardlens.models.preprocess import boxes_to_original, letterbox
@@ -99,6 +100,15 @@ def _onnx_providers(device: str) -> list[str]:
     if device not in {"auto"} and not device.startswith("cuda"):
         raise Invalid(f"unknown device {device!r}; use auto, cpu or cuda")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
+
+
+def _precision_args(half: bool) -> dict[str, object]:
+    """Ultralytics 8.4 replaced ``half`` with ``quantize`` and warns on every call that uses ``half``."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    if "quantize" in DEFAULT_CFG_DICT:
+        return {"quantize": 16} if half else {}
+    return {"half": half}
 
 
 def nms_per_class(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float,
@@ -235,6 +245,7 @@ class UltralyticsEngine:
         self.max_det = max_det
         self.device = _resolve_torch_device(device)
         self.half = half and self.device.startswith("cuda")
+        self._precision = _precision_args(self.half)
         self._lock = threading.Lock()
         self._model = YOLO(str(path), task="detect")
         names = self._model.names or {}
@@ -248,8 +259,8 @@ class UltralyticsEngine:
         keys = np.asarray(self.class_keys, dtype=object)
         with self._lock:
             results = self._model.predict(list(images), conf=conf, iou=iou, imgsz=self.imgsz,
-                                          device=self.device, max_det=self.max_det, half=self.half,
-                                          verbose=False, save=False, stream=False)
+                                          device=self.device, max_det=self.max_det, verbose=False,
+                                          save=False, stream=False, **self._precision)
         out = []
         for result in results:
             boxes = result.boxes
@@ -325,8 +336,8 @@ def export_onnx(pt_path: Path | str, out_path: Path | str, imgsz: int = 640, *, 
             shutil.copyfile(pt_path, local_pt)
             try:
                 produced = YOLO(str(local_pt), task="detect").export(
-                    format="onnx", dynamic=True, simplify=False, imgsz=imgsz, opset=opset, half=False,
-                    nms=False, device="cpu", batch=1, verbose=False)
+                    format="onnx", dynamic=True, simplify=False, imgsz=imgsz, opset=opset, nms=False,
+                    device="cpu", batch=1, verbose=False)
             except Exception as exc:
                 raise HazardError(f"ONNX export of {pt_path.name} failed: {exc}", code="export_failed",
                                   status=500) from exc

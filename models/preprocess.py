@@ -17,6 +17,7 @@ import threading
 
 import cv2
 import numpy as np
+
 from hazardlens.detections import Detections
 from hazardlens.errors import TooLarge, UnsupportedMedia
 

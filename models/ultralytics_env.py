@@ -184,9 +184,10 @@ def ultralytics_config_dir() -> Path:
 def prepare_ultralytics(home: Path | None = None) -> None:
     """Configure Ultralytics for offline use under ``home`` (the hazardlens home); safe to call often.
 
-    Only the first call in a process decides the folder: Ultralytics fixes its config dir when it is
-    first imported, so later calls with another ``home`` keep the first folder. If something imported
-    Ultralytics before this ran, its folder is kept too and only fonts and settings are fixed up.
+    The folder is ``<home>/cache/ultralytics`` unless ``YOLO_CONFIG_DIR`` is already set. Only the
+    first call in a process decides it: Ultralytics fixes its config dir when first imported, so later
+    calls with another ``home`` keep the first folder. If something imported Ultralytics before this
+    ran, its folder is kept too and only fonts and settings are fixed up.
     """
     global _config_dir
     if _config_dir is not None:
@@ -198,8 +199,8 @@ def prepare_ultralytics(home: Path | None = None) -> None:
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ["YOLO_AUTOINSTALL"] = "False"
         if "ultralytics" not in sys.modules:
-            os.environ["YOLO_CONFIG_DIR"] = str(root)
-            os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
+            os.environ.setdefault("YOLO_CONFIG_DIR", str(root))  # an operator's explicit choice wins
+            os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ["YOLO_CONFIG_DIR"]) / "matplotlib"))
         else:
             log.warning("ultralytics was imported before prepare_ultralytics(); its config dir stays")
 

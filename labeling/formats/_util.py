@@ -164,9 +164,9 @@ def check_export(items: Iterable[ExportItem], class_names: list[str] | None,
     """Validate everything before the first byte is written, so a failed export leaves nothing
     half-done behind."""
     items = list(items)
-    if class_names is not None:
-        if len(set(class_names)) != len(class_names) or any(not str(n).strip() for n in class_names):
-            raise Invalid("class_names must be unique, non-empty names")
+    if class_names is not None and (len(set(class_names)) != len(class_names)
+                                    or any(not str(n).strip() for n in class_names)):
+        raise Invalid("class_names must be unique, non-empty names")
     known = set(class_names) if class_names is not None else None
     unknown: set[str] = set()
     problems: list[str] = []

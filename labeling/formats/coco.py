@@ -233,7 +233,7 @@ def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None
     for cid, name in categories.items():
         if cid not in used_categories:
             report.unused_categories.append(name)
-            report.warn("unused_category", f"category {cid}", f"category {cid} {name!r} is never used")
+            report.warn("unused_category", f"category {cid}", f"{name!r} is never used by any annotation")
 
     listed = {r.image_path.resolve() for r in records.values()}
     for path in list_images(root):

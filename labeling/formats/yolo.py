@@ -149,7 +149,7 @@ def read_yolo(directory: Path | str, class_names: Sequence[str] | None = None) -
         for i, name in enumerate(names):
             if i not in used_index:
                 report.unused_categories.append(name)
-                report.warn("unused_category", f"class {i}", f"class {i} {name!r} is never used")
+                report.warn("unused_category", f"class {i}", f"{name!r} is never used by any label")
     for record in records:
         dedupe(report, record)
     report.finish(records)

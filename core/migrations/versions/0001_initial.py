@@ -2,13 +2,14 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 14:16:32.601062
+Create Date: 2026-11-26 14:19:13.371599
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
 
 revision = '0001'
 down_revision = None
@@ -52,6 +53,7 @@ def upgrade() -> None:
     sa.Column('dataset_version_id', sa.String(length=64), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('stage_changed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('promoted_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name', 'version')
     )

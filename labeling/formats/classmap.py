@@ -1,0 +1,121 @@
+"""Foreign class names -> taxonomy keys, plus camera/site ids taken from file names.
+
+Each source names its classes its own way (``hat``, ``helmet``, ``安全帽``...). A class map is the
+curator's explicit statement of what each foreign name means, so that nothing is imported under a
+guessed class: the importer calls :meth:`ClassMap.unmapped` first and stops, before writing
+anything, if a name has no entry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hazardlens.errors import Invalid, NotFound
+
+from .records import ImportRecord
+
+#: The mapping target that drops a foreign class (blurred people, a format's unused parent class).
+IGNORE = "ignore"
+
+
+def extract_group(file_name: str, regex: str | re.Pattern[str] | None) -> str | None:
+    """The id a regex finds in a file name: its capture groups joined by ``.`` (so
+    ``192_168_2_22_x.jpg`` with four number groups gives ``192.168.2.22``), or the whole match
+    when it has no groups. Searched, not anchored, so a name inside a folder path still matches."""
+    if regex is None:
+        return None
+    pattern = re.compile(regex) if isinstance(regex, str) else regex
+    m = pattern.search(file_name.replace("\\", "/"))
+    if m is None:
+        return None
+    value = ".".join(g for g in m.groups() if g) if pattern.groups else m.group(0)
+    return value or None
+
+
+def class_names(records: Iterable[ImportRecord]) -> list[str]:
+    """Every source class name that occurs in the records, sorted; the input to ``unmapped``."""
+    return sorted({b.class_key for r in records for b in r.boxes})
+
+
+def _compile(value: Any, key: str, source: str) -> re.Pattern[str] | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{source}: {key} must be a string")
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise Invalid(f"{source}: {key} is not a valid regular expression ({e})") from e
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    mapping: dict[str, str]
+    camera_regex: re.Pattern[str] | None = None
+    site_regex: re.Pattern[str] | None = None
+    source: str = field(default="", compare=False)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ClassMap:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError as e:
+            raise NotFound(f"{path}: no such class map") from e
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise Invalid(f"{path}: not readable YAML ({e})") from e
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "class map") -> ClassMap:
+        if not isinstance(data, dict) or not isinstance(data.get("mapping"), dict) or not data["mapping"]:
+            raise Invalid(f"{source}: expected 'mapping: {{foreign_name: taxonomy_key | ignore}}'")
+        unknown_keys = set(data) - {"mapping", "camera_regex", "site_regex"}
+        if unknown_keys:
+            raise Invalid(f"{source}: unknown keys {sorted(unknown_keys)}")
+        mapping: dict[str, str] = {}
+        for foreign, target in data["mapping"].items():
+            # YAML turns `0: fire` into an int key; YOLO sources without names use "0" as the name.
+            name = str(foreign).strip()
+            if not isinstance(target, str) or not target.strip() or not name:
+                raise Invalid(f"{source}: {foreign!r} must map to a taxonomy key or '{IGNORE}'")
+            mapping[name] = target.strip()
+        return cls(mapping, _compile(data.get("camera_regex"), "camera_regex", source),
+                   _compile(data.get("site_regex"), "site_regex", source), source)
+
+    @property
+    def taxonomy_keys(self) -> set[str]:
+        """Targets the importer must find in the taxonomy before it writes anything."""
+        return {v for v in self.mapping.values() if v != IGNORE}
+
+    def unmapped(self, names: Iterable[str]) -> list[str]:
+        return sorted({n for n in names if n not in self.mapping})
+
+    def apply(self, records: Iterable[ImportRecord]) -> list[ImportRecord]:
+        """New records with taxonomy keys and camera/site ids; ignored classes dropped (and counted
+        on the record, so an image left without boxes is not mistaken for a negative)."""
+        records = list(records)
+        missing = self.unmapped(class_names(records))
+        if missing:
+            raise Invalid(f"classes without a mapping in {self.source or 'the class map'}: {', '.join(missing)}",
+                          details={"unmapped": missing})
+        out: list[ImportRecord] = []
+        for record in records:
+            boxes = [replace(b, class_key=self.mapping[b.class_key]) for b in record.boxes
+                     if self.mapping[b.class_key] != IGNORE]
+            ignored = len(record.boxes) - len(boxes)
+            problems = list(record.problems)
+            if ignored and not boxes:
+                problems.append(f"all {ignored} boxes are of ignored classes; not a verified negative")
+            out.append(replace(
+                record, boxes=boxes, ignored_boxes=record.ignored_boxes + ignored, problems=problems,
+                camera_id=record.camera_id or extract_group(record.file_name, self.camera_regex),
+                site_id=record.site_id or extract_group(record.file_name, self.site_regex),
+            ))
+        return out
