@@ -12,6 +12,7 @@ cache derived from the ``.pt`` (:func:`export_onnx`), so the model registry only
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -124,6 +125,16 @@ def nms_per_class(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou
     return keep[:max_det]
 
 
+def _onnx_class_count(meta: dict[str, str], out_shape: Sequence[object], end2end: bool) -> int | None:
+    """Classes the model was trained on: Ultralytics' ``names`` metadata, else the output width."""
+    with contextlib.suppress(ValueError, SyntaxError, TypeError):
+        names = ast.literal_eval(meta.get("names", ""))
+        if isinstance(names, dict | list):
+            return len(names)
+    channels = out_shape[1] if len(out_shape) == 3 else None
+    return channels - 4 if isinstance(channels, int) and not end2end else None
+
+
 class OnnxEngine:
     """YOLOv8/11 (and end-to-end YOLO26) ONNX models on ONNX Runtime."""
 
@@ -157,10 +168,9 @@ class OnnxEngine:
         self._static_batch = isinstance(batch, int) and batch > 0
         self._batch = batch if self._static_batch else max_batch
 
-        out_shape = self._session.get_outputs()[0].shape
-        channels = out_shape[1] if len(out_shape) == 3 else None
-        if not self._end2end and isinstance(channels, int) and channels - 4 != len(self.class_keys):
-            raise Invalid(f"model has {channels - 4} classes but {len(self.class_keys)} class keys were given")
+        model_classes = _onnx_class_count(meta, self._session.get_outputs()[0].shape, self._end2end)
+        if model_classes is not None and model_classes != len(self.class_keys):
+            raise Invalid(f"model has {model_classes} classes but {len(self.class_keys)} class keys were given")
         self.providers = self._session.get_providers()
 
     def _tensor(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[float, tuple[int, int]]]]:
@@ -189,6 +199,8 @@ class OnnxEngine:
         if self._end2end:  # (K, 6): x1, y1, x2, y2, score, class, already NMS-ed
             pred = pred[pred[:, 4] > conf][: self.max_det]
             return pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64)
+        if pred.shape[0] - 4 != len(self.class_keys):
+            raise Invalid(f"model outputs {pred.shape[0] - 4} classes, {len(self.class_keys)} class keys given")
         pred = pred.T  # (N, 4 + nc)
         class_scores = pred[:, 4:]
         classes = class_scores.argmax(axis=1)

@@ -266,7 +266,6 @@ def write_coco(items: Iterable[ExportItem], out_path_or_dir: Path | str, class_n
         if item.boxes is None:
             raise Invalid(f"{rel}: not labelled; COCO cannot tell unlabelled from negative")
         images.append({"id": image_id, "file_name": rel, "width": int(item.width), "height": int(item.height)})
-        written = 0
         for box in item.boxes:
             clipped = clip_for_export(box, item.width, item.height)
             if clipped is None:
@@ -277,8 +276,7 @@ def write_coco(items: Iterable[ExportItem], out_path_or_dir: Path | str, class_n
                                 "category_id": cat_ids[clipped.class_key],
                                 "bbox": [round(clipped.x1, 2), round(clipped.y1, 2), round(w, 2), round(h, 2)],
                                 "area": round(w * h, 2), "iscrowd": 0, "segmentation": []})
-            written += 1
-        negatives += written == 0 and not item.boxes
+        negatives += not item.boxes
         if write_images:
             write_image(item.image_bytes_path, images_dir / rel)
     doc = {

@@ -54,7 +54,7 @@ def _pick_annotation(task: dict[str, Any], report: ImportReport, where: str) -> 
     raw = task.get("annotations")
     if raw is None:
         raw = task.get("completions")  # Label Studio < 1.0
-    anns = [a for a in raw or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    anns = [a for a in (raw if isinstance(raw, list) else []) if isinstance(a, dict) and not a.get("was_cancelled")]
     if not anns:
         return None
     if len(anns) > 1:

@@ -9,6 +9,7 @@ YOLO convention); an unreadable label file is not.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,6 @@ def write_yolo(items: Iterable[ExportItem], out_dir: Path | str, class_names: li
     if any(p.exists() for p in ours):
         if not overwrite:
             raise Conflict(f"{out} already holds a YOLO export; pass overwrite=True to replace it")
-        import shutil
-
         for p in ours:
             if p.is_dir():
                 shutil.rmtree(p)

@@ -1,0 +1,48 @@
+# hazardlens: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup run test lint browser screenshots openapi bench clean
+
+# venv + install (torch/torchvision pinned first: pip takes these releases from the machine's disk).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian's Chromium for the console's end-to-end tests (never a browser download by Playwright).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk; }
+
+run: setup
+	$(VENV)/bin/hazardlens init
+	$(VENV)/bin/hazardlens serve --host $(HOST) --port $(PORT)
+
+test: setup browser
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+screenshots: setup browser
+	$(PY) -m hazardlens.serving.console.screenshots --out docs
+
+openapi: setup
+	$(PY) -m hazardlens.serving.openapi
+
+bench: setup
+	$(PY) benchmarks/ingest_bench.py
+	$(PY) benchmarks/serve_bench.py
+
+clean:
+	rm -rf $(VENV) var
