@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hazardlens.cli.main import console, context, friendly_errors
+from hazardlens.cli.common import console, context, friendly_errors
 
 
 def register(app: typer.Typer) -> None:

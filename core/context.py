@@ -8,6 +8,7 @@ import time
 from functools import cached_property
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hazardlens.db import Database
 from hazardlens.settings import Settings, get_settings
@@ -33,24 +34,33 @@ class Context:
     def base_taxonomy(self) -> Taxonomy:
         return load_taxonomy(self.settings.taxonomy_path)
 
-    def taxonomy(self, max_age_s: float = 2.0) -> Taxonomy:
+    def taxonomy(self, session: Session | None = None, max_age_s: float = 2.0) -> Taxonomy:
         """The shipped taxonomy plus provincial additions from the catalogue (inactive until approved).
 
         Cached briefly, so that an approval reaches every worker within seconds without a query per box.
+        Pass the caller's session when it may already hold SQLite's write lock: a second session
+        would wait on that lock.
         """
         with self._tax_lock:
             now = time.monotonic()
             if self._tax is not None and now - self._tax[0] < max_age_s:
                 return self._tax[1]
-            from hazardlens.orm import TaxonomyAddition
-
-            with self.db.session() as s:
-                rows = s.scalars(select(TaxonomyAddition).order_by(TaxonomyAddition.id)).all()
-                additions = [{"kind": r.kind, "key": r.key, "org_code": r.org_code, "status": r.status,
-                              "payload": r.payload} for r in rows]
+            if session is not None:
+                additions = self._additions(session)
+            else:
+                with self.db.session() as own:
+                    additions = self._additions(own)
             tax = self.base_taxonomy.with_additions(additions) if additions else self.base_taxonomy
             self._tax = (now, tax)
             return tax
+
+    @staticmethod
+    def _additions(session: Session) -> list[dict]:
+        from hazardlens.orm import TaxonomyAddition
+
+        rows = session.scalars(select(TaxonomyAddition).order_by(TaxonomyAddition.id)).all()
+        return [{"kind": r.kind, "key": r.key, "org_code": r.org_code, "status": r.status, "payload": r.payload}
+                for r in rows]
 
     def invalidate_taxonomy(self) -> None:
         with self._tax_lock:

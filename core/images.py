@@ -17,6 +17,7 @@ sees, and what boxes are drawn on); the stored original bytes are never rewritte
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
@@ -26,7 +27,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import imagehash
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from hazardlens.errors import Invalid, TooLarge, UnsupportedMedia
 
@@ -123,21 +124,26 @@ def inspect_image(data: bytes, max_pixels: int, thumb_size: int = 320) -> ImageI
         if orientation in (5, 6, 7, 8):
             width, height = height, width
         if fmt == "jpeg":
-            # Ask for at least the thumbnail size: libjpeg picks the largest 1/2^n scale that keeps it.
-            img.draft("RGB", (thumb_size, thumb_size))
+            # libjpeg picks the largest 1/2^n scale that keeps both sides at least this size, so ask
+            # for the thumbnail's own proportions: a 4000x3000 photo decodes at 500x375, not 1000x750.
+            w, h = img.size
+            k = thumb_size / max(w, h)
+            img.draft("RGB", (max(1, math.ceil(w * k)), max(1, math.ceil(h * k))))
         try:
             if ImageFile.LOAD_TRUNCATED_IMAGES:  # pragma: no cover - someone flipped the global
                 raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated files would pass")
             img.load()
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             raise Invalid(f"the {fmt.upper()} data is truncated or corrupt ({exc})", code="truncated_image") from exc
-        oriented = _orient(img)
-        thumb = _thumbnail_image(oriented, thumb_size)
+        # Shrink first, then turn the small image upright: the same pixels, a fraction of the work.
+        thumb = _orient(_thumbnail_image(img, thumb_size), orientation)
         phash = to_signed64(int(str(imagehash.phash(thumb)), 16))
         buf = io.BytesIO()
         thumb.save(buf, format="JPEG", quality=_THUMB_QUALITY, optimize=False)
-        captured_at = _captured_at(exif)
-        lat, lon = _gps(exif)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bad EXIF is dropped quietly, never a failed upload
+            captured_at = _captured_at(exif)
+            lat, lon = _gps(exif)
         return ImageInfo(format=fmt, mime=mime, width=width, height=height, phash=phash,
                          thumbnail_jpeg=buf.getvalue(), captured_at=captured_at, gps_lat=lat, gps_lon=lon)
     finally:
@@ -153,10 +159,12 @@ def make_thumbnail(data: bytes, max_pixels: int, thumb_size: int = 320) -> bytes
 
 
 def _open(data: bytes, sniffed: str | None, max_pixels: int) -> Image.Image:
-    formats = tuple(_FORMATS) if _HEIF else tuple(f for f in _FORMATS if f != "HEIF")
+    # MPO is not a separate opener: the JPEG opener returns MPO files.
+    formats = tuple(f for f in _FORMATS if f != "MPO" and (_HEIF or f != "HEIF"))
     with warnings.catch_warnings():
         # Between PIL's own limit and twice it PIL only warns; our max_pixels check decides instead.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # PIL also warns about corrupt EXIF while opening a JPEG; bad EXIF is dropped, not reported.
+        warnings.simplefilter("ignore")
         try:
             return Image.open(io.BytesIO(data), formats=formats)
         except Image.DecompressionBombError as exc:
@@ -185,15 +193,20 @@ def _identify_other(data: bytes) -> str | None:
         return None
 
 
-def _orient(img: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(img) or img
-    except Exception:  # a broken EXIF block must not fail the upload; keep the stored orientation
-        return img
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # the EXIF orientation -> the transform that makes the image upright (as ImageOps.exif_transpose)
+
+
+def _orient(img: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return img.transpose(method) if method is not None else img
 
 
 def _thumbnail_image(img: Image.Image, size: int) -> Image.Image:
-    """An RGB image whose long side is ``size`` (smaller images are not enlarged)."""
+    """An RGB image whose long side is ``size`` (smaller images are not enlarged); ``img`` is left as is."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -203,10 +216,12 @@ def _thumbnail_image(img: Image.Image, size: int) -> Image.Image:
         img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
     elif img.mode != "RGB":
         img = img.convert("RGB")
-    else:
-        img = img.copy()
-    img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return img
+    w, h = img.size
+    if max(w, h) <= size:
+        return img
+    k = size / max(w, h)
+    target = (max(1, round(w * k)), max(1, round(h * k)))
+    return img.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 # -- EXIF -----------------------------------------------------------------------------------------
@@ -214,7 +229,15 @@ def _thumbnail_image(img: Image.Image, size: int) -> Image.Image:
 
 def _exif(img: Image.Image) -> Image.Exif | None:
     try:
-        return img.getexif()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": we drop what cannot be read
+            exif = img.getexif()
+            # Parse the sub-IFDs now, under the same filter (Pillow reads them lazily); a broken one
+            # must not lose the orientation in IFD0.
+            for ifd in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+                with contextlib.suppress(Exception):
+                    exif.get_ifd(ifd)
+            return exif
     except Exception:
         return None
 

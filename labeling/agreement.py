@@ -113,12 +113,12 @@ def review_queue(session: Session, principal: Principal, limit: int = 50) -> lis
     review them."""
     principal.require("annotations:review")
     limit = max(1, min(int(limit), 1000))
-    visible = visible_samples(principal).order_by(None).subquery()
     rows = session.execute(
-        select(Sample.id, AnnotationRevision.id, AnnotationRevision.number, AnnotationRevision.author_id,
-               AnnotationRevision.submitted_at)
+        visible_samples(principal)
+        .with_only_columns(Sample.id, AnnotationRevision.id, AnnotationRevision.number,
+                           AnnotationRevision.author_id, AnnotationRevision.submitted_at)
         .join(AnnotationRevision, AnnotationRevision.id == Sample.current_revision_id)
-        .where(Sample.id.in_(select(visible.c.id)), Sample.annotation_status == "submitted")
+        .where(Sample.annotation_status == "submitted")
     ).tuples().all()
     if principal.user_id is not None:
         rows = [r for r in rows if r[3] != principal.user_id]

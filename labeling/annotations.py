@@ -233,8 +233,9 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
         principal.require("annotations:review")
     if note is not None and len(note) > 10_000:
         raise Invalid("note is longer than 10000 characters", code="invalid_note")
+    taxonomy = ctx.taxonomy(session)
     sample = _locked_sample(session, principal, sample_id)
-    valid, repairs = validate_boxes(ctx.taxonomy(), sample, boxes)
+    valid, repairs = validate_boxes(taxonomy, sample, boxes)
     before = _state(sample)
     number = (session.scalar(select(func.max(AnnotationRevision.number))
                              .where(AnnotationRevision.sample_id == sample.id)) or 0) + 1
@@ -331,7 +332,8 @@ def submit(session: Session, principal: Principal, sample_id: int) -> dict[str, 
     return _current_dict(session, sample)
 
 
-def _reviewable(session: Session, principal: Principal, sample_id: int, action: str) -> tuple[Sample, AnnotationRevision]:
+def _reviewable(session: Session, principal: Principal, sample_id: int,
+                action: str) -> tuple[Sample, AnnotationRevision]:
     principal.require("annotations:review")
     sample = _locked_sample(session, principal, sample_id)
     rev = _current_revision(session, sample)

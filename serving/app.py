@@ -113,6 +113,9 @@ def create_app(ctx: Context | None = None, *, start_background: bool = True) -> 
     _install_error_handlers(app)
     _install_request_ids(app)
     _mount_routers(app)
+    from hazardlens.serving.runtime import install  # models, limits, timeouts, metrics (serving/runtime.py)
+
+    install(app)
     return app
 
 

@@ -1,0 +1,205 @@
+"""Ingest throughput and memory of the sample library, on real photographs.
+
+    .venv/bin/python benchmarks/ingest_bench.py [--count 1000] [--workers 0] [--skip-minio]
+
+For each object-store backend (filesystem; S3 via a moto server started here on loopback, standing
+in for MinIO) it ingests ``--count`` real JPEGs from ../shared/data (sfchd-ppe, then fire-smoke)
+into a fresh home, and compares with the floor: reading the same files and putting the same bytes
+into the same kind of store with no processing at all. The goal is a ratio >= 0.5, i.e. decoding,
+hashing, thumbnails, dedup, near-duplicate search and the catalogue together cost no more than the
+bare store write.
+
+Then it measures the peak memory (RSS high-water mark, in a fresh subprocess) of ingesting one
+generated 48-megapixel JPEG, against fully decoding the same file, because phones send photos that
+large and a server decoding each at full size would run out of memory under a few parallel uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HAZARDLENS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def real_jpegs(count: int) -> list[Path]:
+    files: list[Path] = []
+    for sub in ("sfchd-ppe/images", "fire-smoke/images"):
+        folder = DATA / sub
+        if folder.is_dir():
+            files += sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})
+    if len(files) < count:
+        sys.exit(f"need {count} JPEGs under {DATA}, found {len(files)}")
+    return files[:count]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raw_put_rate(store, files: list[Path]) -> float:  # type: ignore[no-untyped-def]
+    """Images/s for read + put with no processing (the floor any ingest is compared with)."""
+    from hazardlens.store import blob_key
+
+    keys = [blob_key(hashlib.sha256(p.name.encode()).hexdigest()) for p in files]
+    start = time.perf_counter()
+    for path, key in zip(files, keys, strict=True):
+        store.put(key, path.read_bytes(), content_type="image/jpeg")
+    return len(files) / (time.perf_counter() - start)
+
+
+def ingest_rate(settings, files: list[Path], workers: int) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
+    from hazardlens.auth import Principal, ensure_user
+    from hazardlens.context import Context
+    from hazardlens.datasets.library import IngestMeta, ingest_paths
+
+    ctx = Context(settings)
+    ctx.init()
+    with ctx.db.session() as s:
+        user = ensure_user(s, "420000", "cli-420000", "admin")
+        who = Principal(user.id, user.name, user.org_code, user.role)
+    start = time.perf_counter()
+    summary = ingest_paths(ctx, who, files, IngestMeta(sector="general"), workers=workers or None)
+    rate = len(files) / (time.perf_counter() - start)
+    ctx.close()
+    counts = {"stored": summary.stored, "deduplicated": summary.deduplicated,
+              "near_duplicates": summary.near_duplicates, "refused": len(summary.refused)}
+    return rate, counts
+
+
+def bench_backends(count: int, workers: int, skip_minio: bool) -> list[dict[str, object]]:
+    from hazardlens.settings import Settings
+    from hazardlens.store.filesystem import FilesystemStore
+
+    files = real_jpegs(count)
+    for p in files:  # warm the page cache, so neither side pays for the first disk read
+        p.read_bytes()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="hl-bench-") as tmp:
+        base = Path(tmp)
+        raw = raw_put_rate(FilesystemStore(base / "raw-store"), files)
+        rate, counts = ingest_rate(Settings(home=base / "fs-home"), files, workers)
+        results.append({"backend": "filesystem", "raw_put_per_s": raw, "ingest_per_s": rate, **counts})
+        if not skip_minio:
+            import logging
+
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request
+
+            from hazardlens.store.minio_store import MinioStore
+
+            port = free_port()
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            try:
+                endpoint = f"127.0.0.1:{port}"
+                raw = raw_put_rate(MinioStore(endpoint, "bench", "bench", f"raw-{uuid.uuid4().hex[:12]}"), files)
+                settings = Settings(home=base / "s3-home", store="minio", minio_endpoint=endpoint,
+                                    minio_access_key="bench", minio_secret_key="bench",
+                                    minio_bucket=f"hl-{uuid.uuid4().hex[:12]}")
+                rate, counts = ingest_rate(settings, files, workers)
+                results.append({"backend": "minio (moto S3 on loopback)", "raw_put_per_s": raw,
+                                "ingest_per_s": rate, **counts})
+            finally:
+                server.stop()
+    return results
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+mode, image, home = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+from PIL import Image
+from hazardlens.settings import Settings
+from hazardlens.context import Context
+from hazardlens.auth import Principal, ensure_user
+from hazardlens.datasets.library import IngestMeta, ingest
+ctx = Context(Settings(home=home)); ctx.init()
+with ctx.db.session() as s:
+    u = ensure_user(s, "420000", "bench", "admin"); who = Principal(u.id, u.name, u.org_code, u.role)
+data = image.read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+if mode == "ingest":
+    with ctx.db.session() as s:
+        r = ingest(ctx, s, who, data, IngestMeta(sector="general"))
+        dims = (r.sample.width, r.sample.height)
+else:
+    with Image.open(image) as im:
+        im.load(); dims = im.size
+elapsed = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"delta_mib": (after - before) / 1024, "peak_mib": after / 1024, "s": elapsed, "dims": dims}))
+"""
+
+
+def make_48mp_jpeg(path: Path) -> int:
+    """8000x6000 with photo-like content (smooth shapes plus sensor-like noise), about phone size."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((1000, 750),
+                                                                                      Image.Resampling.BICUBIC)
+    big = small.filter(ImageFilter.GaussianBlur(4)).resize((8000, 6000), Image.Resampling.BILINEAR)
+    arr = np.asarray(big, dtype=np.int16)
+    arr += rng.integers(-6, 7, arr.shape, dtype=np.int16)
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path.stat().st_size
+
+
+def bench_memory() -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="hl-bench-mem-") as tmp:
+        image = Path(tmp) / "48mp.jpg"
+        size = make_48mp_jpeg(image)
+        out: dict[str, object] = {"file_mib": size / 2**20}
+        for mode in ("ingest", "full_decode"):
+            home = Path(tmp) / f"home-{mode}"
+            proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(image), str(home)], check=True,
+                                  capture_output=True, text=True, cwd=ROOT)
+            out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+            shutil.rmtree(home, ignore_errors=True)
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=0, help="decode threads (0: the library's default)")
+    parser.add_argument("--skip-minio", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} images={args.count} python={sys.version.split()[0]}")
+    for r in bench_backends(args.count, args.workers, args.skip_minio):
+        ratio = float(r["ingest_per_s"]) / float(r["raw_put_per_s"])  # type: ignore[arg-type]
+        print(f"{r['backend']:>28}: ingest {r['ingest_per_s']:7.1f} img/s | raw put {r['raw_put_per_s']:7.1f} img/s"
+              f" | ratio {ratio:.2f} {'(goal >= 0.5: met)' if ratio >= 0.5 else '(goal >= 0.5: NOT met)'}"
+              f" | stored {r['stored']} dedup {r['deduplicated']} near-dup {r['near_duplicates']}"
+              f" refused {r['refused']}")
+    if not args.skip_memory:
+        m = bench_memory()
+        ing, full = m["ingest"], m["full_decode"]
+        print(f"48 MP JPEG ({m['file_mib']:.1f} MiB, {ing['dims'][0]}x{ing['dims'][1]}):"  # type: ignore[index]
+              f" ingest peak RSS +{ing['delta_mib']:.0f} MiB in {ing['s']:.2f} s;"  # type: ignore[index]
+              f" a full decode alone +{full['delta_mib']:.0f} MiB in {full['s']:.2f} s")  # type: ignore[index]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

@@ -1,0 +1,38 @@
+"""What every CLI topic module shares: the console, the context, and error display."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hazardlens.context import Context
+from hazardlens.errors import HazardError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def context() -> Context:
+    return Context()
+
+
+def friendly_errors(func: F) -> F:
+    """Show a HazardError as one clear line (and its details) with exit code 2, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HazardError as exc:
+            console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+            if exc.details:
+                details = exc.details if isinstance(exc.details, list) else [exc.details]
+                for d in details[:50]:
+                    console.print(f"  - {d}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]

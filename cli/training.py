@@ -1,0 +1,198 @@
+"""``hazardlens train``, ``hazardlens evaluate`` and ``hazardlens models ...``.
+
+The shell acts as the administrator ``cli-<org>`` of ``--org`` (a real user row, so the audit log
+names who trained, promoted or rolled back a model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from hazardlens.auth import Principal
+from hazardlens.cli.common import console, context, friendly_errors
+from hazardlens.context import Context
+
+ORG_HELP = "organisation (region) code the CLI acts for, as its admin user cli-<org>"
+
+
+def cli_principal(ctx: Context, org: str) -> Principal:
+    from hazardlens.auth import ensure_user
+
+    with ctx.db.session() as s:
+        user = ensure_user(s, org, f"cli-{org}", "admin")
+        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
+
+
+def _ready() -> Context:
+    ctx = context()
+    ctx.init()
+    return ctx
+
+
+def _metric(card: dict[str, Any] | None, split: str, key: str) -> str:
+    value = ((card or {}).get("metrics") or {}).get(split, {})
+    value = value.get(key) if isinstance(value, dict) else None
+    return f"{value:.3f}" if isinstance(value, int | float) else "–"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly_errors
+    def train(dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
+              config: Path = typer.Option(..., "--config", help="training config, e.g. configs/train/baseline.yaml",
+                                          exists=True, dir_okay=False),
+              resume: bool = typer.Option(False, "--resume", help="continue the last unfinished run of this "
+                                                                   "dataset and config from its last.pt"),
+              register_model: bool = typer.Option(True, "--register/--no-register",
+                                                  help="register best.pt as a candidate model"),
+              org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+        """Train a detector on a dataset version (offline); registers best.pt as a candidate."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from hazardlens.training.train import train as do_train
+
+        ctx = _ready()
+        principal = cli_principal(ctx, org)
+        with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                      TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+            task = bar.add_task("starting", total=1.0)
+
+            def progress(fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=message)
+
+            result = do_train(ctx, dataset, config, progress=progress, resume=resume, register=register_model,
+                              principal=principal)
+        m = result.metrics
+        console.print(f"run {result.run_id} ({result.device}, {len(result.epochs)} epoch(s)): "
+                      f"mAP50={m.get('map50', 0):.3f} mAP50-95={m.get('map50_95', 0):.3f}; folder {result.run_dir}")
+        if result.model:
+            console.print(f"registered {result.model['name']} {result.model['version']} as candidate")
+            print(f"{result.model['name']}:{result.model['version']}")
+
+    @app.command()
+    @friendly_errors
+    def evaluate(model: str = typer.Argument(..., help="NAME:VERSION, 'production', NAME:production or a .pt path"),
+                 dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
+                 split: str = typer.Option("test", "--split", help="train|val|test"),
+                 compare: str = typer.Option(None, "--compare", help="a second model to compare with the first"),
+                 out: Path = typer.Option(None, "--out", help="folder for plots, report.json and report.md"),
+                 imgsz: int = typer.Option(None, "--imgsz", help="image size (default: the model's)"),
+                 org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+        """Evaluate a model (per class and per sector) and, with --compare, write a comparison report."""
+        from hazardlens.training.evaluate import evaluate as do_evaluate
+        from hazardlens.training.evaluate import write_report
+
+        ctx = _ready()
+        principal = cli_principal(ctx, org)
+        refs = [model] + ([compare] if compare else [])
+        reports = []
+        for i, ref in enumerate(refs):
+            sub = (out / f"model{i + 1}") if out else None
+            console.print(f"evaluating {ref} on {dataset} ({split})...")
+            reports.append(do_evaluate(ctx, ref, dataset, split, imgsz, out_dir=sub, principal=principal))
+        target = out or Path(reports[0].out_dir)
+        md = write_report(reports, target)
+        table = Table("model", "P", "R", "mAP50", "mAP50-95", "images", "instances", title=f"{dataset} {split}")
+        for r in reports:
+            o = r.overall
+            table.add_row(r.label, f"{o['precision']:.3f}", f"{o['recall']:.3f}", f"{o['map50']:.3f}",
+                          f"{o['map50_95']:.3f}", str(o["images"]), str(o["instances"]))
+        console.print(table)
+        sectors = Table("sector", *[r.label for r in reports], title="mAP50 per sector")
+        keys = list(dict.fromkeys(s.sector for r in reports for s in r.per_sector))
+        for key in keys:
+            cells = []
+            for r in reports:
+                s = next((s for s in r.per_sector if s.sector == key), None)
+                cells.append(f"{s.map50:.3f} ({s.instances})" if s else "–")
+            sectors.add_row(key, *cells)
+        console.print(sectors)
+        print(md)
+
+    models = typer.Typer(no_args_is_help=True, help="Model registry: list, promote, roll back, export, import.")
+    app.add_typer(models, name="models")
+
+    @models.command("list")
+    @friendly_errors
+    def models_list(name: str = typer.Option(None, "--name", help="only this model name"),
+                    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+        """Registered model versions with their stage and metrics."""
+        from hazardlens.models.registry import list_models, model_dict
+
+        ctx = _ready()
+        with ctx.db.session() as s:
+            rows = [model_dict(mv) for mv in list_models(s, name)]
+        if as_json:
+            print(json.dumps([{k: v for k, v in r.items() if k != "card"} for r in rows], ensure_ascii=False,
+                             indent=2))
+            return
+        table = Table("name", "version", "stage", "dataset", "val mAP50", "test mAP50", "created")
+        for r in rows:
+            table.add_row(r["name"], r["version"], r["stage"], (r["dataset_version"] or "–")[:12],
+                          _metric(r["card"], "val", "map50"), _metric(r["card"], "test", "map50"),
+                          (r["created_at"] or "")[:19])
+        console.print(table)
+        for r in rows:
+            print(f"{r['name']}\t{r['version']}\t{r['stage']}")
+
+    @models.command("promote")
+    @friendly_errors
+    def models_promote(name: str = typer.Argument(...), version: str = typer.Argument(...),
+                       stage: str = typer.Option("production", "--stage",
+                                                 help="candidate|staging|production|archived"),
+                       org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+        """Move a version to a stage; to production archives the version serving before it."""
+        from hazardlens.models.registry import promote
+
+        ctx = _ready()
+        principal = cli_principal(ctx, org)
+        with ctx.db.session() as s:
+            mv = promote(s, principal, name, version, stage)
+            console.print(f"{mv.name} {mv.version} is now {mv.stage}")
+
+    @models.command("rollback")
+    @friendly_errors
+    def models_rollback(name: str = typer.Argument("hazardlens", help="model name"),
+                        org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+        """Put the previous production version back into production."""
+        from hazardlens.models.registry import rollback
+
+        ctx = _ready()
+        principal = cli_principal(ctx, org)
+        with ctx.db.session() as s:
+            mv = rollback(s, principal, name)
+            console.print(f"rolled back: {mv.name} {mv.version} is production again")
+
+    @models.command("export")
+    @friendly_errors
+    def models_export(name: str = typer.Argument(...), version: str = typer.Argument(...),
+                      out: Path = typer.Option(..., "--out", help="folder for weights.pt and card.json")) -> None:
+        """Write a version's weights and card to a folder (for another, offline installation)."""
+        from hazardlens.models.registry import export_model
+
+        ctx = _ready()
+        with ctx.db.session() as s:
+            folder = export_model(ctx, s, name, version, out)
+        console.print(f"exported {name} {version} to {folder}")
+
+    @models.command("import")
+    @friendly_errors
+    def models_import(folder: Path = typer.Argument(..., exists=True, file_okay=False,
+                                                    help="folder with weights.pt and card.json"),
+                      stage: str = typer.Option("candidate", "--stage", help="stage to register it in"),
+                      version: str = typer.Option(None, "--version", help="register under this version instead"),
+                      org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+        """Register a model exported by `models export` (the weights hash is checked against the card)."""
+        from hazardlens.models.registry import import_model
+
+        ctx = _ready()
+        principal = cli_principal(ctx, org)
+        with ctx.db.session() as s:
+            mv = import_model(ctx, s, principal, folder, stage=stage, version=version)
+            console.print(f"imported {mv.name} {mv.version} as {mv.stage}")
+            print(f"{mv.name}:{mv.version}")

@@ -1,0 +1,357 @@
+"""Inspection records (执法检查): photos taken on site, the findings a model suggests on them, and the
+inspector's decision on each suggestion.
+
+A detection is a suggestion (疑似隐患), never a finding on its own: the inspector confirms or rejects
+it, and only a confirmed one goes into the inspection record. Both answers feed the sample library:
+
+* a confirmed (or corrected) finding becomes an annotation revision on the photo's sample, in state
+  ``submitted`` (source ``feedback``), so a reviewer approves it like any other label before a
+  dataset can use it;
+* a rejected one stays, with its box, as evidence of a false positive (status ``rejected``), and the
+  organisation's own sample is tagged ``hard_negative`` so dataset builders can find such photos.
+
+Which detections become findings: only hazard classes (``is_hazard`` in the taxonomy). Context
+classes (a person, a worn helmet, an explosion vent) are returned with the photo as ``detections``
+to help the inspector, but they are nothing an inspector could confirm as a hazard, so they create
+no Finding rows. Detections are limited to the classes relevant to the photo's sector.
+
+Retries: enforcement clients upload over poor networks and retry. With an ``Idempotency-Key`` the
+same key from the same organisation returns the stored answer of the first call and stores nothing
+twice; concurrent retries are settled by the unique constraint (org_code, idempotency_key). The
+model runs outside any catalogue transaction, so the catalogue's write lock is never held while a
+photo is being analysed.
+
+This module does not import ``hazardlens.models``: serving hands in a ``detect`` callable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hazardlens.audit import record as audit
+from hazardlens.audit import snapshot
+from hazardlens.auth import Principal
+from hazardlens.context import Context
+from hazardlens.datasets import library
+from hazardlens.detections import Box, Detections, box_iou
+from hazardlens.errors import Conflict, Invalid, NotFound
+from hazardlens.labeling.annotations import save_revision, validate_boxes
+from hazardlens.orm import AnnotationRevision, Finding, InspectionPhoto, Sample, utcnow
+from hazardlens.taxonomy import Taxonomy
+
+#: What serving hands in: bytes -> ({"name", "version"}, (width, height), detections in original pixels).
+DetectFn = Callable[[bytes], tuple[Mapping[str, str], tuple[int, int], Detections]]
+
+DECISIONS = ("confirmed", "rejected")
+HARD_NEGATIVE_TAG = "hard_negative"
+MAX_RECORD_NO = 200
+MAX_KEY = 200
+#: A confirmed box this close to a box of the same class already in the current revision is that box.
+SAME_BOX_IOU = 0.9
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class PhotoMeta:
+    """What the enforcement system tells about a photo of a record."""
+
+    enterprise_id: str
+    sector: str
+    inspector_id: str | None = None
+    captured_at: datetime | None = None
+    item_codes: Sequence[str] = ()
+    original_name: str | None = None
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+
+
+def check_record_no(record_no: str) -> str:
+    """Record numbers are issued by the enforcement system (e.g. 鄂应急检〔2026〕3号); kept verbatim."""
+    value = (record_no or "").strip()
+    if not value or len(value) > MAX_RECORD_NO or _CONTROL.search(value) or "/" in value:
+        raise Invalid(f"record number must be 1-{MAX_RECORD_NO} characters without '/' or control characters",
+                      code="invalid_record_no")
+    return value
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    key = key.strip()
+    if not key:
+        return None
+    if len(key) > MAX_KEY or _CONTROL.search(key):
+        raise Invalid(f"Idempotency-Key must be 1-{MAX_KEY} printable characters", code="invalid_idempotency_key")
+    return key
+
+
+def _item_codes(taxonomy: Taxonomy, codes: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for code in codes:
+        code = str(code).strip()
+        if code and code not in out:
+            taxonomy.get_item(code)  # raises Invalid (unknown_item) naming close matches
+            out.append(code)
+    return out
+
+
+def _box(box: Box | Mapping[str, Any]) -> dict[str, float]:
+    get = box.get if isinstance(box, Mapping) else lambda k: getattr(box, k)
+    return {k: round(float(get(k)), 1) for k in ("x1", "y1", "x2", "y2")}
+
+
+def detection_dict(taxonomy: Taxonomy, box: Box) -> dict[str, Any]:
+    cls = taxonomy.classes.get(box.class_key)
+    return {"class_key": box.class_key, "name_zh": cls.name_zh if cls else box.class_key,
+            "name_en": cls.name_en if cls else box.class_key, "confidence": round(float(box.confidence or 0.0), 4),
+            "box": _box(box), "inspection_items": list(cls.inspection_items) if cls else [],
+            "legal_basis": list(cls.legal_basis) if cls else [], "severity": cls.severity if cls else None,
+            "is_hazard": bool(cls and cls.is_hazard)}
+
+
+def finding_dict(taxonomy: Taxonomy, f: Finding) -> dict[str, Any]:
+    cls = taxonomy.classes.get(f.class_key)
+    return {"id": f.id, "photo_id": f.photo_id, "sample_id": f.sample_id, "class_key": f.class_key,
+            "name_zh": cls.name_zh if cls else f.class_key, "name_en": cls.name_en if cls else f.class_key,
+            "confidence": round(float(f.confidence), 4), "box": dict(f.box),
+            "inspection_items": list(cls.inspection_items) if cls else [],
+            "legal_basis": list(cls.legal_basis) if cls else [], "severity": cls.severity if cls else None,
+            "finding": cls.finding_zh if cls else "", "finding_en": cls.finding_en if cls else None,
+            "model_version": f.model_version, "status": f.status, "review": f.review,
+            "revision_id": f.revision_id, "reviewed_at": _iso(f.reviewed_at)}
+
+
+# --- recording a photo -------------------------------------------------------------------------
+
+
+def _existing(session: Session, org_code: str, key: str) -> InspectionPhoto | None:
+    return session.scalar(select(InspectionPhoto).where(InspectionPhoto.org_code == org_code,
+                                                        InspectionPhoto.idempotency_key == key))
+
+
+def _replay(session: Session, photo: InspectionPhoto, record_no: str, sha256: str) -> dict[str, Any]:
+    """The stored answer of the first call with this key, if this retry is the same request."""
+    sample = session.get(Sample, photo.sample_id)
+    if photo.record_no != record_no or (sample is not None and sample.sha256 != sha256):
+        raise Invalid("this Idempotency-Key was already used for a different photo or record; use a new key "
+                      "for a new upload", code="idempotency_key_reused")
+    return {**(photo.response or {}), "replayed": True}
+
+
+def record_photo(ctx: Context, session: Session, principal: Principal, record_no: str, data: bytes,
+                 meta: PhotoMeta, idempotency_key: str | None, detect: DetectFn) -> dict[str, Any]:
+    """Store an inspection photo in the library, run the model, and create its suggested findings.
+
+    Returns the answer (also stored, for replay): record_no, photo_id, sample_id, model, image,
+    findings (hazard classes; status ``suggested``) and detections (everything relevant to the sector,
+    context classes included). ``replayed`` tells whether it is the stored answer of an earlier call.
+    The caller's session commits; it must not hold an open transaction (the model runs before it
+    is first used, so no catalogue lock is held meanwhile).
+    """
+    principal.require("inspections:write")
+    record_no = check_record_no(record_no)
+    key = _check_key(idempotency_key)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if key is not None:  # cheap early replay, in a short transaction of its own
+        with ctx.db.session() as s:
+            earlier = _existing(s, principal.org_code, key)
+            if earlier is not None:
+                return _replay(s, earlier, record_no, sha256)
+
+    tax = ctx.taxonomy()
+    items = _item_codes(tax, meta.item_codes)
+    enterprise = (meta.enterprise_id or "").strip()
+    if not enterprise:
+        raise Invalid("enterprise_id is required", code="invalid_meta")
+    prepared = library.prepare(ctx, data, library.IngestMeta(
+        sector=meta.sector, scope="private", source="inspection", site_id=enterprise, enterprise_id=enterprise,
+        inspection_record=record_no, captured_at=meta.captured_at, original_name=meta.original_name))
+    inspector = (meta.inspector_id or "").strip() or None
+    if len(enterprise) > 100 or (inspector is not None and len(inspector) > 100):
+        raise Invalid("enterprise_id and inspector_id are at most 100 characters", code="invalid_meta")
+    model, size, detections = detect(data)
+    relevant = {c.key for c in tax.active_classes(prepared.meta.sector)}
+    detections = detections.filter_classes(relevant)
+    boxes = sorted(detections, key=lambda b: -(b.confidence or 0.0))  # most confident first
+
+    # --- one catalogue transaction from here ---
+    if key is not None:  # under SQLite's write lock this sees a retry that committed meanwhile
+        earlier = _existing(session, principal.org_code, key)
+        if earlier is not None:
+            return _replay(session, earlier, record_no, sha256)
+    result = library.record(ctx, session, principal, prepared)
+    sample = result.sample
+    now = utcnow()
+    photo = InspectionPhoto(record_no=record_no, org_code=principal.org_code, sample_id=sample.id,
+                            enterprise_id=enterprise, inspector_id=inspector, item_codes=items,
+                            captured_at=prepared.meta.captured_at, idempotency_key=key,
+                            created_by=principal.user_id, created_at=now)
+    try:
+        with session.begin_nested():  # losing a concurrent retry's race undoes only this insert
+            session.add(photo)
+            session.flush()
+    except IntegrityError:
+        earlier = _existing(session, principal.org_code, key) if key is not None else None
+        if earlier is None:
+            raise
+        return _replay(session, earlier, record_no, sha256)
+
+    version = str(model.get("version", ""))
+    findings: list[Finding] = []
+    for box in boxes:
+        cls = tax.classes[box.class_key]
+        if not cls.is_hazard:
+            continue
+        findings.append(Finding(photo_id=photo.id, sample_id=sample.id, class_key=box.class_key,
+                                confidence=float(box.confidence or 0.0), box=_box(box),
+                                model_version=f"{model.get('name', '')}:{version}", created_at=now))
+    session.add_all(findings)
+    session.flush()
+    response = {
+        "record_no": record_no, "photo_id": photo.id, "sample_id": sample.id, "deduplicated": result.deduplicated,
+        "enterprise_id": enterprise, "inspector_id": inspector, "item_codes": items,
+        "captured_at": _iso(photo.captured_at), "created_at": _iso(now),
+        "model": {"name": str(model.get("name", "")), "version": version},
+        "image": {"width": int(size[0]), "height": int(size[1])},
+        "findings": [finding_dict(tax, f) for f in findings],
+        "detections": [detection_dict(tax, b) for b in boxes],
+    }
+    photo.response = response
+    audit(session, principal, "inspection.photo", "inspection_photo", photo.id, sample_id=sample.id,
+          after={"record_no": record_no, "sample_id": sample.id, "enterprise_id": enterprise,
+                 "idempotency_key": key, "model": response["model"],
+                 "findings": [{"id": f.id, "class_key": f.class_key, "confidence": f.confidence} for f in findings]})
+    session.flush()
+    return {**response, "replayed": False}
+
+
+# --- reading a record --------------------------------------------------------------------------
+
+
+def get_inspection(session: Session, principal: Principal, record_no: str, *,
+                   taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+    """The record's photos and findings, with each finding's current status. Records belong to the
+    organisation that made them; another organisation's record is simply not found."""
+    principal.require("inspections:read")
+    record_no = check_record_no(record_no)
+    photos = list(session.scalars(select(InspectionPhoto).where(InspectionPhoto.org_code == principal.org_code,
+                                                                InspectionPhoto.record_no == record_no)
+                                  .order_by(InspectionPhoto.id)))
+    if not photos:
+        raise NotFound(f"no inspection record {record_no}", code="record_not_found")
+    if taxonomy is None:
+        from hazardlens.taxonomy import default_taxonomy
+
+        taxonomy = default_taxonomy()
+    by_photo: dict[int, list[Finding]] = {p.id: [] for p in photos}
+    for f in session.scalars(select(Finding).where(Finding.photo_id.in_(by_photo)).order_by(Finding.id)):
+        by_photo[f.photo_id].append(f)
+    counts = {"suggested": 0, "confirmed": 0, "rejected": 0}
+    out = []
+    for p in photos:
+        stored = p.response or {}
+        for f in by_photo[p.id]:
+            counts[f.status] = counts.get(f.status, 0) + 1
+        out.append({"photo_id": p.id, "sample_id": p.sample_id, "enterprise_id": p.enterprise_id,
+                    "inspector_id": p.inspector_id, "item_codes": list(p.item_codes or []),
+                    "captured_at": _iso(p.captured_at), "created_at": _iso(p.created_at),
+                    "model": stored.get("model"), "image": stored.get("image"),
+                    "findings": [finding_dict(taxonomy, f) for f in by_photo[p.id]],
+                    "detections": stored.get("detections", [])})
+    return {"record_no": record_no, "photos": out, "summary": {"photos": len(photos), **counts}}
+
+
+# --- the inspector's decision ------------------------------------------------------------------
+
+
+def _own_finding(session: Session, principal: Principal, finding_id: int) -> tuple[Finding, InspectionPhoto]:
+    finding = session.get(Finding, finding_id)
+    photo = session.get(InspectionPhoto, finding.photo_id) if finding is not None else None
+    if finding is None or photo is None or photo.org_code != principal.org_code:
+        raise NotFound(f"no finding {finding_id}", code="finding_not_found")
+    return finding, photo
+
+
+def _merge(current: Sequence[Mapping[str, Any]], box: Box) -> list[dict[str, Any]]:
+    """The current revision's boxes plus the confirmed one, unless it is already there (a second
+    finding on the same object, or a curator who drew it first)."""
+    boxes = [dict(b) for b in current]
+    same = [b for b in boxes if b.get("class_key") == box.class_key]
+    if same:
+        ious = box_iou([[box.x1, box.y1, box.x2, box.y2]], [[b["x1"], b["y1"], b["x2"], b["y2"]] for b in same])
+        if float(ious.max()) >= SAME_BOX_IOU:
+            return boxes
+    return [*boxes, {"class_key": box.class_key, "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2}]
+
+
+def review_finding(ctx: Context, session: Session, principal: Principal, finding_id: int, decision: str,
+                   box: Mapping[str, Any] | None = None, class_key: str | None = None) -> dict[str, Any]:
+    """Record the inspector's decision on a suggested finding (see the module docstring for what
+    each decision does to the library). A finding is decided once: a second review is a Conflict."""
+    principal.require("findings:review")
+    if decision not in DECISIONS:
+        raise Invalid(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}", code="invalid_decision")
+    if decision == "rejected" and (box is not None or class_key is not None):
+        raise Invalid("a rejected finding takes no box or class; confirm it to correct it", code="invalid_review")
+    finding, photo = _own_finding(session, principal, finding_id)
+    if finding.status != "suggested":
+        raise Conflict(f"finding {finding_id} was already {finding.status}", code="already_reviewed",
+                       details={"status": finding.status})
+    tax = ctx.taxonomy()
+    sample = library.get_sample(session, principal, finding.sample_id)
+    before = snapshot(finding, ["status", "class_key", "box", "review", "revision_id"])
+    now = utcnow()
+    review: dict[str, Any] = {"decision": decision, "by": principal.name, "by_id": principal.user_id,
+                              "at": now.isoformat()}
+    revision: AnnotationRevision | None = None
+    if decision == "confirmed":
+        key = class_key.strip() if isinstance(class_key, str) and class_key.strip() else finding.class_key
+        source = dict(box) if box is not None else dict(finding.box)
+        (final,), _ = validate_boxes(tax, sample, [{**source, "class_key": key}])
+        review.update({"class_key": final.class_key, "box": _box(final),
+                       "corrected": final.class_key != finding.class_key or _box(final) != dict(finding.box)})
+    # Decide first, conditionally: of two concurrent reviews only one changes the row.
+    changed = session.execute(update(Finding).where(Finding.id == finding.id, Finding.status == "suggested")
+                              .values(status=decision, review=review, reviewed_by=principal.user_id,
+                                      reviewed_at=now)
+                              .execution_options(synchronize_session=False)).rowcount
+    if changed != 1:
+        raise Conflict(f"finding {finding_id} was already reviewed", code="already_reviewed")
+    session.refresh(finding)
+    if decision == "confirmed":
+        current = session.get(AnnotationRevision, sample.current_revision_id) if sample.current_revision_id else None
+        boxes = _merge(current.boxes if current is not None else [], final)
+        revision = save_revision(ctx, session, principal, sample.id, boxes, source="feedback", status="submitted",
+                                 model_version=finding.model_version,
+                                 note=f"{photo.record_no}: finding {finding.id} confirmed by the inspector")
+        finding.revision_id = revision.id
+    elif sample.org_code == principal.org_code and HARD_NEGATIVE_TAG not in (sample.tags or []):
+        tags_before = list(sample.tags or [])
+        sample.tags = [*tags_before, HARD_NEGATIVE_TAG]
+        audit(session, principal, "sample.tag", "sample", sample.id, sample_id=sample.id,
+              before={"tags": tags_before}, after={"tags": list(sample.tags), "finding_id": finding.id})
+    session.flush()
+    audit(session, principal, "finding.review", "finding", finding.id, sample_id=sample.id, before=before,
+          after=snapshot(finding, ["status", "class_key", "box", "review", "revision_id"]))
+    out = finding_dict(tax, finding)
+    out["record_no"] = photo.record_no
+    out["revision"] = ({"id": revision.id, "number": revision.number, "status": revision.status}
+                       if revision is not None else None)
+    return out
+
+
+__all__ = ["DECISIONS", "HARD_NEGATIVE_TAG", "DetectFn", "PhotoMeta", "check_record_no", "detection_dict",
+           "finding_dict", "get_inspection", "record_photo", "review_finding"]

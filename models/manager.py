@@ -1,0 +1,591 @@
+"""The models one serving worker holds, and how it swaps them without dropping a request.
+
+The catalogue says which version is in production (``models.registry``); every worker follows it.
+:class:`ModelManager` loads that version at start, and a poller thread re-reads the catalogue every
+``settings.model_poll_s`` seconds. When another version is promoted, the new engine is loaded and
+warmed up *completely* before the manager's reference is swapped (one assignment under a lock), so
+a request either got the old model or gets the new one, never none. Requests hold a
+:class:`ModelLease` while they run; a retired model is closed only when its last lease is returned,
+so an in-flight request finishes on the engine it started on.
+
+"No worker keeps serving a retired model": once the catalogue no longer names a version as
+production, new unpinned requests never get it again (at most one poll interval late). If the new
+version cannot be loaded, the worker answers 503 until it can (the poller retries) rather than quietly
+serving a version an administrator retired; a rollback is the fast way out.
+
+A request may also pin a version (``get("3")``) to compare a candidate before promotion. Pinned
+versions are loaded on demand into a small LRU; archived ones are refused (409), and a pinned model
+that gets archived is dropped on the next poll.
+
+Each loaded engine sits behind its own :class:`~hazardlens.models.batching.MicroBatcher`, so
+concurrent requests share forward passes and never enter an engine concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import select
+
+from hazardlens.context import Context
+from hazardlens.detections import Detections
+from hazardlens.errors import Conflict, HazardError, Invalid
+from hazardlens.models.batching import MicroBatcher
+from hazardlens.models.engines import Engine, load_engine
+from hazardlens.models.preprocess import decode_image, scale_detections
+from hazardlens.models.registry import (
+    DEFAULT_NAME,
+    ensure_baseline,
+    get_model,
+    local_weights,
+    production_model,
+)
+from hazardlens.orm import ModelVersion
+from hazardlens.taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
+
+#: Longest wait the micro-batcher adds to a request to gather a batch (the issue caps it at 5 ms).
+MAX_WAIT_MS = 5.0
+
+
+class ModelUnavailable(HazardError):
+    status, code = 503, "model_unavailable"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to build an engine, copied out of the catalogue row (rows die with sessions)."""
+
+    name: str
+    version: str
+    stage: str
+    classes: tuple[str, ...]
+    imgsz: int
+    weights_sha256: str
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> ModelSpec:
+        return cls(mv.name, mv.version, mv.stage, tuple(mv.classes), int(mv.imgsz), mv.weights_sha256)
+
+
+EngineLoader = Callable[[Context, ModelVersion], Engine]
+
+
+class InferenceObserver(Protocol):
+    """Metrics hooks (serving plugs Prometheus in; models stays free of it)."""
+
+    def inference(self, name: str, version: str, seconds: float, images: int) -> None: ...
+
+    def swapped(self, name: str, old: str | None, new: str | None) -> None: ...
+
+
+def default_loader(ctx: Context, mv: ModelVersion) -> Engine:
+    """The configured back-end (``settings.engine``, ``settings.device``: CUDA when present)."""
+    s = ctx.settings
+    weights = local_weights(ctx, mv)
+    return load_engine(s.engine, weights, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device,
+                       version=mv.version)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    spec: ModelSpec
+    engine: Engine
+    batcher: MicroBatcher
+    loaded_at: datetime
+    load_seconds: float
+    refs: int = 0
+    retired: bool = False
+    closed: bool = False
+    served: int = 0
+    role: str = "production"  # production | pinned
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.batcher.close(timeout=30)
+        finally:
+            self.engine.close()
+        log.info("model closed", extra={"model": self.spec.name, "version": self.spec.version})
+
+    def info(self) -> dict[str, Any]:
+        providers = getattr(self.engine, "providers", None)
+        device = getattr(self.engine, "device", None) or (providers[0] if providers else None)
+        return {"name": self.spec.name, "version": self.spec.version, "stage": self.spec.stage, "role": self.role,
+                "engine": getattr(self.engine, "name", "?"), "device": device, "imgsz": self.spec.imgsz,
+                "classes": list(self.spec.classes), "loaded_at": self.loaded_at.isoformat(),
+                "load_seconds": round(self.load_seconds, 3), "in_flight": self.refs,
+                "queue_depth": self.batcher.queue_depth, "requests": self.served,
+                "batches_run": self.batcher.batches_run, "images_run": self.batcher.images_run}
+
+
+@dataclass
+class DetectResult:
+    """One image's detections in the pixels of the EXIF-oriented original."""
+
+    model: dict[str, str]
+    image_size: tuple[int, int]  # (width, height) of the oriented original
+    detections: Detections
+    timing_ms: dict[str, float]
+    image: np.ndarray | None = None  # the decoded (possibly reduced) BGR image, when asked for
+    image_scale: float = 1.0  # decoded pixels per original pixel
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelLease:
+    """A claim on one loaded model for the length of a request: the model cannot be closed under it.
+
+    Use as a context manager; ``release`` is idempotent.
+    """
+
+    def __init__(self, manager: ModelManager, model: LoadedModel) -> None:
+        self._manager = manager
+        self.model = model
+        self._released = False
+
+    @property
+    def name(self) -> str:
+        return self.model.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.model.spec.version
+
+    @property
+    def imgsz(self) -> int:
+        return self.model.spec.imgsz
+
+    @property
+    def info(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+    def predict(self, image_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.45,
+                timeout: float | None = None) -> Detections:
+        """Detections in the pixels of ``image_bgr``, through the model's micro-batcher."""
+        if self._released:
+            raise RuntimeError("lease already released")
+        start = time.perf_counter()
+        try:
+            return self.model.batcher.submit(image_bgr, conf, iou, timeout=timeout)
+        finally:
+            self._manager._observe(self.model, time.perf_counter() - start)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._manager._release(self.model)
+
+    def __enter__(self) -> ModelLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ModelManager:
+    """The production model of one worker, plus pinned versions; see the module docstring."""
+
+    def __init__(self, ctx: Context, *, name: str = DEFAULT_NAME, max_batch: int = 8,
+                 max_wait_ms: float = MAX_WAIT_MS, pinned_capacity: int = 2, poll_s: float | None = None,
+                 loader: EngineLoader | None = None, observer: InferenceObserver | None = None,
+                 warmup: bool = True) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.max_batch = max_batch
+        self.max_wait_ms = min(max_wait_ms, MAX_WAIT_MS)
+        self.pinned_capacity = max(0, pinned_capacity)
+        self.poll_s = ctx.settings.model_poll_s if poll_s is None else poll_s
+        self.observer = observer
+        self._loader = loader or default_loader
+        self._warmup = warmup
+        self._lock = threading.RLock()
+        self._current: LoadedModel | None = None
+        self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, Future[LoadedModel]] = {}
+        self._refresh_lock = threading.Lock()
+        self._last_check = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._baseline_checked = False
+        self.last_error: str | None = None
+        self.swaps = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self, background: bool = True) -> None:
+        """Load the production model (registering the shipped baseline on a fresh install) and, with
+        ``background``, keep following the catalogue in a poller thread. Without it the catalogue is
+        re-read lazily, on the first request after ``poll_s`` has passed (tests, CLI)."""
+        if background:
+            self.start_background()
+        else:
+            self._initial_load()
+
+    def start_background(self) -> None:
+        """Load in the poller thread and return at once: the server answers /healthz meanwhile and
+        /readyz turns ready when the model is in (a first ONNX export can take a while)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll_loop, name="hazardlens-model-poller", daemon=True)
+            self._thread.start()
+
+    def _initial_load(self) -> None:
+        if not self._baseline_checked:
+            self._baseline_checked = True
+            try:
+                ensure_baseline(self.ctx)
+            except Exception as exc:  # a broken baseline must not stop the API from starting
+                log.exception("could not register the shipped baseline")
+                self.last_error = f"baseline: {exc}"
+        with contextlib.suppress(Exception):  # reported through last_error; requests then get a 503
+            self.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        with self._lock:
+            models = [m for m in [self._current, *self._pinned.values()] if m is not None]
+            self._current = None
+            self._pinned.clear()
+            for m in models:
+                m.retired = True
+            to_close = [m for m in models if m.refs == 0]
+        for m in to_close:
+            m.close()
+
+    def poke(self) -> None:
+        """Ask for a catalogue check soon (after a promotion made through this worker)."""
+        self._last_check = 0.0
+        self._wake.set()
+
+    def _poll_loop(self) -> None:
+        self._initial_load()
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.refresh()
+            except Exception as exc:  # the poller must survive a flaky catalogue
+                self.last_error = f"poll: {exc}"
+                log.exception("model poll failed")
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    @property
+    def current_version(self) -> str | None:
+        current = self._current
+        return current.spec.version if current is not None else None
+
+    # --- catalogue -------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Follow the catalogue once: swap in a newly promoted version, drop retired ones. Returns
+        whether the production model changed. Concurrent calls are serialised."""
+        with self._refresh_lock:
+            self._last_check = time.monotonic()
+            with self.ctx.db.session() as s:
+                mv = production_model(s, self.name)
+                want = ModelSpec.of(mv) if mv is not None else None
+                pinned = list(self._pinned)
+                stages = dict(s.execute(select(ModelVersion.version, ModelVersion.stage).where(
+                    ModelVersion.name == self.name, ModelVersion.version.in_(pinned))).tuples().all()) if pinned else {}
+            self._drop_retired_pins(stages)
+            current = self._current
+            if want is None:
+                if current is not None:
+                    log.warning("no production model in the catalogue any more; unloading",
+                                extra={"model": self.name, "version": current.spec.version})
+                    self._swap(None)
+                    return True
+                return False
+            if current is not None and current.spec.version == want.version:
+                if current.spec.stage != want.stage:
+                    current.spec = want
+                return False
+            try:
+                model = self._obtain(want, role="production")
+            except Exception as exc:
+                self.last_error = f"loading {want.name} {want.version}: {exc}"
+                log.exception("could not load the production model", extra={"version": want.version})
+                if current is not None:  # retired by the catalogue: stop serving it (see module docstring)
+                    self._swap(None)
+                raise
+            self.last_error = None
+            self._swap(model)
+            return True
+
+    def _drop_retired_pins(self, stages: dict[str, str]) -> None:
+        drop: list[LoadedModel] = []
+        with self._lock:
+            for version in list(self._pinned):
+                if stages.get(version, "archived") == "archived":
+                    drop.append(self._pinned.pop(version))
+                else:
+                    m = self._pinned[version]
+                    m.spec = replace(m.spec, stage=stages[version])
+        for m in drop:
+            self._retire(m)
+
+    def _swap(self, model: LoadedModel | None) -> None:
+        with self._lock:
+            old = self._current
+            if model is not None:
+                self._pinned.pop(model.spec.version, None)  # promoted from the pinned LRU: reuse it
+                model.role = "production"
+            self._current = model
+            self.swaps += 1
+        new_v = model.spec.version if model else None
+        old_v = old.spec.version if old else None
+        log.info("model swapped", extra={"model": self.name, "from_version": old_v, "to_version": new_v})
+        if self.observer is not None:
+            self.observer.swapped(self.name, old_v, new_v)
+        if old is not None and old is not model:
+            self._retire(old)
+
+    def _retire(self, model: LoadedModel) -> None:
+        with self._lock:
+            model.retired = True
+            close_now = model.refs == 0
+        if close_now:
+            model.close()
+
+    def _obtain(self, spec: ModelSpec, role: str) -> LoadedModel:
+        """The loaded model for ``spec``: already held, being loaded by another thread, or loaded now."""
+        with self._lock:
+            for held in [self._current, *self._pinned.values()]:
+                if held is not None and held.spec.version == spec.version and not held.retired:
+                    return held
+            future = self._loading.get(spec.version)
+            owner = future is None
+            if owner:
+                future = Future()
+                self._loading[spec.version] = future
+        assert future is not None
+        if not owner:
+            return future.result()
+        try:
+            model = self._load(spec, role)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(spec.version, None)
+        future.set_result(model)
+        return model
+
+    def _load(self, spec: ModelSpec, role: str) -> LoadedModel:
+        start = time.perf_counter()
+        with self.ctx.db.session() as s:
+            mv = get_model(s, spec.name, spec.version)
+            engine = self._loader(self.ctx, mv)
+        try:
+            if self._warmup:  # first call allocates arenas and compiles kernels: pay it before serving
+                engine.predict([np.full((spec.imgsz, spec.imgsz, 3), 114, np.uint8)])
+            batcher = MicroBatcher(engine, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms)
+        except BaseException:
+            engine.close()
+            raise
+        seconds = time.perf_counter() - start
+        log.info("model loaded", extra={"model": spec.name, "version": spec.version, "seconds": round(seconds, 2)})
+        return LoadedModel(spec, engine, batcher, datetime.now(UTC), seconds, role=role)
+
+    # --- leases ----------------------------------------------------------------------------
+
+    def get(self, version: str | None = None) -> ModelLease:
+        """A lease on the production model, or on ``version`` (loaded on demand into the pinned LRU).
+
+        Raises ModelUnavailable (503) when nothing is in production, NotFound for an unknown version,
+        Conflict for an archived one.
+        """
+        if version is not None:
+            version = version.strip()
+            if not version or len(version) > 40:
+                raise Invalid("model version must be 1-40 characters", code="invalid_model_version")
+            lease = self._lease_pinned(version)
+            if lease is not None:
+                return lease
+            return self._load_pinned(version)
+        if self._thread is None and time.monotonic() - self._last_check > self.poll_s:
+            self._lazy_refresh()
+        with self._lock:
+            current = self._current
+            if current is not None:
+                current.refs += 1
+                current.served += 1
+                return ModelLease(self, current)
+        if self._thread is None:
+            self._lazy_refresh()  # nothing loaded yet: maybe a model was registered since
+            with self._lock:
+                if self._current is not None:
+                    self._current.refs += 1
+                    self._current.served += 1
+                    return ModelLease(self, self._current)
+        detail = f" ({self.last_error})" if self.last_error else ""
+        raise ModelUnavailable(f"no production model of '{self.name}' is loaded in this worker{detail}; "
+                               f"promote one with POST /v1/models/{{name}}/{{version}}/promote")
+
+    def _lazy_refresh(self) -> None:
+        self._initial_load()
+
+    def _lease_pinned(self, version: str) -> ModelLease | None:
+        with self._lock:
+            current = self._current
+            if current is not None and current.spec.version == version:
+                model = current
+            elif version in self._pinned:
+                self._pinned.move_to_end(version)
+                model = self._pinned[version]
+            else:
+                return None
+            model.refs += 1
+            model.served += 1
+            return ModelLease(self, model)
+
+    def _load_pinned(self, version: str) -> ModelLease:
+        with self.ctx.db.session() as s:
+            spec = ModelSpec.of(get_model(s, self.name, version))
+        if spec.stage == "archived":
+            raise Conflict(f"model {self.name} {version} is archived (retired) and is not served; "
+                           f"roll back or promote it to use it again", code="model_retired")
+        for _ in range(3):  # another thread may retire what we obtained before we hold it: try again
+            model = self._obtain(spec, role="pinned")
+            evicted: list[LoadedModel] = []
+            with self._lock:
+                if model.retired:
+                    continue
+                if model is not self._current and model.spec.version not in self._pinned:
+                    self._pinned[model.spec.version] = model
+                    while len(self._pinned) > self.pinned_capacity:
+                        _, old = self._pinned.popitem(last=False)
+                        evicted.append(old)
+                if model in evicted:  # no room to keep it: serve this request, close it afterwards
+                    evicted.remove(model)
+                    model.retired = True
+                model.refs += 1
+                model.served += 1
+                lease = ModelLease(self, model)
+            for old in evicted:
+                self._retire(old)
+            return lease
+        raise ModelUnavailable(f"model {self.name} {version} was unloaded while being loaded; try again")
+
+    def _release(self, model: LoadedModel) -> None:
+        with self._lock:
+            model.refs -= 1
+            close_now = model.retired and model.refs == 0
+        if close_now:
+            model.close()
+
+    def _observe(self, model: LoadedModel, seconds: float) -> None:
+        if self.observer is not None:
+            try:
+                self.observer.inference(model.spec.name, model.spec.version, seconds, 1)
+            except Exception:  # metrics must never fail a request
+                log.exception("inference observer failed")
+
+    def loaded(self) -> list[dict[str, Any]]:
+        """What this worker holds right now (production first), for GET /v1/models and metrics."""
+        with self._lock:
+            models = [m for m in [self._current, *self._pinned.values()] if m is not None]
+            return [m.info() for m in models]
+
+    # --- detection -------------------------------------------------------------------------
+
+    def detect(self, data: bytes, *, version: str | None = None, conf: float = 0.25, iou: float = 0.45,
+               max_pixels: int | None = None, timeout: float | None = None,
+               keep_image_side: int | None = None) -> DetectResult:
+        """Decode once (reduced to what the model needs, EXIF-oriented), detect, and answer boxes in
+        the pixels of the oriented original. ``keep_image_side`` keeps a decode of at least that long
+        side in the result, for drawing an evidence image without decoding twice."""
+        with self.get(version) as lease:
+            return detect_with(lease, data, conf=conf, iou=iou, max_pixels=max_pixels, timeout=timeout,
+                               keep_image_side=keep_image_side)
+
+    def detect_many(self, images: Sequence[bytes], *, version: str | None = None, conf: float = 0.25,
+                    iou: float = 0.45, max_pixels: int | None = None,
+                    timeout: float | None = None) -> tuple[dict[str, str], list[DetectResult | HazardError]]:
+        """Several images on one lease (one model version for all), submitted concurrently so the
+        micro-batcher runs them as batched forward passes. A bad image yields its error in its slot;
+        the others still get answers. Returns the model used and the results in input order."""
+        with self.get(version) as lease:
+            def one(data: bytes) -> DetectResult | HazardError:
+                try:
+                    return detect_with(lease, data, conf=conf, iou=iou, max_pixels=max_pixels, timeout=timeout)
+                except HazardError as exc:
+                    return exc
+
+            if len(images) <= 1:
+                return lease.info, [one(d) for d in images]
+            with ThreadPoolExecutor(max_workers=min(len(images), self.max_batch),
+                                    thread_name_prefix="hazardlens-detect") as pool:
+                return lease.info, list(pool.map(one, images))
+
+
+def detect_with(lease: ModelLease, data: bytes, *, conf: float = 0.25, iou: float = 0.45,
+                max_pixels: int | None = None, timeout: float | None = None,
+                keep_image_side: int | None = None) -> DetectResult:
+    if not 0.0 <= conf <= 1.0:
+        raise Invalid(f"conf must be between 0 and 1, not {conf}", code="invalid_conf")
+    start = time.perf_counter()
+    image, size = decode_image(data, max(lease.imgsz, keep_image_side or 0), max_pixels=max_pixels)
+    decoded = time.perf_counter()
+    dets = lease.predict(image, conf, iou, timeout=timeout)
+    inferred = time.perf_counter()
+    h, w = image.shape[:2]
+    dets = scale_detections(dets, (w, h), size)
+    return DetectResult(model=lease.info, image_size=size, detections=dets,
+                        timing_ms={"decode": round((decoded - start) * 1000, 2),
+                                   "inference": round((inferred - decoded) * 1000, 2),
+                                   "total": round((time.perf_counter() - start) * 1000, 2)},
+                        image=image if keep_image_side else None, image_scale=w / size[0] if size[0] else 1.0)
+
+
+def relevant(taxonomy: Taxonomy, detections: Detections, sector: str | None = None) -> Detections:
+    """Only active taxonomy classes (an unapproved addition is never suggested), and with ``sector``
+    only those relevant to it."""
+    keys = {c.key for c in taxonomy.active_classes(sector)}
+    return detections.filter_classes(keys)
+
+
+def detection_dicts(taxonomy: Taxonomy, detections: Detections) -> list[dict[str, Any]]:
+    """The API's stable form of a detection: pixels, plus what an inspector needs to act on it."""
+    out = []
+    for box in detections:
+        cls = taxonomy.classes.get(box.class_key)
+        out.append({
+            "class_key": box.class_key,
+            "name_zh": cls.name_zh if cls else box.class_key,
+            "name_en": cls.name_en if cls else box.class_key,
+            "confidence": round(float(box.confidence or 0.0), 4),
+            "box": {"x1": round(box.x1, 1), "y1": round(box.y1, 1), "x2": round(box.x2, 1), "y2": round(box.y2, 1)},
+            "inspection_items": list(cls.inspection_items) if cls else [],
+            "legal_basis": list(cls.legal_basis) if cls else [],
+            "severity": cls.severity if cls else None,
+            "is_hazard": bool(cls.is_hazard) if cls else False,
+        })
+    return out
+
+
+__all__ = ["DetectResult", "InferenceObserver", "LoadedModel", "ModelLease", "ModelManager", "ModelSpec",
+           "ModelUnavailable", "default_loader", "detect_with", "detection_dicts", "relevant"]

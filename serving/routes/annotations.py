@@ -1,0 +1,164 @@
+"""Labeling API: annotations and their review, work queues, agreement, model suggestions.
+
+Thin: every rule (states, own-work, tenancy, box checks) lives in ``hazardlens.labeling``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from hazardlens.auth import Principal
+from hazardlens.labeling import agreement as agreement_mod
+from hazardlens.labeling import annotations, queues, suggestions
+from hazardlens.labeling.annotations import MAX_BOXES, MAX_REASON
+from hazardlens.orm import ANNOTATION_STATES
+from hazardlens.serving.deps import CtxDep, PrincipalDep, SessionDep, require
+
+router = APIRouter(tags=["labeling"])
+
+Coord = Annotated[float, Field(strict=True, allow_inf_nan=False, description="pixels of the oriented image")]
+
+
+class BoxIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    class_key: Annotated[str, Field(min_length=1, max_length=80, strict=True)]
+    x1: Coord
+    y1: Coord
+    x2: Coord
+    y2: Coord
+
+
+class AnnotationsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    boxes: Annotated[list[BoxIn], Field(max_length=MAX_BOXES,
+                                        description="the full set of boxes; [] marks a verified negative")]
+    note: Annotated[str | None, Field(max_length=10_000)] = None
+
+
+class RejectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, Field(max_length=MAX_REASON, description="what the curator must fix (退回修改意见)")]
+
+
+class FiltersIn(BaseModel):
+    """The library's sample search filter (hazardlens.datasets.library.SampleFilter)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sector: str | None = None
+    class_key: str | None = None
+    status: Annotated[str | None, Field(description=" | ".join(ANNOTATION_STATES))] = None
+    org: Annotated[str | None, Field(description="organisation code; also where an assignee name is looked up")] = None
+    scope: str | None = None
+    site: str | None = None
+    camera: str | None = None
+    enterprise: str | None = None
+    source: str | None = None
+    inspection_record: str | None = None
+    captured_from: datetime | None = None
+    captured_to: datetime | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    dup_group: int | None = None
+    tag: str | None = None
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+    assignee: Annotated[int | str, Field(description="user id, or user name in filters.org (default: yours)")]
+    limit: Annotated[int, Field(ge=1, le=queues.MAX_ASSIGN)] = 100
+
+
+class AcceptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    boxes: Annotated[list[BoxIn] | None, Field(max_length=MAX_BOXES,
+                                               description="edited boxes; omit to accept as suggested")] = None
+
+
+Writer = Annotated[Principal, Depends(require("annotations:write"))]
+Reviewer = Annotated[Principal, Depends(require("annotations:review"))]
+Reader = Annotated[Principal, Depends(require("samples:read"))]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.get("/v1/samples/{sample_id}/annotations")
+def get_annotations(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
+    return annotations.current(session, principal, sample_id)
+
+
+@router.put("/v1/samples/{sample_id}/annotations")
+def put_annotations(sample_id: int, body: AnnotationsIn, ctx: CtxDep, session: SessionDep,
+                    principal: Writer) -> dict[str, Any]:
+    return annotations.put_annotations(ctx, session, principal, sample_id,
+                                       [b.model_dump() for b in body.boxes], note=body.note)
+
+
+@router.get("/v1/samples/{sample_id}/annotations/history")
+def get_history(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
+    return {"sample_id": sample_id, "revisions": annotations.history(session, principal, sample_id)}
+
+
+@router.post("/v1/samples/{sample_id}/annotations/submit")
+def submit(sample_id: int, session: SessionDep, principal: Writer) -> dict[str, Any]:
+    return annotations.submit(session, principal, sample_id)
+
+
+@router.post("/v1/samples/{sample_id}/annotations/approve")
+def approve(sample_id: int, session: SessionDep, principal: Reviewer) -> dict[str, Any]:
+    return annotations.approve(session, principal, sample_id)
+
+
+@router.post("/v1/samples/{sample_id}/annotations/reject")
+def reject(sample_id: int, body: RejectIn, session: SessionDep, principal: Reviewer) -> dict[str, Any]:
+    return annotations.reject(session, principal, sample_id, body.reason)
+
+
+@router.get("/v1/samples/{sample_id}/annotations/agreement")
+def get_agreement(sample_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    return agreement_mod.agreement(session, principal, sample_id)
+
+
+@router.get("/v1/review/queue")
+def review_queue(session: SessionDep, principal: Reviewer, limit: Limit = 50) -> dict[str, Any]:
+    return {"items": agreement_mod.review_queue(session, principal, limit)}
+
+
+@router.post("/v1/labeling/assign")
+def assign(body: AssignIn, session: SessionDep,
+           principal: Annotated[Principal, Depends(require("labeling:assign"))]) -> dict[str, Any]:
+    count = queues.assign(session, principal, body.filters.model_dump(exclude_none=True), body.assignee,
+                          body.limit)
+    return {"assigned": count, "assignee": body.assignee}
+
+
+@router.get("/v1/labeling/queue")
+def my_queue(session: SessionDep, principal: Writer, limit: Limit = 50,
+             include_done: bool = False) -> dict[str, Any]:
+    return {"items": queues.my_queue(session, principal, limit, include_done)}
+
+
+@router.get("/v1/labeling/queue/next")
+def next_in_queue(session: SessionDep, principal: Writer) -> dict[str, Any]:
+    return {"item": queues.next_in_queue(session, principal)}
+
+
+@router.get("/v1/samples/{sample_id}/suggestions")
+def list_suggestions(sample_id: int, session: SessionDep, principal: Reader,
+                     include_closed: bool = False) -> dict[str, Any]:
+    return {"items": suggestions.list_suggestions(session, principal, sample_id, include_closed)}
+
+
+@router.post("/v1/suggestions/{suggestion_id}/accept")
+def accept_suggestion(suggestion_id: int, ctx: CtxDep, session: SessionDep, principal: Writer,
+                      body: Annotated[AcceptIn | None, Body()] = None) -> dict[str, Any]:
+    boxes = [b.model_dump() for b in body.boxes] if body is not None and body.boxes is not None else None
+    return {"revision": suggestions.accept(ctx, session, principal, suggestion_id, boxes)}
+
+
+@router.post("/v1/suggestions/{suggestion_id}/dismiss")
+def dismiss_suggestion(suggestion_id: int, session: SessionDep, principal: Writer) -> dict[str, Any]:
+    return suggestions.dismiss(session, principal, suggestion_id)

@@ -1,0 +1,85 @@
+"""Liveness, readiness and the taxonomy: what load balancers, operators and clients ask first.
+
+``/healthz`` says the process answers; ``/readyz`` says it can do its work (catalogue and object
+store reachable, plus whatever other parts registered, e.g. a model being loaded). Other parts add
+their own readiness checks with :func:`add_readiness_check`; a check is a callable taking no
+argument or the app, and it is ready when it returns anything but ``False`` without raising.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hazardlens import __version__
+from hazardlens.auth import Principal
+from hazardlens.serving.deps import CtxDep, get_principal
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger("hazardlens.health")
+
+ReadinessCheck = Callable[..., Any]
+
+
+def readiness_checks(app: FastAPI) -> list[ReadinessCheck]:
+    """The app's list of extra checks, created on first use so the app factory needs no change."""
+    checks = getattr(app.state, "readiness_checks", None)
+    if checks is None:
+        checks = []
+        app.state.readiness_checks = checks
+    return checks
+
+
+def add_readiness_check(app: FastAPI, check: ReadinessCheck) -> None:
+    readiness_checks(app).append(check)
+
+
+def _run(check: ReadinessCheck, app: FastAPI) -> tuple[bool, str]:
+    try:
+        takes_app = bool(inspect.signature(check).parameters)
+    except (TypeError, ValueError):
+        takes_app = False
+    try:
+        result = check(app) if takes_app else check()
+    except Exception as exc:  # a check that cannot tell is not ready
+        return False, f"{type(exc).__name__}: {exc}"
+    if result is False:
+        return False, "not ready"
+    return True, result if isinstance(result, str) else "ok"
+
+
+@router.get("/healthz", summary="The process is alive (no checks, no auth)")
+def healthz() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/readyz", summary="Catalogue, object store and registered parts are ready (200) or not (503)")
+def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
+    app: FastAPI = request.app
+    checks: dict[str, tuple[bool, str]] = {
+        "catalogue": _run(ctx.db.ping, app),
+        "store": _run(ctx.store.ping, app),
+    }
+    for i, check in enumerate(list(readiness_checks(app))):
+        name = getattr(check, "readiness_name", None) or getattr(check, "__name__", None) or f"check_{i}"
+        if name in checks:
+            name = f"{name}_{i}"
+        checks[name] = _run(check, app)
+    ready = all(ok for ok, _ in checks.values())
+    for name, (ok, detail) in checks.items():
+        if not ok:
+            log.warning("not ready: %s: %s", name, detail)
+    # Unauthenticated: say which part failed, not why (messages can name intranet hosts); the log has it.
+    body = {"status": "ready" if ready else "not_ready",
+            "checks": {name: "ok" if ok else "failed" for name, (ok, _) in checks.items()}}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/v1/taxonomy", summary="Sectors, key inspection items and hazard classes in force")
+def taxonomy(ctx: CtxDep, _: Annotated[Principal, Depends(get_principal)]) -> dict[str, Any]:
+    return ctx.taxonomy().to_dict()

@@ -1,0 +1,260 @@
+"""The web console end to end, in headless Chromium against the real app on a loopback port.
+
+One story carries most of it, because that is how the console is used: a curator finds a sample by
+filter, draws a box and submits; a reviewer sends it back with a reason; the curator corrects and
+resubmits; the reviewer approves the second revision; the API then holds both revisions. Around it,
+the refusals: a wrong, expired or revoked key, a curator trying to review, another organisation's
+sample. Each must show the API's own message and change nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from hazardlens.auth import create_key, revoke_key
+from hazardlens.orm import ApiKey
+from tests.fixtures.console import ConsoleWorld
+
+pytestmark = pytest.mark.browser
+
+expect: Any = None
+
+
+@pytest.fixture(autouse=True)
+def _expect() -> None:
+    global expect
+    from playwright.sync_api import expect as playwright_expect
+
+    expect = playwright_expect
+    playwright_expect.set_options(timeout=15_000)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def login(page: Any, world: ConsoleWorld, key: str) -> None:
+    page.goto(f"{world.url}/console/#/login")
+    page.get_by_test_id("login-key").fill(key)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("me-role")).to_be_visible()
+
+
+def logout(page: Any) -> None:
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("login-key")).to_be_visible()
+
+
+def api(world: ConsoleWorld, key: str, path: str) -> Any:
+    response = httpx.get(f"{world.url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def open_annotator(page: Any, world: ConsoleWorld, sample_id: int) -> Any:
+    page.goto(f"{world.url}/console/#/annotate/{sample_id}")
+    canvas = page.get_by_test_id("annotator-canvas")
+    expect(canvas).to_have_attribute("data-ready", "1")
+    return canvas
+
+
+def drag(page: Any, canvas: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag between two points given as fractions of the canvas."""
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1])
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1], steps=6)
+    page.mouse.up()
+
+
+def status_of(page: Any) -> Any:
+    return page.locator(".editor-toolbar [data-status]")
+
+
+def assert_clean(page: Any) -> None:
+    """No script errors and no missing translations on the way."""
+    assert page.console_problems == []
+
+
+# --- the review round trip ---------------------------------------------------------------------------
+
+
+def test_label_reject_correct_approve(console_page: Any, console_world: ConsoleWorld) -> None:
+    page, world = console_page, console_world
+    target = world.samples["target"]
+
+    # The curator logs in; the header shows the key's organisation and role.
+    login(page, world, world.keys["curator"])
+    expect(page.get_by_test_id("me-org")).to_have_text("420000")
+    expect(page.get_by_test_id("me-role")).to_have_text("标注员")
+    expect(page.locator('.nav-link[data-route="review"]')).to_have_count(0)
+
+    # Find the sample by sector and site.
+    expect(page.get_by_test_id("sample-card").first).to_be_visible()
+    page.locator('[data-filter="sector"]').select_option("confined_space")
+    page.locator('[data-filter="site"]').fill("site-42")
+    cards = page.get_by_test_id("sample-card")
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_have_attribute("data-sample-id", str(target))
+    assert "site=site-42" in page.url and "sector=confined_space" in page.url  # filters are bookmarkable
+    cards.first.click()
+    expect(page.get_by_test_id("history")).to_contain_text("入库")
+    page.get_by_test_id("open-annotator").click()
+
+    # Draw one box as "person" (picked from the searchable list), save, submit.
+    canvas = page.get_by_test_id("annotator-canvas")
+    expect(canvas).to_have_attribute("data-ready", "1")
+    page.get_by_test_id("class-search").fill("Person")
+    page.get_by_test_id("class-search").press("Enter")
+    expect(page.locator('.class-option.active[data-key="person"]')).to_be_visible()
+    drag(page, canvas, (0.35, 0.30), (0.55, 0.60))
+    expect(page.get_by_test_id("box-list").locator(".box-row")).to_have_count(1)
+    page.get_by_test_id("save").click()
+    expect(page.locator(".notice.success .notice-text").last).to_have_text("已保存")
+    page.get_by_test_id("submit").click()
+    expect(status_of(page)).to_have_attribute("data-status", "submitted")
+    assert_clean(page)
+    logout(page)
+
+    # The reviewer sends it back with a reason (退回修改).
+    login(page, world, world.keys["reviewer"])
+    page.goto(f"{world.url}/console/#/review/{target}")
+    expect(page.get_by_test_id("review-queue").locator(f'[data-sample-id="{target}"]')).to_be_visible()
+    page.get_by_test_id("reject").click()
+    page.get_by_test_id("reject-reason-input").fill("人员框偏大，请重画；另有安全帽漏标")
+    page.locator('dialog button[value="reject"]').click()
+    expect(page.locator(".notice.success .notice-text").last).to_contain_text(f"#{target}")
+    assert api(world, world.keys["reviewer"], f"/v1/samples/{target}/annotations")["status"] == "rejected"
+    logout(page)
+
+    # The curator sees the reason, corrects (moves the box, adds a helmet) and resubmits; undo and
+    # redo work on the way.
+    login(page, world, world.keys["curator"])
+    canvas = open_annotator(page, world, target)
+    expect(page.get_by_test_id("reject-reason")).to_contain_text("人员框偏大")
+    expect(page.get_by_test_id("submit")).to_be_disabled()  # a rejected revision must be corrected first
+    drag(page, canvas, (0.45, 0.45), (0.40, 0.40))  # move the box by its middle
+    page.keyboard.press("Escape")  # deselect, so picking a class sets the next box's class, not this one's
+    page.locator('.class-option[data-key="helmet"]').click()
+    drag(page, canvas, (0.60, 0.20), (0.66, 0.27))
+    rows = page.get_by_test_id("box-list").locator(".box-row")
+    expect(rows).to_have_count(2)
+    canvas.focus()
+    page.keyboard.press("Control+z")
+    expect(rows).to_have_count(1)
+    page.keyboard.press("Control+Shift+z")
+    expect(rows).to_have_count(2)
+    page.get_by_test_id("submit").click()  # saves the correction, then submits it
+    expect(status_of(page)).to_have_attribute("data-status", "submitted")
+    assert_clean(page)
+    logout(page)
+
+    # The reviewer compares with the rejected revision and approves.
+    login(page, world, world.keys["reviewer"])
+    page.goto(f"{world.url}/console/#/review/{target}")
+    expect(page.get_by_test_id("review-previous")).to_contain_text("人员框偏大")
+    expect(page.get_by_test_id("review-current")).to_contain_text("安全帽")
+    page.get_by_test_id("approve").click()
+    expect(page.locator(".notice.success .notice-text").last).to_contain_text(f"#{target}")
+    assert_clean(page)
+
+    # The stored trail: revision 1 sent back with the reason, revision 2 approved with two boxes.
+    revisions = api(world, world.keys["reviewer"], f"/v1/samples/{target}/annotations/history")["revisions"]
+    assert [(r["number"], r["status"]) for r in revisions] == [(1, "rejected"), (2, "approved")]
+    assert revisions[0]["reason"] == "人员框偏大，请重画；另有安全帽漏标"
+    assert [b["class_key"] for b in revisions[0]["boxes"]] == ["person"]
+    assert sorted(b["class_key"] for b in revisions[1]["boxes"]) == ["helmet", "person"]
+    moved, original = revisions[1]["boxes"][0], revisions[0]["boxes"][0]
+    assert moved["x1"] < original["x1"] and moved["y1"] < original["y1"]
+    assert moved["x2"] - moved["x1"] == pytest.approx(original["x2"] - original["x1"], abs=1)
+    current = api(world, world.keys["reviewer"], f"/v1/samples/{target}/annotations")
+    assert current["status"] == "approved" and current["approved_revision_id"] == revisions[1]["id"]
+
+    # The sample page shows the boxes and the audit trail of all of it.
+    page.goto(f"{world.url}/console/#/sample/{target}")
+    expect(page.locator(".box-overlay rect")).to_have_count(2)
+    expect(page.get_by_test_id("history")).to_contain_text("退回修改")
+    expect(page.get_by_test_id("history")).to_contain_text("审核通过")
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_wrong_expired_and_revoked_keys_say_why(console_page: Any, console_world: ConsoleWorld) -> None:
+    page, world = console_page, console_world
+    page.goto(f"{world.url}/console/")
+    expect(page.get_by_test_id("login-key")).to_be_visible()  # no key: the login page
+    page.get_by_test_id("login-key").fill("hl_000000000000_not-a-real-key")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_have_text("登录失败：invalid API key")
+    assert page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
+
+    with world.ctx.db.session() as s:
+        expired, _ = create_key(s, "420000", "curator", name="expired-curator")
+        row = s.scalar(select(ApiKey).where(ApiKey.prefix == expired.split("_")[1]))
+        row.expires_at = datetime.now(UTC) - timedelta(days=1)
+    page.get_by_test_id("login-key").fill(expired)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_have_text("登录失败：this API key has expired")
+
+    # A key revoked while in use: the next request ends the session with the API's reason.
+    with world.ctx.db.session() as s:
+        revocable, _ = create_key(s, "420000", "curator", name="revoked-curator")
+    login(page, world, revocable)
+    assert revocable not in page.url  # the key never goes into a URL...
+    assert page.evaluate("Object.values(sessionStorage)") == [revocable]  # ...only into sessionStorage
+    with world.ctx.db.session() as s:
+        revoke_key(s, revocable.split("_")[1])
+    page.goto(f"{world.url}/console/#/sample/{world.samples['s0']}")
+    expect(page.locator(".notice.error .notice-text")).to_contain_text("this API key has been revoked")
+    expect(page.get_by_test_id("login-key")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    assert_clean(page)
+
+
+def test_curator_cannot_review(console_page: Any, console_world: ConsoleWorld) -> None:
+    page, world = console_page, console_world
+    sample = world.samples["s1"]
+    with httpx.Client(base_url=world.url, headers={"Authorization": f"Bearer {world.keys['admin']}"}) as admin:
+        admin.put(f"/v1/samples/{sample}/annotations",
+                  json={"boxes": [{"class_key": "fire", "x1": 10, "y1": 10, "x2": 60, "y2": 50}]}).raise_for_status()
+        admin.post(f"/v1/samples/{sample}/annotations/submit").raise_for_status()
+
+    login(page, world, world.keys["curator"])
+    page.goto(f"{world.url}/console/#/review/{sample}")
+    # No approve or reject button, and the API's own reason for the empty queue.
+    expect(page.get_by_test_id("no-review-right")).to_contain_text("标注员")
+    expect(page.get_by_test_id("review-error")).to_contain_text("may not do 'annotations:review'")
+    expect(page.get_by_test_id("approve")).to_have_count(0)
+    expect(page.get_by_test_id("reject")).to_have_count(0)
+    assert api(world, world.keys["admin"], f"/v1/samples/{sample}/annotations")["status"] == "submitted"
+
+    # The language toggle switches every label, and back.
+    page.get_by_test_id("lang-toggle").click()
+    expect(page.get_by_test_id("no-review-right")).to_contain_text("Curator")
+    expect(page.locator('.nav-link[data-route="library"]')).to_have_text("Library")
+    page.get_by_test_id("lang-toggle").click()
+    expect(page.locator('.nav-link[data-route="library"]')).to_have_text("样本库")
+    assert_clean(page)
+
+
+def test_other_organisations_sample_is_not_there(console_page: Any, console_world: ConsoleWorld) -> None:
+    page, world = console_page, console_world
+    foreign = world.samples["foreign"]
+    login(page, world, world.keys["curator"])
+    page.goto(f"{world.url}/console/#/sample/{foreign}")
+    expect(page.get_by_test_id("page-error")).to_contain_text(f"{foreign}")
+    page.goto(f"{world.url}/console/#/annotate/{foreign}")
+    expect(page.get_by_test_id("page-error")).to_be_visible()
+    expect(page.get_by_test_id("annotator-canvas")).to_have_count(0)
+    # The library never lists it either.
+    page.goto(f"{world.url}/console/#/library")
+    expect(page.get_by_test_id("sample-card").first).to_be_visible()
+    expect(page.locator(f'[data-sample-id="{foreign}"]')).to_have_count(0)
+    other = api(world, world.keys["other"], f"/v1/samples/{foreign}/annotations")
+    assert other["status"] == "unlabeled" and other["revision"] is None
+    assert_clean(page)

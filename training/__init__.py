@@ -1,0 +1,1 @@
+"""Ultralytics training, evaluation and the background jobs runner."""
