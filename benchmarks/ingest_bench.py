@@ -50,6 +50,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    sys.exit(f"the S3 server on port {port} did not start")
+
+
 def raw_put_rate(store, files: list[Path]) -> float:  # type: ignore[no-untyped-def]
     """Images/s for read + put with no processing (the floor any ingest is compared with)."""
     from hazardlens.store import blob_key
@@ -94,28 +104,25 @@ def bench_backends(count: int, workers: int, skip_minio: bool) -> list[dict[str,
         rate, counts = ingest_rate(Settings(home=base / "fs-home"), files, workers)
         results.append({"backend": "filesystem", "raw_put_per_s": raw, "ingest_per_s": rate, **counts})
         if not skip_minio:
-            import logging
-
-            from moto.server import ThreadedMotoServer
-
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request
-
             from hazardlens.store.minio_store import MinioStore
 
+            # Its own process, as MinIO would be: an in-process server would compete for our GIL.
             port = free_port()
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()
+            server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
+                wait_for_port(port)
                 endpoint = f"127.0.0.1:{port}"
                 raw = raw_put_rate(MinioStore(endpoint, "bench", "bench", f"raw-{uuid.uuid4().hex[:12]}"), files)
                 settings = Settings(home=base / "s3-home", store="minio", minio_endpoint=endpoint,
                                     minio_access_key="bench", minio_secret_key="bench",
                                     minio_bucket=f"hl-{uuid.uuid4().hex[:12]}")
                 rate, counts = ingest_rate(settings, files, workers)
-                results.append({"backend": "minio (moto S3 on loopback)", "raw_put_per_s": raw,
+                results.append({"backend": "minio (moto S3 server, loopback)", "raw_put_per_s": raw,
                                 "ingest_per_s": rate, **counts})
             finally:
-                server.stop()
+                server.terminate()
+                server.wait(10)
     return results
 
 

@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -37,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
-from sqlalchemy import Select, and_, cast, exists, func, literal, or_, select
+from sqlalchemy import Select, and_, cast, exists, func, insert, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
@@ -206,11 +207,13 @@ def prepare(ctx: Context, data: bytes, meta: IngestMeta) -> Prepared:
     info = inspect_image(data, settings.max_pixels, settings.thumbnail_size)
     sha = hashlib.sha256(data).hexdigest()
     store = ctx.store
-    key = blob_key(sha)
+    key, thumb = blob_key(sha), thumbnail_key(sha)
     if not store.exists(key):
         store.put(key, data, content_type=info.mime)
-    thumb = thumbnail_key(sha)
-    if not store.exists(thumb):
+        # New bytes have no thumbnail either; skip asking (a round trip on S3). A concurrent upload
+        # of the same bytes writes the same thumbnail, atomically.
+        store.put(thumb, info.thumbnail_jpeg, content_type="image/jpeg")
+    elif not store.exists(thumb):
         store.put(thumb, info.thumbnail_jpeg, content_type="image/jpeg")
     return Prepared(sha256=sha, size=len(data), info=info, meta=meta)
 
@@ -222,11 +225,12 @@ def ingest(ctx: Context, session: Session, principal: Principal, data: bytes, me
 
 def _same_bytes(session: Session, principal: Principal, sha: str, *, include_deleted_own: bool) -> Sample | None:
     """The sample with these bytes the caller already has: their own first, else a shared one."""
-    own = session.scalar(select(Sample).where(Sample.sha256 == sha, Sample.org_code == principal.org_code))
-    if own is not None and (own.deleted_at is None or include_deleted_own):
-        return own
-    return session.scalar(select(Sample).where(Sample.sha256 == sha, Sample.scope == "shared",
-                                               Sample.deleted_at.is_(None)).order_by(Sample.id).limit(1))
+    # One indexed query: a photo exists at most once per organisation, so these are few rows.
+    rows = session.scalars(select(Sample).where(Sample.sha256 == sha).order_by(Sample.id)).all()
+    for row in rows:
+        if row.org_code == principal.org_code and (row.deleted_at is None or include_deleted_own):
+            return row
+    return next((r for r in rows if r.scope == "shared" and r.deleted_at is None), None)
 
 
 def record(ctx: Context, session: Session, principal: Principal, prepared: Prepared) -> IngestResult:
@@ -386,9 +390,10 @@ def _index_for(session: Session) -> _PhashIndex:
         return index
 
 
-def find_near_duplicates(ctx: Context, session: Session, principal: Principal, phash: int,
-                         exclude_id: int = 0) -> list[tuple[int, int]]:
-    """(sample id, distance) of visible samples within ``near_duplicate_distance``, closest first."""
+def _near_rows(ctx: Context, session: Session, principal: Principal, phash: int,
+               exclude_id: int) -> list[tuple[int, int, int | None]]:
+    """(id, distance, dup_group) of visible samples within the distance, closest first, at most
+    MAX_NEAR_DUPLICATE_LINKS. The index proposes; the catalogue decides (one query)."""
     max_distance = ctx.settings.near_duplicate_distance
     index = _index_for(session)
     with index.lock:
@@ -396,33 +401,42 @@ def find_near_duplicates(ctx: Context, session: Session, principal: Principal, p
         ids = index.candidates(phash, principal.org_code, max_distance, exclude_id)
     if not ids:
         return []
-    rows = session.execute(select(Sample.id, Sample.phash).where(visibility(principal), Sample.id.in_(ids))).all()
-    found = sorted((d, sid) for sid, ph in rows if (d := hamming(ph, phash)) <= max_distance)
-    return [(sid, d) for d, sid in found[:MAX_NEAR_DUPLICATE_LINKS]]
+    rows = session.execute(select(Sample.id, Sample.phash, Sample.dup_group)
+                           .where(visibility(principal), Sample.id.in_(ids))).all()
+    found = sorted((d, sid, group) for sid, ph, group in rows if (d := hamming(ph, phash)) <= max_distance)
+    return [(sid, d, group) for d, sid, group in found[:MAX_NEAR_DUPLICATE_LINKS]]
+
+
+def find_near_duplicates(ctx: Context, session: Session, principal: Principal, phash: int,
+                         exclude_id: int = 0) -> list[tuple[int, int]]:
+    """(sample id, distance) of visible samples within ``near_duplicate_distance``, closest first."""
+    return [(sid, d) for sid, d, _ in _near_rows(ctx, session, principal, phash, exclude_id)]
 
 
 def _link_near_duplicates(ctx: Context, session: Session, principal: Principal, sample: Sample) -> list[int]:
     """Link ``sample`` both ways to its near-duplicates and merge their groups into one whose id is
     the smallest sample id in it (stable as the group grows, since new samples get larger ids)."""
-    near = find_near_duplicates(ctx, session, principal, sample.phash, exclude_id=sample.id)
+    near = _near_rows(ctx, session, principal, sample.phash, exclude_id=sample.id)
     if not near:
         return []
-    for other, distance in near:
-        session.add(NearDuplicate(sample_id=sample.id, other_id=other, distance=distance))
-        session.add(NearDuplicate(sample_id=other, other_id=sample.id, distance=distance))
-    ids = [sid for sid, _ in near]
-    groups = set(session.scalars(select(Sample.dup_group).where(Sample.id.in_(ids),
-                                                                Sample.dup_group.is_not(None))))
+    # Core executemany: up to 2 x 50 link rows per image, without the ORM's per-object bookkeeping.
+    session.execute(insert(NearDuplicate), [
+        row for other, distance, _ in near for row in (
+            {"sample_id": sample.id, "other_id": other, "distance": distance},
+            {"sample_id": other, "other_id": sample.id, "distance": distance})])
+    ids = [sid for sid, _, _ in near]
+    groups = {g for _, _, g in near if g is not None}
     group = min([sample.id, *ids, *groups])
-    members = or_(Sample.id.in_(ids), Sample.dup_group.in_(groups)) if groups else Sample.id.in_(ids)
-    changed = session.scalars(select(Sample).where(
-        members, or_(Sample.dup_group.is_(None), Sample.dup_group != group)).order_by(Sample.id)).all()
-    for other_sample in changed:
-        audit(session, principal, "sample.dup_group", "sample", other_sample.id, sample_id=other_sample.id,
-              before={"dup_group": other_sample.dup_group}, after={"dup_group": group})
-        other_sample.dup_group = group
+    # Usually the neighbours are already in one group named by its smallest id: nothing to merge.
+    if any(g != group for _, _, g in near):
+        members = or_(Sample.id.in_(ids), Sample.dup_group.in_(groups)) if groups else Sample.id.in_(ids)
+        changed = session.scalars(select(Sample).where(
+            members, or_(Sample.dup_group.is_(None), Sample.dup_group != group)).order_by(Sample.id)).all()
+        for other_sample in changed:
+            audit(session, principal, "sample.dup_group", "sample", other_sample.id, sample_id=other_sample.id,
+                  before={"dup_group": other_sample.dup_group}, after={"dup_group": group})
+            other_sample.dup_group = group
     sample.dup_group = group
-    session.flush()
     return ids
 
 
@@ -755,14 +769,24 @@ def _archive_sources(path: Path, limit: int, stack: ExitStack) -> Iterator[_Sour
     yield from _zip_sources(zf, str(path), limit, threading.Lock())
 
 
+BATCH_MAX = 64  # images recorded per catalogue transaction in bulk ingest
+
+
 def _ingest_sources(ctx: Context, principal: Principal, sources: Sequence[_Source], meta: IngestMeta,
                     progress: Progress | None, workers: int | None) -> IngestSummary:
     """Decode and store in worker threads (PIL and the store release the GIL) while this thread
-    writes the catalogue, one short transaction per image so that one bad file never undoes or
-    stops the rest."""
+    writes the catalogue.
+
+    Images that are ready together are recorded in one transaction, each inside its own savepoint:
+    one bad file is rolled back alone and never undoes or stops the rest, while the catalogue pays
+    for one commit per batch instead of one per image (the commit, not the insert, is what costs).
+    A batch only takes images whose decode already finished, so a slow folder still shows progress
+    image by image.
+    """
     summary = IngestSummary()
     total = len(sources)
-    workers = workers or min(4, os.cpu_count() or 1)
+    # Threads beyond the cores still help: much of the work is waiting on disk or network writes.
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
     done = 0
 
     def note(name: str, outcome: str) -> None:
@@ -775,17 +799,48 @@ def _ingest_sources(ctx: Context, principal: Principal, sources: Sequence[_Sourc
         assert src.read is not None
         return prepare(ctx, src.read(), replace(meta, original_name=src.original_name))
 
-    def refuse(src: _Source, exc: BaseException) -> None:
+    def refusal(src: _Source, exc: BaseException) -> Refusal:
         if isinstance(exc, HazardError):
-            summary.refused.append(Refusal(src.name, exc.code, exc.message))
-        else:
-            log.warning("ingest of %s failed", src.name, exc_info=exc)
-            summary.refused.append(Refusal(src.name, "error", f"{type(exc).__name__}: {exc}"))
+            return Refusal(src.name, exc.code, exc.message)
+        log.warning("ingest of %s failed", src.name, exc_info=exc)
+        return Refusal(src.name, "error", f"{type(exc).__name__}: {exc}")
+
+    def refuse(src: _Source, exc: BaseException) -> None:
+        summary.refused.append(refusal(src, exc))
         note(src.name, "refused")
 
+    def record_batch(batch: list[tuple[_Source, Prepared]]) -> None:
+        outcomes: list[tuple[_Source, IngestResult | Refusal]] = []
+        try:
+            with ctx.db.session() as session:
+                for src, prepared in batch:
+                    try:
+                        with session.begin_nested():
+                            outcomes.append((src, record(ctx, session, principal, prepared)))
+                    except Exception as exc:
+                        outcomes.append((src, refusal(src, exc)))
+        except Exception as exc:  # the commit itself failed: nothing of this batch was recorded
+            for src, _ in batch:
+                refuse(src, exc)
+            return
+        for src, outcome in outcomes:
+            if isinstance(outcome, Refusal):
+                summary.refused.append(outcome)
+                note(src.name, "refused")
+                continue
+            summary.sample_ids.append(outcome.sample.id)
+            if outcome.deduplicated:
+                summary.deduplicated += 1
+                note(src.name, "deduplicated")
+            else:
+                summary.stored += 1
+                if outcome.near_duplicates:
+                    summary.near_duplicates += 1
+                note(src.name, "stored")
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-        window = workers * 2  # bounded read-ahead: memory stays a few images whatever the folder size
-        pending: list[tuple[_Source, Future[Prepared] | None]] = []
+        window = workers * 3  # bounded read-ahead: memory stays a few images whatever the folder size
+        pending: deque[tuple[_Source, Future[Prepared] | None]] = deque()
         it = iter(sources)
 
         def fill() -> None:
@@ -797,29 +852,23 @@ def _ingest_sources(ctx: Context, principal: Principal, sources: Sequence[_Sourc
 
         fill()
         while pending:
-            src, fut = pending.pop(0)
-            fill()
-            if fut is None:
-                assert src.refusal is not None
-                (summary.skipped if src.skip else summary.refused).append(src.refusal)
-                note(src.name, "skipped" if src.skip else "refused")
-                continue
-            try:
-                prepared = fut.result()
-                with ctx.db.session() as session:
-                    result = record(ctx, session, principal, prepared)
-            except Exception as exc:
-                refuse(src, exc)
-                continue
-            summary.sample_ids.append(result.sample.id)
-            if result.deduplicated:
-                summary.deduplicated += 1
-                note(src.name, "deduplicated")
-            else:
-                summary.stored += 1
-                if result.near_duplicates:
-                    summary.near_duplicates += 1
-                note(src.name, "stored")
+            batch: list[tuple[_Source, Prepared]] = []
+            # Take the head (waiting for it if needed), then whatever right behind it is done too.
+            while pending and len(batch) < BATCH_MAX and (not batch or pending[0][1] is None
+                                                          or pending[0][1].done()):
+                src, fut = pending.popleft()
+                fill()
+                if fut is None:
+                    assert src.refusal is not None
+                    (summary.skipped if src.skip else summary.refused).append(src.refusal)
+                    note(src.name, "skipped" if src.skip else "refused")
+                    continue
+                try:
+                    batch.append((src, fut.result()))
+                except Exception as exc:
+                    refuse(src, exc)
+            if batch:
+                record_batch(batch)
     return summary
 
 

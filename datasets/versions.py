@@ -109,17 +109,29 @@ def filter_from_params(params: Mapping[str, Any]) -> SampleFilter:
 # --- grouping and the near-duplicate check ----------------------------------------------------------
 
 
-def group_key(sample: Sample, group_by: str) -> str:
-    """The sample's camera/site/enterprise, else its near-duplicate group, else the image itself."""
+def group_key(sample: Sample, group_by: str, dup_names: dict[int, str] | None = None) -> str:
+    """The sample's camera/site/enterprise, else its near-duplicate group, else the image itself.
+
+    A near-duplicate group is named by the smallest SHA-256 among its members (``dup_names``), not by
+    a database id, so the same images give the same split on any installation.
+    """
     value = getattr(sample, _GROUP_COLUMN[group_by])
     if value:
         return str(value)
     if sample.dup_group is not None:
-        return f"dup:{sample.dup_group}"
+        return f"dup:{(dup_names or {}).get(sample.dup_group, sample.dup_group)}"
     return f"sample:{sample.sha256}"
 
 
-def _merge_groups(keys: Sequence[str], dup_groups: Sequence[int | None]) -> list[str]:
+def dup_group_names(samples: Sequence[Sample]) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for s in samples:
+        if s.dup_group is not None and (s.dup_group not in names or s.sha256 < names[s.dup_group]):
+            names[s.dup_group] = s.sha256
+    return names
+
+
+def _merge_groups(keys: Sequence[str], dup_groups: Sequence[str | None]) -> list[str]:
     """Split units: groups that share a near-duplicate cluster are merged (union-find), so a
     cluster that spans two cameras still lands on one side. Each unit is named by its smallest key."""
     parent: dict[str, str] = {}
@@ -287,8 +299,10 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
     present = {b["class_key"] for _, _, boxes in rows for b in boxes}
     class_list = wanted if wanted is not None else [k for k in active if k in present]
 
-    keys = [group_key(s, group_by) for s, _, _ in rows]
-    units = _merge_groups(keys, [s.dup_group for s, _, _ in rows])
+    dup_names = dup_group_names([s for s, _, _ in rows])
+    keys = [group_key(s, group_by, dup_names) for s, _, _ in rows]
+    units = _merge_groups(keys, [dup_names.get(s.dup_group) if s.dup_group is not None else None
+                                 for s, _, _ in rows])
     split_of = assign_splits(
         [SplitItem(s.id, unit, frozenset(b["class_key"] for b in boxes))
          for (s, _, boxes), unit in zip(rows, units, strict=True)], ratios, seed)

@@ -171,12 +171,12 @@ def select_labelled(session: Session, principal: Principal, status: str,
     return list(rows)
 
 
-def _class_order(ctx: Context, present: set[str], wanted: list[str] | None) -> list[str]:
+def _class_order(ctx: Context, session: Session, present: set[str], wanted: list[str] | None) -> list[str]:
     if wanted is not None:
         return list(wanted)
     # Taxonomy order, so that the same classes get the same indices in every export; a retired
     # class still on an old revision goes last rather than being dropped.
-    order = [k for k in ctx.taxonomy().classes if k in present]
+    order = [k for k in ctx.taxonomy(session).classes if k in present]
     return order + sorted(present - set(order))
 
 
@@ -218,7 +218,7 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
         present.update(b.class_key for b in boxes)
         items.append(ExportItem(_file_name(sample), images.writer(sample), sample.width, sample.height, boxes,
                                 predictions=predictions))
-    names = _class_order(ctx, present, class_names)
+    names = _class_order(ctx, session, present, class_names)
 
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "yolo":

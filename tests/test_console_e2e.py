@@ -258,3 +258,57 @@ def test_other_organisations_sample_is_not_there(console_page: Any, console_worl
     other = api(world, world.keys["other"], f"/v1/samples/{foreign}/annotations")
     assert other["status"] == "unlabeled" and other["revision"] is None
     assert_clean(page)
+
+
+# --- touch ---------------------------------------------------------------------------------------------
+
+
+def test_touch_pinch_zoom_then_draw_a_small_box(chromium: Any, console_world: ConsoleWorld) -> None:
+    """On a tablet: two fingers zoom in (and draw nothing), one finger then draws a box, and the box
+    is stored in image pixels, so a box drawn large on a zoomed screen is small in the image."""
+    world = console_world
+    sample = world.samples["s2"]
+    context = chromium.new_context(viewport={"width": 820, "height": 1180}, has_touch=True, is_mobile=True,
+                                   locale="zh-CN")
+    try:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.console_problems = problems
+        login(page, world, world.keys["curator"])
+        canvas = open_annotator(page, world, sample)
+        cdp = context.new_cdp_session(page)
+        box = canvas.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+        def touch(kind: str, *points: tuple[float, float]) -> None:
+            cdp.send("Input.dispatchTouchEvent", {
+                "type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]})
+
+        zoom_before = int(page.get_by_test_id("zoom").inner_text().rstrip("%"))
+        touch("touchStart", (cx - 40, cy), (cx + 40, cy))
+        for step in range(1, 9):
+            touch("touchMove", (cx - 40 - 30 * step, cy), (cx + 40 + 30 * step, cy))
+        touch("touchEnd")
+        zoom_after = int(page.get_by_test_id("zoom").inner_text().rstrip("%"))
+        assert zoom_after > zoom_before * 3  # fingers 80 px -> 560 px apart
+        expect(page.get_by_test_id("box-list").locator(".box-row")).to_have_count(0)
+
+        touch("touchStart", (cx - 60, cy - 60))
+        for step in range(1, 7):
+            touch("touchMove", (cx - 60 + 20 * step, cy - 60 + 20 * step))
+        touch("touchEnd")
+        expect(page.get_by_test_id("box-list").locator(".box-row")).to_have_count(1)
+        page.evaluate("document.addEventListener('click', (e) => console.log('CLICK', e.target.outerHTML.slice(0, 80)), true)")
+        page.on("console", lambda m: print("CONSOLE", m.text))
+        page.get_by_test_id("save").click()
+        print(page.get_by_test_id("save").bounding_box(), page.viewport_size)
+        expect(page.locator(".notice.success .notice-text").last).to_have_text("已保存")
+
+        (stored,) = api(world, world.keys["curator"], f"/v1/samples/{sample}/annotations")["boxes"]
+        drawn = 120 * zoom_before / zoom_after / (zoom_before / 100)  # 120 screen px at the new scale
+        assert stored["x2"] - stored["x1"] == pytest.approx(drawn, rel=0.15)
+        assert stored["x2"] - stored["x1"] < 40
+        assert problems == []
+    finally:
+        context.close()

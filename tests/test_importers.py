@@ -175,6 +175,20 @@ def test_import_messy_yolo_as_approved_and_reimport_adds_nothing(ctx: Context, c
     assert b.annotation_status == "submitted" and b.approved_revision_id == _revisions(ctx, b.id)[0].id
 
 
+def test_import_voc_and_labelstudio(ctx: Context, cast: Cast, fmt_voc_messy: Path,
+                                    fmt_labelstudio_messy: tuple[Path, Path]) -> None:
+    voc = _import(ctx, cast.curator, "voc", fmt_voc_messy, sector="dust")
+    assert (voc.stored, voc.revisions, voc.boxes, voc.negatives) == (3, 3, 3, 1)
+    assert sorted(r.code for r in voc.refused) == ["bad_xml", "missing_file"]
+    tasks, images = fmt_labelstudio_messy
+    ls = _import(ctx, cast.curator, "labelstudio", tasks, images=images, sector="steel")
+    assert (ls.stored, ls.revisions, ls.boxes, ls.negatives) == (3, 3, 3, 1)
+    assert sorted(r.code for r in ls.refused) == ["missing_file", "not_annotated"]
+    assert ls.repairs == {"clipped": 1, "polygon_to_box": 1}
+    with pytest.raises(Invalid, match="images folder"):
+        _import(ctx, cast.curator, "labelstudio", tasks)
+
+
 @pytest.mark.parametrize("mapping, code, detail", [
     ({"person": "person", "objects": "ignore"}, "unmapped_classes", {"unmapped": ["helmet"]}),
     ({"person": "persn", "helmet": "helmet", "objects": "ignore"}, "unknown_classes", "persn"),
@@ -358,3 +372,40 @@ def test_labelstudio_export_with_predictions(ctx: Context, cast: Cast, coco_set:
     assert task["annotations"][0]["result"][0]["value"]["width"] == 100.0
     back, report = read_labelstudio(result.path, tmp_path / "ls")
     assert len(back) == 3 and not report.refused_images and not report.missing_files
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def test_cli_import_and_export(ctx: Context, yolo_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import hazardlens.cli.labeling_io as cli_io
+    from hazardlens.cli.main import app
+
+    monkeypatch.setattr(cli_io, "context", lambda: Context(ctx.settings))
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("mapping:\n  person: person\n  helmet: helmet\n  head: head\n", encoding="utf-8")
+    runner = CliRunner()
+    args = ["import", "yolo", str(yolo_set), "--class-map", str(cmap), "--org", "420000", "--sector", "general",
+            "--approved", "--camera-regex", r"^(cam\d+)_"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "stored (new samples)" in result.output and "camera ids" in result.output
+    with ctx.db.session() as s:
+        uploaders = set(s.scalars(select(Sample.uploader_id)))
+        statuses = set(s.scalars(select(AnnotationRevision.status)))
+    assert len(uploaders) == 1 and statuses == {"approved"}  # user cli-420000, an admin
+
+    again = runner.invoke(app, [*args, "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout.strip().splitlines()[-1])["unchanged"] == 4
+
+    cmap.write_text("mapping:\n  person: person\n", encoding="utf-8")
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 2 and "unmapped_classes" in bad.output
+
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", "--format", "coco", "--out", str(out), "--org", "420000",
+                                 "--class", "head"])
+    assert result.exit_code == 0, result.output
+    assert "exported 1 images" in result.output and (out / "annotations.json").is_file()

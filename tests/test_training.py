@@ -139,7 +139,7 @@ def _cli():  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_resume_after_interruption(ctx: Context, tiny_dataset: TinyDataset, tmp_path: Path, cli_home: Path) -> None:
-    config = write_config(tmp_path / "two.yaml", epochs=2, ultralytics={"plots": False})
+    config = write_config(tmp_path / "two.yaml", epochs=2)
 
     class Stop(Exception):
         pass

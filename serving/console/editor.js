@@ -462,8 +462,10 @@ export class BoxEditor {
     ctx.font = "12px 'Noto Sans CJK SC', 'Microsoft YaHei', 'PingFang SC', sans-serif";
     ctx.textBaseline = "top";
 
-    for (const s of this.suggestions) this.paintBox(s, { dashed: true, label: `${this.labelOf(s.class_key)}${s.confidence !== undefined ? ` ${(s.confidence * 100).toFixed(0)}%` : ""}` });
-    this.boxes.forEach((b, i) => { if (i !== this.selected) this.paintBox(b, { label: this.labelOf(b.class_key) }); });
+    // Suggestions carry only their confidence, and boxes too small on screen for their name carry
+    // only their hotkey number: with a dozen helmets in a frame, full names would hide the image.
+    for (const s of this.suggestions) this.paintBox(s, { dashed: true, label: s.confidence !== undefined ? `${(s.confidence * 100).toFixed(0)}%` : "" });
+    this.boxes.forEach((b, i) => { if (i !== this.selected) this.paintBox(b, { label: this.labelOf(b.class_key), compact: true }); });
     if (this.selected >= 0) {
       const b = this.boxes[this.selected];
       this.paintBox(b, { selected: true, label: this.labelOf(b.class_key) });
@@ -498,7 +500,7 @@ export class BoxEditor {
     }
   }
 
-  paintBox(b, { selected = false, dashed = false, label = "" }) {
+  paintBox(b, { selected = false, dashed = false, label = "", compact = false }) {
     const ctx = this.ctx;
     const x = b.x1 * this.scale + this.tx;
     const y = b.y1 * this.scale + this.ty;
@@ -518,6 +520,7 @@ export class BoxEditor {
     ctx.strokeStyle = color;
     ctx.strokeRect(x, y, w, h);
     ctx.setLineDash([]);
+    if (label && compact && ctx.measureText(label).width > w + 24) label = label.split(" ")[0];
     if (label) {
       const tw = ctx.measureText(label).width + 8;
       const ly = y >= 18 ? y - 18 : y + h + 2;

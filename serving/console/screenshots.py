@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import random
 import sys
 import tempfile
@@ -183,6 +184,7 @@ def build_library(ctx: Any, count: int) -> dict[str, Any]:
         as_admin = Principal(admin.id, admin.name, admin.org_code, admin.role)
     states = ["approved", "submitted", "in_progress", "unlabeled", "approved", "rejected", "approved", "unlabeled"]
     annotate_id = None
+    focus = (0, 0, W, H)
     for i in range(count):
         data, boxes, sector = scene(i)
         meta = IngestMeta(sector=sector, site_id=f"鄂-{['武钢', '冶炼厂', '铝业', '化工园'][i % 4]}-{i % 3 + 1}",
@@ -202,13 +204,15 @@ def build_library(ctx: Any, count: int) -> dict[str, Any]:
                 annotations.reject(s, as_reviewer, sample_id, "安全帽框偏大，请贴合帽檐重画")
         if annotate_id is None and state == "in_progress" and len(boxes) >= 6:
             annotate_id = sample_id
+            focus = (min(b["x1"] for b in boxes), min(b["y1"] for b in boxes),
+                     max(b["x2"] for b in boxes), max(b["y2"] for b in boxes))
             # What a model would add: the rest of the boxes, with confidences.
             dets = Detections.from_boxes([Box(b["class_key"], b["x1"] + 3, b["y1"] + 2, b["x2"] - 2, b["y2"] + 3,
                                              confidence=0.55 + 0.4 * ((k * 37) % 10) / 10)
                                           for k, b in enumerate(boxes[len(boxes) // 2:])])
             with ctx.db.session() as s:
                 store_suggestions(s, as_reviewer, sample_id, "hazard-yolo 3", dets)
-    return {"key": curator_key, "annotate": annotate_id}
+    return {"key": curator_key, "annotate": annotate_id, "focus": focus}
 
 
 # --- pictures ---------------------------------------------------------------------------------------
@@ -255,9 +259,18 @@ def shoot(out: Path, count: int = 30, lang: str = "zh") -> list[Path]:
 
             page.goto(f"{server.url}/console/#/annotate/{world['annotate']}")
             page.locator('[data-testid="annotator-canvas"][data-ready="1"]').wait_for()
-            page.locator(".box-row").first.click()  # a selected box shows its handles
+            # Zoom in on the labelled workers, the way a curator works on small objects.
             canvas = page.get_by_test_id("annotator-canvas").bounding_box()
-            page.mouse.move(canvas["x"] + canvas["width"] * .62, canvas["y"] + canvas["height"] * .4)
+            x1, y1, x2, y2 = world["focus"]
+            scale = min(canvas["width"] / W, canvas["height"] / H) * 0.96
+            cx = canvas["x"] + (canvas["width"] - W * scale) / 2 + (x1 + x2) / 2 * scale
+            cy = canvas["y"] + (canvas["height"] - H * scale) / 2 + (y1 + y2) / 2 * scale
+            page.mouse.move(cx, cy)
+            zoom = min(2.2, 0.8 * min(W / max(1, x2 - x1), H / max(1, y2 - y1)))
+            page.mouse.wheel(0, -math.log(zoom) / 0.0015)
+            time.sleep(0.3)
+            page.locator(".box-row").first.click()  # a selected box shows its handles
+            page.mouse.move(cx + 90, cy - 40)
             time.sleep(0.3)
             written.append(out / "console-annotator.png")
             page.screenshot(path=str(written[-1]))

@@ -1,0 +1,283 @@
+"""The detection service end to end against Ultralytics' own in-process predict, on real photos.
+
+    .venv/bin/python benchmarks/serve_bench.py [--weights PATH] [--imgsz 640] [--count 200] [--engine onnx]
+
+Same ``--count`` photos from ../shared/data/sfchd-ppe, same model, same machine, one run:
+
+* the service: a real uvicorn server in its own process (``hazardlens.serving.main:app``, one
+  worker, the configured engine), fed by httpx over loopback with multipart uploads of the JPEG
+  bytes, at concurrency 1, 4 and 16 (every photo once per level): p50, p95, throughput;
+* Ultralytics: ``YOLO(weights).predict(path, imgsz=...)`` in this process, batch 1, on the same
+  files (so it, too, reads and decodes each JPEG);
+* ratios: service p50 @1 / Ultralytics p50 (goal <= 1.0) and throughput @16 / @1 (goal >= 1.3);
+* the server's RSS with one model loaded.
+
+The model: ``--weights`` if given (classes from ``--classes`` or the checkpoint's names, which must
+be taxonomy keys), else the shipped baseline (models/baseline/baseline.pt) if present, else a
+random-weight YOLO11n built here (timing only; it detects nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HAZARDLENS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PPE_CLASSES = ["person", "helmet", "head", "safety_clothes", "self_clothes"]
+
+
+def photos(count: int) -> list[Path]:
+    folder = DATA / "sfchd-ppe" / "images"
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"}) if folder.is_dir() else []
+    if len(files) < count:
+        sys.exit(f"need {count} JPEGs under {folder}, found {len(files)}")
+    return files[:count]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def random_yolo(path: Path, classes: list[str]) -> Path:
+    from hazardlens.models.ultralytics_env import prepare_ultralytics
+
+    prepare_ultralytics()
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    torch.manual_seed(0)
+    wrapper = YOLO("yolo11n.yaml")
+    model = DetectionModel(yaml_model_load("yolo11n.yaml"), nc=len(classes), verbose=False)
+    model.names = dict(enumerate(classes))
+    model.args = wrapper.model.args
+    model.eval()
+    wrapper.model = model
+    wrapper.save(path)
+    return path
+
+
+def prepare_home(home: Path, args: argparse.Namespace) -> tuple[Path, str]:
+    """Register the model in a fresh home; returns the .pt to give Ultralytics and a description."""
+    from hazardlens.auth import SYSTEM
+    from hazardlens.context import Context
+    from hazardlens.models import registry
+    from hazardlens.settings import Settings
+
+    ctx = Context(Settings(home=home))
+    ctx.init()
+    try:
+        if args.weights:
+            weights = Path(args.weights).resolve()
+            classes = args.classes.split(",") if args.classes else None
+            if classes is None:
+                from hazardlens.models.ultralytics_env import prepare_ultralytics
+
+                prepare_ultralytics()
+                from ultralytics import YOLO
+
+                classes = list(YOLO(str(weights)).names.values())
+            with ctx.db.session() as s:
+                registry.register_model(ctx, s, SYSTEM, weights, classes=classes, imgsz=args.imgsz,
+                                        card={"source": "serve_bench"}, stage="production")
+            return weights, f"--weights {weights.name}"
+        if (registry.BASELINE_DIR / "baseline.pt").is_file():
+            mv = registry.ensure_baseline(ctx)
+            assert mv is not None
+            return registry.BASELINE_DIR / "baseline.pt", f"shipped baseline {mv.version} (imgsz {mv.imgsz})"
+        weights = random_yolo(home / "random-yolo11n.pt", PPE_CLASSES)
+        with ctx.db.session() as s:
+            registry.register_model(ctx, s, SYSTEM, weights, classes=PPE_CLASSES, imgsz=args.imgsz,
+                                    card={"source": "serve_bench", "random_weights": True}, stage="production")
+        return weights, f"random-weight YOLO11n, imgsz {args.imgsz} (no baseline yet)"
+    finally:
+        ctx.close()
+
+
+def run_level(url: str, key: str, payloads: list[tuple[str, bytes]], concurrency: int) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(payloads)))
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
+            while True:
+                with lock:
+                    i = next(next_index, None)
+                if i is None:
+                    return
+                name, data = payloads[i]
+                start = time.perf_counter()
+                r = http.post("/v1/detect", files={"file": (name, data, "image/jpeg")})
+                took = time.perf_counter() - start
+                with lock:
+                    if r.status_code == 200:
+                        latencies.append(took)
+                    else:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if failures:
+        sys.exit(f"{len(failures)} failed requests at concurrency {concurrency}: {failures[:3]}")
+    return {"concurrency": concurrency, "requests": len(latencies), "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p95_ms": percentile(latencies, 0.95) * 1000, "throughput_rps": len(latencies) / wall}
+
+
+def ultralytics_predict(weights: Path, files: list[Path], imgsz: int, device: str) -> dict[str, float]:
+    from hazardlens.models.ultralytics_env import prepare_ultralytics
+
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights), task="detect")
+    for f in files[:5]:  # warm-up, as the service is warm
+        model.predict(str(f), imgsz=imgsz, device=device, verbose=False)
+    latencies = []
+    start = time.perf_counter()
+    for f in files:
+        t = time.perf_counter()
+        model.predict(str(f), imgsz=imgsz, device=device, verbose=False)
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - start
+    return {"requests": len(latencies), "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p95_ms": percentile(latencies, 0.95) * 1000, "throughput_rps": len(latencies) / wall}
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, high-water mark) of a process, in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM"))}
+    return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="a YOLO .pt (default: shipped baseline, else random weights)")
+    parser.add_argument("--classes", help="comma-separated taxonomy keys of --weights' classes")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--engine", default=os.environ.get("HAZARDLENS_ENGINE", "onnx"))
+    parser.add_argument("--device", default=os.environ.get("HAZARDLENS_DEVICE", "auto"))
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    files = photos(args.count)
+    payloads = [(f.name, f.read_bytes()) for f in files]
+    home = Path(tempfile.mkdtemp(prefix="hazardlens-serve-bench-"))
+    weights, model_desc = prepare_home(home, args)
+
+    from hazardlens.auth import create_key
+    from hazardlens.context import Context
+    from hazardlens.settings import Settings
+
+    ctx = Context(Settings(home=home))
+    with ctx.db.session() as s:
+        key, _ = create_key(s, "420000", "service", "bench")
+    ctx.close()
+
+    port = free_port()
+    env = {**os.environ, "HAZARDLENS_HOME": str(home), "HAZARDLENS_ENGINE": args.engine,
+           "HAZARDLENS_DEVICE": args.device, "HAZARDLENS_LOG_LEVEL": "WARNING", "YOLO_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "hazardlens.serving.main:app", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "--timeout-keep-alive", "5",
+                               "--no-access-log", "--log-level", "warning"], env=env, cwd=home)
+    url = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {"model": model_desc, "engine": args.engine, "imgsz": args.imgsz, "photos": len(files),
+                               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit("the server did not become ready")
+            time.sleep(0.5)
+        results["rss_loaded_mb"] = round(rss_mb(server.pid)[0], 1)
+        run_level(url, key, payloads[:10], 2)  # warm-up
+        levels = [run_level(url, key, payloads, int(c)) for c in args.levels.split(",")]
+        results["service"] = [{k: round(v, 2) for k, v in lv.items()} for lv in levels]
+        rss, hwm = rss_mb(server.pid)
+        results["rss_after_mb"], results["rss_peak_mb"] = round(rss, 1), round(hwm, 1)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
+            loaded = http.get("/v1/models").json()["loaded"]
+        results["loaded"] = [{k: m[k] for k in ("version", "engine", "device", "batches_run", "images_run")}
+                             for m in loaded]
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    device = "cpu" if args.device in ("auto", "cpu") and not _cuda() else "cuda:0"
+    ul = ultralytics_predict(weights, files, args.imgsz, device)
+    results["ultralytics"] = {k: round(v, 2) for k, v in ul.items()}
+    by_c = {lv["concurrency"]: lv for lv in results["service"]}
+    if 1 in by_c:
+        results["ratio_p50_service1_vs_ultralytics"] = round(by_c[1]["p50_ms"] / ul["p50_ms"], 3)
+    if 1 in by_c and 16 in by_c:
+        results["ratio_throughput16_vs_1"] = round(by_c[16]["throughput_rps"] / by_c[1]["throughput_rps"], 3)
+
+    print(f"model: {model_desc}; engine {args.engine}; {len(files)} photos; {os.cpu_count()} CPUs")
+    print(f"{'':>22} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
+    for lv in results["service"]:
+        print(f"{'service @' + str(lv['concurrency']):>22} {lv['p50_ms']:>9.1f} {lv['p95_ms']:>9.1f} "
+              f"{lv['throughput_rps']:>8.2f}")
+    print(f"{'ultralytics predict b1':>22} {ul['p50_ms']:>9.1f} {ul['p95_ms']:>9.1f} {ul['throughput_rps']:>8.2f}")
+    if "ratio_p50_service1_vs_ultralytics" in results:
+        print(f"service p50@1 / ultralytics p50 = {results['ratio_p50_service1_vs_ultralytics']} (goal <= 1.0)")
+    if "ratio_throughput16_vs_1" in results:
+        print(f"throughput@16 / throughput@1   = {results['ratio_throughput16_vs_1']} (goal >= 1.3)")
+    print(f"server RSS with one model loaded: {results['rss_after_mb']} MiB (peak {results['rss_peak_mb']} MiB)")
+    print(json.dumps(results, ensure_ascii=False))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    main()
