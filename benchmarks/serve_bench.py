@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,7 +175,8 @@ def ultralytics_predict(weights: Path, files: list[Path], imgsz: int, device: st
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current RSS, high-water mark) of a process, in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    values = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM"))}
+    values = {line.split(":")[0]: line.split()[1] for line in status.splitlines()
+              if line.startswith(("VmRSS", "VmHWM"))}
     return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
 
 

@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
                                           exists=True, dir_okay=False),
               resume: bool = typer.Option(False, "--resume", help="continue the last unfinished run of this "
                                                                    "dataset and config from its last.pt"),
+              run: str = typer.Option(None, "--run", help="with --resume: the run id (folder under <home>/runs) "
+                                                          "to continue; without: the id for the new run"),
               register_model: bool = typer.Option(True, "--register/--no-register",
                                                   help="register best.pt as a candidate model"),
               org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
@@ -66,7 +68,7 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=fraction, description=message)
 
             result = do_train(ctx, dataset, config, progress=progress, resume=resume, register=register_model,
-                              principal=principal)
+                              principal=principal, run_id=run)
         m = result.metrics
         console.print(f"run {result.run_id} ({result.device}, {len(result.epochs)} epoch(s)): "
                       f"mAP50={m.get('map50', 0):.3f} mAP50-95={m.get('map50_95', 0):.3f}; folder {result.run_dir}")

@@ -91,7 +91,7 @@ class ImportSummary:
     deduplicated: int = 0  # images the library already held (same bytes)
     refused: list[Refusal] = field(default_factory=list)  # images not imported, with the reason
     revisions: int = 0  # revisions written
-    unchanged: int = 0  # already-held samples whose current labels were exactly these
+    unchanged: int = 0  # already-held samples whose current labels were exactly these (any review state)
     unlabeled: int = 0  # stored without a revision: every box refused or ignored, so not a negative
     not_relabelled: list[Refusal] = field(default_factory=list)  # shared samples of another organisation
     transcoded: list[Refusal] = field(default_factory=list)  # GIF/BMP/TIFF stored as PNG
@@ -436,8 +436,10 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
 
     summary.elapsed_s = time.perf_counter() - started
     with ctx.db.session() as session:
-        audit(session, principal, "labeling.import", "import", Path(source).name,
-              after={k: v for k, v in summary.as_dict(examples=3).items() if k not in ("sample_ids", "reader")})
+        # Long lists (thousands of refusals) would bloat an append-only table: counts plus the first few.
+        after = {k: {"count": len(v), "first": v[:20]} if isinstance(v, list) and len(v) > 20 else v
+                 for k, v in summary.as_dict(examples=3).items() if k not in ("sample_ids", "reader")}
+        audit(session, principal, "labeling.import", "import", Path(source).name, after=after)
     return summary
 
 
@@ -460,6 +462,8 @@ def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entr
                            code="archive_too_large")
         planned: list[tuple[zipfile.ZipInfo, Path]] = []
         for info in infos:
+            if info.is_dir() and info.filename.replace("\\", "/").strip("/") in ("", "."):
+                continue  # the archive's own root folder ("./"), written by some zip tools
             rel = safe_relative(info.filename)
             mode = info.external_attr >> 16
             if rel is None or (info.create_system == 3 and stat.S_ISLNK(mode)):

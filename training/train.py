@@ -49,6 +49,7 @@ CONFIG_KEYS = frozenset({"model", "imgsz", "epochs", "time", "batch", "seed", "p
 #: override them under ``ultralytics:``.
 RESERVED_ULTRALYTICS = frozenset({"data", "model", "project", "name", "save_dir", "exist_ok", "resume", "device",
                                   "amp", "mode", "task", "cfg", "pretrained"})
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _DEFAULTS: dict[str, Any] = {"imgsz": 640, "epochs": 100, "time": None, "batch": 16, "seed": 0, "patience": 100,
                              "close_mosaic": 10, "augment": None, "train_caps": None, "device": "auto",
                              "workers": 2, "cache": False, "ultralytics": {}, "name": None}
@@ -411,11 +412,24 @@ def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | N
             if (final / ".complete").is_file():
                 return final / "data.yaml"
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / ".complete").is_file():  # anything but "another process finished first"
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final / "data.yaml"
+
+
+def export_summary(data_yaml: Path) -> dict[str, Any]:
+    """Images/instances per split as materialised (after train caps), from the export's stats.json:
+    what training really saw, next to what the version holds."""
+    stats = _read_json(data_yaml.parent / "stats.json")
+    splits = {k: {f: v.get(f) for f in ("images", "instances", "negatives")}
+              for k, v in (stats.get("splits") or {}).items() if isinstance(v, dict)}
+    return {"splits": splits, "capped_images": stats.get("capped_images", 0)}
 
 
 def data_names(data_yaml: Path) -> list[str]:
@@ -577,6 +591,8 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
     """
     from hazardlens.models.ultralytics_env import prepare_ultralytics
 
+    if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        raise Invalid(f"run id {run_id!r} must be letters, digits, '_', '.', '-'", code="invalid_run_id")
     prepare_ultralytics(ctx.settings.home)
     cfg = load_config(config_path)
     dv, provenance = resolve_dataset(ctx, dataset_ref, principal)
@@ -607,7 +623,8 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False),
                                              encoding="utf-8")
         _write_json(run_dir / "dataset.json", {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps,
-                                               "data_yaml": str(data_yaml), "materialised_classes": classes})
+                                               "data_yaml": str(data_yaml), "materialised_classes": classes,
+                                               "materialised": export_summary(data_yaml)})
         info = {"run_id": run_dir.name, "status": "running", "started_at": _now(), "device": device,
                 "dataset": {"name": dv.name, "id": dv.id, "ref": dataset_ref}, "config_sha256": cfg.sha256(),
                 "config": str(cfg.source) if cfg.source else None}
@@ -682,7 +699,8 @@ def _register(ctx: Context, principal: Principal, cfg: TrainConfig, dv: DatasetV
         "framework": {"ultralytics": ultralytics.__version__, "torch": torch.__version__},
         "taxonomy_version": dv.taxonomy_version,
         "dataset_version": dv.id,
-        "training_data": {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps},
+        "training_data": {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps,
+                          "materialised": _read_json(run_dir / "dataset.json").get("materialised")},
         "metrics": {"val": final, "epochs": len(epochs)},
         "config": cfg.to_dict(),
         "hashes": {"config_sha256": cfg.sha256(), "dataset_version": dv.id,
