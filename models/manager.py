@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,7 +45,7 @@ from hazardlens.context import Context
 from hazardlens.detections import Detections
 from hazardlens.errors import Conflict, HazardError, Invalid
 from hazardlens.models.batching import MicroBatcher
-from hazardlens.models.engines import Engine, load_engine
+from hazardlens.models.engines import Engine, export_onnx, load_engine
 from hazardlens.models.preprocess import decode_image, scale_detections
 from hazardlens.models.registry import (
     DEFAULT_NAME,
@@ -91,11 +95,38 @@ class InferenceObserver(Protocol):
 
 
 def default_loader(ctx: Context, mv: ModelVersion) -> Engine:
-    """The configured back-end (``settings.engine``, ``settings.device``: CUDA when present)."""
+    """The configured back-end (``settings.engine``, ``settings.device``: CUDA when present).
+
+    For ONNX, the export from ``.pt`` (once per weights; cached under ``cache_dir/onnx``) runs in a
+    child process: it needs PyTorch and Ultralytics, which would otherwise stay in the serving
+    worker's memory for good (several hundred MB) although ONNX Runtime never uses them.
+    """
     s = ctx.settings
     weights = local_weights(ctx, mv)
-    return load_engine(s.engine, weights, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device,
+    if s.engine.lower() != "onnx":
+        return load_engine(s.engine, weights, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device,
+                           version=mv.version)
+    onnx = s.cache_dir / "onnx" / f"{mv.weights_sha256[:16]}-{int(mv.imgsz)}.onnx"
+    if not onnx.with_name(onnx.name + ".json").is_file():
+        _export_in_child(ctx, weights, onnx, int(mv.imgsz), mv.weights_sha256)
+    export_onnx(weights, onnx, int(mv.imgsz), source_sha256=mv.weights_sha256)  # a no-op once cached
+    return load_engine("onnx", onnx, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device,
                        version=mv.version)
+
+
+def _export_in_child(ctx: Context, weights: Path, onnx: Path, imgsz: int, sha256: str) -> None:
+    code = ("import sys; from hazardlens.models.engines import export_onnx; "
+            "export_onnx(sys.argv[1], sys.argv[2], int(sys.argv[3]), source_sha256=sys.argv[4])")
+    env = {**os.environ, "HAZARDLENS_HOME": str(ctx.settings.home.resolve())}
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(weights), str(onnx), str(imgsz), sha256], env=env,
+                              capture_output=True, text=True, timeout=1800, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("ONNX export in a child process failed (%s); exporting in this process", exc)
+        return
+    if done.returncode != 0:
+        log.warning("ONNX export in a child process failed; exporting in this process",
+                    extra={"stderr": done.stderr[-2000:]})
 
 
 @dataclass(eq=False)

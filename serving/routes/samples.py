@@ -63,7 +63,8 @@ def upload(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
     with ctx.db.session() as session:
         result = library.ingest(ctx, session, principal, data, meta)
         body = library.result_dict(result)
-    return JSONResponse(body, status_code=200 if result.deduplicated else 201)
+    return JSONResponse(body, status_code=200 if result.deduplicated else 201,
+                        headers={"Location": f"/v1/samples/{body['id']}"})
 
 
 @router.post("/archive", summary="Upload a zip archive of images; answers a summary")
