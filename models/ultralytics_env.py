@@ -210,4 +210,17 @@ def prepare_ultralytics(home: Path | None = None) -> None:
         config_dir.mkdir(parents=True, exist_ok=True)
         _install_fonts(config_dir)
         _switch_off_network(config_dir)
+        _keep_pil_open_plain()
         _config_dir = config_dir
+
+
+def _keep_pil_open_plain() -> None:
+    """Ultralytics patches ``PIL.Image.open`` process-wide so that an unidentified file makes it look
+    for (and try to install) ``pi-heif``: a non-image upload would then fail with ModuleNotFoundError
+    instead of PIL's UnidentifiedImageError. HEIF is registered through pillow-heif instead, and the
+    patch is told the plugin is already there, so it passes every call straight to PIL."""
+    import pillow_heif
+    from ultralytics.utils import patches
+
+    pillow_heif.register_heif_opener()
+    patches._pil_plugins_registered = True

@@ -107,6 +107,7 @@ def test_confirmed_finding_becomes_a_submitted_feedback_revision(api, make_key, 
     key = make_key("420000", "service")
     body = _record(api, key).json()
     first, second = body["findings"][0], body["findings"][1]
+    ctx.invalidate_taxonomy()  # a stale cache must be refilled on the request's own session, not wait on it
     r = api.post(f"/v1/findings/{first['id']}/review", json={"decision": "confirmed"}, headers=auth(key))
     assert r.status_code == 200, r.text
     out = r.json()

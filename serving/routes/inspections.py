@@ -65,7 +65,7 @@ def record_photo(record_no: RecordNo, response: Response, ctx: CtxDep, models: M
 def get_inspection(record_no: RecordNo, ctx: CtxDep,
                    principal: Annotated[Principal, Depends(require("inspections:read"))]) -> Any:
     with ctx.db.session() as session:
-        return inspections.get_inspection(session, principal, record_no, taxonomy=ctx.taxonomy())
+        return inspections.get_inspection(session, principal, record_no, taxonomy=ctx.taxonomy(session))
 
 
 class ReviewRequest(BaseModel):
