@@ -310,7 +310,7 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     if finding.status != "suggested":
         raise Conflict(f"finding {finding_id} was already {finding.status}", code="already_reviewed",
                        details={"status": finding.status})
-    tax = ctx.taxonomy()  # this session may hold SQLite's write lock: a second one would wait on it
+    tax = ctx.taxonomy(session)  # this session may hold SQLite's write lock: a second one would wait on it
     sample = library.get_sample(session, principal, finding.sample_id)
     before = snapshot(finding, ["status", "class_key", "box", "review", "revision_id"])
     now = utcnow()

@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -173,7 +173,6 @@ class DetectResult:
     timing_ms: dict[str, float]
     image: np.ndarray | None = None  # the decoded (possibly reduced) BGR image, when asked for
     image_scale: float = 1.0  # decoded pixels per original pixel
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelLease:
@@ -252,6 +251,8 @@ class ModelManager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._baseline_checked = False
+        self._failed: dict[str, float] = {}  # version -> when its load last failed
+        self.retry_failed_s = max(30.0, self.poll_s)
         self.last_error: str | None = None
         self.swaps = 0
 
@@ -331,7 +332,9 @@ class ModelManager:
 
     def refresh(self) -> bool:
         """Follow the catalogue once: swap in a newly promoted version, drop retired ones. Returns
-        whether the production model changed. Concurrent calls are serialised."""
+        whether the production model changed. A version that fails to load is reported through
+        ``last_error`` (the worker answers 503) and retried after ``retry_failed_s``; catalogue
+        errors raise. Concurrent calls are serialised."""
         with self._refresh_lock:
             self._last_check = time.monotonic()
             with self.ctx.db.session() as s:
@@ -353,14 +356,19 @@ class ModelManager:
                 if current.spec.stage != want.stage:
                     current.spec = want
                 return False
+            failed_at = self._failed.get(want.version)
+            if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
+                return False  # do not re-export broken weights every poll; retried after retry_failed_s
             try:
                 model = self._obtain(want, role="production")
             except Exception as exc:
+                self._failed[want.version] = time.monotonic()
                 self.last_error = f"loading {want.name} {want.version}: {exc}"
                 log.exception("could not load the production model", extra={"version": want.version})
                 if current is not None:  # retired by the catalogue: stop serving it (see module docstring)
                     self._swap(None)
-                raise
+                return current is not None
+            self._failed.pop(want.version, None)
             self.last_error = None
             self._swap(model)
             return True
@@ -429,7 +437,9 @@ class ModelManager:
         start = time.perf_counter()
         with self.ctx.db.session() as s:
             mv = get_model(s, spec.name, spec.version)
-            engine = self._loader(self.ctx, mv)
+        # Loaded outside the session: on SQLite an open transaction holds the write lock, and an
+        # export can take minutes. The row's attributes stay readable (expire_on_commit=False).
+        engine = self._loader(self.ctx, mv)
         try:
             if self._warmup:  # first call allocates arenas and compiles kernels: pay it before serving
                 engine.predict([np.full((spec.imgsz, spec.imgsz, 3), 114, np.uint8)])

@@ -4,9 +4,11 @@ What protects what:
 
 * **Body size** (413): a ``Content-Length`` over the limit is refused before one byte of the body
   is read; a chunked body is counted as it arrives and cut off at the limit. The limit is
-  ``settings.max_upload_bytes`` plus room for the multipart envelope (16x for the batch route). The
-  per-file limit and the pixel limit (decompression bombs) are checked again by the routes and the
-  decoder, which know where one file ends.
+  ``settings.max_upload_bytes`` plus room for the multipart envelope, unless the path is listed with
+  its own limit (the 16-file batch route, archive and dataset imports: see ``serving/runtime.py``;
+  a new route that takes bigger bodies must be listed there). The per-file limit and the pixel limit
+  (decompression bombs) are checked again by the routes and the decoder, which know where one file
+  ends.
 * **Slow bodies** (408): a client that stops sending in the middle of its body (a phone losing the
   network, or a slowloris) is cut off after ``body_idle_timeout_s`` without a byte, so it cannot
   hold a request, its spooled upload and its memory forever (at most half the request timeout, so a
@@ -66,15 +68,16 @@ class GuardMiddleware:
     request-id and metrics middlewares see its answers."""
 
     def __init__(self, app: ASGIApp, settings: Callable[[], Settings],
-                 multipliers: Mapping[str, int] | None = None,
+                 limits: Mapping[str, Callable[[Settings], int]] | None = None,
                  body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> None:
         self.app = app
         self.settings = settings
-        self.multipliers = dict(multipliers or {})
+        self.limits = dict(limits or {})  # path -> body limit (without the envelope)
         self.body_idle_timeout_s = body_idle_timeout_s
 
     def body_limit(self, path: str, settings: Settings) -> int:
-        return settings.max_upload_bytes * self.multipliers.get(path.rstrip("/"), 1) + ENVELOPE_BYTES
+        special = self.limits.get(path.rstrip("/"))
+        return (special(settings) if special is not None else settings.max_upload_bytes) + ENVELOPE_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

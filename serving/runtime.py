@@ -9,6 +9,7 @@ Middleware order, outermost first: metrics (sees every answer, 5xx and 504 inclu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response, UploadFile
@@ -21,6 +22,7 @@ from hazardlens.models.manager import ModelManager, ModelUnavailable
 from hazardlens.serving.deps import require
 from hazardlens.serving.limits import GuardMiddleware
 from hazardlens.serving.metrics import Metrics, MetricsMiddleware
+from hazardlens.settings import Settings
 
 log = logging.getLogger("hazardlens.serving")
 
@@ -80,6 +82,22 @@ def _stop_models(app: FastAPI) -> None:
         app.state.models = None
 
 
+def body_limits() -> dict[str, Callable[[Settings], int]]:
+    """Routes whose bodies may exceed one upload; read from the routes' own limits so they agree."""
+    from hazardlens.serving.routes import samples
+
+    try:
+        from hazardlens.labeling.importers import ARCHIVE_FACTOR as import_factor
+    except ImportError:  # pragma: no cover - importers not installed
+        import_factor = 40
+    archive = getattr(samples, "ARCHIVE_FACTOR", 20)
+    return {
+        BATCH_PATH: lambda s: s.max_upload_bytes * MAX_BATCH_FILES,
+        "/v1/samples/archive": lambda s: s.max_upload_bytes * archive,
+        "/v1/imports": lambda s: max(s.max_upload_bytes * import_factor, 1 << 30),
+    }
+
+
 def install(app: FastAPI) -> None:
     from hazardlens.serving.routes.health import add_readiness_check
 
@@ -88,8 +106,7 @@ def install(app: FastAPI) -> None:
     app.state.metrics = metrics
     app.state.models = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # inserted first: outermost
-    app.user_middleware.append(Middleware(GuardMiddleware, settings=lambda: ctx.settings,
-                                          multipliers={BATCH_PATH: MAX_BATCH_FILES}))
+    app.user_middleware.append(Middleware(GuardMiddleware, settings=lambda: ctx.settings, limits=body_limits()))
     app.include_router(metrics_router)
     app.state.startup_hooks.append(_start_models)
     app.state.shutdown_hooks.append(_stop_models)

@@ -21,13 +21,13 @@ from tests.fixtures.serving import photo, register
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 50_000
-TIMEOUT_S = 1.0
+TIMEOUT_S = 1.0  # only where a test wants a timeout; others keep a generous one for loaded machines
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS,
-                    request_timeout_s=TIMEOUT_S)
+                    request_timeout_s=30.0)
 
 
 @pytest.fixture
@@ -106,13 +106,14 @@ def test_oversized_bodies_are_refused_early(limited, make_key) -> None:
     assert client.post("/v1/detect/batch", files=files, headers=auth(key)).status_code == 200
 
 
-def test_slow_inference_times_out_with_504(limited, make_key) -> None:
+def test_slow_inference_times_out_with_504(limited, make_key, ctx) -> None:
     client, engines = limited
     key = make_key("420000", "service")
+    ctx.settings = ctx.settings.with_(request_timeout_s=TIMEOUT_S)  # read per request
     engines["1"][0].delay = 3.0
     start = time.monotonic()
     err = _error(_detect(client, key, photo()), 504, "timeout")
-    assert time.monotonic() - start < TIMEOUT_S + 1.0, "answered when the time was up, not when the work ended"
+    assert time.monotonic() - start < TIMEOUT_S + 1.5, "answered when the time was up, not when the work ended (3 s)"
     assert "1 s" in err["message"]
     engines["1"][0].delay = 0.0
     time.sleep(TIMEOUT_S * 2.5)  # the abandoned call drains; the worker keeps serving
@@ -136,6 +137,8 @@ def test_stalled_upload_and_huge_content_length_on_a_real_server(ctx, serving_ap
                                                                    make_key) -> None:
     register(ctx, model_variants[0], "1")
     key = make_key("420000", "service")
+    timeout = 4.0  # the stall cut-off is half of it; room for a loaded machine to start reading the body
+    ctx.settings = ctx.settings.with_(request_timeout_s=timeout)
     with live_server(serving_app()) as server:
         head = (f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
                 f"Content-Type: multipart/form-data; boundary=b\r\n").encode()
@@ -147,5 +150,5 @@ def test_stalled_upload_and_huge_content_length_on_a_real_server(ctx, serving_ap
         data, took = _raw(server.port, head + b"Content-Length: 100000\r\n\r\n", b"--b\r\nContent-Disposition: ")
         assert data.startswith(b"HTTP/1.1 408"), data[:200]
         assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_timeout"
-        assert TIMEOUT_S / 2 - 0.1 <= took < TIMEOUT_S + 0.5
+        assert timeout / 2 - 0.1 <= took < timeout, took
         assert b"x-request-id" in data.lower()

@@ -148,3 +148,31 @@ def test_models_listing(api, make_key) -> None:
     body = api.get("/v1/models", headers=auth(key)).json()
     assert [m["version"] for m in body["models"]] == ["1"] and body["production"] == "1"
     assert api.get("/v1/models").status_code == 401
+
+
+def test_default_loader_builds_the_configured_engine(ctx, model_variants, caplog) -> None:
+    """ONNX: exported once, in a child process (PyTorch stays out of the worker), cached by weights hash;
+    ultralytics: the .pt directly."""
+    import numpy as np
+
+    from hazardlens.models.manager import default_loader
+    from hazardlens.models.registry import get_model
+
+    register(ctx, model_variants[0], "1")
+    with ctx.db.session() as s:
+        mv = get_model(s, "hazardlens", "1")
+    engine = default_loader(ctx, mv)
+    assert not [r for r in caplog.records if "child process failed" in r.getMessage()]
+    try:
+        assert engine.name == "onnx" and engine.version == "1" and engine.class_keys == ["head", "person"]
+        exported = list((ctx.settings.cache_dir / "onnx").glob(f"{mv.weights_sha256[:16]}-64.onnx"))
+        assert len(exported) == 1 and exported[0].with_name(exported[0].name + ".json").is_file()
+        assert len(engine.predict([np.full((48, 64, 3), 128, np.uint8)])) == 1
+    finally:
+        engine.close()
+    ctx.settings = ctx.settings.with_(engine="ultralytics", device="cpu")
+    engine = default_loader(ctx, mv)
+    try:
+        assert engine.name == "ultralytics" and engine.version == "1"
+    finally:
+        engine.close()
