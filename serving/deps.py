@@ -42,5 +42,7 @@ def require(permission: str) -> Callable[..., Principal]:
 
 
 CtxDep = Annotated[Context, Depends(get_ctx)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit (or roll back) before the response is sent, so a 201 is never followed by a
+# failed commit and a client's next read always sees what it was just told.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
