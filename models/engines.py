@@ -59,6 +59,7 @@ class Engine(Protocol):
 
 
 def sha256_file(path: Path) -> str:
+    """Streamed, so multi-hundred-MB weights never sit in memory at once."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

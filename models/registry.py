@@ -8,7 +8,6 @@ serving a retired model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from datetime import UTC, datetime
@@ -22,19 +21,12 @@ from hazardlens.audit import record, snapshot
 from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
 from hazardlens.errors import Conflict, Invalid, NotFound
+from hazardlens.models.engines import sha256_file
 from hazardlens.orm import MODEL_STAGES, ModelVersion
 
 DEFAULT_NAME = "hazardlens"
 BASELINE_DIR = Path(__file__).resolve().parent / "baseline"
 _AUDITED = ["name", "version", "stage", "weights_sha256", "dataset_version_id"]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_key(name: str, version: str) -> str:
