@@ -83,6 +83,26 @@ def request_suggestions(ctx: Context, session: Session, principal: Principal, sa
     return out
 
 
+def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable[int],
+                        predict: Predict) -> list[dict[str, Any]]:
+    """``request_suggestions`` for a server: the catalogue is read and written in two short sessions
+    and the (slow) inference runs between them, holding no database lock (SQLite serialises writers,
+    and the model manager itself reads the catalogue)."""
+    principal.require("suggestions:request")
+    ids = list(dict.fromkeys(int(i) for i in sample_ids))
+    if not ids:
+        raise Invalid("no sample ids given", code="invalid_request")
+    if len(ids) > MAX_REQUEST:
+        raise Invalid(f"at most {MAX_REQUEST} samples per request", code="invalid_request")
+    with ctx.db.session() as session:
+        shas = [(i, get_sample(session, principal, i).sha256) for i in ids]
+    predicted = [(i, *predict(ctx.store.get(blob_key(sha)))) for i, sha in shas]
+    with ctx.db.session() as session:
+        rows = [store_suggestions(session, principal, i, version, dets) for i, version, dets in predicted]
+        session.flush()
+        return [suggestion_dict(r) for r in rows]
+
+
 def list_suggestions(session: Session, principal: Principal, sample_id: int, include_closed: bool = False
                      ) -> list[dict[str, Any]]:
     """A sample's suggestions, newest first; accepted and dismissed ones only on request."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
@@ -21,9 +23,22 @@ def get_session(ctx: Annotated[Context, Depends(get_ctx)]) -> Iterator[Session]:
         yield session
 
 
+def _key_from(header: str) -> str | None:
+    """``Bearer KEY``; also ``Basic base64(user:KEY)``, which is how Label Studio authenticates to an
+    ML backend (the user name is ignored, the password is the API key)."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2] or None
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None
+
+
 def get_principal(request: Request, ctx: Annotated[Context, Depends(get_ctx)]) -> Principal:
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else None
+    key = _key_from(request.headers.get("authorization", ""))
     with ctx.db.session() as session:
         principal = authenticate(session, key)
     request.state.principal = principal

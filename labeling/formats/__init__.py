@@ -11,12 +11,13 @@ from __future__ import annotations
 from ._util import image_size
 from .classmap import IGNORE, ClassMap, class_names, extract_group
 from .coco import read_coco, write_coco
-from .labelstudio import read_labelstudio, write_labelstudio
+from .labelstudio import labelstudio_results, read_labelstudio, write_labelstudio
 from .records import ExportItem, ExportResult, ImageSource, ImportRecord, ImportReport, Issue, ReadResult
 from .voc import read_voc
 from .yolo import read_yolo, write_yolo
 
 __all__ = [
+    "labelstudio_results",
     "IGNORE",
     "ClassMap",
     "ExportItem",

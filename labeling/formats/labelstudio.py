@@ -189,8 +189,10 @@ def read_labelstudio(tasks_json: Path | str, images_dir: Path | str, *, image_ke
     return ReadResult(records, report)
 
 
-def _results(boxes: list[Box], width: int, height: int, from_name: str, to_name: str,
-             prefix: str) -> tuple[list[dict[str, Any]], int]:
+def labelstudio_results(boxes: list[Box], width: int, height: int, from_name: str = "label",
+                        to_name: str = "image", prefix: str = "r") -> tuple[list[dict[str, Any]], int]:
+    """Boxes as Label Studio ``rectanglelabels`` results (percent coordinates); also what the ML
+    backend's /predict answers. Returns the results and how many boxes fell outside the image."""
     out: list[dict[str, Any]] = []
     dropped = 0
     for box in boxes:
@@ -223,13 +225,13 @@ def write_labelstudio(items: Iterable[ExportItem], out_path: Path | str, image_u
     for item in items:
         task: dict[str, Any] = {"data": {to_name: image_url_prefix + quote(item.file_name, safe="/")}}
         if item.boxes is not None:
-            result, lost = _results(item.boxes, item.width, item.height, from_name, to_name, "a")
+            result, lost = labelstudio_results(item.boxes, item.width, item.height, from_name, to_name, "a")
             task["annotations"] = [{"result": result}]
             boxes += len(result)
             dropped += lost
             negatives += not item.boxes
         if item.predictions is not None:
-            result, _ = _results(item.predictions, item.width, item.height, from_name, to_name, "p")
+            result, _ = labelstudio_results(item.predictions, item.width, item.height, from_name, to_name, "p")
             scores = [r["score"] for r in result if "score" in r]
             prediction: dict[str, Any] = {"model_version": model_version, "result": result}
             if scores:
