@@ -164,7 +164,21 @@ function renderEditor(view, sample, current) {
     const open = suggestions.filter((s) => s.status === "open" && s.id !== pendingSuggestion);
     editor.setSuggestions(open.flatMap((s) => s.boxes));
     suggestionBox.replaceChildren();
-    if (!open.length) { suggestionBox.append(h("p", { class: "muted" }, t("annotate.no_suggestions"))); return; }
+    if (!open.length) {
+      suggestionBox.append(h("p", { class: "muted" }, t("annotate.no_suggestions")));
+      if (!readOnly) {
+        suggestionBox.append(button("spark", t("annotate.ask_model"), { class: "tiny", "data-testid": "ask-model",
+          onclick: async (e) => {
+            e.currentTarget.disabled = true;
+            try {
+              const answer = await api("/v1/suggestions/request", { method: "POST", body: { sample_ids: [Number(id)] } });
+              suggestions = (answer.items || []).concat(suggestions);
+              renderSuggestions();
+            } catch (err) { showError(err, t("annotate.ask_model")); e.currentTarget.disabled = false; }
+          } }));
+      }
+      return;
+    }
     for (const s of open) {
       suggestionBox.append(h("div", { class: "suggestion", "data-suggestion-id": s.id },
         h("div", {}, h("strong", {}, s.model_version), " ", h("span", { class: "muted" }, t("sample.boxes_n", { n: s.boxes.length }))),
