@@ -95,6 +95,8 @@ def visible_samples(principal: Principal, include_deleted: bool = False) -> Sele
 
 
 def get_sample(session: Session, principal: Principal, sample_id: int, include_deleted: bool = False) -> Sample:
+    if not 0 < sample_id < 2**63:  # no such id can exist; the database driver would overflow on it
+        raise NotFound(f"no sample {sample_id}")
     sample = session.scalar(visible_samples(principal, include_deleted).where(Sample.id == sample_id))
     if sample is None:
         raise NotFound(f"no sample {sample_id}")

@@ -81,3 +81,11 @@ def test_label_studio_ml_backend_protocol(api, ctx, make_key) -> None:  # type: 
     assert unresolvable.status_code == 422
     assert unresolvable.json()["error"]["code"] == "unresolvable_image"
     assert api.post("/labelstudio/predict", json={"tasks": tasks}).status_code == 401
+
+
+def test_ids_beyond_the_database_range_are_client_errors(api, make_key) -> None:  # type: ignore[no-untyped-def]
+    key = make_key("420000", "curator", "range-curator")
+    huge = 2**80
+    assert api.get(f"/v1/samples/{huge}", headers=auth(key)).status_code == 404
+    r = api.post(f"/v1/suggestions/{huge}/dismiss", headers=auth(key))
+    assert r.status_code in (404, 422) and r.json()["error"]["code"]
