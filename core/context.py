@@ -38,8 +38,8 @@ class Context:
         """The shipped taxonomy plus provincial additions from the catalogue (inactive until approved).
 
         Cached briefly, so that an approval reaches every worker within seconds without a query per box.
-        Pass the caller's session when it may already hold SQLite's write lock: a second session
-        would wait on that lock.
+        Without a session the additions are read through a read-only session, which on SQLite never
+        waits for the write lock (a caller may hold it); with one, through the caller's session.
         """
         with self._tax_lock:
             now = time.monotonic()
@@ -48,7 +48,7 @@ class Context:
             if session is not None:
                 additions = self._additions(session)
             else:
-                with self.db.session() as own:
+                with self.db.read_session() as own:
                     additions = self._additions(own)
             tax = self.base_taxonomy.with_additions(additions) if additions else self.base_taxonomy
             self._tax = (now, tax)

@@ -18,7 +18,10 @@ from hazardlens.settings import Settings
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, write: bool = True) -> Engine:
+    """``write=False`` gives SQLite connections that begin deferred transactions: in WAL mode such a
+    reader never waits for a writer, so a lookup made while another session holds the write lock
+    (even the caller's own) cannot deadlock."""
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and ":memory:" not in url:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +40,7 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
             # BEGIN IMMEDIATE: take the write lock up front, so two writers never deadlock on upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         _disable_pysqlite_autobegin(engine)
         return engine
@@ -76,6 +79,7 @@ class Database:
         self.settings = settings
         self.engine = make_engine(settings.database)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine: Engine | None = None
 
     def init(self) -> None:
         upgrade(self.engine)
@@ -93,6 +97,19 @@ class Database:
         finally:
             s.close()
 
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for lookups only (never commits): on SQLite it does not take the write lock."""
+        if self._read_engine is None:
+            url = self.settings.database
+            self._read_engine = make_engine(url, write=False) if url.startswith("sqlite") else self.engine
+        s = Session(self._read_engine, expire_on_commit=False)
+        try:
+            yield s
+        finally:
+            s.rollback()
+            s.close()
+
     def ping(self) -> None:
         from sqlalchemy import text
 
@@ -101,3 +118,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._read_engine is not None and self._read_engine is not self.engine:
+            self._read_engine.dispose()

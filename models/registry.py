@@ -56,7 +56,7 @@ def register_model(ctx: Context, session: Session, principal: Principal, weights
         raise Invalid(f"weights file not found: {weights}", code="missing_weights")
     if not classes:
         raise Invalid("a model needs its class list", code="missing_classes")
-    tax = ctx.taxonomy()
+    tax = ctx.taxonomy(session)
     unknown = [c for c in classes if c not in tax.classes]
     if unknown:
         raise Invalid(f"model classes not in the taxonomy: {', '.join(unknown)}", code="unknown_class")
