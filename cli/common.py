@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from hazardlens.auth import Principal, ensure_user
 from hazardlens.context import Context
 from hazardlens.errors import HazardError
 
@@ -16,8 +17,20 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+ORG_HELP = "organisation (region) code the CLI acts for, as its admin user cli-<org>"
+
+
 def context() -> Context:
     return Context()
+
+
+def cli_principal(ctx: Context, org: str) -> Principal:
+    """The shell acts as user ``cli-<org>``, an administrator of that organisation, so its work carries
+    a real user in the catalogue and the audit log, and the tenancy rule applies as for any admin key."""
+    org = org.strip()
+    with ctx.db.session() as s:
+        user = ensure_user(s, org, f"cli-{org}", "admin")
+        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
 
 
 def friendly_errors(func: F) -> F:

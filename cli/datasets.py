@@ -15,20 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hazardlens.auth import Principal
-from hazardlens.cli.common import console, context, friendly_errors
+from hazardlens.cli.common import ORG_HELP, cli_principal, console, context, friendly_errors
 from hazardlens.context import Context
 from hazardlens.errors import Invalid
-
-ORG_HELP = "organisation (region) code the CLI acts for, as its admin user cli-<org>"
-
-
-def cli_principal(ctx: Context, org: str) -> Principal:
-    from hazardlens.auth import ensure_user
-
-    with ctx.db.session() as s:
-        user = ensure_user(s, org.strip(), f"cli-{org.strip()}", "admin")
-        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
 
 
 def _ready() -> Context:

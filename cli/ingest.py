@@ -9,18 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hazardlens.cli.common import console, context, friendly_errors
-
-
-def cli_principal(ctx, org: str):  # type: ignore[no-untyped-def]
-    """The shell acts as user ``cli-<org>``, an administrator of that organisation, so uploads carry a
-    real uploader in the catalogue and the audit log, and the library's tenancy rule applies as for
-    any admin key of the organisation."""
-    from hazardlens.auth import Principal, ensure_user
-
-    with ctx.db.session() as s:
-        user = ensure_user(s, org.strip(), f"cli-{org.strip()}", "admin")
-        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
+from hazardlens.cli.common import cli_principal, console, context, friendly_errors
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hazardlens.cli.common import context, friendly_errors
+from hazardlens.cli.common import cli_principal, context, friendly_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -20,15 +20,12 @@ def register(app: typer.Typer) -> None:
                class_key: str = typer.Option(None, "--class", help="only samples whose labels hold this class"),
                limit: int = typer.Option(100, "--limit", help="at most this many samples")) -> None:
         """Assign matching samples of --org (oldest first) to a curator; prints how many."""
-        from hazardlens.auth import Principal
         from hazardlens.labeling.queues import assign as do_assign
 
-        # The shell acts as an administrator of the given organisation, so the library's tenancy
-        # rule decides what it can assign, exactly as for an admin key of that organisation.
-        principal = Principal(user_id=None, name="cli", org_code=org, role="admin")
         filters = {"org": org, "sector": sector, "status": status, "class_key": class_key}
         ctx = context()
         ctx.db.init()
+        principal = cli_principal(ctx, org)
         with ctx.db.session() as s:
             count = do_assign(s, principal, {k: v for k, v in filters.items() if v}, to, limit)
         print(f"assigned {count} sample(s) to {to} (org {org})")

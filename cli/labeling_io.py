@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hazardlens.cli.common import console, context, friendly_errors
-from hazardlens.cli.ingest import cli_principal
+from hazardlens.cli.common import cli_principal, console, context, friendly_errors
 
 _SHOWN = 200  # rows per table; the JSON output has everything
 
