@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from hazardlens.context import Context
 from hazardlens.orm import Sample, User
-from hazardlens.settings import Settings, get_settings
+from hazardlens.settings import Settings
+from tests.fixtures.cli import run
 from tests.fixtures.core import make_image, shared_data
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    home = tmp_path / "home"
-    monkeypatch.setenv("HAZARDLENS_HOME", str(home))
-    for name in ("DATABASE_URL", "STORE"):
-        monkeypatch.delenv(f"HAZARDLENS_{name}", raising=False)
-    get_settings.cache_clear()  # settings are read once per process
-    yield home
-    get_settings.cache_clear()
-
-
-def run(*args: str) -> tuple[int, str]:
-    from hazardlens.cli.main import app
-
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def samples(home: Path) -> list[Sample]:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from hazardlens.context import Context
-from hazardlens.settings import CONFIGS, Settings, get_settings
+from hazardlens.settings import CONFIGS, Settings
+from tests.fixtures.cli import run
 from tests.fixtures.core import auth
 from tests.fixtures.dataset_versions import add_sample, admin_principal, box
 
@@ -49,26 +48,6 @@ def test_api_create_list_get(ctx: Context, client, make_key: Callable[..., str])
     assert client.get("/v1/datasets", headers=auth(other)).json()["datasets"] == []
     bad = client.post("/v1/datasets", json={**body, "ratios": [0.9, 0.9, 0.1]}, headers=auth(curator))
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_ratios"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    home = tmp_path / "home"
-    monkeypatch.setenv("HAZARDLENS_HOME", str(home))
-    for name in ("DATABASE_URL", "STORE"):
-        monkeypatch.delenv(f"HAZARDLENS_{name}", raising=False)
-    get_settings.cache_clear()  # settings are read once per process
-    yield home
-    get_settings.cache_clear()
-
-
-def run(*args: str) -> tuple[int, str]:
-    from hazardlens.cli.main import app
-
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cli_create_export_list_preview(home: Path, tmp_path: Path) -> None:
