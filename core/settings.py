@@ -45,6 +45,10 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     request_timeout_s: float = 60.0
     model_poll_s: float = 2.0
+    # Sliced inference (?tiles=true): original pixels per window, about the frame size the model was
+    # trained on (the baseline: 1280 px CCTV frames), and the windows' overlap.
+    tile_window: int = 1280
+    tile_overlap: float = 0.25
 
     @property
     def database(self) -> str:
@@ -71,6 +75,11 @@ def load_settings() -> Settings:
         raise ValueError(f"HAZARDLENS_STORE must be 'filesystem' or 'minio', not {store!r}")
     defaults = Settings()
     taxonomy = _env("TAXONOMY")
+    tile_window = int(_env("TILE_WINDOW", str(defaults.tile_window)) or defaults.tile_window)
+    tile_overlap = float(_env("TILE_OVERLAP", str(defaults.tile_overlap)) or defaults.tile_overlap)
+    if tile_window < 64 or not 0.0 <= tile_overlap < 0.9:
+        raise ValueError(f"HAZARDLENS_TILE_WINDOW must be >= 64 and HAZARDLENS_TILE_OVERLAP in [0, 0.9), "
+                         f"not {tile_window} and {tile_overlap}")
     return Settings(
         home=Path(_env("HOME", "var") or "var"),
         database_url=_env("DATABASE_URL", "") or "",
@@ -88,6 +97,8 @@ def load_settings() -> Settings:
         device=(_env("DEVICE", "auto") or "auto").lower(),
         request_timeout_s=float(_env("REQUEST_TIMEOUT_S", "60") or 60),
         model_poll_s=float(_env("MODEL_POLL_S", "2") or 2),
+        tile_window=tile_window,
+        tile_overlap=tile_overlap,
     )
 
 

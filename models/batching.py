@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -85,6 +86,25 @@ class MicroBatcher:
         except FutureTimeout:
             if request.future.cancel():
                 self._done(1)
+            raise HazardError("inference timed out", code="timeout", status=504) from None
+
+    def submit_many(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45,
+                    timeout: float | None = None) -> list[Detections]:
+        """Detect on several images of one request (sliced inference) as one queue entry each, enqueued
+        together so the worker batches them; ``timeout`` bounds the whole wait."""
+        requests = [_Request(image, float(conf), float(iou)) for image in images]
+        with self._lock:
+            if self._closed:
+                raise HazardError("the model is shutting down", code="unavailable", status=503)
+            self._in_flight += len(requests)
+            for request in requests:
+                self._queue.put(request)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return [r.future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    for r in requests]
+        except FutureTimeout:
+            self._done(sum(1 for r in requests if r.future.cancel()))
             raise HazardError("inference timed out", code="timeout", status=504) from None
 
     def _done(self, count: int) -> None:

@@ -46,7 +46,7 @@ from hazardlens.detections import Detections
 from hazardlens.errors import Conflict, HazardError, Invalid
 from hazardlens.models.batching import MicroBatcher
 from hazardlens.models.engines import Engine, export_onnx, load_engine
-from hazardlens.models.preprocess import decode_image, scale_detections
+from hazardlens.models.preprocess import decode_at_scale, decode_image, scale_detections
 from hazardlens.models.registry import (
     DEFAULT_NAME,
     ensure_baseline,
@@ -54,6 +54,7 @@ from hazardlens.models.registry import (
     local_weights,
     production_model,
 )
+from hazardlens.models.tiling import Tiling, check_tiling, predict_tiled, tile_scale
 from hazardlens.orm import ModelVersion
 from hazardlens.taxonomy import Taxonomy
 
@@ -210,6 +211,17 @@ class ModelLease:
         start = time.perf_counter()
         try:
             return self.model.batcher.submit(image_bgr, conf, iou, timeout=timeout)
+        finally:
+            self._manager._observe(self.model, time.perf_counter() - start)
+
+    def predict_many(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45,
+                     timeout: float | None = None) -> list[Detections]:
+        """Detections for several images of one request (the windows of sliced inference), batched."""
+        if self._released:
+            raise RuntimeError("lease already released")
+        start = time.perf_counter()
+        try:
+            return self.model.batcher.submit_many(images, conf, iou, timeout=timeout)
         finally:
             self._manager._observe(self.model, time.perf_counter() - start)
 
@@ -555,13 +567,14 @@ class ModelManager:
 
     def detect(self, data: bytes, *, version: str | None = None, conf: float = 0.25, iou: float = 0.45,
                max_pixels: int | None = None, timeout: float | None = None,
-               keep_image_side: int | None = None) -> DetectResult:
+               keep_image_side: int | None = None, tiles: Tiling | None = None) -> DetectResult:
         """Decode once (reduced to what the model needs, EXIF-oriented), detect, and answer boxes in
         the pixels of the oriented original. ``keep_image_side`` keeps a decode of at least that long
-        side in the result, for drawing an evidence image without decoding twice."""
+        side in the result, for drawing an evidence image without decoding twice; ``tiles``
+        ``(window, overlap)`` asks for sliced inference."""
         with self.get(version) as lease:
             return detect_with(lease, data, conf=conf, iou=iou, max_pixels=max_pixels, timeout=timeout,
-                               keep_image_side=keep_image_side)
+                               keep_image_side=keep_image_side, tiles=tiles)
 
     def detect_many(self, images: Sequence[bytes], *, version: str | None = None, conf: float = 0.25,
                     iou: float = 0.45, max_pixels: int | None = None,
@@ -585,13 +598,24 @@ class ModelManager:
 
 def detect_with(lease: ModelLease, data: bytes, *, conf: float = 0.25, iou: float = 0.45,
                 max_pixels: int | None = None, timeout: float | None = None,
-                keep_image_side: int | None = None) -> DetectResult:
+                keep_image_side: int | None = None, tiles: Tiling | None = None) -> DetectResult:
+    """``tiles`` (window, overlap) asks for sliced inference (models/tiling.py) on photos much larger
+    than the model's training frames."""
     if not 0.0 <= conf <= 1.0:
         raise Invalid(f"conf must be between 0 and 1, not {conf}", code="invalid_conf")
     start = time.perf_counter()
-    image, size = decode_image(data, max(lease.imgsz, keep_image_side or 0), max_pixels=max_pixels)
+    if tiles is not None:
+        check_tiling(*tiles)
+        image, size = decode_at_scale(data, lambda long: tile_scale(long, lease.imgsz, tiles[0]),
+                                      max_pixels=max_pixels)
+    else:
+        image, size = decode_image(data, max(lease.imgsz, keep_image_side or 0), max_pixels=max_pixels)
     decoded = time.perf_counter()
-    dets = lease.predict(image, conf, iou, timeout=timeout)
+    if tiles is not None:
+        dets = predict_tiled(lambda crops: lease.predict_many(crops, conf, iou, timeout=timeout), image,
+                             lease.imgsz, overlap=tiles[1], iou=iou)
+    else:
+        dets = lease.predict(image, conf, iou, timeout=timeout)
     inferred = time.perf_counter()
     h, w = image.shape[:2]
     dets = scale_detections(dets, (w, h), size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -170,3 +171,24 @@ def decode_image(data: bytes, max_side: int | None = None, *,
         if same((dw, dh), turned):
             return image, (raw_h, raw_w)
     return image, (round(dw * factor), round(dh * factor))
+
+
+def decode_at_scale(data: bytes, scale_for: Callable[[int], float], *,
+                    max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode to ``scale_for(long side)`` of the original size (never enlarged), EXIF-oriented BGR.
+
+    Sliced inference needs the whole photo at a fixed scale rather than at a fixed long side; the
+    decode is still reduced by libjpeg where that leaves enough pixels, then resized with area
+    averaging. Returns the array and the ``(width, height)`` of the oriented original.
+    """
+    header = _probe(data)
+    scale = min(1.0, scale_for(max(header[:2]))) if header is not None else 1.0
+    need = math.ceil(max(header[:2]) * scale) if header is not None else None
+    image, size = decode_image(data, need, max_pixels=max_pixels)
+    if header is None:  # unknown size up front: scale the full decode
+        scale = min(1.0, scale_for(max(size)))
+    target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    h, w = image.shape[:2]
+    if (w, h) != target and abs(w - target[0]) + abs(h - target[1]) > 2:
+        image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+    return image, size

@@ -2,7 +2,8 @@
 
 Parameters ``conf``, ``sector`` and ``model`` (a version to pin) may come as form fields or as query
 parameters; a form field wins. ``?annotated=true`` or ``Accept: image/jpeg`` answers the evidence
-image (boxes and Chinese labels drawn) instead of JSON.
+image (boxes and Chinese labels drawn) instead of JSON. ``?tiles=true`` runs sliced inference
+(models/tiling.py) for wide, high-resolution photos whose small objects vanish at the model's size.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
            conf: Conf = None, sector: Sector = None, model: Version = None,
            conf_q: ConfQ = None, sector_q: SectorQ = None, model_q: VersionQ = None,
            annotated: Annotated[bool, Query(description="answer the evidence image (image/jpeg)")] = False,
+           tiles: Annotated[bool, Query(description="sliced inference for photos much larger than the model's "
+                                                    "training frames (wide phone shots): overlapping windows of "
+                                                    "HAZARDLENS_TILE_WINDOW pixels plus the whole photo")] = False,
            ) -> Any:
     started = time.perf_counter()
     sector = _check_sector(ctx, sector if sector is not None else sector_q)
@@ -74,7 +78,8 @@ def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
     image = _wants_image(request, annotated)
     result = models.detect(read_upload(ctx, file), version=model or model_q or None,
                            conf=0.25 if threshold is None else threshold, max_pixels=ctx.settings.max_pixels,
-                           timeout=ctx.settings.request_timeout_s, keep_image_side=EVIDENCE_SIDE if image else None)
+                           timeout=ctx.settings.request_timeout_s, keep_image_side=EVIDENCE_SIDE if image else None,
+                           tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None)
     if image:
         from hazardlens.models.annotate import render_evidence
 
