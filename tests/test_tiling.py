@@ -120,3 +120,19 @@ def test_detect_with_tiles_answers_boxes_in_the_original_pixels(api, ctx, make_k
         assert 0 <= b["x1"] < b["x2"] <= 320 and 0 <= b["y1"] < b["y2"] <= 200
     as_boxes = lambda r: sorted((d["class_key"], round(d["box"]["x1"])) for d in r.json()["detections"])  # noqa: E731
     assert as_boxes(tiled) != as_boxes(plain)  # the windows saw more than the whole-image pass
+
+
+def test_inspection_photo_with_tiles_stores_findings_in_original_pixels(api, ctx, make_key) -> None:
+    from urllib.parse import quote
+
+    key = make_key("420000", "service")
+    ctx.settings = ctx.settings.with_(tile_window=128)
+    r = api.post(f"/v1/inspections/{quote('鄂应急检〔2026〕9号', safe='')}/photos", headers=auth(key),
+                 data={"enterprise_id": "91420100MA4K", "sector": "general", "tiles": "true"},
+                 files={"file": ("wide.jpg", photo(320, 200, seed=4), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["detections"]
+    for d in body["detections"]:
+        b = d["box"]
+        assert 0 <= b["x1"] < b["x2"] <= 320 and 0 <= b["y1"] < b["y2"] <= 200

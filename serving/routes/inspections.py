@@ -38,6 +38,8 @@ def record_photo(record_no: RecordNo, response: Response, ctx: CtxDep, models: M
                  item_codes: Annotated[str | None, Form(max_length=2000,
                                                         description="comma-separated item codes, e.g. FC-06")] = None,
                  conf: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+                 tiles: Annotated[bool, Form(description="sliced inference for a wide, high-resolution photo "
+                                                         "(see POST /v1/detect)")] = False,
                  idempotency_key: Annotated[str | None, Header(
                      alias="Idempotency-Key", max_length=200,
                      description="retry-safe: the same key returns the stored answer and stores nothing twice")] = None,
@@ -46,7 +48,8 @@ def record_photo(record_no: RecordNo, response: Response, ctx: CtxDep, models: M
 
     def detect(image: bytes) -> tuple[dict[str, str], tuple[int, int], Detections]:
         r = models.detect(image, conf=0.25 if conf is None else conf, max_pixels=ctx.settings.max_pixels,
-                          timeout=ctx.settings.request_timeout_s)
+                          timeout=ctx.settings.request_timeout_s,
+                          tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None)
         return r.model, r.image_size, r.detections
 
     meta = inspections.PhotoMeta(enterprise_id=enterprise_id, sector=sector, inspector_id=inspector_id,
