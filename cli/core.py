@@ -12,10 +12,14 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def init() -> None:
         """Prepare HAZARDLENS_HOME: catalogue schema, object store, taxonomy check (safe to run twice)."""
+        from hazardlens.models.registry import ensure_baseline
+
         ctx = context()
         ctx.init()
+        baseline = ensure_baseline(ctx)  # a fresh install serves (and lists) the shipped baseline
         console.print(f"ready: home={ctx.settings.home.resolve()} catalogue={ctx.db.engine.url.render_as_string()} "
-                      f"store={ctx.settings.store}")
+                      f"store={ctx.settings.store}"
+                      + (f" production model={baseline.name}:{baseline.version}" if baseline is not None else ""))
 
     @app.command()
     def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),

@@ -113,9 +113,10 @@ def register(app: typer.Typer) -> None:
     def models_list(name: str = typer.Option(None, "--name", help="only this model name"),
                     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
         """Registered model versions with their stage and metrics."""
-        from hazardlens.models.registry import list_models, model_dict
+        from hazardlens.models.registry import ensure_baseline, list_models, model_dict
 
         ctx = _ready()
+        ensure_baseline(ctx)  # no-op once any model is registered
         with ctx.db.session() as s:
             rows = [model_dict(mv) for mv in list_models(s, name)]
         if as_json:

@@ -113,3 +113,19 @@ def test_export_then_import_on_another_installation(ctx: Context, cli: CliRunner
     (out / "weights.pt").write_bytes(b"tampered")
     res = cli.invoke(_app(), ["models", "import", str(out), "--version", "3"])
     assert res.exit_code == 2 and "does not match" in res.output
+
+
+def test_fresh_install_lists_the_shipped_baseline_as_production(ctx: Context, cli: CliRunner) -> None:
+    from hazardlens.models.registry import BASELINE_DIR
+
+    if not (BASELINE_DIR / "baseline.pt").is_file():
+        pytest.skip("no shipped baseline in this checkout")
+    card = json.loads((BASELINE_DIR / "card.json").read_text(encoding="utf-8"))
+    res = cli.invoke(_app(), ["init"])
+    assert res.exit_code == 0, res.output
+    assert "production model=hazardlens:" in res.output.replace("\n", "")
+    listed = json.loads(cli.invoke(_app(), ["models", "list", "--json"]).stdout)
+    assert [(m["name"], m["stage"]) for m in listed] == [("hazardlens", "production")]
+    assert listed[0]["classes"] == card["classes"]
+    assert cli.invoke(_app(), ["init"]).exit_code == 0  # twice: still one model
+    assert len(json.loads(cli.invoke(_app(), ["models", "list", "--json"]).stdout)) == 1
