@@ -206,17 +206,12 @@ class ModelLease:
     def predict(self, image_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.45,
                 timeout: float | None = None) -> Detections:
         """Detections in the pixels of ``image_bgr``, through the model's micro-batcher."""
-        if self._released:
-            raise RuntimeError("lease already released")
-        start = time.perf_counter()
-        try:
-            return self.model.batcher.submit(image_bgr, conf, iou, timeout=timeout)
-        finally:
-            self._manager._observe(self.model, time.perf_counter() - start)
+        return self.predict_many([image_bgr], conf, iou, timeout=timeout)[0]
 
     def predict_many(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45,
                      timeout: float | None = None) -> list[Detections]:
-        """Detections for several images of one request (the windows of sliced inference), batched."""
+        """Detections for the images of one request (one photo, or the windows of sliced inference),
+        enqueued together so the micro-batcher runs them in as few forward passes as it can."""
         if self._released:
             raise RuntimeError("lease already released")
         start = time.perf_counter()
