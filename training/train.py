@@ -44,14 +44,18 @@ Progress = Callable[[float, str], None]
 #: Keys of configs/train/*.yaml. Anything else is refused: a misspelt ``epoch`` must not silently
 #: train with the default.
 CONFIG_KEYS = frozenset({"model", "imgsz", "epochs", "time", "batch", "seed", "patience", "close_mosaic",
-                         "augment", "train_caps", "device", "workers", "cache", "ultralytics", "name"})
+                         "augment", "train_caps", "train_repeat", "device", "workers", "cache", "ultralytics",
+                         "name"})
 #: Ultralytics arguments this module decides itself (paths, device, AMP, resume); a config may not
 #: override them under ``ultralytics:``.
 RESERVED_ULTRALYTICS = frozenset({"data", "model", "project", "name", "save_dir", "exist_ok", "resume", "device",
                                   "amp", "mode", "task", "cfg", "pretrained"})
+#: Upper bound of a train_repeat factor: beyond it a handful of images dominate every epoch (overfitting).
+MAX_REPEAT = 20
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _DEFAULTS: dict[str, Any] = {"imgsz": 640, "epochs": 100, "time": None, "batch": 16, "seed": 0, "patience": 100,
-                             "close_mosaic": 10, "augment": None, "train_caps": None, "device": "auto",
+                             "close_mosaic": 10, "augment": None, "train_caps": None, "train_repeat": None,
+                             "device": "auto",
                              "workers": 2, "cache": False, "ultralytics": {}, "name": None}
 #: Callbacks Ultralytics adds for its cloud platform and usage analytics: never run (air-gapped hosts).
 _VENDOR_CALLBACK_MODULES = ("ultralytics.utils.callbacks.platform", "ultralytics.utils.callbacks.hub",
@@ -77,6 +81,10 @@ class TrainConfig:
     close_mosaic: int = 10
     augment: Path | None = None
     train_caps: dict[str, int] | None = None
+    #: class key -> how many times each train image holding that class is listed per epoch: the way
+    #: to give a rare class (heads without helmets: 2% of the boxes) more gradient steps, since
+    #: Ultralytics' detection loss has no class weights.
+    train_repeat: dict[str, int] | None = None
     device: str = "auto"
     workers: int = 2
     cache: bool | str = False
@@ -91,7 +99,9 @@ class TrainConfig:
         return d
 
     def sha256(self) -> str:
-        body = {k: v for k, v in self.to_dict().items() if k != "source"}
+        # train_repeat joined the config later: leaving it out when unset keeps earlier runs' hashes
+        body = {k: v for k, v in self.to_dict().items()
+                if k != "source" and not (k == "train_repeat" and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -186,6 +196,13 @@ def config_from_dict(raw: dict[str, Any], source: Path | None = None) -> TrainCo
     if caps is not None and (not isinstance(caps, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in caps.items())):
         errors.append("'train_caps' maps class keys to non-negative image counts, e.g. {fire: 150}")
+    repeat = values["train_repeat"]
+    if repeat is not None and (not isinstance(repeat, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_REPEAT
+            for k, v in repeat.items())):
+        errors.append(f"'train_repeat' maps class keys to whole numbers from 1 to {MAX_REPEAT}, e.g. {{head: 4}}")
+    if isinstance(caps, dict) and isinstance(repeat, dict) and set(caps) & set(repeat):
+        errors.append(f"a class is either capped or repeated, not both: {', '.join(sorted(set(caps) & set(repeat)))}")
     extra = values["ultralytics"] or {}
     if not isinstance(extra, dict):
         errors.append("'ultralytics' must be a mapping of Ultralytics train arguments")
@@ -211,7 +228,8 @@ def config_from_dict(raw: dict[str, Any], source: Path | None = None) -> TrainCo
     return TrainConfig(model=model, imgsz=values["imgsz"], epochs=values["epochs"],
                        time=float(t) if t is not None else None, batch=values["batch"], seed=values["seed"],
                        patience=values["patience"], close_mosaic=values["close_mosaic"], augment=augment,
-                       train_caps=dict(caps) if caps else None, device=device, workers=values["workers"],
+                       train_caps=dict(caps) if caps else None, train_repeat=dict(repeat) if repeat else None,
+                       device=device, workers=values["workers"],
                        cache=cache, ultralytics=dict(extra), name=name, source=source)
 
 
@@ -383,7 +401,8 @@ def resolve_dataset(ctx: Context, dataset_ref: str,
         return dv, dataset_provenance(session, dv)
 
 
-def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | None = None) -> Path:
+def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | None = None,
+                train_repeat: dict[str, int] | None = None) -> Path:
     """The version as a YOLO folder under ``<cache>/datasets``; returns its data.yaml.
 
     A version is immutable, so a folder once complete is reused as is (images are hard links into
@@ -392,7 +411,10 @@ def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | N
     being rewritten under it."""
     from hazardlens.datasets.materialize import export_version
 
-    caps_tag = hashlib.sha256(json.dumps(train_caps or {}, sort_keys=True).encode()).hexdigest()[:8]
+    selection: Any = train_caps or {}
+    if train_repeat:
+        selection = {"caps": train_caps or {}, "repeat": train_repeat}
+    caps_tag = hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:8]
     final = ctx.settings.cache_dir / "datasets" / f"{dv.id[:16]}-yolo-{caps_tag}"
     marker = final / ".complete"
     if marker.is_file() and (final / "data.yaml").is_file():
@@ -406,8 +428,11 @@ def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | N
             raise Invalid(f"materialising {dv.name} as YOLO produced no data.yaml", code="materialise_failed")
         data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
         data["path"] = str(final.resolve())
+        if train_repeat:
+            data["train"] = write_train_list(tmp, data, train_repeat)
         data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        _write_json(tmp / ".complete", {"version_id": dv.id, "train_caps": train_caps or {}, "at": _now()})
+        _write_json(tmp / ".complete", {"version_id": dv.id, "train_caps": train_caps or {},
+                                        "train_repeat": train_repeat or {}, "at": _now()})
         if final.exists():  # an unfinished folder from a crash, or another process just won the race
             if (final / ".complete").is_file():
                 return final / "data.yaml"
@@ -423,13 +448,43 @@ def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | N
     return final / "data.yaml"
 
 
+def write_train_list(folder: Path, data: dict[str, Any], repeat: dict[str, int]) -> str:
+    """Write ``train.txt`` listing each train image once, or ``max(repeat[c])`` times over the classes
+    ``c`` in its labels; returns the name for data.yaml's ``train``. Ultralytics keeps repeated lines
+    (each is one more sample per epoch, augmented afresh), so this oversamples without copying files.
+    Paths are ``./``-relative, which Ultralytics resolves against the list's folder wherever it moves."""
+    names = data.get("names") or {}
+    key_of = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))
+    unknown = sorted(set(repeat) - set(key_of.values()))
+    if unknown:
+        raise Invalid(f"train_repeat names classes not in this dataset: {', '.join(unknown)}", code="invalid_repeat")
+    lines: list[str] = []
+    repeated: Counter[str] = Counter()
+    for image in sorted((folder / "images" / "train").glob("*")):
+        label = folder / "labels" / "train" / f"{image.stem}.txt"
+        rows = label.read_text(encoding="utf-8").splitlines() if label.is_file() else []
+        boosted = {key_of[int(r.split()[0])] for r in rows if r.strip()} & set(repeat)
+        times = max((repeat[c] for c in boosted), default=1)
+        if times > 1:
+            repeated.update(boosted)
+        lines += [f"./images/train/{image.name}"] * times
+    (folder / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_json(folder / "train_repeat.json", {"repeat": repeat, "entries": len(lines),
+                                                "images": len(set(lines)), "images_with_class": dict(repeated)})
+    return "train.txt"
+
+
 def export_summary(data_yaml: Path) -> dict[str, Any]:
     """Images/instances per split as materialised (after train caps), from the export's stats.json:
     what training really saw, next to what the version holds."""
     stats = _read_json(data_yaml.parent / "stats.json")
     splits = {k: {f: v.get(f) for f in ("images", "instances", "negatives")}
               for k, v in (stats.get("splits") or {}).items() if isinstance(v, dict)}
-    return {"splits": splits, "capped_images": stats.get("capped_images", 0)}
+    summary = {"splits": splits, "capped_images": stats.get("capped_images", 0)}
+    repeat = data_yaml.parent / "train_repeat.json"
+    if repeat.is_file():
+        summary["train_repeat"] = _read_json(repeat)
+    return summary
 
 
 def data_names(data_yaml: Path) -> list[str]:
@@ -598,7 +653,7 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
     dv, provenance = resolve_dataset(ctx, dataset_ref, principal)
     if progress:
         progress(0.0, f"materialising {dv.name} as YOLO")
-    data_yaml = materialise(ctx, dv, cfg.train_caps)
+    data_yaml = materialise(ctx, dv, cfg.train_caps, cfg.train_repeat)
     classes = data_names(data_yaml)
     if not classes:
         raise Invalid(f"dataset {dataset_ref} has no classes", code="empty_dataset")
@@ -623,7 +678,8 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False),
                                              encoding="utf-8")
         _write_json(run_dir / "dataset.json", {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps,
-                                               "data_yaml": str(data_yaml), "materialised_classes": classes,
+                                               "train_repeat": cfg.train_repeat, "data_yaml": str(data_yaml),
+                                               "materialised_classes": classes,
                                                "materialised": export_summary(data_yaml)})
         info = {"run_id": run_dir.name, "status": "running", "started_at": _now(), "device": device,
                 "dataset": {"name": dv.name, "id": dv.id, "ref": dataset_ref}, "config_sha256": cfg.sha256(),
@@ -700,6 +756,7 @@ def _register(ctx: Context, principal: Principal, cfg: TrainConfig, dv: DatasetV
         "taxonomy_version": dv.taxonomy_version,
         "dataset_version": dv.id,
         "training_data": {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps,
+                          "train_repeat": cfg.train_repeat,
                           "materialised": _read_json(run_dir / "dataset.json").get("materialised")},
         "metrics": {"val": final, "epochs": len(epochs)},
         "config": cfg.to_dict(),
