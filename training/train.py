@@ -142,6 +142,13 @@ def load_config(path: Path | str) -> TrainConfig:
     return config_from_dict(raw, path)
 
 
+def _class_counts(value: object, low: int, high: int | None) -> bool:
+    """A mapping of class keys to whole numbers in [low, high] (train_caps, train_repeat)."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= low
+        and (high is None or v <= high) for k, v in value.items())
+
+
 def config_from_dict(raw: dict[str, Any], source: Path | None = None) -> TrainConfig:
     errors: list[str] = []
     unknown = sorted(set(raw) - CONFIG_KEYS)
@@ -193,13 +200,10 @@ def config_from_dict(raw: dict[str, Any], source: Path | None = None) -> TrainCo
         if augment is None:
             errors.append(f"augment pipeline {values['augment']!r} not found")
     caps = values["train_caps"]
-    if caps is not None and (not isinstance(caps, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in caps.items())):
+    if caps is not None and not _class_counts(caps, 0, None):
         errors.append("'train_caps' maps class keys to non-negative image counts, e.g. {fire: 150}")
     repeat = values["train_repeat"]
-    if repeat is not None and (not isinstance(repeat, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_REPEAT
-            for k, v in repeat.items())):
+    if repeat is not None and not _class_counts(repeat, 1, MAX_REPEAT):
         errors.append(f"'train_repeat' maps class keys to whole numbers from 1 to {MAX_REPEAT}, e.g. {{head: 4}}")
     if isinstance(caps, dict) and isinstance(repeat, dict) and set(caps) & set(repeat):
         errors.append(f"a class is either capped or repeated, not both: {', '.join(sorted(set(caps) & set(repeat)))}")
@@ -414,8 +418,8 @@ def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | N
     selection: Any = train_caps or {}
     if train_repeat:
         selection = {"caps": train_caps or {}, "repeat": train_repeat}
-    caps_tag = hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:8]
-    final = ctx.settings.cache_dir / "datasets" / f"{dv.id[:16]}-yolo-{caps_tag}"
+    tag = hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:8]
+    final = ctx.settings.cache_dir / "datasets" / f"{dv.id[:16]}-yolo-{tag}"
     marker = final / ".complete"
     if marker.is_file() and (final / "data.yaml").is_file():
         return final / "data.yaml"
@@ -453,9 +457,8 @@ def write_train_list(folder: Path, data: dict[str, Any], repeat: dict[str, int])
     ``c`` in its labels; returns the name for data.yaml's ``train``. Ultralytics keeps repeated lines
     (each is one more sample per epoch, augmented afresh), so this oversamples without copying files.
     Paths are ``./``-relative, which Ultralytics resolves against the list's folder wherever it moves."""
-    names = data.get("names") or {}
-    key_of = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))
-    unknown = sorted(set(repeat) - set(key_of.values()))
+    key_of = _names(data)
+    unknown = sorted(set(repeat) - set(key_of))
     if unknown:
         raise Invalid(f"train_repeat names classes not in this dataset: {', '.join(unknown)}", code="invalid_repeat")
     lines: list[str] = []
@@ -488,7 +491,11 @@ def export_summary(data_yaml: Path) -> dict[str, Any]:
 
 
 def data_names(data_yaml: Path) -> list[str]:
-    data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
+    return _names(yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {})
+
+
+def _names(data: dict[str, Any]) -> list[str]:
+    """Class keys in class-id order; data.yaml's ``names`` is a list or an id -> name mapping."""
     names = data.get("names")
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names, key=int)]
