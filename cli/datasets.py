@@ -75,10 +75,13 @@ def register(app: typer.Typer) -> None:
                split: str = typer.Option("0.8,0.1,0.1", "--split", help="train,val,test ratios"),
                seed: int = typer.Option(0, "--seed", help="split seed (same inputs + seed = same version)"),
                classes: str = typer.Option(None, "--classes", help="fixed class list, e.g. fire,smoke"),
+               keep_splits: str = typer.Option(None, "--keep-splits",
+                                               help="NAME@VERSION whose samples keep their split here (a model "
+                                                    "trained on it never sees this version's val/test)"),
                as_json: bool = typer.Option(False, "--json", help="print the version summary as JSON")) -> None:
         """Freeze the approved labels of the matching samples into a version (prints its id). The same
         inputs give the same version: running it twice changes nothing."""
-        from hazardlens.datasets.versions import filter_from_params, make_version, version_dict
+        from hazardlens.datasets.versions import filter_from_params, make_version, resolve, version_dict
 
         ctx = _ready()
         principal = cli_principal(ctx, org)
@@ -86,8 +89,9 @@ def register(app: typer.Typer) -> None:
                                       "source": source, "site": site, "camera": camera, "enterprise": enterprise})
         class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         with ctx.db.session() as s:
+            base = resolve(s, keep_splits, principal) if keep_splits else None
             dv, created = make_version(ctx, s, principal, name, filters=filters, group_by=group_by, ratios=split,
-                                       seed=seed, classes=class_list)
+                                       seed=seed, classes=class_list, keep_splits=base)
             d = version_dict(s, dv)
         ctx.close()
         if as_json:

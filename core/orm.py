@@ -176,6 +176,10 @@ class AnnotationRevision(Base):
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)  # 1, 2, 3 ... per sample
     boxes: Mapped[list[Any]] = mapped_column(JSON)  # [{"class_key", "x1", "y1", "x2", "y2"}]
+    #: Classes this revision does NOT label (a source that boxes heads but not the people under them):
+    #: their absence here means "not looked at", not "not present", so training must neither learn
+    #: "no person here" from the image nor drop it. Empty for a complete revision.
+    unlabeled_classes: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     status: Mapped[str] = mapped_column(String(20), default="in_progress")
     source: Mapped[str] = mapped_column(String(20), default="manual")  # manual | import | feedback | model
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)

@@ -298,6 +298,10 @@ def stats_table(stats: Mapping[str, Any], title: str = "dataset") -> Table:
 # --- export ----------------------------------------------------------------------------------------
 
 
+#: Beside data.yaml: image file name -> classes its labels leave out (see versions.make_version).
+UNLABELED_FILE = "unlabeled_classes.json"
+
+
 def _file_name(item: Mapping[str, Any], path: Path) -> str:
     """Traceable (sample id, hash prefix) and with the suffix readers pick images by; cached
     originals have none, re-encoded images carry theirs."""
@@ -348,6 +352,13 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     if fmt == "yolo":
         r = write_yolo(export_items, out, classes, overwrite=overwrite)
         result.paths.append(r.path)
+        unlabeled = {e.file_name: list(it["unlabeled_classes"])
+                     for e, it in zip(export_items, items, strict=True) if it.get("unlabeled_classes")}
+        if unlabeled:
+            # Not part of the YOLO format: hazardlens' trainer reads it to mask these classes' loss
+            # on these images (absent boxes there mean "not labelled", not "nothing here").
+            (out / UNLABELED_FILE).write_text(json.dumps(unlabeled, ensure_ascii=False, indent=0), encoding="utf-8")
+            result.paths.append(out / UNLABELED_FILE)
         result.images, result.boxes, result.negatives, result.dropped_boxes = r.images, r.boxes, r.negatives, \
             r.dropped_boxes
     else:
@@ -386,5 +397,5 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     return result
 
 
-__all__ = ["FORMATS", "ExportStats", "apply_train_caps", "cached_blob", "export_stats", "export_version",
+__all__ = ["FORMATS", "UNLABELED_FILE", "ExportStats", "apply_train_caps", "cached_blob", "export_stats", "export_version",
            "oriented_image_path", "prepared_image", "stats_table"]

@@ -231,6 +231,26 @@ def _check_classes(tax: Taxonomy, classes: Sequence[str] | None) -> list[str] | 
     return out
 
 
+def pin_splits(split_of: Mapping[int, str], unit_of: Mapping[int, str],
+               pinned: Mapping[int, str]) -> dict[int, str]:
+    """``split_of`` with every sample of ``pinned`` in its pinned split, and every other sample of a
+    unit that holds pinned samples in the split most of them had (ties: test, then val, then train,
+    the side that keeps held-out data held out). Units without pinned samples keep their split."""
+    votes: dict[str, Counter[str]] = {}
+    for sample_id, split in pinned.items():
+        if sample_id in unit_of:
+            votes.setdefault(unit_of[sample_id], Counter())[split] += 1
+    order = {"test": 0, "val": 1, "train": 2}
+    unit_split = {unit: min(c, key=lambda sp: (-c[sp], order.get(sp, 3))) for unit, c in votes.items()}
+    out = {}
+    for sample_id, split in split_of.items():
+        if sample_id in pinned:
+            out[sample_id] = pinned[sample_id]
+        else:
+            out[sample_id] = unit_split.get(unit_of.get(sample_id, ""), split)
+    return out
+
+
 def create_version(ctx: Context, session: Session, principal: Principal, name: str, *,
                    filters: SampleFilter | None = None, group_by: GroupBy | str = "camera",
                    ratios: Sequence[float] | str = (0.8, 0.1, 0.1), seed: int = 0,
@@ -243,7 +263,8 @@ def create_version(ctx: Context, session: Session, principal: Principal, name: s
 def make_version(ctx: Context, session: Session, principal: Principal, name: str, *,
                  filters: SampleFilter | None = None, group_by: GroupBy | str = "camera",
                  ratios: Sequence[float] | str = (0.8, 0.1, 0.1), seed: int = 0,
-                 classes: list[str] | None = None) -> tuple[DatasetVersion, bool]:
+                 classes: list[str] | None = None,
+                 keep_splits: DatasetVersion | None = None) -> tuple[DatasetVersion, bool]:
     """Freeze the approved labels of the matching visible samples into a new version (or return
     the identical one made before; the flag says whether it is new). The caller's session commits;
     the manifest object is written first, so a failed commit leaves only an unreferenced object.
@@ -251,6 +272,14 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
     ``classes`` fixes the class list (and order); boxes of other classes are left out and counted
     in ``stats['dropped_boxes']``; their images stay, since an approved revision states everything
     visible. A ``class_key`` filter selects samples by their APPROVED boxes, not their current ones.
+
+    ``keep_splits`` (an earlier version) pins every sample it holds to the split it had there, and
+    every split unit (camera, near-duplicate group) holding such a sample with it. A model trained
+    on the earlier version and fine-tuned on this one has then never seen this version's val and
+    test images: growing a dataset must not move old test images into train.
+
+    Revisions that declare ``unlabeled_classes`` carry them into their item (only when set, so
+    versions made before the field existed keep their ids).
     """
     principal.require("datasets:write")
     name = _check_name(name)
@@ -275,12 +304,15 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
     query = (apply_filters(session, visible_samples(principal), base)
              .join(AnnotationRevision, (AnnotationRevision.id == Sample.approved_revision_id)
                    & (AnnotationRevision.sample_id == Sample.id) & (AnnotationRevision.status == "approved"))
-             .add_columns(AnnotationRevision.id, AnnotationRevision.boxes)
+             .add_columns(AnnotationRevision.id, AnnotationRevision.boxes, AnnotationRevision.unlabeled_classes)
              .order_by(Sample.id))
     allowed = set(wanted) if wanted is not None else set(active)
     dropped: Counter[str] = Counter()
     rows: list[tuple[Sample, int, list[dict[str, Any]]]] = []
-    for sample, rev_id, raw_boxes in session.execute(query).tuples():
+    unlabeled_of: dict[int, list[str]] = {}
+    for sample, rev_id, raw_boxes, unlabeled in session.execute(query).tuples():
+        if unlabeled:
+            unlabeled_of[sample.id] = sorted(str(k) for k in unlabeled if str(k) in allowed)
         boxes = []
         for b in raw_boxes or []:
             key = str(b["class_key"])
@@ -306,12 +338,19 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
     split_of = assign_splits(
         [SplitItem(s.id, unit, frozenset(b["class_key"] for b in boxes))
          for (s, _, boxes), unit in zip(rows, units, strict=True)], ratios, seed)
+    if keep_splits is not None:
+        split_of = pin_splits(split_of, {s.id: unit for (s, _, _), unit in zip(rows, units, strict=True)},
+                              {int(it["sample_id"]): str(it["split"])
+                               for it in load_manifest(ctx, keep_splits)["items"]})
     items = [{"sample_id": s.id, "sha256": s.sha256, "revision_id": rev_id, "width": int(s.width),
               "height": int(s.height), "format": s.format, "group": key, "split": split_of[s.id], "boxes": boxes}
+             | ({"unlabeled_classes": unlabeled_of[s.id]} if unlabeled_of.get(s.id) else {})
              for (s, rev_id, boxes), key in zip(rows, keys, strict=True)]
 
     params = {"filters": filter_params(filters), "group_by": group_by, "ratios": list(ratios), "seed": seed,
               "classes": wanted}
+    if keep_splits is not None:
+        params["keep_splits"] = keep_splits.id
     content = {"format": MANIFEST_FORMAT, "name": name, "org_code": principal.org_code, "params": params,
                "taxonomy_version": tax.version, "classes": class_list, "items": items}
     version_id = content_id(content)

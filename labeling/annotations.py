@@ -215,7 +215,8 @@ def _close_assignments(session: Session, sample_id: int, user_id: int | None) ->
 
 def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
           boxes: Sequence[Mapping[str, Any] | Box], *, source: str, note: str | None, status: str,
-          model_version: str | None) -> tuple[AnnotationRevision, list[str]]:
+          model_version: str | None,
+          unlabeled_classes: Sequence[str] | None = None) -> tuple[AnnotationRevision, list[str]]:
     if source not in REVISION_SOURCES:
         raise Invalid(f"unknown revision source {source!r}; one of {', '.join(REVISION_SOURCES)}",
                       code="invalid_source")
@@ -236,13 +237,14 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
     taxonomy = ctx.taxonomy(session)
     sample = _locked_sample(session, principal, sample_id)
     valid, repairs = validate_boxes(taxonomy, sample, boxes)
+    unlabeled = _unlabeled_classes(taxonomy, session, sample, unlabeled_classes)
     before = _state(sample)
     number = (session.scalar(select(func.max(AnnotationRevision.number))
                              .where(AnnotationRevision.sample_id == sample.id)) or 0) + 1
     now = _now()
     rev = AnnotationRevision(
-        sample_id=sample.id, number=number, boxes=[b.as_dict() for b in valid], status=status,
-        source=source, author_id=principal.user_id, parent_id=sample.current_revision_id,
+        sample_id=sample.id, number=number, boxes=[b.as_dict() for b in valid], unlabeled_classes=unlabeled,
+        status=status, source=source, author_id=principal.user_id, parent_id=sample.current_revision_id,
         model_version=model_version, note=note, created_at=now,
         submitted_at=now if status in ("submitted", "approved") else None,
         reviewer_id=principal.user_id if status == "approved" else None,
@@ -262,6 +264,8 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
         _close_assignments(session, sample.id, principal.user_id)
     after = {**_state(sample), "revision_number": number, "source": source, "boxes": rev.boxes,
              "model_version": model_version, "note": note}
+    if unlabeled:
+        after["unlabeled_classes"] = unlabeled
     if repairs:
         after["repairs"] = repairs
     record(session, principal, "annotation.save", "annotation_revision", rev.id, sample_id=sample.id,
@@ -270,14 +274,33 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
     return rev, repairs
 
 
+def _unlabeled_classes(taxonomy: Taxonomy, session: Session, sample: Sample,
+                       requested: Sequence[str] | None) -> list[str]:
+    """The classes a new revision leaves unlabeled: as requested, or (``None``) as the current
+    revision said, so that a curator who fixes one box does not silently claim the whole image
+    complete. Only taxonomy classes; an explicit ``[]`` declares the revision complete."""
+    if requested is None:
+        current = _current_revision(session, sample)
+        return list(current.unlabeled_classes or []) if current is not None else []
+    if isinstance(requested, str) or len(requested) > 100:
+        raise Invalid("unlabeled_classes is a list of at most 100 class keys", code="invalid_unlabeled_classes")
+    active = set(taxonomy.class_keys())
+    unknown = sorted({k for k in requested if k not in active}, key=str)
+    if unknown:
+        raise Invalid(f"unlabeled_classes names unknown classes: {', '.join(map(str, unknown))}",
+                      code="invalid_unlabeled_classes", details={"unknown": unknown})
+    return sorted(set(requested))
+
+
 def save_revision(ctx: Context, session: Session, principal: Principal, sample_id: int,
                   boxes: Sequence[Mapping[str, Any] | Box], *, source: str = "manual", note: str | None = None,
-                  status: str = "in_progress", model_version: str | None = None) -> AnnotationRevision:
+                  status: str = "in_progress", model_version: str | None = None,
+                  unlabeled_classes: Sequence[str] | None = None) -> AnnotationRevision:
     """Store a new full set of boxes for a sample (an empty list says "verified: nothing here", a
     negative sample). Importers pass ``status='submitted'`` or ``'approved'``, the feedback loop
     ``'submitted'``. Raises NotFound for a sample the caller cannot see, Invalid for bad boxes."""
     rev, _ = _save(ctx, session, principal, sample_id, boxes, source=source, note=note, status=status,
-                   model_version=model_version)
+                   model_version=model_version, unlabeled_classes=unlabeled_classes)
     return rev
 
 

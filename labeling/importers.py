@@ -284,7 +284,7 @@ class _Outcome:
 
 
 def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepared, rec: ImportRecord,
-           status: str, note: str, seen: dict[int, ImportRecord]) -> _Outcome:
+           status: str, note: str, seen: dict[int, ImportRecord], unlabeled_classes: tuple[str, ...] = ()) -> _Outcome:
     """Record the sample and its labels in the caller's transaction (both or neither)."""
     result = record_sample(ctx, session, principal, prepared)
     sample = result.sample
@@ -307,11 +307,12 @@ def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepa
         return out
     if sample.current_revision_id is not None:
         current = session.get(AnnotationRevision, sample.current_revision_id)
-        if current is not None and _box_key(list(current.boxes)) == _box_key(rec.boxes):
+        if (current is not None and _box_key(list(current.boxes)) == _box_key(rec.boxes)
+                and tuple(current.unlabeled_classes or ()) == unlabeled_classes):
             out.unchanged = True
             return out
     out.written = save_revision(ctx, session, principal, sample.id, rec.boxes, source="import", status=status,
-                                note=note)
+                                note=note, unlabeled_classes=list(unlabeled_classes))
     return out
 
 
@@ -391,7 +392,8 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
             try:
                 prepared, converted = fut.result()
                 with ctx.db.session() as session:
-                    outcome = _label(ctx, session, principal, prepared, rec, status, note, seen)
+                    outcome = _label(ctx, session, principal, prepared, rec, status, note, seen,
+                                     cmap.unlabeled_classes)
             except HazardError as exc:
                 summary.refused.append(Refusal(rec.file_name, exc.code, exc.message))
                 tick(rec.file_name, "refused")

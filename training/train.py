@@ -536,6 +536,7 @@ def trainer_class() -> type:
         """DetectionTrainer with our augmentation pipeline, no vendor callbacks and an offline AMP check."""
 
         hl_pipeline: Any = None
+        hl_unlabeled: dict[str, list[int]] | None = None
 
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
             dataset = super().build_dataset(img_path, mode, batch)
@@ -544,6 +545,17 @@ def trainer_class() -> type:
 
                 # Also survives close_mosaic, which rebuilds the transforms (install_in_dataset wraps that).
                 install_in_dataset(dataset, self.hl_pipeline)
+            if mode == "train":
+                from hazardlens.training import partial_labels
+
+                names = _names(self.data)
+                unlabeled = partial_labels.read_unlabeled(Path(str(self.args.data)), names)
+                if unlabeled:
+                    # Partially labelled sources: mask what their labels leave out (partial_labels.py).
+                    partial_labels.install_in_dataset(dataset, unlabeled, len(names))
+                    self.hl_unlabeled = unlabeled
+                    if partial_labels.use_masked_loss not in self.callbacks["on_train_start"]:
+                        self.add_callback("on_train_start", partial_labels.use_masked_loss)
             return dataset
 
         def run_callbacks(self, event: str) -> None:

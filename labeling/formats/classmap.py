@@ -60,6 +60,10 @@ class ClassMap:
     camera_regex: re.Pattern[str] | None = None
     site_regex: re.Pattern[str] | None = None
     source: str = field(default="", compare=False)
+    #: Taxonomy classes this source does not (fully) label, e.g. ``person`` on a set that boxes heads
+    #: and helmets but only a few of the people. Revisions imported with this map say so, and
+    #: training masks those classes on these images instead of learning "nothing here".
+    unlabeled_classes: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path | str) -> ClassMap:
@@ -76,7 +80,7 @@ class ClassMap:
     def from_dict(cls, data: Any, source: str = "class map") -> ClassMap:
         if not isinstance(data, dict) or not isinstance(data.get("mapping"), dict) or not data["mapping"]:
             raise Invalid(f"{source}: expected 'mapping: {{foreign_name: taxonomy_key | ignore}}'")
-        unknown_keys = set(data) - {"mapping", "camera_regex", "site_regex"}
+        unknown_keys = set(data) - {"mapping", "camera_regex", "site_regex", "unlabeled_classes"}
         if unknown_keys:
             raise Invalid(f"{source}: unknown keys {sorted(unknown_keys)}")
         mapping: dict[str, str] = {}
@@ -86,13 +90,18 @@ class ClassMap:
             if not isinstance(target, str) or not target.strip() or not name:
                 raise Invalid(f"{source}: {foreign!r} must map to a taxonomy key or '{IGNORE}'")
             mapping[name] = target.strip()
+        unlabeled = data.get("unlabeled_classes") or []
+        if not isinstance(unlabeled, list) or len(unlabeled) > 100 or not all(
+                isinstance(k, str) and k.strip() and k != IGNORE for k in unlabeled):
+            raise Invalid(f"{source}: unlabeled_classes must be a list of taxonomy class keys")
         return cls(mapping, _compile(data.get("camera_regex"), "camera_regex", source),
-                   _compile(data.get("site_regex"), "site_regex", source), source)
+                   _compile(data.get("site_regex"), "site_regex", source), source,
+                   tuple(sorted({k.strip() for k in unlabeled})))
 
     @property
     def taxonomy_keys(self) -> set[str]:
         """Targets the importer must find in the taxonomy before it writes anything."""
-        return {v for v in self.mapping.values() if v != IGNORE}
+        return {v for v in self.mapping.values() if v != IGNORE} | set(self.unlabeled_classes)
 
     def unmapped(self, names: Iterable[str]) -> list[str]:
         return sorted({n for n in names if n not in self.mapping})
