@@ -397,5 +397,6 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     return result
 
 
-__all__ = ["FORMATS", "UNLABELED_FILE", "ExportStats", "apply_train_caps", "cached_blob", "export_stats", "export_version",
+__all__ = ["FORMATS", "UNLABELED_FILE", "ExportStats", "apply_train_caps", "cached_blob", "export_stats",
+           "export_version",
            "oriented_image_path", "prepared_image", "stats_table"]
