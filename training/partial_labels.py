@@ -19,7 +19,6 @@ changes, so the same weights, checkpoints and resume work as for any run.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,6 @@ from typing import Any
 import numpy as np
 
 from hazardlens.datasets.materialize import UNLABELED_FILE
-
-log = logging.getLogger(__name__)
-
 
 
 def read_unlabeled(data_yaml: Path, names: Sequence[str]) -> dict[str, list[int]]:
@@ -146,11 +142,12 @@ def masked_loss_class() -> type:
 def use_masked_loss(trainer: Any) -> None:
     """on_train_start callback: the model being trained computes its loss with ignore regions (set
     after the EMA copy and checkpoint state exist, so neither carries the criterion)."""
+    from ultralytics.utils import LOGGER
     from ultralytics.utils.torch_utils import unwrap_model
 
     model = unwrap_model(trainer.model)
     model.criterion = masked_loss_class()(model)
-    log.info("partial labels: %d training images mask classes they do not label",
+    LOGGER.info("partial labels: %d training images mask classes they do not label",
              len(getattr(trainer, "hl_unlabeled", {}) or {}))
 
 
