@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -48,6 +48,9 @@ from hazardlens.audit import record as audit
 from hazardlens.audit import snapshot
 from hazardlens.auth import Principal
 from hazardlens.context import Context
+from hazardlens.contracts.filters import SampleFilter
+from hazardlens.dates import iso, utc
+from hazardlens.dates import parse_when as parse_when  # re-exported: callers parse dates through the library
 from hazardlens.errors import Forbidden, HazardError, Invalid, NotFound, TooLarge
 from hazardlens.images import MIME_TYPES, ImageInfo, hamming, inspect_image
 from hazardlens.orm import SCOPES, SOURCES, NearDuplicate, Sample, SampleClass, User, utcnow
@@ -154,10 +157,7 @@ def normalise_tags(tags: Iterable[str] | str | None) -> list[str]:
     return out
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+_utc = utc
 
 
 def validate_meta(ctx: Context, meta: IngestMeta) -> IngestMeta:
@@ -483,41 +483,8 @@ def near_duplicates(session: Session, principal: Principal, sample_id: int,
 # -- search -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SampleFilter:
-    sector: str | None = None
-    class_key: str | None = None
-    status: str | None = None  # annotation_status
-    org: str | None = None
-    scope: str | None = None
-    site: str | None = None
-    camera: str | None = None
-    enterprise: str | None = None
-    source: str | None = None
-    inspection_record: str | None = None
-    captured_from: datetime | None = None  # all bounds inclusive
-    captured_to: datetime | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-    dup_group: int | None = None
-    tag: str | None = None
-
-
-def parse_when(text: str | None, *, end: bool = False, name: str = "date") -> datetime | None:
-    """An ISO date or date-time as an aware UTC bound. A bare date as an end bound means the end of
-    that day, so ``captured_to=2024-05-01`` includes photos taken on May 1st. Naive values are UTC."""
-    if text is None or not str(text).strip():
-        return None
-    text = str(text).strip()
-    try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-            return start + timedelta(days=1) - timedelta(microseconds=1) if end else start
-        return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        raise Invalid(f"{name} must be an ISO date (2024-05-01) or date-time (2024-05-01T08:30:00+08:00), "
-                      f"not {text!r}", code="invalid_date") from None
+# The one sample filter lives in the contract layer (hazardlens.contracts.filters); re-exported here
+# because every search goes through this module. Dates are parsed by hazardlens.dates.parse_when.
 
 
 def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
@@ -605,10 +572,7 @@ def soft_delete(session: Session, principal: Principal, sample_id: int) -> Sampl
 # -- JSON shape -----------------------------------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+_iso = iso
 
 
 def sample_dict(sample: Sample) -> dict[str, Any]:

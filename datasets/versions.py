@@ -26,8 +26,7 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +37,7 @@ from sqlalchemy.orm import Session
 from hazardlens.audit import record
 from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.datasets.library import SampleFilter, apply_filters, parse_when, visible_samples
+from hazardlens.datasets.library import SampleFilter, apply_filters, visible_samples
 from hazardlens.datasets.splits import SPLITS, SplitItem, assign_splits, parse_ratios
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.orm import AnnotationRevision, DatasetItem, DatasetVersion, Sample, User
@@ -79,31 +78,12 @@ def _check_name(name: str) -> str:
 
 def filter_params(filters: SampleFilter | None) -> dict[str, Any]:
     """The filter as it goes into the manifest: only the fields set, dates as ISO text."""
-    if filters is None:
-        return {}
-    out: dict[str, Any] = {}
-    for key, value in asdict(filters).items():
-        if value is None:
-            continue
-        out[key] = value.isoformat() if isinstance(value, datetime | date) else value
-    return out
+    return filters.params() if filters is not None else {}
 
 
-def filter_from_params(params: Mapping[str, Any]) -> SampleFilter:
-    """A SampleFilter from plain values (API body, CLI options); unknown names are refused."""
-    known = {f.name for f in fields(SampleFilter)}
-    unknown = set(params) - known
-    if unknown:
-        raise Invalid(f"unknown sample filter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}",
-                      code="invalid_filter")
-    values: dict[str, Any] = {}
-    for key, value in params.items():
-        if value is None or value == "":
-            continue
-        if key.endswith(("_from", "_to")) and isinstance(value, str):
-            value = parse_when(value, end=key.endswith("_to"), name=key)
-        values[key] = value
-    return SampleFilter(**values)
+def filter_from_params(params: Mapping[str, Any] | SampleFilter | None) -> SampleFilter:
+    """The one sample filter from plain values (API body, CLI options); see SampleFilter.parse."""
+    return SampleFilter.parse(params)
 
 
 # --- grouping and the near-duplicate check ----------------------------------------------------------
@@ -300,7 +280,7 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
 
     # Samples: visible to the caller, matching the filters (except class and state, which are
     # decided on the approved revision below), with an approved revision.
-    base = replace(filters, class_key=None, status=None) if filters is not None else SampleFilter()
+    base = filters.model_copy(update={"class_key": None, "status": None}) if filters is not None else SampleFilter()
     query = (apply_filters(session, visible_samples(principal), base)
              .join(AnnotationRevision, (AnnotationRevision.id == Sample.approved_revision_id)
                    & (AnnotationRevision.sample_id == Sample.id) & (AnnotationRevision.status == "approved"))

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -35,8 +35,8 @@ from hazardlens.context import Context
 from hazardlens.datasets.library import SampleFilter, apply_filters, visible_samples
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Invalid
-from hazardlens.labeling.formats import ExportItem, write_coco, write_labelstudio, write_yolo
-from hazardlens.labeling.formats._util import write_image
+from hazardlens.formats import ExportItem, write_coco, write_labelstudio, write_yolo
+from hazardlens.formats._util import write_image
 from hazardlens.orm import AnnotationRevision, Sample, Suggestion
 from hazardlens.store import blob_key
 
@@ -74,19 +74,9 @@ class ExportResult:
 
 
 def to_filter(filters: SampleFilter | Mapping[str, Any] | None) -> SampleFilter:
-    """A :class:`SampleFilter` from itself or a plain mapping (CLI options, API JSON); unknown keys
-    are refused, because a misspelt filter would otherwise export the whole library."""
-    if filters is None:
-        return SampleFilter()
-    if isinstance(filters, SampleFilter):
-        return filters
-    given = {k: v for k, v in filters.items() if v is not None and v != ""}
-    known = {f.name for f in fields(SampleFilter)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise Invalid(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                      code="invalid_filter")
-    return SampleFilter(**given)
+    """The one sample filter (SampleFilter.parse): unknown keys are refused, because a misspelt
+    filter would otherwise export the whole library."""
+    return SampleFilter.parse(filters)
 
 
 def _file_name(sample: Sample) -> str:
@@ -159,7 +149,7 @@ def select_labelled(session: Session, principal: Principal, status: str,
         raise Invalid(f"status must be one of {', '.join(EXPORT_STATUSES)}, not {status!r}", code="invalid_status")
     f = to_filter(filters)
     class_key = f.class_key
-    query = apply_filters(session, visible_samples(principal), replace(f, class_key=None))
+    query = apply_filters(session, visible_samples(principal), f.model_copy(update={"class_key": None}))
     if status == "approved":
         query = query.join(AnnotationRevision, AnnotationRevision.id == Sample.approved_revision_id)
     else:
@@ -234,7 +224,7 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
                           [s.id for s, _ in rows])
     audit(session, principal, "labeling.export", "export", fmt,
           after={k: v for k, v in export.as_dict().items() if k not in ("path", "sample_ids")}
-          | {"filters": {k: str(v) for k, v in asdict(to_filter(filters)).items() if v is not None}})
+          | {"filters": {k: str(v) for k, v in to_filter(filters).params().items()}})
     return export
 
 

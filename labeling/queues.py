@@ -9,7 +9,6 @@ to each) are assigned: handing a curator a sample they would get a 404 for is po
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, fields
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -19,10 +18,10 @@ from hazardlens.audit import record
 from hazardlens.auth import Principal
 from hazardlens.datasets.library import SampleFilter, apply_filters, visibility, visible_samples
 from hazardlens.errors import Invalid, NotFound
-from hazardlens.orm import ANNOTATION_STATES, Assignment, Sample, User
+from hazardlens.orm import Assignment, Sample, User
 
 MAX_ASSIGN = 10_000
-FILTER_FIELDS = tuple(f.name for f in fields(SampleFilter))
+FILTER_FIELDS = tuple(SampleFilter.model_fields)
 
 
 def _iso(value: Any) -> str | None:
@@ -30,20 +29,9 @@ def _iso(value: Any) -> str | None:
 
 
 def as_filter(filters: SampleFilter | Mapping[str, Any] | None) -> SampleFilter:
-    """The library's search filter from a mapping of its field names. Unknown names are refused,
-    because a misspelt filter would otherwise assign the whole library."""
-    if isinstance(filters, SampleFilter):
-        f = filters
-    else:
-        given = {k: v for k, v in (filters or {}).items() if v is not None and v != ""}
-        unknown = sorted(set(given) - set(FILTER_FIELDS))
-        if unknown:
-            raise Invalid(f"unknown sample filter(s) {', '.join(unknown)}; known: {', '.join(FILTER_FIELDS)}",
-                          code="invalid_filter")
-        f = SampleFilter(**given)
-    if f.status is not None and f.status not in ANNOTATION_STATES:
-        raise Invalid(f"status {f.status!r} is not one of {', '.join(ANNOTATION_STATES)}", code="invalid_filter")
-    return f
+    """The one sample filter (SampleFilter.parse). Unknown names are refused, because a misspelt
+    filter would otherwise assign the whole library."""
+    return SampleFilter.parse(filters)
 
 
 def resolve_user(session: Session, principal: Principal, who: int | str, org_code: str | None = None) -> User:
@@ -88,7 +76,7 @@ def assign(session: Session, principal: Principal, filters: SampleFilter | Mappi
     session.add_all(Assignment(sample_id=i, assignee_id=user.id, assigned_by=principal.user_id) for i in ids)
     record(session, principal, "labeling.assign", "user", user.id,
            after={"assignee": user.name, "assignee_org": user.org_code, "count": len(ids),
-                  "filters": {k: v for k, v in asdict(f).items() if v is not None}, "limit": limit, "sample_ids": ids})
+                  "filters": f.params(), "limit": limit, "sample_ids": ids})
     session.flush()
     return len(ids)
 

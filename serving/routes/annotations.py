@@ -5,17 +5,16 @@ Thin: every rule (states, own-work, tenancy, box checks) lives in ``hazardlens.l
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.auth import Principal
+from hazardlens.contracts import SampleFilter
 from hazardlens.labeling import agreement as agreement_mod
 from hazardlens.labeling import annotations, queues, suggestions
 from hazardlens.labeling.annotations import MAX_BOXES, MAX_REASON
-from hazardlens.orm import ANNOTATION_STATES
 from hazardlens.serving.deps import CtxDep, PrincipalDep, SessionDep, require
 
 router = APIRouter(tags=["labeling"])
@@ -44,31 +43,9 @@ class RejectIn(BaseModel):
     reason: Annotated[str, Field(max_length=MAX_REASON, description="what the curator must fix (退回修改意见)")]
 
 
-class FiltersIn(BaseModel):
-    """The library's sample search filter (hazardlens.datasets.library.SampleFilter)."""
-
-    model_config = ConfigDict(extra="forbid")
-    sector: str | None = None
-    class_key: str | None = None
-    status: Annotated[str | None, Field(description=" | ".join(ANNOTATION_STATES))] = None
-    org: Annotated[str | None, Field(description="organisation code; also where an assignee name is looked up")] = None
-    scope: str | None = None
-    site: str | None = None
-    camera: str | None = None
-    enterprise: str | None = None
-    source: str | None = None
-    inspection_record: str | None = None
-    captured_from: datetime | None = None
-    captured_to: datetime | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-    dup_group: int | None = None
-    tag: str | None = None
-
-
 class AssignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    filters: FiltersIn = Field(default_factory=FiltersIn)
+    filters: SampleFilter = Field(default_factory=SampleFilter)
     assignee: Annotated[int | str, Field(description="user id, or user name in filters.org (default: yours)")]
     limit: Annotated[int, Field(ge=1, le=queues.MAX_ASSIGN)] = 100
 
@@ -130,7 +107,7 @@ def review_queue(session: SessionDep, principal: Reviewer, limit: Limit = 50) ->
 @router.post("/v1/labeling/assign")
 def assign(body: AssignIn, session: SessionDep,
            principal: Annotated[Principal, Depends(require("labeling:assign"))]) -> dict[str, Any]:
-    count = queues.assign(session, principal, body.filters.model_dump(exclude_none=True), body.assignee,
+    count = queues.assign(session, principal, body.filters, body.assignee,
                           body.limit)
     return {"assigned": count, "assignee": body.assignee}
 

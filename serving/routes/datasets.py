@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.auth import Principal
+from hazardlens.contracts import SampleFilter
 from hazardlens.datasets import versions
 from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.schemas import errors
@@ -20,31 +21,10 @@ Writer = Annotated[Principal, Depends(require("datasets:write"))]
 Name = Annotated[str, Path(min_length=1, max_length=100)]
 
 
-class DatasetFilters(BaseModel):
-    """Which visible samples go in (all set fields must match). ``class_key`` is matched against
-    the approved labels; samples without an approved revision never go in."""
-
-    model_config = ConfigDict(extra="forbid")
-    sector: str | None = None
-    class_key: str | None = Field(None, description="only samples whose approved boxes hold this class")
-    org: str | None = Field(None, description="only samples owned by this organisation")
-    tag: str | None = None
-    source: str | None = Field(None, description="inspection | import | feedback")
-    site: str | None = None
-    camera: str | None = None
-    enterprise: str | None = None
-    scope: str | None = Field(None, description="private | shared")
-    inspection_record: str | None = None
-    captured_from: str | None = Field(None, description="ISO date or date-time, inclusive")
-    captured_to: str | None = None
-    created_from: str | None = None
-    created_to: str | None = None
-
-
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=100, description="letters, digits, '.', '_', '-'")]
-    filters: DatasetFilters = Field(default_factory=DatasetFilters)
+    filters: SampleFilter = Field(default_factory=SampleFilter)
     group_by: Literal["camera", "site", "enterprise"] = "camera"
     ratios: Annotated[list[float], Field(min_length=3, max_length=3)] = [0.8, 0.1, 0.1]
     seed: int = 0
@@ -56,7 +36,7 @@ class DatasetCreate(BaseModel):
              responses={200: {"description": "the same inputs made this version before; it is returned"},
                         **errors(401, 403, 422)})
 def create(body: DatasetCreate, ctx: CtxDep, principal: Writer) -> JSONResponse:
-    filters = versions.filter_from_params(body.filters.model_dump(exclude_none=True))
+    filters = body.filters
     with ctx.db.session() as session:
         dv, created = versions.make_version(ctx, session, principal, body.name, filters=filters,
                                             group_by=body.group_by, ratios=body.ratios, seed=body.seed,

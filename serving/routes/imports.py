@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from hazardlens.auth import Principal
+from hazardlens.contracts import SampleFilter
 from hazardlens.labeling.exporters import EXPORT_FORMATS, EXPORT_STATUSES, export_zip
 from hazardlens.labeling.importers import FORMATS, import_zip
 from hazardlens.serving.deps import CtxDep, SessionDep, require
@@ -46,31 +47,19 @@ def create_import(
     return summary.as_dict()
 
 
-class ExportFilters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    org: str | None = Field(None, description="only samples owned by this organisation")
-    sector: str | None = None
-    class_key: str | None = Field(None, description="only samples whose exported labels hold this class")
-    scope: str | None = None
-    site: str | None = None
-    camera: str | None = None
-    enterprise: str | None = None
-    source: str | None = None
-    tag: str | None = None
-
-
 class ExportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: str = Field(description=" | ".join(EXPORT_FORMATS))
     status: str = Field("approved", description=" | ".join(EXPORT_STATUSES))
-    filters: ExportFilters = Field(default_factory=ExportFilters)
+    filters: SampleFilter = Field(default_factory=SampleFilter, description="which samples (their exported "
+                                                                                 "labels for class_key)")
 
 
 @router.post("/v1/exports", summary="Export labelled samples as a zip (YOLO, COCO or Label Studio)",
              response_class=FileResponse, responses={200: {"content": {"application/zip": {}}}})
 def create_export(body: ExportIn, ctx: CtxDep, session: SessionDep, principal: Exporter) -> FileResponse:
     path, result = export_zip(ctx, session, principal, body.format, status=body.status,
-                              filters=body.filters.model_dump(exclude_none=True))
+                              filters=body.filters)
     headers = {"X-Export-Images": str(result.images), "X-Export-Boxes": str(result.boxes),
                "X-Export-Negatives": str(result.negatives), "X-Export-Classes": ",".join(result.classes)}
     return FileResponse(path, media_type="application/zip", filename=path.name, headers=headers,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hazardlens.audit import event_dict, history
 from hazardlens.auth import Principal
+from hazardlens.contracts import SampleFilter
 from hazardlens.datasets import library
 from hazardlens.errors import TooLarge, UnsupportedMedia
 from hazardlens.images import MIME_TYPES, make_thumbnail, sniff_format
@@ -103,15 +104,11 @@ def list_samples(
     created_from: str | None = None, created_to: str | None = None, dup_group: int | None = None,
     tag: str | None = None,
 ) -> dict[str, Any]:
-    filters = library.SampleFilter(
-        sector=sector, class_key=class_key, status=status, org=org, scope=scope, site=site, camera=camera,
-        enterprise=enterprise, source=source, inspection_record=inspection_record,
-        captured_from=library.parse_when(captured_from, name="captured_from"),
-        captured_to=library.parse_when(captured_to, end=True, name="captured_to"),
-        created_from=library.parse_when(created_from, name="created_from"),
-        created_to=library.parse_when(created_to, end=True, name="created_to"),
-        dup_group=dup_group, tag=tag,
-    )
+    filters = SampleFilter.parse({
+        "sector": sector, "class_key": class_key, "status": status, "org": org, "scope": scope, "site": site,
+        "camera": camera, "enterprise": enterprise, "source": source, "inspection_record": inspection_record,
+        "captured_from": captured_from, "captured_to": captured_to, "created_from": created_from,
+        "created_to": created_to, "dup_group": dup_group, "tag": tag})
     items, next_cursor = library.search(session, principal, filters, limit, cursor or None)
     return {"items": [library.sample_dict(s) for s in items], "next_cursor": next_cursor}
 
