@@ -72,6 +72,9 @@ class Context:
         self.db.init()
         self.store.ping()
         self.base_taxonomy  # noqa: B018 - validate the taxonomy at start, fail early
+        from hazardlens.rules import default_rules
+
+        default_rules(self)  # and the derived-finding rules, which are checked against it
 
     def close(self) -> None:
         if "db" in self.__dict__:

@@ -312,6 +312,9 @@ class Finding(Base):
     class_key: Mapped[str] = mapped_column(String(80))
     confidence: Mapped[float] = mapped_column(Float)
     box: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The rule (configs/rules.yaml) that derived it, e.g. person_without_helmet; None for a class the
+    # model detected directly. class_key is then the rule's evidence class (what confirming labels).
+    rule: Mapped[str | None] = mapped_column(String(60), default=None)
     model_version: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), default="suggested")  # suggested | confirmed | rejected
     review: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

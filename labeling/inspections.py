@@ -15,6 +15,14 @@ classes (a person, a worn helmet, an explosion vent) are returned with the photo
 to help the inspector, but they are nothing an inspector could confirm as a hazard, so they create
 no Finding rows. Detections are limited to the classes relevant to the photo's sector.
 
+Derived findings: the rules of configs/rules.yaml (hazardlens.rules) add findings that are an
+absence or a relation, e.g. a worker whose head has no helmet. A rule finding is recorded as a
+Finding of the rule's evidence class (``head``) with ``rule`` set, so confirming it labels a box of
+that class like any other finding. A ``head`` detection that a rule finding rests on creates no
+second, plain ``head`` finding: the rule's finding supersedes it (same box, confidence strengthened
+by the person it belongs to). Rules without an evidence class have nothing to label and are not
+recorded (``POST /v1/detect`` still reports them).
+
 Retries: enforcement clients upload over poor networks and retry. With an ``Idempotency-Key`` the
 same key from the same organisation returns the stored answer of the first call and stores nothing
 twice; concurrent retries are settled by the unique constraint (org_code, idempotency_key). The
@@ -45,7 +53,8 @@ from hazardlens.datasets import library
 from hazardlens.detections import Box, Detections, box_iou
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.labeling.annotations import save_revision, validate_boxes
-from hazardlens.orm import AnnotationRevision, Finding, InspectionPhoto, Sample, utcnow
+from hazardlens.orm import AnnotationRevision, Finding, InspectionPhoto, ModelVersion, Sample, utcnow
+from hazardlens.rules import RuleSet, default_rules
 from hazardlens.taxonomy import Taxonomy
 
 #: What serving hands in: bytes -> ({"name", "version"}, (width, height), detections in original pixels).
@@ -122,16 +131,24 @@ def detection_dict(taxonomy: Taxonomy, box: Box) -> dict[str, Any]:
             "is_hazard": bool(cls and cls.is_hazard)}
 
 
-def finding_dict(taxonomy: Taxonomy, f: Finding) -> dict[str, Any]:
+def finding_dict(taxonomy: Taxonomy, f: Finding, rules: RuleSet | None = None) -> dict[str, Any]:
+    """A finding for the API. A rule finding shows its rule's text, items and legal basis (read now,
+    like a class's, so a corrected citation shows on old records); if the rule has since been
+    removed, its evidence class's."""
     cls = taxonomy.classes.get(f.class_key)
-    return {"id": f.id, "photo_id": f.photo_id, "sample_id": f.sample_id, "class_key": f.class_key,
-            "name_zh": cls.name_zh if cls else f.class_key, "name_en": cls.name_en if cls else f.class_key,
-            "confidence": round(float(f.confidence), 4), "box": dict(f.box),
-            "inspection_items": list(cls.inspection_items) if cls else [],
-            "legal_basis": list(cls.legal_basis) if cls else [], "severity": cls.severity if cls else None,
-            "finding": cls.finding_zh if cls else "", "finding_en": cls.finding_en if cls else None,
-            "model_version": f.model_version, "status": f.status, "review": f.review,
-            "revision_id": f.revision_id, "reviewed_at": _iso(f.reviewed_at)}
+    out = {"id": f.id, "photo_id": f.photo_id, "sample_id": f.sample_id, "class_key": f.class_key,
+           "name_zh": cls.name_zh if cls else f.class_key, "name_en": cls.name_en if cls else f.class_key,
+           "confidence": round(float(f.confidence), 4), "box": dict(f.box),
+           "inspection_items": list(cls.inspection_items) if cls else [],
+           "legal_basis": list(cls.legal_basis) if cls else [], "severity": cls.severity if cls else None,
+           "finding": cls.finding_zh if cls else "", "finding_en": cls.finding_en if cls else None,
+           "rule": f.rule, "model_version": f.model_version, "status": f.status, "review": f.review,
+           "revision_id": f.revision_id, "reviewed_at": _iso(f.reviewed_at)}
+    rule = (rules if rules is not None else default_rules()).get(f.rule) if f.rule else None
+    if rule is not None:
+        out.update({"inspection_items": list(rule.inspection_items or []), "legal_basis": list(rule.legal_basis or []),
+                    "severity": rule.severity, "finding": rule.finding_zh, "finding_en": rule.finding_en})
+    return out
 
 
 # --- recording a photo -------------------------------------------------------------------------
@@ -152,12 +169,14 @@ def _replay(session: Session, photo: InspectionPhoto, record_no: str, sha256: st
 
 
 def record_photo(ctx: Context, session: Session, principal: Principal, record_no: str, data: bytes,
-                 meta: PhotoMeta, idempotency_key: str | None, detect: DetectFn) -> dict[str, Any]:
+                 meta: PhotoMeta, idempotency_key: str | None, detect: DetectFn, *,
+                 rule_conf: float = 0.25) -> dict[str, Any]:
     """Store an inspection photo in the library, run the model, and create its suggested findings.
 
     Returns the answer (also stored, for replay): record_no, photo_id, sample_id, model, image,
-    findings (hazard classes; status ``suggested``) and detections (everything relevant to the sector,
-    context classes included). ``replayed`` tells whether it is the stored answer of an earlier call.
+    findings (hazard classes and rule findings of at least ``rule_conf``; status ``suggested``) and
+    detections (everything relevant to the sector, context classes included). ``replayed`` tells
+    whether it is the stored answer of an earlier call.
     The caller's session commits; it must not hold an open transaction (the model runs before it
     is first used, so no catalogue lock is held meanwhile).
     """
@@ -183,9 +202,13 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     if len(enterprise) > 100 or (inspector is not None and len(inspector) > 100):
         raise Invalid("enterprise_id and inspector_id are at most 100 characters", code="invalid_meta")
     model, size, detections = detect(data)
+    rules = default_rules(ctx)
     relevant = {c.key for c in tax.active_classes(prepared.meta.sector)}
-    detections = detections.filter_classes(relevant)
-    boxes = sorted(detections, key=lambda b: -(b.confidence or 0.0))  # most confident first
+    active = detections.filter_classes(tax.class_keys())  # rules read context classes of any sector
+    everything = active.to_boxes()
+    order = sorted((i for i, b in enumerate(everything) if b.class_key in relevant),
+                   key=lambda i: -(everything[i].confidence or 0.0))  # most confident first
+    boxes = [everything[i] for i in order]
 
     # --- one catalogue transaction from here ---
     if key is not None:  # under SQLite's write lock this sees a retry that committed meanwhile
@@ -210,14 +233,24 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
         return _replay(session, earlier, record_no, sha256)
 
     version = str(model.get("version", ""))
+    model_version = f"{model.get('name', '')}:{version}"
+    derived = [f for f in rules.apply(active, prepared.meta.sector, rule_conf, image_size=(int(size[0]), int(size[1])),
+                                      model_classes=_model_classes(session, model))
+               if f.evidence_class is not None]
+    # A detection a rule finding rests on as its evidence is that finding: no second, plain one.
+    claimed = {f.inputs[0] for f in derived if f.inputs and everything[f.inputs[0]].class_key == f.evidence_class}
     findings: list[Finding] = []
-    for box in boxes:
-        cls = tax.classes[box.class_key]
-        if not cls.is_hazard:
+    for i in order:
+        box = everything[i]
+        if not tax.classes[box.class_key].is_hazard or i in claimed:
             continue
         findings.append(Finding(photo_id=photo.id, sample_id=sample.id, class_key=box.class_key,
                                 confidence=float(box.confidence or 0.0), box=_box(box),
-                                model_version=f"{model.get('name', '')}:{version}", created_at=now))
+                                model_version=model_version, created_at=now))
+    findings += [Finding(photo_id=photo.id, sample_id=sample.id, class_key=f.evidence_class, rule=f.rule,
+                         confidence=float(f.confidence), box=f.box_dict(), model_version=model_version,
+                         created_at=now) for f in derived]
+    findings.sort(key=lambda f: -f.confidence)
     session.add_all(findings)
     session.flush()
     response = {
@@ -226,23 +259,34 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
         "captured_at": _iso(photo.captured_at), "created_at": _iso(now),
         "model": {"name": str(model.get("name", "")), "version": version},
         "image": {"width": int(size[0]), "height": int(size[1])},
-        "findings": [finding_dict(tax, f) for f in findings],
+        "findings": [finding_dict(tax, f, rules) for f in findings],
         "detections": [detection_dict(tax, b) for b in boxes],
     }
     photo.response = response
     audit(session, principal, "inspection.photo", "inspection_photo", photo.id, sample_id=sample.id,
           after={"record_no": record_no, "sample_id": sample.id, "enterprise_id": enterprise,
                  "idempotency_key": key, "model": response["model"],
-                 "findings": [{"id": f.id, "class_key": f.class_key, "confidence": f.confidence} for f in findings]})
+                 "findings": [{"id": f.id, "class_key": f.class_key, "rule": f.rule, "confidence": f.confidence}
+                              for f in findings]})
     session.flush()
     return {**response, "replayed": False}
+
+
+def _model_classes(session: Session, model: Mapping[str, Any]) -> list[str]:
+    """The classes of the model that analysed the photo (the catalogue knows them): a rule may only
+    call a class missing if the model can see it."""
+    if model.get("classes") is not None:
+        return [str(c) for c in model["classes"]]
+    classes = session.scalar(select(ModelVersion.classes).where(ModelVersion.name == str(model.get("name", "")),
+                                                                ModelVersion.version == str(model.get("version", ""))))
+    return [str(c) for c in classes or []]
 
 
 # --- reading a record --------------------------------------------------------------------------
 
 
 def get_inspection(session: Session, principal: Principal, record_no: str, *,
-                   taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+                   taxonomy: Taxonomy | None = None, rules: RuleSet | None = None) -> dict[str, Any]:
     """The record's photos and findings, with each finding's current status. Records belong to the
     organisation that made them; another organisation's record is simply not found."""
     principal.require("inspections:read")
@@ -269,7 +313,7 @@ def get_inspection(session: Session, principal: Principal, record_no: str, *,
                     "inspector_id": p.inspector_id, "item_codes": list(p.item_codes or []),
                     "captured_at": _iso(p.captured_at), "created_at": _iso(p.created_at),
                     "model": stored.get("model"), "image": stored.get("image"),
-                    "findings": [finding_dict(taxonomy, f) for f in by_photo[p.id]],
+                    "findings": [finding_dict(taxonomy, f, rules) for f in by_photo[p.id]],
                     "detections": stored.get("detections", [])})
     return {"record_no": record_no, "photos": out, "summary": {"photos": len(photos), **counts}}
 
@@ -346,7 +390,7 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     session.flush()
     audit(session, principal, "finding.review", "finding", finding.id, sample_id=sample.id, before=before,
           after=snapshot(finding, ["status", "class_key", "box", "review", "revision_id"]))
-    out = finding_dict(tax, finding)
+    out = finding_dict(tax, finding, default_rules(ctx))
     out["record_no"] = photo.record_no
     out["revision"] = ({"id": revision.id, "number": revision.number, "status": revision.status}
                        if revision is not None else None)

@@ -63,10 +63,34 @@ class Timing(BaseModel):
     total: float
 
 
+class RuleInput(BaseModel):
+    class_key: str
+    confidence: float
+    box: Box
+
+
+class DerivedFinding(BaseModel):
+    """A finding derived by a rule of configs/rules.yaml from several detections (an absence or a
+    relation: a worker whose head has no helmet), with its own text, items and legal basis."""
+
+    rule: str = Field(description="rule key, e.g. person_without_helmet (listed by GET /v1/taxonomy)")
+    evidence_class: str | None = Field(description="the labelled class it corresponds to (e.g. head), if any")
+    confidence: float = Field(description="derived from the inputs' confidences (see the rule)")
+    box: Box = Field(description="the evidence box (e.g. the bare head) or the region the rule looked at")
+    finding_zh: str
+    finding_en: str
+    inspection_items: list[str]
+    legal_basis: list[str]
+    severity: str | None
+    inputs: list[RuleInput] = Field(description="the detections it was derived from, evidence or subject first")
+
+
 class DetectResponse(BaseModel):
     model: ModelRef
     image: ImageSize
     detections: list[Detection]
+    findings: list[DerivedFinding] = Field(default_factory=list, description=(
+        "rule findings derived from the detections (same conf and sector filters)"))
     timing_ms: Timing
 
 
@@ -75,6 +99,7 @@ class BatchItem(BaseModel):
     filename: str | None = None
     image: ImageSize | None = None
     detections: list[Detection] | None = None
+    findings: list[DerivedFinding] | None = None
     timing_ms: Timing | None = None
     error: ErrorBody | None = Field(None, description="set instead of detections when this file failed")
 
@@ -99,6 +124,8 @@ class Finding(BaseModel):
     severity: str | None
     finding: str = Field(description="the finding text an inspector would write (疑似隐患 until confirmed)")
     finding_en: str | None = None
+    rule: str | None = Field(None, description="the rule (configs/rules.yaml) that derived it; null for a class "
+                                               "the model detected directly")
     model_version: str
     status: str = Field(description="suggested | confirmed | rejected")
     review: dict[str, Any] | None = None

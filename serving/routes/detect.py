@@ -4,6 +4,11 @@ Parameters ``conf``, ``sector`` and ``model`` (a version to pin) may come as for
 parameters; a form field wins. ``?annotated=true`` or ``Accept: image/jpeg`` answers the evidence
 image (boxes and Chinese labels drawn) instead of JSON. ``?tiles=true`` runs sliced inference
 (models/tiling.py) for wide, high-resolution photos whose small objects vanish at the model's size.
+
+Beside the model's ``detections``, the JSON answer lists ``findings`` derived by the rules of
+configs/rules.yaml (hazardlens.rules), e.g. a worker whose head has no helmet. The rules read every
+active-class detection (a confined-space helmet rule needs ``person``, a general class), and their
+findings are then filtered by the rules' own sectors and by ``conf``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.errors import HazardError, Invalid
 from hazardlens.models.manager import DetectResult, ModelManager, detection_dicts, relevant
+from hazardlens.rules import default_rules, finding_dicts
 from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.runtime import MAX_BATCH_FILES, ModelsDep, read_upload
 from hazardlens.serving.schemas import BatchResponse, DetectResponse, errors
@@ -43,11 +49,29 @@ def _wants_image(request: Request, annotated: bool) -> bool:
     return "image/jpeg" in accept and not accept.lstrip().startswith(("application/json", "*/*"))
 
 
-def _body(ctx: Context, result: DetectResult, sector: str | None, started: float) -> dict[str, Any]:
+def _model_classes(models: ModelManager, model: dict[str, str]) -> list[str]:
+    """The classes of the model that answered: a rule may only call a class missing if the model can
+    see it. A model swapped out meanwhile is unknown here, so no absence is claimed for it."""
+    for info in models.loaded():
+        if info.get("name") == model.get("name") and info.get("version") == model.get("version"):
+            return list(info.get("classes") or [])
+    return []
+
+
+def _findings(ctx: Context, models: ModelManager, result: DetectResult, sector: str | None,
+              conf: float) -> list[dict[str, Any]]:
+    everything = relevant(ctx.taxonomy(), result.detections, None)
+    found = default_rules(ctx).apply(everything, sector, conf, image_size=result.image_size,
+                                     model_classes=_model_classes(models, result.model))
+    return finding_dicts(found, everything)
+
+
+def _body(ctx: Context, models: ModelManager, result: DetectResult, sector: str | None, conf: float,
+          started: float) -> dict[str, Any]:
     tax = ctx.taxonomy()
     dets = relevant(tax, result.detections, sector)
     return {"model": result.model, "image": {"width": result.image_size[0], "height": result.image_size[1]},
-            "detections": detection_dicts(tax, dets),
+            "detections": detection_dicts(tax, dets), "findings": _findings(ctx, models, result, sector, conf),
             "timing_ms": {**result.timing_ms, "total": round((time.perf_counter() - started) * 1000, 2)}}
 
 
@@ -75,9 +99,10 @@ def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
     started = time.perf_counter()
     sector = _check_sector(ctx, sector if sector is not None else sector_q)
     threshold = conf if conf is not None else conf_q
+    threshold = 0.25 if threshold is None else threshold
     image = _wants_image(request, annotated)
     result = models.detect(read_upload(ctx, file), version=model or model_q or None,
-                           conf=0.25 if threshold is None else threshold, max_pixels=ctx.settings.max_pixels,
+                           conf=threshold, max_pixels=ctx.settings.max_pixels,
                            timeout=ctx.settings.request_timeout_s, keep_image_side=EVIDENCE_SIDE if image else None,
                            tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None)
     if image:
@@ -90,12 +115,13 @@ def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
         return Response(jpeg, media_type="image/jpeg",
                         headers={"X-Model-Version": f"{result.model['name']}:{result.model['version']}",
                                  "X-Detections": str(len(dets))})
-    return _body(ctx, result, sector, started)
+    return _body(ctx, models, result, sector, threshold, started)
 
 
 def _batch(models: ModelManager, ctx: Context, files: list[UploadFile], threshold: float | None,
            sector: str | None, version: str | None) -> dict[str, Any]:
     started = time.perf_counter()
+    threshold = 0.25 if threshold is None else threshold
     payloads: list[bytes | HazardError] = []
     for f in files:
         try:
@@ -103,8 +129,8 @@ def _batch(models: ModelManager, ctx: Context, files: list[UploadFile], threshol
         except HazardError as exc:  # one oversized file does not sink the other fifteen
             payloads.append(exc)
     model, answers = models.detect_many([p for p in payloads if isinstance(p, bytes)], version=version,
-                                        conf=0.25 if threshold is None else threshold,
-                                        max_pixels=ctx.settings.max_pixels, timeout=ctx.settings.request_timeout_s)
+                                        conf=threshold, max_pixels=ctx.settings.max_pixels,
+                                        timeout=ctx.settings.request_timeout_s)
     pending = iter(answers)
     results: list[dict[str, Any]] = []
     for index, (f, payload) in enumerate(zip(files, payloads, strict=True)):
@@ -113,8 +139,9 @@ def _batch(models: ModelManager, ctx: Context, files: list[UploadFile], threshol
         if isinstance(outcome, HazardError):
             item["error"] = {"code": outcome.code, "message": outcome.message}
         else:
-            body = _body(ctx, outcome, sector, started)
-            item.update({"image": body["image"], "detections": body["detections"], "timing_ms": outcome.timing_ms})
+            body = _body(ctx, models, outcome, sector, threshold, started)
+            item.update({"image": body["image"], "detections": body["detections"], "findings": body["findings"],
+                         "timing_ms": outcome.timing_ms})
         results.append(item)
     total = round((time.perf_counter() - started) * 1000, 2)
     return {"model": model, "results": results, "timing_ms": {"total": total}}

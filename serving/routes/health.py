@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from hazardlens import __version__
 from hazardlens.auth import Principal
+from hazardlens.rules import default_rules
 from hazardlens.serving.deps import CtxDep, get_principal
 
 router = APIRouter(tags=["health"])
@@ -80,6 +81,7 @@ def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/v1/taxonomy", summary="Sectors, key inspection items and hazard classes in force")
+@router.get("/v1/taxonomy", summary="Sectors, key inspection items, hazard classes and derived-finding rules in force")
 def taxonomy(ctx: CtxDep, _: Annotated[Principal, Depends(get_principal)]) -> dict[str, Any]:
-    return ctx.taxonomy().to_dict()
+    rules = default_rules(ctx)
+    return {**ctx.taxonomy().to_dict(), "rules": rules.describe(), "rules_version": rules.version}
