@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -36,7 +37,7 @@ def _caps(values: list[str] | None) -> dict[str, int]:
     return caps
 
 
-def _summary_lines(d: dict) -> list[str]:  # type: ignore[type-arg]
+def _summary_lines(d: dict[str, Any]) -> list[str]:
     stats = d["stats"]
     splits = ", ".join(f"{s} {v['images']} images/{v['instances']} boxes" for s, v in stats["splits"].items())
     lines = [f"{d['name']}@{d['number']}  id {d['id']}",
@@ -162,7 +163,7 @@ def register(app: typer.Typer) -> None:
     @augment.command("preview")
     @friendly_errors
     def preview(config: Path = typer.Option(..., "--config", help="pipeline YAML, e.g. configs/augment/inspection.yaml",
-                                            exists=True, dir_okay=False),
+                                            dir_okay=False),
                 out: Path = typer.Option(..., "--out", help="contact sheet to write (.png)", dir_okay=False),
                 dataset: str = typer.Option(None, "--dataset", help="NAME@VERSION to draw images from"),
                 images: Path = typer.Option(None, "--images", help="or a folder of images (YOLO labels used "
@@ -178,7 +179,7 @@ def register(app: typer.Typer) -> None:
             raise Invalid("give exactly one of --dataset NAME@VERSION or --images DIR", code="invalid_source")
         pipeline = load_pipeline(config)
         if images is not None:
-            from hazardlens.labeling.formats import read_yolo
+            from hazardlens.formats import read_yolo
 
             records, _ = read_yolo(images)
             if not records:

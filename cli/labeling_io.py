@@ -22,7 +22,8 @@ def _options() -> dict[str, Any]:
     """The options every ``import`` format shares (Typer reads them from the signature, so each
     command spells them out; this keeps their help text in one place)."""
     return {
-        "class_map": typer.Option(..., "--class-map", help="class map YAML: source class -> taxonomy key | ignore"),
+        "class_map": typer.Option(..., "--class-map", help="class map YAML (source class -> taxonomy key | ignore) "
+                                   "or the name of a shipped one, e.g. sfchd"),
         "org": typer.Option(..., "--org", help="organisation (region) code the samples belong to, e.g. 420000"),
         "sector": typer.Option(..., "--sector", help="taxonomy sector: dust, steel, aluminium, ..."),
         "approved": typer.Option(False, "--approved", help="save labels as approved (skips review) instead of "

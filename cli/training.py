@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def train(dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
               config: Path = typer.Option(..., "--config", help="training config, e.g. configs/train/baseline.yaml",
-                                          exists=True, dir_okay=False),
+                                          dir_okay=False),
               resume: bool = typer.Option(False, "--resume", help="continue the last unfinished run of this "
                                                                    "dataset and config from its last.pt"),
               run: str = typer.Option(None, "--run", help="with --resume: the run id (folder under <home>/runs) "

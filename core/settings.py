@@ -6,12 +6,87 @@ administrator can back up or move one folder.
 
 from __future__ import annotations
 
+import atexit
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
+from pathlib import Path, PurePosixPath
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+#: Environment variable naming a deployment's configs folder; its files win over the shipped ones.
+CONFIG_DIR_ENV = "HAZARDLENS_CONFIG_DIR"
+
+_extracted = ExitStack()  # shipped configs extracted from a zip import live until the process exits
+atexit.register(_extracted.close)
+
+
+@lru_cache(maxsize=1)
+def shipped_configs() -> Path:
+    """The configs shipped with the code (package ``hazardlens.configs``, folder ``configs/`` of the
+    repository) as a real folder. Read them through :func:`config_path` so an override applies."""
+    root = resources.files("hazardlens.configs")
+    if isinstance(root, Path):  # installed (wheel or editable): the package folder itself
+        return root
+    return _extracted.enter_context(resources.as_file(root))  # zip import: extracted once
+
+
+def config_override_dir() -> Path | None:
+    """``HAZARDLENS_CONFIG_DIR``: a folder laid out like ``configs/`` whose files win over the shipped ones."""
+    value = os.environ.get(CONFIG_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _relative(relative: str | Path) -> PurePosixPath:
+    rel = PurePosixPath(Path(relative).as_posix())
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"config path {str(relative)!r} must be relative to the configs folder")
+    return rel
+
+
+def config_dirs(folder: str | Path = "") -> list[Path]:
+    """The folders a config is looked up in, first wins: the override (if set) then the shipped configs."""
+    rel = _relative(folder)
+    override = config_override_dir()
+    bases = [override, shipped_configs()] if override is not None else [shipped_configs()]
+    return [base / rel for base in bases]
+
+
+def config_path(relative: str | Path) -> Path:
+    """A config file (``taxonomy.yaml``, ``class_maps/sfchd.yaml``, ...) as a real path: the override
+    folder's copy when it has one, else the shipped one (which may not exist: callers report that)."""
+    rel = _relative(relative)
+    for base in config_dirs():
+        if (base / rel).is_file():
+            return base / rel
+    return shipped_configs() / rel
+
+
+def config_files(folder: str | Path, suffixes: tuple[str, ...] = (".yaml", ".yml")) -> dict[str, Path]:
+    """Config files of one folder (``class_maps``, ``train``, ...) by stem; the override's win."""
+    found: dict[str, Path] = {}
+    for base in reversed(config_dirs(folder)):
+        if base.is_dir():
+            found.update({p.stem: p for p in sorted(base.iterdir()) if p.suffix in suffixes and p.is_file()})
+    return dict(sorted(found.items()))
+
+
+def find_config_file(value: str | Path, *bases: Path) -> Path | None:
+    """A file named on the command line or inside a config: the path as given (absolute, or relative to
+    the working folder or one of ``bases``), else the same path inside the configs (override, then
+    shipped), written either from the repository root (``configs/augment/x.yaml``) or from the configs
+    folder (``augment/x.yaml``). So repository-relative names work from anywhere once installed."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path if path.is_file() else None
+    for base in (Path.cwd(), *bases):
+        if (base / path).is_file():
+            return (base / path).resolve()
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    if not parts or ".." in parts:
+        return None
+    candidate = config_path(Path(*parts))
+    return candidate if candidate.is_file() else None
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -40,7 +115,7 @@ class Settings:
     max_pixels: int = 100_000_000  # 100 MP: larger is treated as a decompression bomb
     near_duplicate_distance: int = 6
     thumbnail_size: int = 320
-    taxonomy_path: Path = field(default_factory=lambda: CONFIGS / "taxonomy.yaml")
+    taxonomy_path: Path = field(default_factory=lambda: config_path("taxonomy.yaml"))
     engine: str = "onnx"  # onnx | ultralytics
     device: str = "auto"  # auto | cpu | cuda
     request_timeout_s: float = 60.0

@@ -40,6 +40,7 @@ import yaml
 
 from hazardlens.detections import Box
 from hazardlens.errors import Invalid
+from hazardlens.settings import find_config_file
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home for a version check
 import albumentations as A  # noqa: E402
@@ -69,7 +70,7 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def _transform_class(name: Any, where: str) -> type:
+def _transform_class(name: Any, where: str) -> type[Any]:
     cls = getattr(A, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform | A.BaseCompose)):
         known = [n for n in dir(A) if isinstance(getattr(A, n), type)
@@ -150,8 +151,9 @@ def pipeline_from_dict(config: Mapping[str, Any], source: str = "augment config"
 
 
 def load_pipeline(path: str | Path) -> A.Compose:
-    """Read a pipeline YAML (see the module docstring)."""
-    path = Path(path)
+    """Read a pipeline YAML (see the module docstring); ``configs/augment/x.yaml`` also works outside a
+    checkout (:func:`~hazardlens.settings.find_config_file`)."""
+    path = find_config_file(path) or Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:

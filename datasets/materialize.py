@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ import hazardlens.images  # noqa: F401 - registers the HEIF opener with PIL
 from hazardlens.context import Context
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Invalid
-from hazardlens.labeling.formats import ExportItem, write_coco, write_yolo
+from hazardlens.formats import ExportItem, write_coco, write_yolo
 from hazardlens.orm import DatasetVersion
 from hazardlens.store import blob_key
 
@@ -338,7 +338,7 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     for _, local in prepared:
         counters.update(local)
 
-    def placer(source: Path):  # type: ignore[no-untyped-def]
+    def placer(source: Path) -> Callable[[Path], None]:
         return lambda dest: _place(source, dest, counters)
 
     export_items = [

@@ -44,9 +44,7 @@ from hazardlens.datasets.library import IngestMeta, Prepared, Refusal, prepare
 from hazardlens.datasets.library import record as record_sample
 from hazardlens.detections import Box
 from hazardlens.errors import Forbidden, HazardError, Invalid, NotFound, TooLarge
-from hazardlens.images import sniff_format
-from hazardlens.labeling.annotations import save_revision
-from hazardlens.labeling.formats import (
+from hazardlens.formats import (
     ClassMap,
     ImportRecord,
     ImportReport,
@@ -56,15 +54,16 @@ from hazardlens.labeling.formats import (
     read_voc,
     read_yolo,
 )
-from hazardlens.labeling.formats._util import safe_relative
+from hazardlens.formats._util import safe_relative
+from hazardlens.images import sniff_format
+from hazardlens.labeling.annotations import save_revision
 from hazardlens.orm import SCOPES, AnnotationRevision
-from hazardlens.settings import CONFIGS
+from hazardlens.settings import config_files, find_config_file
 
 log = logging.getLogger("hazardlens.import")
 
 ImportFormat = Literal["coco", "yolo", "voc", "labelstudio"]
 FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "labelstudio")
-CLASS_MAP_DIR = CONFIGS / "class_maps"
 
 #: progress(done, total, file name, outcome); outcome is stored | deduplicated | refused.
 Progress = Callable[[int, int, str, str], None]
@@ -145,13 +144,18 @@ _MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
-    """A class map from a :class:`ClassMap`, a file path, the name of a shipped map in
-    ``configs/class_maps`` (``sfchd`` or ``sfchd.yaml``), or the YAML text itself (the API form
-    field accepts the last two, so a name can never reach outside that folder)."""
+    """A class map from a :class:`ClassMap`, a file path (``configs/class_maps/sfchd.yaml`` also works
+    outside the repository: see :func:`~hazardlens.settings.find_config_file`), the name of a map in
+    ``configs/class_maps`` (``sfchd`` or ``sfchd.yaml``; ``HAZARDLENS_CONFIG_DIR/class_maps`` wins), or
+    the YAML text itself (the API form field accepts the last two, so a name can never reach outside
+    that folder)."""
     if isinstance(spec, ClassMap):
         return spec
     if isinstance(spec, Path):
-        return ClassMap.load(spec)
+        found = find_config_file(spec)
+        if found is not None or len(spec.parts) != 1:
+            return ClassMap.load(found or spec)  # a missing path is reported by load
+        spec = str(spec)  # a bare name on the command line: a shipped map
     text = spec.strip()
     if "\n" in text or ":" in text:
         try:
@@ -162,12 +166,11 @@ def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
     if not _MAP_NAME.match(text) or ".." in text:
         raise Invalid(f"class map {text!r} is neither YAML text nor the name of a shipped class map",
                       code="invalid_class_map")
-    for name in (text, f"{text}.yaml", f"{text}.yml"):
-        path = CLASS_MAP_DIR / name
-        if path.is_file():
-            return ClassMap.load(path)
-    shipped = sorted(p.stem for p in CLASS_MAP_DIR.glob("*.y*ml"))
-    raise NotFound(f"no shipped class map {text!r}; shipped: {', '.join(shipped) or 'none'}",
+    maps = config_files("class_maps")
+    stem = text.removesuffix(".yaml").removesuffix(".yml")
+    if stem in maps:
+        return ClassMap.load(maps[stem])
+    raise NotFound(f"no shipped class map {text!r}; shipped: {', '.join(maps) or 'none'}",
                    code="unknown_class_map")
 
 

@@ -23,7 +23,7 @@ from hazardlens.context import Context
 from hazardlens.datasets.library import get_sample
 from hazardlens.detections import Detections
 from hazardlens.errors import Invalid
-from hazardlens.labeling.formats import labelstudio_results
+from hazardlens.formats import labelstudio_results
 from hazardlens.store import blob_key
 
 #: predict(image bytes) -> (model version, image (width, height), detections in its pixels)

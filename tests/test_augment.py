@@ -21,9 +21,9 @@ from hazardlens.datasets.augment import (
 )
 from hazardlens.detections import Box
 from hazardlens.errors import Invalid
-from hazardlens.settings import CONFIGS
+from hazardlens.settings import shipped_configs
 
-CONFIG_DIR = CONFIGS / "augment"
+CONFIG_DIR = shipped_configs() / "augment"
 
 
 def _names(compose: A.BaseCompose) -> set[str]:

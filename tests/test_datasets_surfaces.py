@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from hazardlens.context import Context
-from hazardlens.settings import CONFIGS, Settings
+from hazardlens.settings import Settings, config_path
 from tests.fixtures.cli import run
 from tests.fixtures.core import auth
 from tests.fixtures.dataset_versions import add_sample, admin_principal, box
@@ -78,7 +78,7 @@ def test_cli_create_export_list_preview(home: Path, tmp_path: Path) -> None:
     assert code == 2 and "invalid_format" in out
 
     sheet = tmp_path / "sheet.png"
-    code, out = run("augment", "preview", "--config", str(CONFIGS / "augment" / "inspection.yaml"),
+    code, out = run("augment", "preview", "--config", str(config_path("augment/inspection.yaml")),
                     "--dataset", "fs@latest", "--out", str(sheet), "--n", "4")
     assert code == 0, out
     with Image.open(sheet) as im:

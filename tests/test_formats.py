@@ -1,4 +1,4 @@
-"""Annotation format readers, class maps and writers (hazardlens.labeling.formats)."""
+"""Annotation format readers, class maps and writers (hazardlens.formats)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Invalid
-from hazardlens.labeling.formats import (
+from hazardlens.formats import (
     IGNORE,
     ClassMap,
     ExportItem,

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from hazardlens.auth import Principal, ensure_user
 from hazardlens.context import Context
+from hazardlens.formats import read_coco, read_yolo
 from hazardlens.labeling.exporters import export_library
-from hazardlens.labeling.formats import read_coco, read_yolo
 from hazardlens.labeling.importers import import_dataset
 from hazardlens.orm import AnnotationRevision, Sample
 from tests.fixtures.core import shared_data

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from hazardlens.context import Context
 from hazardlens.errors import Conflict, Forbidden, Invalid
+from hazardlens.formats import ClassMap, ImportRecord, read_coco, read_labelstudio, read_yolo
 from hazardlens.labeling import annotations as ann
 from hazardlens.labeling.exporters import export_library
-from hazardlens.labeling.formats import ClassMap, ImportRecord, read_coco, read_labelstudio, read_yolo
 from hazardlens.labeling.importers import import_dataset, resolve_class_map
 from hazardlens.orm import AnnotationRevision, AuditEvent, Sample, Suggestion
 from tests.fixtures.formats import write_image

@@ -30,7 +30,7 @@ from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
 from hazardlens.errors import HazardError, Invalid, NotFound
 from hazardlens.orm import Job, User
-from hazardlens.settings import CONFIGS
+from hazardlens.settings import config_dirs
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def _config_path(ctx: Context, value: Any) -> Path:
-    """A training config by name: one of configs/train/*.yaml or <home>/configs/train/*.yaml. Only names,
-    never paths, are accepted from a job: a job must not read arbitrary files on the server."""
+    """A training config by name: <home>/configs/train/*.yaml, $HAZARDLENS_CONFIG_DIR/train/*.yaml or
+    the shipped configs/train/*.yaml, first wins. Only names, never paths, are accepted from a job: a
+    job must not read arbitrary files on the server."""
     if not isinstance(value, str) or not value.strip():
         raise Invalid("train job needs 'config': the name of a training config such as 'baseline'",
                       code="invalid_job")
@@ -68,7 +69,7 @@ def _config_path(ctx: Context, value: Any) -> Path:
     if "/" in name or "\\" in name or name.startswith("."):
         raise Invalid(f"config {name!r} must be a config name (e.g. 'baseline'), not a path", code="invalid_job")
     stem = name[:-5] if name.endswith(".yaml") else name
-    folders = [ctx.settings.home / "configs" / "train", CONFIGS / "train"]
+    folders = [ctx.settings.home / "configs" / "train", *config_dirs("train")]
     for folder in folders:
         if (folder / f"{stem}.yaml").is_file():
             return folder / f"{stem}.yaml"

@@ -35,7 +35,7 @@ from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.orm import DatasetItem, DatasetVersion, Sample
-from hazardlens.settings import CONFIGS
+from hazardlens.settings import find_config_file, shipped_configs
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,11 @@ class TrainConfig:
 
 
 def _resolve_file(value: str, config_dir: Path) -> Path | None:
-    """Relative paths in a config work from the working folder, the config's folder or the project root
-    (configs name each other as ``configs/augment/...``)."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path if path.is_file() else None
-    for base in (Path.cwd(), config_dir, CONFIGS.parent):
-        if (base / path).is_file():
-            return (base / path).resolve()
-    return None
+    """Relative paths in a config work from the working folder, the config's folder, the code's root
+    (a checkout's root: ``var/...``; installed, the package folder: ``models/baseline/...``) and, for
+    ``configs/...`` names (configs name each other as ``configs/augment/...``), the configs themselves,
+    ``HAZARDLENS_CONFIG_DIR`` first (:func:`~hazardlens.settings.find_config_file`)."""
+    return find_config_file(value, config_dir, shipped_configs().parent)
 
 
 def _builtin_architecture(name: str) -> bool:
@@ -130,7 +126,7 @@ def _builtin_architecture(name: str) -> bool:
 
 def load_config(path: Path | str) -> TrainConfig:
     """Read and validate a training config; every problem is reported at once."""
-    path = Path(path)
+    path = find_config_file(path) or Path(path)  # configs/train/x.yaml also works outside a checkout
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:

@@ -187,13 +187,14 @@ def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None
         if cid in categories:
             used_categories.add(cid)
         iid, _ = _id(ann.get("image_id"))
-        record = records.get(iid) if iid is not None else None
-        if record is None:
+        found = records.get(iid) if iid is not None else None
+        if found is None:
             if iid in refused_ids:
                 report.refuse_box("image_refused", where, f"its image {iid} was refused or is missing")
             else:
                 report.refuse_box("missing_image", where, f"image id {ann.get('image_id')!r} is not in images")
             continue
+        record = found
         if cid is None or cid not in categories:
             report.refuse_box("unknown_category", where, f"category id {ann.get('category_id')!r} is not defined")
             record.refused_boxes += 1

@@ -37,7 +37,7 @@ class Issue:
 @dataclass(slots=True)
 class ImportRecord:
     """One source image and its boxes. ``boxes`` carry the SOURCE class name until a
-    :class:`~hazardlens.labeling.formats.classmap.ClassMap` turns them into taxonomy keys."""
+    :class:`~hazardlens.formats.classmap.ClassMap` turns them into taxonomy keys."""
 
     image_path: Path
     file_name: str
