@@ -7,7 +7,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint browser screenshots openapi bench clean
+.PHONY: setup run test test-fast lint lint-code browser screenshots openapi bench clean
+
+# Static tools see the hazardlens namespace through a link tree with the installed layout
+# (build/typecheck/hazardlens/...), because pyproject.toml maps it onto sibling folders.
+LINKTREE := $(PY) .ci/linktree.py --
 
 # venv + install (torch/torchvision pinned first: pip takes these releases from the machine's disk).
 $(VENV)/.installed: pyproject.toml
@@ -27,12 +31,21 @@ run: setup
 	$(VENV)/bin/hazardlens init
 	$(VENV)/bin/hazardlens serve --host $(HOST) --port $(PORT)
 
-test: setup browser
-	$(VENV)/bin/ruff check .
+test: setup browser lint-code
 	$(PY) -m pytest -q -p no:cacheprovider
 
-lint: setup
+# The suite without the tests that train or run a real model (slow) and the headless-Chromium ones.
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+
+# What CI enforces (make test runs it): ruff, the import rules of docs/ARCHITECTURE.md, mypy.
+lint-code: setup
 	$(VENV)/bin/ruff check .
+	$(LINKTREE) $(VENV)/bin/lint-imports
+	$(LINKTREE) $(VENV)/bin/mypy
+
+lint: lint-code
+	$(VENV)/bin/ruff format --check .
 
 screenshots: setup browser
 	$(PY) -m hazardlens.serving.console.screenshots --out docs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from functools import cached_property
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -55,7 +56,7 @@ class Context:
             return tax
 
     @staticmethod
-    def _additions(session: Session) -> list[dict]:
+    def _additions(session: Session) -> list[dict[str, Any]]:
         from hazardlens.orm import TaxonomyAddition
 
         rows = session.scalars(select(TaxonomyAddition).order_by(TaxonomyAddition.id)).all()

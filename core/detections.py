@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,18 +109,18 @@ class Detections:
 
     @property
     def area(self) -> np.ndarray:
-        return (self.xyxy[:, 2] - self.xyxy[:, 0]).clip(0) * (self.xyxy[:, 3] - self.xyxy[:, 1]).clip(0)
+        return np.asarray((self.xyxy[:, 2] - self.xyxy[:, 0]).clip(0) * (self.xyxy[:, 3] - self.xyxy[:, 1]).clip(0))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of two (N,4)/(M,4) xyxy arrays."""
-    a = np.asarray(a, np.float32).reshape(-1, 4)
-    b = np.asarray(b, np.float32).reshape(-1, 4)
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
+    """Pairwise IoU of two (N,4)/(M,4) xyxy arrays (or nested lists)."""
+    aa = np.asarray(a, np.float32).reshape(-1, 4)
+    bb = np.asarray(b, np.float32).reshape(-1, 4)
+    if len(aa) == 0 or len(bb) == 0:
+        return np.zeros((len(aa), len(bb)), np.float32)
+    tl = np.maximum(aa[:, None, :2], bb[None, :, :2])
+    br = np.minimum(aa[:, None, 2:], bb[None, :, 2:])
     inter = (br - tl).clip(0).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    area_a = (aa[:, 2:] - aa[:, :2]).clip(0).prod(axis=1)
+    area_b = (bb[:, 2:] - bb[:, :2]).clip(0).prod(axis=1)
+    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))

@@ -255,7 +255,7 @@ def overlap_scores(measure: str, candidates: np.ndarray, region: np.ndarray) -> 
     candidates = np.asarray(candidates, np.float64).reshape(-1, 4)
     region = np.asarray(region, np.float64).reshape(4)
     if measure == "iou":
-        return box_iou(candidates, region[None]).reshape(-1).astype(np.float64)
+        return np.asarray(box_iou(candidates, region[None]).reshape(-1), np.float64)
     tl = np.maximum(candidates[:, :2], region[:2])
     br = np.minimum(candidates[:, 2:], region[2:])
     inter = (br - tl).clip(0).prod(axis=1)
@@ -263,7 +263,7 @@ def overlap_scores(measure: str, candidates: np.ndarray, region: np.ndarray) -> 
         area = (candidates[:, 2:] - candidates[:, :2]).clip(0).prod(axis=1)
     else:  # ior
         area = np.full(len(candidates), max(float(np.prod((region[2:] - region[:2]).clip(0))), 0.0))
-    return inter / np.maximum(area, 1e-9)
+    return np.asarray(inter / np.maximum(area, 1e-9))
 
 
 def box_gaps(candidates: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -272,7 +272,7 @@ def box_gaps(candidates: np.ndarray, region: np.ndarray) -> np.ndarray:
     region = np.asarray(region, np.float64).reshape(4)
     gx = np.maximum(0.0, np.maximum(region[0] - candidates[:, 2], candidates[:, 0] - region[2]))
     gy = np.maximum(0.0, np.maximum(region[1] - candidates[:, 3], candidates[:, 1] - region[3]))
-    return np.hypot(gx, gy)
+    return np.asarray(np.hypot(gx, gy))
 
 
 # ---- the rule set -----------------------------------------------------------------------------

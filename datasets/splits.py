@@ -58,7 +58,7 @@ def assign_splits(items: Iterable[SplitItem], ratios: Sequence[float] = (0.8, 0.
     for counts in profile.values():
         total.update(counts)
 
-    load = [Counter() for _ in SPLITS]
+    load: list[Counter[str]] = [Counter() for _ in SPLITS]
     chosen: dict[str, int] = {}
 
     def cost_delta(split: int, counts: Counter[str]) -> float:

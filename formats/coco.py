@@ -84,7 +84,7 @@ def _bbox_from_segmentation(seg: object) -> list[float] | None:
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
-def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None) -> ReadResult:
+def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None) -> ReadResult:  # noqa: C901
     """Read a COCO detection file; ``images_dir`` defaults to the json's folder (Roboflow layout)."""
     ann_path = Path(annotations_json)
     root = Path(images_dir) if images_dir is not None else ann_path.parent

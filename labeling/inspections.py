@@ -118,7 +118,7 @@ def _item_codes(taxonomy: Taxonomy, codes: Sequence[str]) -> list[str]:
 
 
 def _box(box: Box | Mapping[str, Any]) -> dict[str, float]:
-    get = box.get if isinstance(box, Mapping) else lambda k: getattr(box, k)
+    get: Callable[[str], Any] = box.get if isinstance(box, Mapping) else lambda k: getattr(box, k)
     return {k: round(float(get(k)), 1) for k in ("x1", "y1", "x2", "y2")}
 
 
@@ -371,7 +371,7 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     changed = session.execute(update(Finding).where(Finding.id == finding.id, Finding.status == "suggested")
                               .values(status=decision, review=review, reviewed_by=principal.user_id,
                                       reviewed_at=now)
-                              .execution_options(synchronize_session=False)).rowcount
+                              .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]  # DML: a CursorResult
     if changed != 1:
         raise Conflict(f"finding {finding_id} was already reviewed", code="already_reviewed")
     session.refresh(finding)

@@ -81,7 +81,7 @@ def assign(session: Session, principal: Principal, filters: SampleFilter | Mappi
     return len(ids)
 
 
-def _queue_query(principal: Principal, include_done: bool) -> Select[Any]:
+def _queue_query(principal: Principal, include_done: bool) -> Select[Assignment, Sample]:
     query = (select(Assignment, Sample)
              .join(Sample, Sample.id == Assignment.sample_id)
              .where(Assignment.assignee_id == principal.user_id, visibility(principal)))

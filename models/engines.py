@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
@@ -120,9 +120,9 @@ def nms_per_class(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou
     if len(xyxy) == 0:
         return np.zeros((0,), dtype=np.int64)
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float64)
-    keep = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.astype(np.float64).tolist(),
+    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.astype(np.float64).tolist(),
                                    classes.astype(np.int32).tolist(), -1.0, float(iou))
-    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    keep = np.asarray(kept, dtype=np.int64).reshape(-1)
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     return keep[:max_det]
 
@@ -256,7 +256,7 @@ class OnnxEngine:
         return results
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]  # releases the ORT arena once unreferenced
+        self._session = None  # releases the ORT arena once unreferenced
 
 
 class UltralyticsEngine:
@@ -293,9 +293,10 @@ class UltralyticsEngine:
         _check_images(images)
         keys = np.asarray(self.class_keys, dtype=object)
         with self._lock:
-            results = self._model.predict(list(images), conf=conf, iou=iou, imgsz=self.imgsz,
-                                          device=self.device, max_det=self.max_det, verbose=False,
-                                          save=False, stream=False, **self._precision)
+            # a list of Results (stream=False); Ultralytics' annotations also admit a Tensor
+            results = cast(list[Any], self._model.predict(list(images), conf=conf, iou=iou, imgsz=self.imgsz,
+                                                          device=self.device, max_det=self.max_det, verbose=False,
+                                                          save=False, stream=False, **self._precision))
         out = []
         for result in results:
             boxes = result.boxes

@@ -154,8 +154,8 @@ def _switch_off_network(config_dir: Path) -> None:
     import ultralytics.utils.checks as uchecks
 
     for module in (uutils, uchecks):
-        module.ONLINE = False
-        module.AUTOINSTALL = False
+        setattr(module, "ONLINE", False)  # noqa: B010  (checks imports the names: set them on both)
+        setattr(module, "AUTOINSTALL", False)  # noqa: B010
     try:
         from ultralytics.utils import events as uevents
 

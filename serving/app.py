@@ -8,13 +8,14 @@ import logging
 import pkgutil
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,7 +49,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return error_response(422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details)
+        msg = str(first["msg"])
+        return error_response(422, "invalid", f"{where}: {msg}" if where else msg, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -71,7 +73,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _install_request_ids(app: FastAPI) -> None:
     @app.middleware("http")
-    async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = rid
         token = set_request_id(rid)
@@ -101,7 +103,7 @@ def create_app(ctx: Context | None = None, *, start_background: bool = True) -> 
     ctx = ctx or Context()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.init()
         for hook in app.state.startup_hooks:
             hook(app)

@@ -114,7 +114,7 @@ def validate_params(ctx: Context, kind: str, params: dict[str, Any]) -> dict[str
                 isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
                 for k, v in caps.items())):
             raise Invalid("'train_caps' maps class keys to non-negative counts", code="invalid_job")
-        out = {"dataset": _dataset_ref(params), "format": fmt}
+        out: dict[str, Any] = {"dataset": _dataset_ref(params), "format": fmt}
         if caps:
             out["train_caps"] = caps
         return out
@@ -280,7 +280,7 @@ class JobRunner:
             for job_id in ids:
                 res = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
                                       .values(status="running", started_at=datetime.now(UTC), message="starting"))
-                if res.rowcount == 1:
+                if res.rowcount == 1:  # type: ignore[attr-defined]  # DML: a CursorResult
                     return job_id
         return None
 

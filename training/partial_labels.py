@@ -107,7 +107,7 @@ def masked_loss_class() -> type:
         def __init__(self, model: Any, **kwargs: Any) -> None:
             super().__init__(model, **kwargs)
             self._ignore: torch.Tensor | None = None
-            self.bce = self._masked_bce
+            self.bce = self._masked_bce  # type: ignore[assignment]  # called as bce(pred, target); a function will do
 
         def _masked_bce(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
@@ -122,7 +122,8 @@ def masked_loss_class() -> type:
             if bool(regions.any()):
                 feats = preds["feats"]
                 anchors, strides = make_anchors(feats, self.stride, 0.5)
-                h, w = (int(feats[0].shape[2] * self.stride[0]), int(feats[0].shape[3] * self.stride[0]))
+                stride = float(self.stride[0])  # type: ignore[index]  # a Tensor; torch types Module attributes loosely
+                h, w = (int(feats[0].shape[2] * stride), int(feats[0].shape[3] * stride))
                 scale = torch.tensor([w, h, w, h], device=self.device, dtype=torch.float32)
                 boxes = xywh2xyxy(batch["bboxes"][regions].to(self.device).float() * scale)
                 self._ignore = region_mask(anchors * strides, batch["batch_idx"].view(-1)[regions].long(),

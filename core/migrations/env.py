@@ -14,7 +14,10 @@ target_metadata = Base.metadata
 def run() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        engine = create_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if url is None:
+            raise RuntimeError("alembic: neither a connection nor sqlalchemy.url was configured")
+        engine = create_engine(url)
         with engine.begin() as conn:
             _run(conn)
     else:

@@ -157,7 +157,7 @@ class MinioStore(ObjectStore):
             response = self.client.get_object(self.bucket, key)
         except S3Error as exc:
             raise self._missing(exc, key) from exc
-        return io.BufferedReader(_ResponseStream(response), buffer_size=256 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(_ResponseStream(response), buffer_size=256 * 1024)
 
     def get(self, key: str) -> bytes:
         with self.open(key) as fh:

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from hazardlens.auth import Principal
 from hazardlens.contracts import SampleFilter
 from hazardlens.labeling import agreement as agreement_mod
-from hazardlens.labeling import annotations, queues, suggestions
+from hazardlens.labeling import annotations as annotation_ops
+from hazardlens.labeling import queues, suggestions
 from hazardlens.labeling.annotations import MAX_BOXES, MAX_REASON
 from hazardlens.serving.deps import CtxDep, PrincipalDep, SessionDep, require
 
@@ -64,34 +65,34 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 @router.get("/v1/samples/{sample_id}/annotations")
 def get_annotations(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
-    return annotations.current(session, principal, sample_id)
+    return annotation_ops.current(session, principal, sample_id)
 
 
 @router.put("/v1/samples/{sample_id}/annotations")
 def put_annotations(sample_id: int, body: AnnotationsIn, ctx: CtxDep, session: SessionDep,
                     principal: Writer) -> dict[str, Any]:
-    return annotations.put_annotations(ctx, session, principal, sample_id,
+    return annotation_ops.put_annotations(ctx, session, principal, sample_id,
                                        [b.model_dump() for b in body.boxes], note=body.note)
 
 
 @router.get("/v1/samples/{sample_id}/annotations/history")
 def get_history(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
-    return {"sample_id": sample_id, "revisions": annotations.history(session, principal, sample_id)}
+    return {"sample_id": sample_id, "revisions": annotation_ops.history(session, principal, sample_id)}
 
 
 @router.post("/v1/samples/{sample_id}/annotations/submit")
 def submit(sample_id: int, session: SessionDep, principal: Writer) -> dict[str, Any]:
-    return annotations.submit(session, principal, sample_id)
+    return annotation_ops.submit(session, principal, sample_id)
 
 
 @router.post("/v1/samples/{sample_id}/annotations/approve")
 def approve(sample_id: int, session: SessionDep, principal: Reviewer) -> dict[str, Any]:
-    return annotations.approve(session, principal, sample_id)
+    return annotation_ops.approve(session, principal, sample_id)
 
 
 @router.post("/v1/samples/{sample_id}/annotations/reject")
 def reject(sample_id: int, body: RejectIn, session: SessionDep, principal: Reviewer) -> dict[str, Any]:
-    return annotations.reject(session, principal, sample_id, body.reason)
+    return annotation_ops.reject(session, principal, sample_id, body.reason)
 
 
 @router.get("/v1/samples/{sample_id}/annotations/agreement")

@@ -4,6 +4,7 @@ ML backend URL in Label Studio, with basic auth whose password is a hazardlens A
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -30,7 +31,8 @@ class SuggestRequest(BaseModel):
     model: str | None = Field(None, max_length=40, description="pin a model version (default: production)")
 
 
-def _predictor(ctx: CtxDep, models: ModelManager, conf: float, version: str | None):  # type: ignore[no-untyped-def]
+def _predictor(ctx: CtxDep, models: ModelManager, conf: float,
+               version: str | None) -> Callable[[bytes], tuple[str, tuple[int, int], Detections]]:
     def predict(data: bytes) -> tuple[str, tuple[int, int], Detections]:
         result = models.detect(data, version=version, conf=conf, max_pixels=ctx.settings.max_pixels)
         return result.model["version"], result.image_size, relevant(ctx.base_taxonomy, result.detections)
