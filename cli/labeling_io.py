@@ -33,6 +33,8 @@ def _options() -> dict[str, Any]:
                                                                   "class map); capture groups joined by '.'"),
         "site_regex": typer.Option(None, "--site-regex", help="site id from file names (overrides the class map)"),
         "as_json": typer.Option(False, "--json", help="print the summary as JSON"),
+        "tag": typer.Option(None, "--tag", help="tag every imported sample with this (e.g. the source set's name, "
+                                                "sfchd-ppe), also samples the library already held"),
     }
 
 
@@ -53,6 +55,7 @@ def _print_summary(summary: Any) -> None:
         ("stored unlabelled (all boxes refused/ignored)", summary.unlabeled),
         ("boxes of ignored classes", summary.ignored_boxes),
         ("linked to near-duplicates", summary.near_duplicates), ("camera ids", summary.camera_ids),
+        *([(f"tag {summary.tag!r} added to samples already held", summary.tagged)] if summary.tag else []),
         ("seconds", f"{summary.elapsed_s:.1f}"),
     ]
     for what, n in rows:
@@ -90,7 +93,7 @@ def _print_summary(summary: Any) -> None:
 
 def _run_import(fmt: str, source: Path, images: Path | None, class_map: Path, org: str, sector: str,
                 approved: bool, scope: str, camera_regex: str | None, site_regex: str | None,
-                as_json: bool) -> None:
+                as_json: bool, tag: str | None = None) -> None:
     from hazardlens.labeling.importers import import_dataset
 
     ctx = context()
@@ -105,7 +108,7 @@ def _run_import(fmt: str, source: Path, images: Path | None, class_map: Path, or
 
         summary = import_dataset(ctx, principal, fmt, source, class_map, images=images, org=org, sector=sector,
                                  scope=scope, approved=approved, camera_regex=camera_regex,
-                                 site_regex=site_regex, progress=progress)
+                                 site_regex=site_regex, progress=progress, tag=tag)
     ctx.close()
     if as_json:
         print(json.dumps(summary.as_dict(), ensure_ascii=False))
@@ -127,10 +130,10 @@ def register(app: typer.Typer) -> None:
                     class_map: Path = _O["class_map"], org: str = _O["org"], sector: str = _O["sector"],
                     approved: bool = _O["approved"], scope: str = _O["scope"],
                     camera_regex: str = _O["camera_regex"], site_regex: str = _O["site_regex"],
-                    as_json: bool = _O["as_json"]) -> None:
+                    as_json: bool = _O["as_json"], tag: str = _O["tag"]) -> None:
         """Import a COCO detection json and its images. Exit code 1 when an image was refused."""
         _run_import("coco", annotations, images, class_map, org, sector, approved, scope, camera_regex,
-                    site_regex, as_json)
+                    site_regex, as_json, tag)
 
     @imp.command("yolo")
     @friendly_errors
@@ -139,10 +142,10 @@ def register(app: typer.Typer) -> None:
                     class_map: Path = _O["class_map"], org: str = _O["org"], sector: str = _O["sector"],
                     approved: bool = _O["approved"], scope: str = _O["scope"],
                     camera_regex: str = _O["camera_regex"], site_regex: str = _O["site_regex"],
-                    as_json: bool = _O["as_json"]) -> None:
+                    as_json: bool = _O["as_json"], tag: str = _O["tag"]) -> None:
         """Import a YOLO dataset; an image without a label file is a negative."""
         _run_import("yolo", directory, None, class_map, org, sector, approved, scope, camera_regex, site_regex,
-                    as_json)
+                    as_json, tag)
 
     @imp.command("voc")
     @friendly_errors
@@ -150,10 +153,10 @@ def register(app: typer.Typer) -> None:
                    class_map: Path = _O["class_map"], org: str = _O["org"], sector: str = _O["sector"],
                    approved: bool = _O["approved"], scope: str = _O["scope"],
                    camera_regex: str = _O["camera_regex"], site_regex: str = _O["site_regex"],
-                   as_json: bool = _O["as_json"]) -> None:
+                   as_json: bool = _O["as_json"], tag: str = _O["tag"]) -> None:
         """Import a Pascal VOC dataset; an image without an xml is not imported."""
         _run_import("voc", directory, None, class_map, org, sector, approved, scope, camera_regex, site_regex,
-                    as_json)
+                    as_json, tag)
 
     @imp.command("labelstudio")
     @friendly_errors
@@ -162,10 +165,10 @@ def register(app: typer.Typer) -> None:
                            class_map: Path = _O["class_map"], org: str = _O["org"], sector: str = _O["sector"],
                            approved: bool = _O["approved"], scope: str = _O["scope"],
                            camera_regex: str = _O["camera_regex"], site_regex: str = _O["site_regex"],
-                           as_json: bool = _O["as_json"]) -> None:
+                           as_json: bool = _O["as_json"], tag: str = _O["tag"]) -> None:
         """Import Label Studio rectangle labels; tasks never annotated are refused, not negatives."""
         _run_import("labelstudio", tasks, images, class_map, org, sector, approved, scope, camera_regex,
-                    site_regex, as_json)
+                    site_regex, as_json, tag)
 
     @app.command("export")
     @friendly_errors

@@ -73,8 +73,12 @@ def register(app: typer.Typer) -> None:
                  compare: str = typer.Option(None, "--compare", help="a second model to compare with the first"),
                  out: Path = typer.Option(None, "--out", help="folder for plots, report.json and report.md"),
                  imgsz: int = typer.Option(None, "--imgsz", help="image size (default: the model's)"),
+                 by_tag: bool = typer.Option(False, "--by-tag", help="also per source: per-class figures for each "
+                                                                     "sample tag of the split, from the same run"),
+                 tags: str = typer.Option(None, "--tags", help="with --by-tag: only these tags (comma-separated)"),
                  org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
-        """Evaluate a model (per class and per sector) and, with --compare, write a comparison report."""
+        """Evaluate a model (per class and per sector; --by-tag per source too) and, with --compare, write a
+        comparison report. Classes an image declares unlabelled are not scored on that image."""
         from hazardlens.training.evaluate import evaluate as do_evaluate
         from hazardlens.training.evaluate import write_report
 
@@ -85,7 +89,9 @@ def register(app: typer.Typer) -> None:
         for i, ref in enumerate(refs):
             sub = (out / f"model{i + 1}") if out else None
             console.print(f"evaluating {ref} on {dataset} ({split})...")
-            reports.append(do_evaluate(ctx, ref, dataset, split, imgsz, out_dir=sub, principal=principal))
+            reports.append(do_evaluate(ctx, ref, dataset, split, imgsz, out_dir=sub, principal=principal,
+                                       by_tag=by_tag or bool(tags),
+                                       tags=[g.strip() for g in tags.split(",") if g.strip()] if tags else None))
         target = out or Path(reports[0].out_dir)
         md = write_report(reports, target)
         table = Table("model", "P", "R", "mAP50", "mAP50-95", "images", "instances", title=f"{dataset} {split}")
@@ -103,6 +109,29 @@ def register(app: typer.Typer) -> None:
                 cells.append(f"{s.map50:.3f} ({s.instances})" if s else "–")
             sectors.add_row(key, *cells)
         console.print(sectors)
+        for r in reports[:1]:
+            for g in r.per_tag:
+                per = Table("class", "images", "instances", "P", "R", "mAP50", "mAP50-95",
+                            title=f"{r.label} on source {g.tag}")
+                o = g.overall
+                per.add_row("all", str(o["images"]), str(o["instances"]), f"{o['precision']:.3f}",
+                            f"{o['recall']:.3f}", f"{o['map50']:.3f}", f"{o['map50_95']:.3f}")
+                for c in g.per_class:
+                    per.add_row(c.key, str(c.images), str(c.instances), f"{c.precision:.3f}", f"{c.recall:.3f}",
+                                f"{c.map50:.3f}", f"{c.map50_95:.3f}")
+                console.print(per)
+            if r.rules:
+                rt = Table("rule", "source", "labelled", "TP", "FP", "FN", "P", "R", "AP",
+                           title=f"{r.label}: rule findings against their evidence class")
+                for row in r.rules:
+                    rt.add_row(row["rule"], row["tag"] or "all", str(row["n_gt"]), str(row["tp"]), str(row["fp"]),
+                               str(row["fn"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['ap']:.3f}")
+                console.print(rt)
+            if r.partial_labels:
+                dropped = r.partial_labels.get("not_scored", {})
+                console.print(f"partially labelled: {r.partial_labels.get('images', 0)} image(s) declare "
+                              f"{', '.join(r.partial_labels.get('classes', {}))} unlabelled; not scored there: "
+                              f"{dropped.get('predictions', 0)} prediction(s), {dropped.get('labels', 0)} label(s)")
         print(md)
 
     models = typer.Typer(no_args_is_help=True, help="Model registry: list, promote, roll back, export, import.")

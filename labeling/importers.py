@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from hazardlens.audit import record as audit
 from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.datasets.library import IngestMeta, Prepared, Refusal, prepare
+from hazardlens.datasets.library import IngestMeta, Prepared, Refusal, normalise_tags, prepare
 from hazardlens.datasets.library import record as record_sample
 from hazardlens.detections import Box
 from hazardlens.errors import Forbidden, HazardError, Invalid, NotFound, TooLarge
@@ -100,6 +100,8 @@ class ImportSummary:
     negatives: int = 0  # verified negatives (a revision without boxes) written
     ignored_boxes: int = 0  # boxes the class map maps to 'ignore'
     near_duplicates: int = 0  # new samples linked to near-duplicates
+    tag: str | None = None  # the tag (e.g. the source set's name) every imported sample carries
+    tagged: int = 0  # samples already held that the tag was added to (new samples are created with it)
     class_counts: Counter[str] = field(default_factory=Counter)  # boxes written, per taxonomy key
     camera_ids: int = 0  # distinct camera ids among the imported images
     elapsed_s: float = 0.0
@@ -129,7 +131,8 @@ class ImportSummary:
             "transcoded": [r.to_dict() for r in self.transcoded],
             "duplicates": [r.to_dict() for r in self.duplicates], "boxes": self.boxes,
             "negatives": self.negatives, "ignored_boxes": self.ignored_boxes,
-            "near_duplicates": self.near_duplicates, "class_counts": dict(sorted(self.class_counts.items())),
+            "near_duplicates": self.near_duplicates, "tag": self.tag, "tagged": self.tagged,
+            "class_counts": dict(sorted(self.class_counts.items())),
             "camera_ids": self.camera_ids, "repairs": self.repairs, "refused_boxes": self.refused_boxes,
             "unused_categories": self.unused_categories, "elapsed_s": round(self.elapsed_s, 3),
             "sample_ids": list(self.sample_ids),
@@ -282,12 +285,14 @@ class _Outcome:
     written: AnnotationRevision | None = None
     unchanged: bool = False
     unlabeled: bool = False
+    tagged: bool = False
     foreign_org: str | None = None
     duplicate_of: ImportRecord | None = None
 
 
 def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepared, rec: ImportRecord,
-           status: str, note: str, seen: dict[int, ImportRecord], unlabeled_classes: tuple[str, ...] = ()) -> _Outcome:
+           status: str, note: str, seen: dict[int, ImportRecord], unlabeled_classes: tuple[str, ...] = (),
+           tag: str | None = None) -> _Outcome:
     """Record the sample and its labels in the caller's transaction (both or neither)."""
     result = record_sample(ctx, session, principal, prepared)
     sample = result.sample
@@ -305,6 +310,13 @@ def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepa
         # Same bytes already shared by another organisation: their labels are theirs to change.
         out.foreign_org = sample.org_code
         return out
+    if tag and tag not in (sample.tags or []):
+        # A sample held before this import (or before tags were given) gets the source's tag too.
+        tags_before = list(sample.tags or [])
+        sample.tags = normalise_tags([*tags_before, tag])
+        audit(session, principal, "sample.tag", "sample", sample.id, sample_id=sample.id,
+              before={"tags": tags_before}, after={"tags": list(sample.tags), "import": note})
+        out.tagged = True
     if not rec.boxes and not rec.is_negative:
         out.unlabeled = True  # every box refused or ignored: "nothing here" would be a false statement
         return out
@@ -323,10 +335,12 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
                    class_map: ClassMap | str | Path, *, images: Path | str | None = None, org: str | None = None,
                    sector: str, scope: str = "private", approved: bool = False, camera_regex: str | None = None,
                    site_regex: str | None = None, progress: Progress | None = None,
-                   workers: int | None = None) -> ImportSummary:
+                   workers: int | None = None, tag: str | None = None) -> ImportSummary:
     """Import a labelled dataset into the caller's organisation; see the module docstring.
 
     ``camera_regex``/``site_regex`` override the class map's (capture groups are joined by ``.``).
+    ``tag`` (e.g. the source set's name) is added to every imported sample's tags, also to samples
+    the library already held (audited as ``sample.tag``), so evaluations can tell sources apart.
     Raises before writing anything for: a bad caller, sector, scope, source, regex or class map.
     """
     started = time.perf_counter()
@@ -340,6 +354,10 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
     if scope not in SCOPES:
         raise Invalid(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}", code="invalid_scope")
     cmap = resolve_class_map(class_map)
+    tags = normalise_tags(tag)
+    if len(tags) > 1:
+        raise Invalid(f"one import tag, not {len(tags)}", code="invalid_meta")
+    tag = tags[0] if tags else None
     overrides: dict[str, Any] = {}
     if (cam := _compile(camera_regex, "camera regex")) is not None:
         overrides["camera_regex"] = cam
@@ -354,14 +372,14 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
 
     status = "approved" if approved else "submitted"
     summary = ImportSummary(format=fmt, source=str(source), org_code=org_code, sector=sector, status=status,
-                            images_read=len(records), report=report)
+                            images_read=len(records), report=report, tag=tag)
     summary.refused.extend(Refusal(i.where, i.kind, i.message) for i in report.refused_images)
     summary.refused.extend(Refusal(m, "missing_file", "listed in the source but not found")
                            for m in report.missing_files)
     summary.ignored_boxes = sum(r.ignored_boxes for r in records)
     summary.camera_ids = len({r.camera_id for r in records if r.camera_id})
     note = f"imported from {fmt} {Path(source).name}"
-    base_meta = IngestMeta(sector=sector, scope=scope, source="import")
+    base_meta = IngestMeta(sector=sector, scope=scope, source="import", tags=(tag,) if tag else ())
     total = len(records)
     done = 0
     seen: dict[int, ImportRecord] = {}
@@ -396,7 +414,7 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
                 prepared, converted = fut.result()
                 with ctx.db.session() as session:
                     outcome = _label(ctx, session, principal, prepared, rec, status, note, seen,
-                                     cmap.unlabeled_classes)
+                                     cmap.unlabeled_classes, tag)
             except HazardError as exc:
                 summary.refused.append(Refusal(rec.file_name, exc.code, exc.message))
                 tick(rec.file_name, "refused")
@@ -427,6 +445,7 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
             summary.near_duplicates += outcome.near
             summary.unlabeled += outcome.unlabeled
             summary.unchanged += outcome.unchanged
+            summary.tagged += outcome.tagged
             if outcome.foreign_org:
                 summary.not_relabelled.append(Refusal(rec.file_name, "shared_sample",
                                                       f"already in the library as a shared sample of "
@@ -532,7 +551,7 @@ def locate_dataset(fmt: str, folder: Path) -> tuple[Path, Path | None]:
 
 def import_zip(ctx: Context, principal: Principal, fmt: str, fileobj: IO[bytes], class_map: str | ClassMap, *,
                sector: str, scope: str = "private", approved: bool = False, camera_regex: str | None = None,
-               site_regex: str | None = None, name: str = "upload.zip") -> ImportSummary:
+               site_regex: str | None = None, name: str = "upload.zip", tag: str | None = None) -> ImportSummary:
     """Import a dataset uploaded as a zip (what the API receives). Everything the caller supplied
     is checked before the archive is unpacked, and the unpacked copy is removed afterwards."""
     if fmt not in FORMATS:
@@ -550,7 +569,7 @@ def import_zip(ctx: Context, principal: Principal, fmt: str, fileobj: IO[bytes],
         safe_extract_zip(fileobj, work, max_bytes=limit)
         source, images = locate_dataset(fmt, work)
         summary = import_dataset(ctx, principal, fmt, source, cmap, images=images, sector=sector, scope=scope,
-                                 approved=approved, camera_regex=camera_regex, site_regex=site_regex)
+                                 approved=approved, camera_regex=camera_regex, site_regex=site_regex, tag=tag)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # Paths of a temporary folder mean nothing to the caller; name the upload instead.

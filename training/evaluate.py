@@ -7,6 +7,18 @@ decides whether a model is good enough to help with a given inspection.
 Per-sector numbers aggregate the per-class results of one validation run, weighted by each class's
 instance count in the split (a class with 300 boxes counts 300 times one with a single box). They
 are not the AP of the pooled detections; a class belongs to the sector the taxonomy gives it.
+
+Partially labelled images: an item of the dataset version may declare ``unlabeled_classes`` (a source
+that boxes heads but only a few of the people). On such an image a model's ``person`` detections are
+not false positives, and its few person boxes are not a complete answer, so predictions and labels
+of those classes are dropped for that image before matching (:func:`validator_class`, a
+DetectionValidator whose per-image update filters first). Images that declare nothing go through
+Ultralytics' own code unchanged, so their figures are exactly plain ``model.val``'s.
+
+Per source: with ``by_tag`` the same run's per-image statistics are regrouped by the samples'
+catalogue tags (e.g. ``sfchd-ppe``, ``hardhat-workers``) and each group gets Ultralytics' per-class
+AP computed on its images alone (``per_tag``). Precision and recall of a group are taken, like
+Ultralytics does for a whole run, at the confidence that maximises that group's mean F1.
 """
 
 from __future__ import annotations
@@ -21,13 +33,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hazardlens.audit import record
 from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
 from hazardlens.errors import Invalid, NotFound
-from hazardlens.orm import ModelVersion
+from hazardlens.orm import DatasetItem, ModelVersion, Sample
 from hazardlens.training.train import data_names, materialise, resolve_dataset, resolve_device
 
 log = logging.getLogger(__name__)
@@ -61,6 +74,22 @@ class SectorMetrics:
 
 
 @dataclass
+class GroupMetrics:
+    """One source (catalogue tag) of the evaluated split: its images alone, same predictions."""
+
+    tag: str
+    overall: dict[str, float]
+    per_class: list[ClassMetrics]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "overall": self.overall, "per_class": [vars(c) for c in self.per_class]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupMetrics:
+        return cls(tag=d["tag"], overall=d["overall"], per_class=[ClassMetrics(**c) for c in d["per_class"]])
+
+
+@dataclass
 class EvalReport:
     model: dict[str, Any]
     dataset: dict[str, Any]
@@ -75,6 +104,10 @@ class EvalReport:
     out_dir: str = ""
     created_at: str = ""
     recorded_in_card: bool = False
+    # images whose labels leave classes out: how many, which classes, what was not scored there
+    partial_labels: dict[str, Any] = field(default_factory=dict)
+    per_tag: list[GroupMetrics] = field(default_factory=list)  # with by_tag: per source
+    rules: list[dict[str, Any]] = field(default_factory=list)  # rule findings scored (rule_eval), when run
 
     @property
     def label(self) -> str:
@@ -86,7 +119,8 @@ class EvalReport:
                 "conf": self.conf, "overall": self.overall, "per_class": [vars(c) for c in self.per_class],
                 "per_sector": [vars(s) for s in self.per_sector], "skipped_classes": self.skipped_classes,
                 "plots": self.plots, "out_dir": self.out_dir, "created_at": self.created_at,
-                "recorded_in_card": self.recorded_in_card}
+                "recorded_in_card": self.recorded_in_card, "partial_labels": self.partial_labels,
+                "per_tag": [g.to_dict() for g in self.per_tag], "rules": self.rules}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
@@ -95,7 +129,8 @@ class EvalReport:
                    per_sector=[SectorMetrics(**s) for s in d["per_sector"]],
                    skipped_classes=d.get("skipped_classes", []), plots=d.get("plots", {}),
                    out_dir=d.get("out_dir", ""), created_at=d.get("created_at", ""),
-                   recorded_in_card=d.get("recorded_in_card", False))
+                   recorded_in_card=d.get("recorded_in_card", False), partial_labels=d.get("partial_labels", {}),
+                   per_tag=[GroupMetrics.from_dict(g) for g in d.get("per_tag", [])], rules=d.get("rules", []))
 
 
 # ---- model references ---------------------------------------------------------------------------
@@ -165,14 +200,20 @@ def _label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _aligned_data(data_yaml: Path, split: str, model_classes: list[str], work: Path) -> tuple[Path, list[str]]:
+def _aligned_data(data_yaml: Path, split: str, model_classes: list[str],
+                  work: Path, private: bool = False) -> tuple[Path, list[str], dict[str, str]]:
     """Ultralytics compares class indices, so a model whose class list differs from the dataset's
     (another order, fewer or more classes) is evaluated on a copy of the split whose labels are
     renumbered to the model's classes; boxes of classes the model does not know are left out and
-    reported as skipped."""
+    reported as skipped. The third value maps the copy's image file names to the originals'.
+
+    ``private`` makes the copy (linked images, copied labels) even when the classes agree: Ultralytics
+    writes a labels cache beside the labels it reads, and the materialised version is shared with
+    training runs and other evaluations, so an evaluation writes only in its own folder."""
     ds_classes = data_names(data_yaml)
-    if ds_classes == model_classes:
-        return data_yaml, []
+    renamed: dict[str, str] = {}
+    if ds_classes == model_classes and not private:
+        return data_yaml, [], renamed
     index = {name: i for i, name in enumerate(model_classes)}
     _, images = _split_images(data_yaml, split)
     img_dir, lbl_dir = work / "images" / split, work / "labels" / split
@@ -181,6 +222,7 @@ def _aligned_data(data_yaml: Path, split: str, model_classes: list[str], work: P
     skipped: set[str] = set()
     for n, image in enumerate(images):
         target = img_dir / f"{n:06d}{image.suffix.lower()}"
+        renamed[target.name] = image.name
         if not target.exists():
             try:
                 target.symlink_to(image.resolve())
@@ -204,7 +246,195 @@ def _aligned_data(data_yaml: Path, split: str, model_classes: list[str], work: P
     aligned.write_text(yaml.safe_dump({"path": str(work), "train": rel, "val": rel, split: rel,
                                        "names": dict(enumerate(model_classes))}, allow_unicode=True),
                        encoding="utf-8")
-    return aligned, sorted(skipped)
+    return aligned, sorted(skipped), renamed
+
+
+# ---- partially labelled images, per-image statistics ----------------------------------------------
+
+
+_VALIDATOR: type | None = None
+
+
+def validator_class() -> type:
+    """A DetectionValidator that, per image, first drops the predictions and labels of the classes
+    that image's labels leave out (``hl_unlabeled``: image file name -> model class ids), then runs
+    Ultralytics' own update; it keeps every image's statistics (``hl_records``, for per-source
+    figures) and, with ``hl_keep_predictions``, every image's predictions in original pixels (for
+    rules). Built on first use: importing ultralytics waits for prepare_ultralytics."""
+    global _VALIDATOR
+    if _VALIDATOR is not None:
+        return _VALIDATOR
+    import torch
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    class PartialLabelValidator(DetectionValidator):  # type: ignore[misc]
+        def __init__(self, *args: Any, hl_unlabeled: dict[str, list[int]] | None = None,
+                     hl_keep_predictions: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.hl_unlabeled = {str(k): sorted({int(c) for c in v}) for k, v in (hl_unlabeled or {}).items() if v}
+            self.hl_keep_predictions = hl_keep_predictions
+            self.hl_records: list[dict[str, Any]] = []
+            self.hl_predictions: dict[str, dict[str, np.ndarray]] = {}
+            self.hl_dropped = {"images": 0, "predictions": 0, "labels": 0}
+
+        def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+            if self.hl_keep_predictions:
+                self._hl_keep(preds, batch)
+            if self.hl_unlabeled:
+                self._hl_drop(preds, batch)
+            start = len(self.metrics.stats["tp"])
+            super().update_metrics(preds, batch)
+            for si in range(len(preds)):  # Ultralytics appends one entry per image, in batch order
+                rec = {k: v[start + si] for k, v in self.metrics.stats.items()}
+                rec["im_name"] = Path(batch["im_file"][si]).name
+                self.hl_records.append(rec)
+
+        def _hl_keep(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+            for si, pred in enumerate(preds):
+                scaled = self.scale_preds(pred, self._prepare_batch(si, batch))
+                self.hl_predictions[Path(batch["im_file"][si]).name] = {
+                    "xyxy": scaled["bboxes"].detach().cpu().numpy().astype(np.float32),
+                    "conf": pred["conf"].detach().cpu().numpy().astype(np.float32),
+                    "cls": pred["cls"].detach().cpu().numpy().astype(int)}
+
+        def _hl_drop(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+            """In place, so that the confusion matrix and the plotted batches agree with the figures."""
+            gt_cls = batch["cls"].view(-1).long()
+            gt_img = batch["batch_idx"].view(-1).long()
+            keep_gt = torch.ones_like(gt_cls, dtype=torch.bool)
+            for si, file in enumerate(batch["im_file"]):
+                ids = self.hl_unlabeled.get(Path(file).name)
+                if not ids:
+                    continue
+                self.hl_dropped["images"] += 1
+                pred = preds[si]
+                drop = torch.isin(pred["cls"].long(), torch.tensor(ids, device=pred["cls"].device))
+                if bool(drop.any()):
+                    self.hl_dropped["predictions"] += int(drop.sum())
+                    preds[si] = {k: v[~drop] if isinstance(v, torch.Tensor) and v.shape[:1] == drop.shape else v
+                                 for k, v in pred.items()}
+                keep_gt &= ~((gt_img == si) & torch.isin(gt_cls, torch.tensor(ids, device=gt_cls.device)))
+            if not bool(keep_gt.all()):
+                self.hl_dropped["labels"] += int((~keep_gt).sum())
+                for key in ("cls", "bboxes", "batch_idx"):
+                    batch[key] = batch[key][keep_gt]
+
+    _VALIDATOR = PartialLabelValidator
+    return PartialLabelValidator
+
+
+def _class_rows(metrics: Any, model_classes: list[str], tax: Any) -> list[ClassMetrics]:
+    rows: list[ClassMetrics] = []
+    nt_class = metrics.nt_per_class if metrics.nt_per_class is not None else [0] * len(model_classes)
+    nt_image = metrics.nt_per_image if metrics.nt_per_image is not None else [0] * len(model_classes)
+    for i, c in enumerate(metrics.ap_class_index):
+        c = int(c)
+        key = model_classes[c]
+        p, r, ap50, ap = metrics.class_result(i)
+        hc = tax.classes.get(key)
+        rows.append(ClassMetrics(key=key, sector=hc.sector if hc else "unknown", images=int(nt_image[c]),
+                                 instances=int(nt_class[c]), precision=round(float(p), 5), recall=round(float(r), 5),
+                                 map50=round(float(ap50), 5), map50_95=round(float(ap), 5)))
+    return rows
+
+
+def _overall(metrics: Any, images: int) -> dict[str, float]:
+    nt_class = metrics.nt_per_class if metrics.nt_per_class is not None else []
+    mp, mr, map50, map_ = (float(v) for v in metrics.mean_results())
+    return {"images": images, "instances": int(sum(int(n) for n in nt_class)), "precision": round(mp, 5),
+            "recall": round(mr, 5), "map50": round(map50, 5), "map50_95": round(map_, 5)}
+
+
+def group_metrics(records: list[dict[str, Any]], names: dict[int, str]) -> Any:
+    """Ultralytics' DetMetrics over the given images' statistics only (the validator's per-image
+    records): the same ap_per_class, so a group holding every image gives the run's figures."""
+    from ultralytics.utils.metrics import DetMetrics
+
+    metrics = DetMetrics(names=dict(names))
+    for rec in records:
+        metrics.update_stats(rec)
+    if records:
+        metrics.process(plot=False)
+    return metrics
+
+
+UNTAGGED = "(untagged)"
+
+
+def _split_items(ctx: Context, dv: Any, split: str) -> dict[str, dict[str, Any]]:
+    """The split's manifest items by exported image stem (materialize._file_name: sample id, hash)."""
+    from hazardlens.datasets.versions import load_manifest
+
+    return {f"{int(it['sample_id']):08d}_{str(it['sha256'])[:12]}": it
+            for it in load_manifest(ctx, dv)["items"] if it.get("split") == split}
+
+
+def _sample_tags(ctx: Context, dv: Any) -> dict[int, list[str]]:
+    """Catalogue tags of the version's samples (tags are not part of a version: they may be added later)."""
+    from sqlalchemy import select
+
+    with ctx.db.session() as s:
+        rows = s.execute(select(Sample.id, Sample.tags).join(DatasetItem, DatasetItem.sample_id == Sample.id)
+                         .where(DatasetItem.version_id == dv.id))
+        return {int(i): [str(t) for t in tags or [] if isinstance(t, str)] for i, tags in rows}
+
+
+# ---- rules -----------------------------------------------------------------------------------------
+
+#: Detections below this confidence are not given to the rules: the API's default threshold, so the
+#: findings scored are the ones an inspector would be shown.
+RULE_DETECTION_CONF = 0.25
+
+
+def _rule_set(ctx: Context) -> Any:
+    """The configured rules (``hazardlens.rules``), or None where this installation has none."""
+    try:
+        from hazardlens.rules import default_rules
+    except ImportError:
+        return None
+    return default_rules(ctx)
+
+
+def score_rules(ruleset: Any, predictions: dict[str, dict[str, np.ndarray]], items: dict[str, dict[str, Any] | None],
+                model_classes: list[str], groups: dict[str, list[str]] | None = None,
+                det_conf: float = RULE_DETECTION_CONF) -> list[dict[str, Any]]:
+    """Each rule's findings on the model's predictions (image name -> ``xyxy``/``conf``/``cls`` in
+    original pixels), scored against the labelled boxes of the rule's evidence class in ``items``
+    (image name -> manifest item) by :func:`hazardlens.training.rule_eval.evaluate_rule_findings`:
+    precision and recall at the rule's own ``min_confidence`` (findings below it are never made),
+    AP over the findings' confidences. One row per rule for all images (``tag`` ``None``) and one per
+    group of ``groups`` (tag -> image names). Images whose item declares the evidence class
+    unlabelled are left out for that rule; rules whose evidence class the dataset does not label
+    are not scored."""
+    from hazardlens.detections import Detections
+    from hazardlens.training.rule_eval import evaluate_rule_findings
+
+    labelled = {str(b["class_key"]) for it in items.values() if it for b in it.get("boxes", [])}
+    labelled |= {k for it in items.values() if it for k in it.get("unlabeled_classes") or []}
+    findings_of: dict[str, list[Any]] = {}
+    for name, pred in predictions.items():
+        keep = pred["conf"] >= det_conf
+        dets = Detections(xyxy=pred["xyxy"][keep].reshape(-1, 4).astype(np.float32),
+                          class_keys=np.array([model_classes[int(c)] for c in pred["cls"][keep]], dtype=object),
+                          confidence=pred["conf"][keep].astype(np.float32))
+        it = items.get(name) or {}
+        size = (int(it["width"]), int(it["height"])) if it.get("width") and it.get("height") else None
+        findings_of[name] = ruleset.apply(dets, None, 0.0, image_size=size, model_classes=model_classes)
+    rows: list[dict[str, Any]] = []
+    for rule in ruleset.rules:
+        evidence = rule.evidence_class
+        if evidence is None or evidence not in labelled:
+            continue
+        usable = [n for n in predictions if evidence not in ((items.get(n) or {}).get("unlabeled_classes") or [])]
+        scopes: list[tuple[str | None, list[str]]] = [(None, usable)]
+        scopes += [(tag, [n for n in names if n in set(usable)]) for tag, names in (groups or {}).items()]
+        for tag, names in scopes:
+            found = {n: [f for f in findings_of[n] if f.rule == rule.key] for n in names}
+            gt = {n: (items.get(n) or {}).get("boxes", []) for n in names}
+            rows.append({"rule": rule.key, "tag": tag, "images": len(names), "min_confidence": rule.min_confidence,
+                         "detections_conf": det_conf,
+                         **evaluate_rule_findings(found, gt, evidence, conf=rule.min_confidence)})
+    return rows
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -230,11 +460,19 @@ def per_sector(ctx: Context, rows: list[ClassMetrics]) -> list[SectorMetrics]:
 
 def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test", imgsz: int | None = None,
              conf: float = 0.001, *, out_dir: Path | None = None, principal: Principal = SYSTEM,
-             record_in_card: bool = True, device: str | None = None) -> EvalReport:
+             record_in_card: bool = True, device: str | None = None, by_tag: bool = False,
+             tags: list[str] | None = None, rules: bool = True) -> EvalReport:
     """Run Ultralytics' validation of ``model_ref`` on ``dataset_ref``'s ``split`` and report per class
     and per sector, with confusion-matrix and PR-curve plots in ``out_dir`` (default
     ``<home>/evals/<id>``). A registered model evaluated on its own dataset version's test split has
-    the result written into its model card."""
+    the result written into its model card.
+
+    Classes an image declares unlabelled are not scored on that image (see the module docstring).
+    ``by_tag`` adds per-source figures: one group per catalogue tag of the split's samples (only
+    ``tags`` when given; samples without any go to ``(untagged)``), from the same predictions.
+    With ``rules`` (and a rule layer, ``hazardlens.rules``, installed) the configured rules run on the
+    predictions and each is scored against its evidence class's labels, overall and per source
+    (:func:`score_rules`)."""
     from hazardlens.models.ultralytics_env import prepare_ultralytics
 
     prepare_ultralytics(ctx.settings.home)
@@ -252,10 +490,28 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
     imgsz = int(imgsz or model_info.get("imgsz") or (getattr(model, "ckpt", None) or {}).get("train_args", {})
                 .get("imgsz") or 640)
     eid = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-    out = Path(out_dir) if out_dir else ctx.settings.home / "evals" / eid
+    out = (Path(out_dir) if out_dir else ctx.settings.home / "evals" / eid).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data, skipped = _aligned_data(data_yaml, split, model_classes, out / "data")
-    _, split_images = _split_images(data, split)
+    data, skipped, renamed = _aligned_data(data_yaml, split, model_classes, out / "data", private=True)
+    _, split_images = _split_images(data, split)  # the private copy's data.yaml: train/val name the split too
+
+    # image file name as the validator sees it -> its manifest item
+    by_stem = _split_items(ctx, dv, split)
+    item_of = {img.name: by_stem.get(Path(renamed.get(img.name, img.name)).stem) for img in split_images}
+    if by_stem and sum(it is not None for it in item_of.values()) != len(by_stem):
+        # per-image rules (unlabelled classes, sources) would silently not apply: refuse instead
+        raise Invalid(f"the {split} images found for {dv.name} ({len(split_images)}) do not match its "
+                      f"{len(by_stem)} {split} items", code="materialise_mismatch")
+    model_index = {k: i for i, k in enumerate(model_classes)}
+    unlabeled: dict[str, list[int]] = {}
+    declared: dict[str, int] = {}
+    for name, it in item_of.items():
+        keys = [str(k) for k in (it or {}).get("unlabeled_classes") or []]
+        for k in keys:
+            declared[k] = declared.get(k, 0) + 1
+        ids = [model_index[k] for k in keys if k in model_index]
+        if ids:
+            unlabeled[name] = ids
 
     dev = resolve_device(device or ctx.settings.device)
     if dev == "cpu":
@@ -265,32 +521,55 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
             torch.set_num_threads(os.cpu_count() or 1)
 
         model.add_callback("on_val_start", _threads)
-    metrics = model.val(data=str(data), split=split, imgsz=imgsz, conf=conf, batch=16, device=dev,
-                        workers=0 if dev == "cpu" else 2, plots=True, save_json=False, verbose=False,
+    ruleset = _rule_set(ctx) if rules else None
+    made: list[Any] = []
+
+    def make_validator(**kwargs: Any) -> Any:  # Model.val builds it with (args=, _callbacks=)
+        made.append(validator_class()(**kwargs, hl_unlabeled=unlabeled, hl_keep_predictions=ruleset is not None))
+        return made[-1]
+
+    metrics = model.val(validator=make_validator, data=str(data), split=split, imgsz=imgsz, conf=conf, batch=16,
+                        device=dev, workers=0 if dev == "cpu" else 2, plots=True, save_json=False, verbose=False,
                         save_dir=str(out), project=str(out.parent), name=out.name, exist_ok=True)
+    validator = made[-1]
 
     tax = ctx.taxonomy()
-    rows: list[ClassMetrics] = []
-    nt_class = metrics.nt_per_class if metrics.nt_per_class is not None else [0] * len(model_classes)
-    nt_image = metrics.nt_per_image if metrics.nt_per_image is not None else [0] * len(model_classes)
-    for i, c in enumerate(metrics.ap_class_index):
-        c = int(c)
-        key = model_classes[c]
-        p, r, ap50, ap = metrics.class_result(i)
-        hc = tax.classes.get(key)
-        rows.append(ClassMetrics(key=key, sector=hc.sector if hc else "unknown", images=int(nt_image[c]),
-                                 instances=int(nt_class[c]), precision=round(float(p), 5), recall=round(float(r), 5),
-                                 map50=round(float(ap50), 5), map50_95=round(float(ap), 5)))
-    mp, mr, map50, map_ = (float(v) for v in metrics.mean_results())
-    overall = {"images": len(split_images), "instances": int(sum(int(n) for n in nt_class)),
-               "precision": round(mp, 5), "recall": round(mr, 5), "map50": round(map50, 5), "map50_95": round(map_, 5)}
+    rows = _class_rows(metrics, model_classes, tax)
+    overall = _overall(metrics, len(split_images))
+    partial = {}
+    if declared:
+        partial = {"images": sum(1 for it in item_of.values() if (it or {}).get("unlabeled_classes")),
+                   "classes": dict(sorted(declared.items())), "not_scored": dict(validator.hl_dropped),
+                   "rule": "predictions and labels of a class an image declares unlabelled are dropped for "
+                           "that image before matching"}
+    per_tag: list[GroupMetrics] = []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    if by_tag:
+        sample_tags = _sample_tags(ctx, dv)
+        wanted = set(tags) if tags else None
+        for rec in validator.hl_records:
+            it = item_of.get(rec["im_name"])
+            mine = sample_tags.get(int(it["sample_id"]), []) if it else []
+            if wanted is not None:
+                mine = [g for g in mine if g in wanted]
+            for g in mine or ([UNTAGGED] if wanted is None else []):
+                groups.setdefault(g, []).append(rec)
+        for g in sorted(groups, key=lambda g: (g == UNTAGGED, g)):
+            gm = group_metrics(groups[g], metrics.names)
+            per_tag.append(GroupMetrics(tag=g, overall=_overall(gm, len(groups[g])),
+                                        per_class=_class_rows(gm, model_classes, tax)))
+        for g in sorted((wanted or set()) - set(groups)):
+            per_tag.append(GroupMetrics(tag=g, overall=_overall(group_metrics([], metrics.names), 0), per_class=[]))
+    rule_rows = score_rules(ruleset, validator.hl_predictions, item_of, model_classes,
+                            {g: [r["im_name"] for r in recs] for g, recs in groups.items()}) if ruleset else []
     plots = {p.name: str(p) for p in sorted(out.iterdir()) if p.suffix.lower() in (".png", ".jpg")}
     report = EvalReport(model=model_info, dataset={"ref": dataset_ref, "name": dv.name, "id": dv.id,
                                                    "taxonomy_version": dv.taxonomy_version,
                                                    "samples_per_split": provenance.get("samples_per_split")},
                         split=split, imgsz=imgsz, conf=conf, overall=overall, per_class=rows,
                         per_sector=per_sector(ctx, rows), skipped_classes=skipped, plots=plots, out_dir=str(out),
-                        created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                        created_at=datetime.now(UTC).isoformat(timespec="seconds"), partial_labels=partial,
+                        per_tag=per_tag, rules=rule_rows)
     if record_in_card and model_id is not None and split == "test" and model_info.get("dataset_version") == dv.id:
         _record_in_card(ctx, principal, model_id, report)
         report.recorded_in_card = True
@@ -322,6 +601,72 @@ def _record_in_card(ctx: Context, principal: Principal, model_id: int, report: E
 
 
 # ---- comparison report --------------------------------------------------------------------------
+
+
+def _rule_section(reports: list[EvalReport], lines: list[str]) -> None:
+    rows = [(r.label, row) for r in reports for row in r.rules]
+    if not rows:
+        return
+    det = rows[0][1].get("detections_conf")
+    lines.extend(["## Rules", "",
+                  f"Each rule run on the model's detections (confidence >= {det}) and scored against the labelled "
+                  "boxes of its evidence class: a finding is right when its box overlaps an unmatched labelled box "
+                  "(IoU >= 0.3) or holds its centre. Precision and recall at the rule's own minimum confidence; AP "
+                  "over the findings' confidences.", "",
+                  "| model | rule | source | evidence | images | labelled | findings | TP | FP | FN | precision | "
+                  "recall | AP |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"])
+    for lab, row in rows:
+        lines.append(f"| `{lab}` | `{row['rule']}` | {row['tag'] or 'all'} | `{row['evidence_class']}` | "
+                     f"{row['images']} | {row['n_gt']} | {row['findings']} | {row['tp']} | {row['fp']} | {row['fn']} | "
+                     f"{_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['ap'])} |")
+    lines.append("")
+
+
+def _per_source_sections(reports: list[EvalReport], lines: list[str]) -> None:
+    """One section per source tag: the group's overall row and per-class table, each model's P, R,
+    mAP50 and mAP50-95 (and the mAP50 change against the first model)."""
+    tags = list(dict.fromkeys(g.tag for r in reports for g in r.per_tag))
+    if not tags:
+        return
+    labels = [r.label for r in reports]
+    lines.extend(["## Per source", "",
+                  "Each source (sample tag) scored on its own images, from the same predictions; precision and "
+                  "recall at the confidence that maximises that group's mean F1.", ""])
+    for tag in tags:
+        groups = [next((g for g in r.per_tag if g.tag == tag), None) for r in reports]
+        first = next(g for g in groups if g is not None)
+        lines.extend([f"### Source `{tag}`", "",
+                      f"images: {first.overall.get('images', 0)}, instances: {first.overall.get('instances', 0)}",
+                      ""])
+        header = ["class", "images", "instances"]
+        for i, lab in enumerate(labels):
+            header += [f"{lab} P", f"{lab} R", f"{lab} mAP50", f"{lab} mAP50-95"] + (["Δ mAP50"] if i else [])
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        keys = list(dict.fromkeys(c.key for g in groups if g is not None for c in g.per_class))
+
+        def cells(get: Any, groups: list[GroupMetrics | None] = groups) -> list[str]:
+            out: list[str] = []
+            base = get(groups[0])
+            for i, g in enumerate(groups):
+                row = get(g)
+                out += [_fmt(row and row["precision"]), _fmt(row and row["recall"]), _fmt(row and row["map50"]),
+                        _fmt(row and row["map50_95"])]
+                if i:
+                    out.append(_delta(base and base["map50"], row and row["map50"]))
+            return out
+
+        lines.append("| all | " + f"{first.overall.get('images', 0)} | {first.overall.get('instances', 0)} | "
+                     + " | ".join(cells(lambda g: g.overall if g is not None else None)) + " |")
+        for key in keys:
+            ref = next(c for g in groups if g is not None for c in g.per_class if c.key == key)
+
+            def get(g: GroupMetrics | None, key: str = key) -> dict[str, Any] | None:
+                c = next((c for c in g.per_class if c.key == key), None) if g is not None else None
+                return vars(c) if c else None
+
+            lines.append(f"| `{key}` | {ref.images} | {ref.instances} | " + " | ".join(cells(get)) + " |")
+        lines.append("")
 
 
 def _fmt(v: float | None) -> str:
@@ -413,6 +758,18 @@ def write_report(reports: list[EvalReport], out: Path) -> Path:
 
     table("Per class", sorted(classes, key=lambda k: (classes[k].sector, k)), class_row,
           ["class", "sector", "instances"], lambda k: [f"`{k}`", classes[k].sector, str(classes[k].instances)])
+    _per_source_sections(reports, lines)
+    _rule_section(reports, lines)
+    partial = [(r.label, r.partial_labels) for r in reports if r.partial_labels]
+    if partial:
+        lab, info = partial[0]
+        classes = ", ".join(f"`{k}` ({n} images)" for k, n in info.get("classes", {}).items())
+        dropped = info.get("not_scored", {})
+        lines.extend(["## Partially labelled images", "",
+                      f"{info.get('images', 0)} image(s) declare classes their labels leave out: {classes}. "
+                      f"On those images, predictions and labels of those classes are not scored "
+                      f"(`{lab}`: {dropped.get('predictions', 0)} prediction(s) and {dropped.get('labels', 0)} "
+                      f"label(s) left out).", ""])
     skipped = sorted({s for r in reports for s in r.skipped_classes})
     if skipped:
         lines.extend([f"Classes in the split that a model does not know (not scored): {', '.join(skipped)}", ""])
