@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from hazardlens.audit import record
 from hazardlens.auth import Principal
 from hazardlens.context import Context
+from hazardlens.contracts.datasets import DatasetVersionPublic
 from hazardlens.datasets.library import SampleFilter, apply_filters, visible_samples
 from hazardlens.datasets.splits import SPLITS, SplitItem, assign_splits, parse_ratios
 from hazardlens.errors import Conflict, Invalid, NotFound
@@ -457,8 +458,13 @@ def _iso(value: datetime | None) -> str | None:
     return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
 
 
+def version_public(session: Session, dv: DatasetVersion) -> DatasetVersionPublic:
+    """The summary the API, CLI and client show (the manifest itself stays in the store)."""
+    return DatasetVersionPublic.model_validate(version_dict(session, dv))
+
+
 def version_dict(session: Session, dv: DatasetVersion) -> dict[str, Any]:
-    """The summary the API and CLI show (the manifest itself stays in the store)."""
+    """:func:`version_public` as plain JSON values (the CLI's ``--json`` adds ``created`` to it)."""
     creator = session.get(User, dv.created_by) if dv.created_by is not None else None
     params = dict(dv.params or {})
     return {
@@ -474,4 +480,4 @@ def version_dict(session: Session, dv: DatasetVersion) -> dict[str, Any]:
 __all__ = ["GROUP_BY", "MANIFEST_FORMAT", "canonical_json", "content_id", "create_version",
            "cross_split_near_duplicates", "filter_from_params", "filter_params", "group_key", "list_versions",
            "load_manifest", "make_version", "manifest_key", "parse_ref", "resolve", "split_stats", "version_dict",
-           "version_number"]
+           "version_number", "version_public"]

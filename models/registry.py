@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from hazardlens.audit import record, snapshot
 from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
+from hazardlens.contracts.models import ModelVersionPublic
+from hazardlens.dates import iso
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.models.engines import sha256_file
 from hazardlens.orm import MODEL_STAGES, ModelVersion
@@ -33,12 +35,18 @@ def weights_key(name: str, version: str) -> str:
     return f"models/{name}/{version}/weights.pt"
 
 
+def model_public(mv: ModelVersion) -> ModelVersionPublic:
+    """A registered version as the API, CLI and client see it."""
+    return ModelVersionPublic.model_validate({
+        "id": mv.id, "name": mv.name, "version": mv.version, "stage": mv.stage, "classes": list(mv.classes or []),
+        "imgsz": mv.imgsz, "weights_sha256": mv.weights_sha256, "dataset_version": mv.dataset_version_id,
+        "metrics": (mv.card or {}).get("metrics"), "card": mv.card,
+        "created_at": iso(mv.created_at), "stage_changed_at": iso(mv.stage_changed_at)})
+
+
 def model_dict(mv: ModelVersion) -> dict[str, Any]:
-    return {"id": mv.id, "name": mv.name, "version": mv.version, "stage": mv.stage, "classes": mv.classes,
-            "imgsz": mv.imgsz, "weights_sha256": mv.weights_sha256, "dataset_version": mv.dataset_version_id,
-            "metrics": (mv.card or {}).get("metrics"), "card": mv.card,
-            "created_at": mv.created_at.isoformat() if mv.created_at else None,
-            "stage_changed_at": mv.stage_changed_at.isoformat() if mv.stage_changed_at else None}
+    """:func:`model_public` as plain JSON values (the card as it was registered)."""
+    return model_public(mv).model_dump(mode="json", exclude_unset=True)
 
 
 def _next_version(session: Session, name: str) -> str:

@@ -21,10 +21,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+
+if TYPE_CHECKING:
+    from hazardlens.contracts.datasets import DatasetPage, DatasetVersionDetail, DatasetVersionPublic
+    from hazardlens.contracts.jobs import JobPage, JobPublic
+    from hazardlens.contracts.models import ModelsResponse, ModelVersionPublic
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -252,6 +257,82 @@ class HazardLensClient:
         return ReviewResult.of(self._send(lambda: self._http.post(f"/v1/findings/{int(finding_id)}/review",
                                                                   json=payload), retry=False))
 
+
+    # --- jobs, models, dataset versions (answers are the contract models of hazardlens.contracts) ---
+
+    def submit_job(self, kind: str, params: Mapping[str, Any] | Any) -> JobPublic:
+        """Queue a ``train`` or ``dataset_export`` job (``params``: a mapping or the kind's params model,
+        e.g. ``TrainJobParams(dataset="ppe@latest", config="baseline")``). Not retried: a retry could
+        queue the job twice."""
+        from hazardlens.contracts.jobs import JobPublic
+
+        body = params.model_dump(mode="json", by_alias=True, exclude_none=True) if hasattr(params, "model_dump") \
+            else dict(params)
+        return JobPublic.model_validate(self._send(lambda: self._http.post("/v1/jobs", json={"kind": kind,
+                                                                                              "params": body}),
+                                                   retry=False))
+
+    def get_job(self, job_id: int) -> JobPublic:
+        from hazardlens.contracts.jobs import JobPublic
+
+        return JobPublic.model_validate(self._send(lambda: self._http.get(f"/v1/jobs/{int(job_id)}"), retry=True))
+
+    def list_jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 100) -> JobPage:
+        from hazardlens.contracts.jobs import JobPage
+
+        query = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v is not None}
+        return JobPage.model_validate(self._send(lambda: self._http.get("/v1/jobs", params=query), retry=True))
+
+    def wait_for_job(self, job_id: int, *, timeout: float = 3600.0, poll_s: float = 2.0) -> JobPublic:
+        """Poll until the job has completed or failed (raises TimeoutError after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if job.status in ("completed", "failed"):
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:g} s")
+            time.sleep(poll_s)
+
+    def list_models(self) -> ModelsResponse:
+        from hazardlens.contracts.models import ModelsResponse
+
+        return ModelsResponse.model_validate(self._send(lambda: self._http.get("/v1/models"), retry=True))
+
+    def promote_model(self, name: str, version: str, stage: str = "production") -> ModelVersionPublic:
+        from hazardlens.contracts.models import ModelVersionPublic
+
+        path = f"/v1/models/{quote(name, safe='')}/{quote(version, safe='')}/promote"
+        return ModelVersionPublic.model_validate(self._send(lambda: self._http.post(path, json={"stage": stage}),
+                                                            retry=True))  # promoting twice changes nothing
+
+    def rollback_model(self, name: str = "hazardlens") -> ModelVersionPublic:
+        from hazardlens.contracts.models import ModelVersionPublic
+
+        return ModelVersionPublic.model_validate(self._send(
+            lambda: self._http.post(f"/v1/models/{quote(name, safe='')}/rollback"), retry=False))
+
+    def create_dataset(self, body: Mapping[str, Any] | Any) -> DatasetVersionPublic:
+        """Create a dataset version (``body``: a mapping or :class:`~hazardlens.contracts.datasets.DatasetCreate`);
+        the identical existing version is returned when the same inputs made one before."""
+        from hazardlens.contracts.datasets import DatasetVersionPublic
+
+        payload = body.model_dump(mode="json", exclude_defaults=True) if hasattr(body, "model_dump") else dict(body)
+        return DatasetVersionPublic.model_validate(self._send(lambda: self._http.post("/v1/datasets", json=payload),
+                                                              retry=True))  # same inputs, same version
+
+    def list_datasets(self, name: str | None = None) -> DatasetPage:
+        from hazardlens.contracts.datasets import DatasetPage
+
+        query = {"name": name} if name else {}
+        return DatasetPage.model_validate(self._send(lambda: self._http.get("/v1/datasets", params=query),
+                                                     retry=True))
+
+    def get_dataset(self, name: str, version: str = "latest") -> DatasetVersionDetail:
+        from hazardlens.contracts.datasets import DatasetVersionDetail
+
+        path = f"/v1/datasets/{quote(name, safe='')}/{quote(str(version), safe='')}"
+        return DatasetVersionDetail.model_validate(self._send(lambda: self._http.get(path), retry=True))
 
 def _error(response: httpx.Response) -> HazardLensError:
     rid = response.headers.get("x-request-id")

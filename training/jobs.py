@@ -1,61 +1,25 @@
-"""Background jobs (training, dataset export) for the embedded single-machine deployment.
+"""The ``train`` background job, and the import path the job runner used to have.
 
-The catalogue's ``jobs`` table is the queue: a job is a row from the moment it is submitted, its
-progress, message and log tail are written to that row while it runs, and its result or error when
-it ends. So the state survives a restart and any process can answer "how is job 12 doing".
-
-One runner per home works the queue: :meth:`JobRunner.start` takes an exclusive lock file under the
-home, so that other serving processes only submit. The lock holder is then the only process that can
-have been running a job, which makes it safe for it to mark jobs left ``running`` (or ``queued``) by a
-previous process as failed with "interrupted by restart" rather than leave them hanging for ever.
+The generic queue and runner moved to :mod:`hazardlens.jobs` (the core); the ``dataset_export``
+handler to :mod:`hazardlens.datasets.jobs`. Importing this module registers both kinds, so the server
+and the CLI wire every job kind by importing it. ``JobRunner``, ``job_dict`` and friends are
+re-exported here for the callers that imported them from ``hazardlens.training.jobs``.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import logging
-import threading
-import time
-import traceback
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from sqlalchemy import or_, select, update
-
-from hazardlens.audit import record
-from hazardlens.auth import SYSTEM, Principal
+from hazardlens import jobs
+from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.errors import HazardError, Invalid, NotFound
-from hazardlens.orm import Job, User
+from hazardlens.contracts.jobs import TrainJobParams
+from hazardlens.datasets import jobs as dataset_jobs
+from hazardlens.errors import Invalid
+from hazardlens.jobs import INTERRUPTED, STATUSES, Handler, JobRunner, job_dict, job_public, job_summary
+from hazardlens.orm import Job
 from hazardlens.settings import config_dirs
-
-log = logging.getLogger(__name__)
-
-#: kind -> permission needed to submit it.
-KINDS: dict[str, str] = {"train": "train", "dataset_export": "datasets:write"}
-STATUSES = ("queued", "running", "completed", "failed")
-INTERRUPTED = "interrupted by restart"
-_LOG_LINES = 200
-_LOG_LINE_CHARS = 500
-_FLUSH_S = 1.0
-
-Handler = Callable[[Context, Job, Principal, Callable[[float, str], None]], dict[str, Any]]
-
-
-def job_dict(job: Job) -> dict[str, Any]:
-    def iso(v: datetime | None) -> str | None:
-        return v.isoformat() if v else None
-
-    return {"id": job.id, "kind": job.kind, "status": job.status, "params": job.params,
-            "progress": round(float(job.progress or 0.0), 4), "message": job.message, "log": job.log,
-            "result": job.result, "error": job.error, "created_by": job.created_by,
-            "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at)}
-
-
-# ---- parameters ---------------------------------------------------------------------------------
 
 
 def _config_path(ctx: Context, value: Any) -> Path:
@@ -77,355 +41,34 @@ def _config_path(ctx: Context, value: Any) -> Path:
     raise Invalid(f"unknown training config {name!r}; known: {', '.join(known) or 'none'}", code="invalid_job")
 
 
-def _dataset_ref(params: dict[str, Any]) -> str:
-    ref = params.get("dataset")
-    if not isinstance(ref, str) or "@" not in ref:
-        raise Invalid("job needs 'dataset' as NAME@VERSION", code="invalid_job")
-    return ref.strip()
+def check_train(ctx: Context, params: TrainJobParams, principal: Principal) -> None:
+    """At submission: the config exists and the dataset is visible to the caller."""
+    _config_path(ctx, params.config)
+    dataset_jobs.check_dataset(ctx, params, principal)
 
 
-def validate_params(ctx: Context, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Check a job's parameters at submission, so a typo fails the request, not the job an hour later."""
-    if not isinstance(params, dict):
-        raise Invalid("'params' must be an object", code="invalid_job")
-    if kind == "train":
-        allowed = {"dataset", "config", "resume", "register"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise Invalid(f"unknown train parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}",
-                          code="invalid_job")
-        _config_path(ctx, params.get("config"))
-        for flag in ("resume", "register"):
-            if flag in params and not isinstance(params[flag], bool):
-                raise Invalid(f"'{flag}' must be true or false", code="invalid_job")
-        return {"dataset": _dataset_ref(params), "config": params["config"],
-                "resume": params.get("resume", False), "register": params.get("register", True)}
-    if kind == "dataset_export":
-        allowed = {"dataset", "format", "train_caps"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise Invalid(f"unknown export parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}",
-                          code="invalid_job")
-        fmt = params.get("format", "yolo")
-        if not isinstance(fmt, str) or not fmt:
-            raise Invalid("'format' must be a format name such as 'yolo'", code="invalid_job")
-        caps = params.get("train_caps")
-        if caps is not None and (not isinstance(caps, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                for k, v in caps.items())):
-            raise Invalid("'train_caps' maps class keys to non-negative counts", code="invalid_job")
-        out: dict[str, Any] = {"dataset": _dataset_ref(params), "format": fmt}
-        if caps:
-            out["train_caps"] = caps
-        return out
-    raise Invalid(f"unknown job kind {kind!r}; kinds are {', '.join(KINDS)}", code="invalid_job")
-
-
-# ---- handlers -----------------------------------------------------------------------------------
-
-
-def _run_train(ctx: Context, job: Job, principal: Principal, progress: Callable[[float, str], None]) -> dict[str, Any]:
+def run_train(ctx: Context, job: Job, principal: Principal, progress: jobs.Progress) -> dict[str, Any]:
     from hazardlens.training.train import train
 
-    params = job.params
-    result = train(ctx, params["dataset"], _config_path(ctx, params["config"]), progress=progress,
-                   resume=bool(params.get("resume")), register=bool(params.get("register", True)),
-                   principal=principal)
+    params = TrainJobParams.model_validate(job.params)
+    result = train(ctx, params.dataset, _config_path(ctx, params.config), progress=progress,
+                   resume=params.resume, register=params.register_model, principal=principal)
     out = result.to_dict()
     out.pop("epochs", None)  # in the run folder's metrics.json; the row keeps the summary
     return out
 
 
-def _run_export(ctx: Context, job: Job, principal: Principal, progress: Callable[[float, str], None]) -> dict[str, Any]:
-    from hazardlens.datasets.materialize import export_version
-    from hazardlens.datasets.versions import resolve
-
-    params = job.params
-    with ctx.db.session() as session:
-        dv = resolve(session, params["dataset"], principal if principal.user_id is not None else None)
-    out_dir = ctx.settings.home / "exports" / f"job-{job.id}"
-    progress(0.05, f"exporting {dv.name} as {params['format']} to {out_dir}")
-    produced = export_version(ctx, dv, params["format"], out_dir, train_caps=params.get("train_caps"))
-    files = sum(1 for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else 0
-    result: dict[str, Any] = {"dataset": params["dataset"], "dataset_id": dv.id, "format": params["format"],
-                              "path": str(out_dir), "files": files}
-    if isinstance(produced, str | Path):
-        result["output"] = str(produced)
-    elif isinstance(produced, dict):
-        result["output"] = {k: v if isinstance(v, int | float | str | bool | None) else str(v)
-                            for k, v in produced.items()}
-    return result
+def register() -> None:
+    """Register ``train`` (admins only; Ultralytics' log lines go to the job's log tail) and
+    ``dataset_export`` with the job queue."""
+    jobs.register("train", permission="train", handler=run_train, check=check_train, loggers=("ultralytics",))
+    dataset_jobs.register()
 
 
-HANDLERS: dict[str, Handler] = {"train": _run_train, "dataset_export": _run_export}
+register()
 
+#: kind -> handler, as registered (kept for callers of the former module).
+HANDLERS: dict[str, Handler] = {kind: t.handler for kind, t in jobs.registered().items()}
 
-# ---- log capture --------------------------------------------------------------------------------
-
-
-class _TailHandler(logging.Handler):
-    """Keeps the last lines logged by one thread (the job's), for the job row's log tail."""
-
-    def __init__(self, thread_id: int, lines: collections.deque[str]) -> None:
-        super().__init__(logging.INFO)
-        self.thread_id = thread_id
-        self.lines = lines
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-
-    def emit(self, rec: logging.LogRecord) -> None:
-        if rec.thread != self.thread_id:
-            return
-        with contextlib.suppress(Exception):  # a log line must never fail the job
-            self.lines.append(self.format(rec)[:_LOG_LINE_CHARS])
-
-
-# ---- the runner ---------------------------------------------------------------------------------
-
-
-class JobRunner:
-    """Submit jobs from any thread; run them one at a time in a background thread (``start``) or in
-    the caller's thread (``run_next`` / ``run_pending``, for tests and tools)."""
-
-    def __init__(self, ctx: Context, *, poll_s: float = 1.0, flush_s: float = _FLUSH_S,
-                 handlers: dict[str, Handler] | None = None) -> None:
-        self.ctx = ctx
-        self.poll_s = poll_s
-        self.flush_s = flush_s
-        self.handlers = dict(HANDLERS, **(handlers or {}))
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock_file: IO[str] | None = None
-
-    # -- queries -----------------------------------------------------------------------------
-
-    def submit(self, kind: str, params: dict[str, Any], principal: Principal) -> Job:
-        if kind not in KINDS:
-            raise Invalid(f"unknown job kind {kind!r}; kinds are {', '.join(KINDS)}", code="invalid_job")
-        principal.require(KINDS[kind])
-        clean = validate_params(self.ctx, kind, params or {})
-        self._check_dataset(clean["dataset"], principal)
-        with self.ctx.db.session() as session:
-            job = Job(kind=kind, status="queued", params=clean, created_by=principal.user_id,
-                      created_at=datetime.now(UTC), message="queued")
-            session.add(job)
-            session.flush()
-            record(session, principal, "job.submit", "job", job.id, after={"kind": kind, "params": clean})
-        self._wake.set()
-        return job
-
-    def _check_dataset(self, ref: str, principal: Principal) -> None:
-        """A dataset the caller cannot see fails the request now (404), not the job later."""
-        from hazardlens.datasets.versions import resolve
-
-        with self.ctx.db.session() as session:
-            resolve(session, ref, principal if principal.user_id is not None else None)
-
-    def get_job(self, job_id: int, principal: Principal | None = None) -> Job:
-        """Admins see every job; others the jobs of their own organisation (another's is a 404)."""
-        with self.ctx.db.session() as session:
-            job = session.get(Job, job_id)
-            if job is None or not self._visible(session, job, principal):
-                raise NotFound(f"no job {job_id}", code="job_not_found")
-            return job
-
-    def list_jobs(self, principal: Principal | None = None, *, status: str | None = None, kind: str | None = None,
-                  limit: int = 100) -> list[Job]:
-        if status is not None and status not in STATUSES:
-            raise Invalid(f"status must be one of {', '.join(STATUSES)}", code="invalid_status")
-        q = select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000)))
-        if status:
-            q = q.where(Job.status == status)
-        if kind:
-            q = q.where(Job.kind == kind)
-        if principal is not None and principal.role != "admin":
-            own_org = select(User.id).where(User.org_code == principal.org_code)
-            q = q.where(Job.created_by.in_(own_org))
-        with self.ctx.db.session() as session:
-            return list(session.scalars(q))
-
-    @staticmethod
-    def _visible(session: Any, job: Job, principal: Principal | None) -> bool:
-        if principal is None or principal.role == "admin":
-            return True
-        if job.created_by is None:
-            return False
-        user = session.get(User, job.created_by)
-        return user is not None and user.org_code == principal.org_code
-
-    # -- recovery ----------------------------------------------------------------------------
-
-    def recover(self) -> int:
-        """Mark jobs a previous process left queued or running as failed ('interrupted by restart').
-        Only call it while no other runner works this catalogue (``start`` holds the home's lock)."""
-        now = datetime.now(UTC)
-        with self.ctx.db.session() as session:
-            jobs = list(session.scalars(select(Job).where(or_(Job.status == "running", Job.status == "queued"))))
-            for job in jobs:
-                before = job.status
-                job.status, job.error, job.finished_at = "failed", INTERRUPTED, now
-                job.message = f"{INTERRUPTED} (was {before})"
-                record(session, SYSTEM, "job.interrupted", "job", job.id, before={"status": before},
-                       after={"status": "failed", "error": INTERRUPTED})
-        if jobs:
-            log.warning("marked %d job(s) interrupted by restart: %s", len(jobs), [j.id for j in jobs])
-        return len(jobs)
-
-    # -- running -----------------------------------------------------------------------------
-
-    def _claim(self) -> int | None:
-        """Take the oldest queued job; the conditional update makes the claim atomic across processes."""
-        with self.ctx.db.session() as session:
-            ids = list(session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(5)))
-            for job_id in ids:
-                res = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                                      .values(status="running", started_at=datetime.now(UTC), message="starting"))
-                if res.rowcount == 1:  # type: ignore[attr-defined]  # DML: a CursorResult
-                    return job_id
-        return None
-
-    def _principal(self, session: Any, job: Job) -> Principal:
-        if job.created_by is None:
-            return SYSTEM
-        user = session.get(User, job.created_by)
-        if user is None:
-            return SYSTEM
-        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
-
-    def run_next(self) -> Job | None:
-        """Run the oldest queued job to its end in this thread; None when the queue is empty."""
-        job_id = self._claim()
-        if job_id is None:
-            return None
-        self._execute(job_id)
-        with self.ctx.db.session() as session:
-            return session.get(Job, job_id)
-
-    def run_pending(self) -> list[Job]:
-        done = []
-        while (job := self.run_next()) is not None:
-            done.append(job)
-        return done
-
-    def _execute(self, job_id: int) -> None:
-        with self.ctx.db.session() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            principal = self._principal(session, job)
-            session.expunge(job)
-        lines: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
-        tail = _TailHandler(threading.get_ident(), lines)
-        loggers = [logging.getLogger("hazardlens"), logging.getLogger("ultralytics")]
-        for lg in loggers:
-            lg.addHandler(tail)
-        state: dict[str, Any] = {"flushed": -1e9, "progress": 0.0, "message": "starting"}
-
-        def write(**values: Any) -> None:
-            with self.ctx.db.session() as s:
-                s.execute(update(Job).where(Job.id == job_id).values(log="\n".join(lines), **values))
-
-        def progress(fraction: float, message: str) -> None:
-            fraction = max(0.0, min(1.0, float(fraction)))
-            if message and message != state["message"]:
-                lines.append(f"{datetime.now():%H:%M:%S} {message}"[:_LOG_LINE_CHARS])
-            state.update(progress=fraction, message=message or state["message"])
-            now = time.monotonic()
-            # Throttled: a busy training loop must not turn into a busy database writer.
-            if now - state["flushed"] >= self.flush_s or fraction >= 1.0:
-                state["flushed"] = now
-                write(progress=fraction, message=str(state["message"])[:2000])
-
-        try:
-            handler = self.handlers.get(job.kind)
-            if handler is None:
-                raise Invalid(f"no handler for job kind {job.kind!r}", code="invalid_job")
-            progress(0.0, f"started {job.kind}")
-            result = handler(self.ctx, job, principal, progress)
-        except BaseException as exc:  # noqa: BLE001 - every failure ends up on the row, never lost
-            if isinstance(exc, HazardError):
-                error = f"{exc.code}: {exc.message}"
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-                lines.extend(traceback.format_exc().splitlines()[-20:])
-            lines.append(f"{datetime.now():%H:%M:%S} failed: {error}"[:_LOG_LINE_CHARS])
-            log.warning("job %s failed: %s", job_id, error)
-            write(status="failed", error=error, message=f"failed: {error}"[:2000], finished_at=datetime.now(UTC))
-            self._audit(job_id, "job.fail", {"status": "failed", "error": error})
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-        else:
-            lines.append(f"{datetime.now():%H:%M:%S} completed")
-            write(status="completed", progress=1.0, message=str(state["message"] or "completed")[:2000],
-                  result=result, finished_at=datetime.now(UTC))
-            self._audit(job_id, "job.complete", {"status": "completed"})
-        finally:
-            for lg in loggers:
-                lg.removeHandler(tail)
-
-    def _audit(self, job_id: int, action: str, after: dict[str, Any]) -> None:
-        with self.ctx.db.session() as session:
-            record(session, SYSTEM, action, "job", job_id, after=after)
-
-    # -- background thread -------------------------------------------------------------------
-
-    def _take_lock(self) -> bool:
-        path = self.ctx.settings.home / "jobs.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")  # noqa: SIM115 - held for the runner's lifetime
-        try:
-            import fcntl
-
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: one process per home is the operator's promise
-            pass
-        except OSError:
-            fh.close()
-            return False
-        self._lock_file = fh
-        return True
-
-    def _release_lock(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()  # closing drops the flock
-            self._lock_file = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> bool:
-        """Recover interrupted jobs and work the queue in a daemon thread. False when another process
-        already runs this home's queue (this one then only submits)."""
-        if self.running:
-            return True
-        if not self._take_lock():
-            log.info("another process runs the job queue of %s; this one only submits", self.ctx.settings.home)
-            return False
-        self.recover()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="hazardlens-jobs", daemon=True)
-        self._thread.start()
-        return True
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.run_next()
-            except Exception:  # the loop must survive a database hiccup
-                log.exception("job runner error")
-                ran = None
-            if ran is None:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop taking jobs. A job already running finishes in its daemon thread if the process lives
-        on; if the process exits first, the next start marks it interrupted."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if not self._thread.is_alive():
-                self._thread = None
-        if self._thread is None:
-            self._release_lock()
+__all__ = ["HANDLERS", "INTERRUPTED", "STATUSES", "JobRunner", "check_train", "job_dict", "job_public",
+           "job_summary", "register", "run_train"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.auth import Principal
-from hazardlens.contracts import SampleFilter
+from hazardlens.contracts.datasets import DatasetCreate, DatasetPage, DatasetVersionDetail, DatasetVersionPublic
 from hazardlens.datasets import versions
 from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.schemas import errors
@@ -21,43 +20,34 @@ Writer = Annotated[Principal, Depends(require("datasets:write"))]
 Name = Annotated[str, Path(min_length=1, max_length=100)]
 
 
-class DatasetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=100, description="letters, digits, '.', '_', '-'")]
-    filters: SampleFilter = Field(default_factory=SampleFilter)
-    group_by: Literal["camera", "site", "enterprise"] = "camera"
-    ratios: Annotated[list[float], Field(min_length=3, max_length=3)] = [0.8, 0.1, 0.1]
-    seed: int = 0
-    classes: list[str] | None = Field(None, description="fixed class list and order; default: the classes "
-                                                        "present, in taxonomy order")
-
-
-@router.post("", status_code=201, summary="Create a dataset version (or get the identical existing one)",
-             responses={200: {"description": "the same inputs made this version before; it is returned"},
-                        **errors(401, 403, 422)})
+@router.post("", status_code=201, response_model=DatasetVersionPublic,
+             summary="Create a dataset version (or get the identical existing one)",
+             responses={200: {"model": DatasetVersionPublic,
+                              "description": "the same inputs made this version before; it is returned"},
+                        **errors(401, 403, 413, 422)})
 def create(body: DatasetCreate, ctx: CtxDep, principal: Writer) -> JSONResponse:
-    filters = body.filters
     with ctx.db.session() as session:
-        dv, created = versions.make_version(ctx, session, principal, body.name, filters=filters,
+        dv, created = versions.make_version(ctx, session, principal, body.name, filters=body.filters,
                                             group_by=body.group_by, ratios=body.ratios, seed=body.seed,
                                             classes=body.classes)
-        out = versions.version_dict(session, dv)
-    return JSONResponse(out, status_code=201 if created else 200)
+        out = versions.version_public(session, dv)
+    return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)
 
 
-@router.get("", summary="Dataset versions of the caller's organisation", responses=errors(401, 403))
+@router.get("", response_model=DatasetPage, summary="Dataset versions of the caller's organisation",
+            responses=errors(401, 403, 422))
 def list_datasets(ctx: CtxDep, principal: Reader,
-                  name: Annotated[str | None, Query(max_length=100)] = None) -> dict[str, Any]:
+                  name: Annotated[str | None, Query(max_length=100)] = None) -> DatasetPage:
     with ctx.db.session() as session:
         rows = versions.list_versions(session, name, principal)
-        return {"datasets": [versions.version_dict(session, dv) for dv in rows]}
+        return DatasetPage(datasets=[versions.version_public(session, dv) for dv in rows])
 
 
-@router.get("/{name}/{version}", summary="One version: summary and statistics",
+@router.get("/{name}/{version}", response_model=DatasetVersionDetail, summary="One version: summary and statistics",
             description="``version`` is ``latest``, a number (``3`` or ``v3``) or 4+ hex digits of the id.",
-            responses=errors(401, 403, 404, 409))
+            responses=errors(401, 403, 404, 409, 422))
 def get_dataset(name: Name, version: Annotated[str, Path(min_length=1, max_length=64)], ctx: CtxDep,
-                principal: Reader) -> dict[str, Any]:
+                principal: Reader) -> DatasetVersionDetail:
     with ctx.db.session() as session:
         dv = versions.resolve(session, f"{name}@{version}", principal)
         out = versions.version_dict(session, dv)
@@ -65,4 +55,4 @@ def get_dataset(name: Name, version: Annotated[str, Path(min_length=1, max_lengt
     out["manifest"] = {"format": manifest["format"], "items": len(manifest["items"]),
                        "groups": len({it["group"] for it in manifest["items"]}),
                        "verified": True}
-    return out
+    return DatasetVersionDetail.model_validate(out)

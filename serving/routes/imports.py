@@ -7,56 +7,78 @@ Thin: unpacking, locating the dataset, class-map checks and the import itself li
 from __future__ import annotations
 
 import shutil
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from hazardlens.auth import Principal
-from hazardlens.contracts import SampleFilter
-from hazardlens.labeling.exporters import EXPORT_FORMATS, EXPORT_STATUSES, export_zip
-from hazardlens.labeling.importers import FORMATS, import_zip
+from hazardlens.contracts.common import Key
+from hazardlens.contracts.imports import (
+    EXPORT_FORMATS,
+    EXPORT_STATUSES,
+    IMPORT_FORMATS,
+    ExportIn,
+    ImportFormat,
+    ImportScope,
+    ImportSummaryPublic,
+)
+from hazardlens.labeling.exporters import export_zip
+from hazardlens.labeling.importers import import_zip
 from hazardlens.serving.deps import CtxDep, SessionDep, require
+from hazardlens.serving.schemas import errors
 
 router = APIRouter(tags=["labeling"])
 
 Importer = Annotated[Principal, Depends(require("labeling:import"))]
 Exporter = Annotated[Principal, Depends(require("labeling:export"))]
+Regex = Annotated[str | None, Form(max_length=200, description=(
+    "regular expression searched in each file name; its capture groups joined by '.' (or the whole match) are "
+    "the id; overrides the class map's"))]
 
 
-@router.post("/v1/imports", summary="Import a labelled dataset (zip) into the library; answers a summary")
+@router.post("/v1/imports", response_model=ImportSummaryPublic,
+             summary="Import a labelled dataset (zip) into the library; answers a summary",
+             responses=errors(400, 401, 403, 404, 408, 413, 422))
 def create_import(
     ctx: CtxDep, principal: Importer,
     file: Annotated[UploadFile, File(description="zip of the export: COCO json + images, a YOLO folder "
                                                  "(images/, labels/, classes.txt or data.yaml), VOC, or "
                                                  "Label Studio tasks json + images")],
-    format: Annotated[str, Form(description=" | ".join(FORMATS))],
-    class_map: Annotated[str, Form(description="name of a shipped class map (configs/class_maps) or its "
-                                               "YAML text")],
-    sector: Annotated[str, Form()],
+    format: Annotated[ImportFormat, Form(description=" | ".join(IMPORT_FORMATS))],
+    class_map: Annotated[str, Form(min_length=1, max_length=200_000,
+                                   description="name of a shipped class map (configs/class_maps) or its YAML "
+                                               "text; an unknown name is a 404")],
+    sector: Annotated[Key, Form(description="sector key of every imported sample (GET /v1/taxonomy)")],
     approved: Annotated[bool, Form(description="save labels as approved (administrators only)")] = False,
-    scope: Annotated[str, Form()] = "private",
-    camera_regex: Annotated[str | None, Form()] = None,
-    site_regex: Annotated[str | None, Form()] = None,
-) -> dict[str, Any]:
+    scope: Annotated[ImportScope, Form(description="private | shared")] = "private",
+    camera_regex: Regex = None,
+    site_regex: Regex = None,
+) -> ImportSummaryPublic:
     summary = import_zip(ctx, principal, format, file.file, class_map, sector=sector, scope=scope,
                          approved=approved, camera_regex=camera_regex, site_regex=site_regex,
                          name=file.filename or "upload.zip")
-    return summary.as_dict()
+    return ImportSummaryPublic.model_validate(summary.as_dict())
 
 
-class ExportIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    format: str = Field(description=" | ".join(EXPORT_FORMATS))
-    status: str = Field("approved", description=" | ".join(EXPORT_STATUSES))
-    filters: SampleFilter = Field(default_factory=SampleFilter, description="which samples (their exported "
-                                                                                 "labels for class_key)")
+_EXPORT_HEADERS = {
+    "X-Export-Images": {"description": "images in the zip", "schema": {"type": "integer"}},
+    "X-Export-Boxes": {"description": "boxes in the zip", "schema": {"type": "integer"}},
+    "X-Export-Negatives": {"description": "images without a box (verified negatives)", "schema": {"type": "integer"}},
+    "X-Export-Classes": {"description": "class keys in their exported order, comma-separated",
+                         "schema": {"type": "string"}},
+}
 
 
 @router.post("/v1/exports", summary="Export labelled samples as a zip (YOLO, COCO or Label Studio)",
-             response_class=FileResponse, responses={200: {"content": {"application/zip": {}}}})
+             description=f"format: {' | '.join(EXPORT_FORMATS)}; status: {' | '.join(EXPORT_STATUSES)}. "
+                         "Nothing matching is a 422 (nothing_to_export).",
+             response_class=FileResponse,
+             responses={200: {"description": "the export as a zip file",
+                              "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                              "headers": _EXPORT_HEADERS},
+                        **errors(401, 403, 413, 422)})
 def create_export(body: ExportIn, ctx: CtxDep, session: SessionDep, principal: Exporter) -> FileResponse:
     path, result = export_zip(ctx, session, principal, body.format, status=body.status,
                               filters=body.filters)

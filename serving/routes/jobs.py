@@ -1,17 +1,24 @@
-"""Background jobs: submit a training run or a dataset export, then poll it."""
+"""Background jobs: submit a training run or a dataset export, then poll it.
+
+The queue is :mod:`hazardlens.jobs`; importing :mod:`hazardlens.training.jobs` registers the kinds
+(``train``, ``dataset_export``). The body is :data:`hazardlens.contracts.jobs.JobIn`, the parameters'
+model chosen by ``kind``, so the document says exactly which parameters each kind takes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 
+import hazardlens.training.jobs  # noqa: F401 - registers the job kinds with the queue
 from hazardlens.auth import Principal
+from hazardlens.contracts.jobs import JobIn, JobKind, JobPage, JobPublic, JobStatus
+from hazardlens.jobs import JobRunner, job_public, job_summary
 from hazardlens.serving.deps import PrincipalDep, require
-from hazardlens.training.jobs import JobRunner, job_dict
+from hazardlens.serving.schemas import errors
 
 
 def get_runner(request: Request) -> JobRunner:
@@ -44,29 +51,41 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], lifespan=_lifespan)
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 
 
-class JobIn(BaseModel):
-    kind: Literal["train", "dataset_export"]
-    params: dict[str, Any] = Field(default_factory=dict, description=(
-        "train: {dataset: 'NAME@VERSION', config: 'baseline', resume?: bool, register?: bool}; "
-        "dataset_export: {dataset: 'NAME@VERSION', format?: 'yolo', train_caps?: {class: n}}"))
+Reader = Annotated[Principal, Depends(require("jobs:read"))]
+JobId = Annotated[int, Path(ge=1, le=2**53)]
+
+_EXAMPLES = {
+    "train": {"summary": "train on a dataset version (admin)",
+              "value": {"kind": "train", "params": {"dataset": "ppe@latest", "config": "baseline"}}},
+    "dataset_export": {"summary": "export a dataset version (datasets:write)",
+                       "value": {"kind": "dataset_export", "params": {"dataset": "ppe@3", "format": "yolo",
+                                                                      "train_caps": {"fire": 100}}}},
+}
 
 
-@router.post("", status_code=202, summary="Submit a job (train needs admin; dataset_export datasets:write)")
-def submit_job(body: JobIn, principal: PrincipalDep, runner: RunnerDep) -> dict[str, Any]:
-    return job_dict(runner.submit(body.kind, body.params, principal))
+@router.post("", status_code=202, response_model=JobPublic,
+             summary="Submit a job (train needs admin; dataset_export datasets:write)",
+             description="Parameters are checked now (unknown ones, a missing training config, a dataset the "
+                         "caller cannot see), so a typo fails the request, not the job an hour later.",
+             responses=errors(401, 403, 404, 409, 413, 422))
+def submit_job(body: Annotated[JobIn, Body(openapi_examples=_EXAMPLES)], principal: PrincipalDep,
+               runner: RunnerDep) -> JobPublic:
+    return job_public(runner.submit_job(body, principal))
 
 
-@router.get("/{job_id}", summary="A job's status, progress, message, log tail, result and error")
-def get_job(job_id: int, principal: Annotated[Principal, Depends(require("jobs:read"))],
-            runner: RunnerDep) -> dict[str, Any]:
-    return job_dict(runner.get_job(job_id, principal))
+@router.get("/{job_id}", response_model=JobPublic,
+            summary="A job's status, progress, message, log tail, result and error",
+            responses=errors(401, 403, 404, 422))
+def get_job(job_id: JobId, principal: Reader, runner: RunnerDep) -> JobPublic:
+    return job_public(runner.get_job(job_id, principal))
 
 
-@router.get("", summary="Recent jobs, newest first")
-def list_jobs(principal: Annotated[Principal, Depends(require("jobs:read"))], runner: RunnerDep,
-              status: Annotated[str | None, Query(description="queued|running|completed|failed")] = None,
-              kind: Annotated[str | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+@router.get("", response_model=JobPage, summary="Recent jobs, newest first (without their log tails)",
+            responses=errors(401, 403, 422))
+def list_jobs(principal: Reader, runner: RunnerDep,
+              status: Annotated[JobStatus | None, Query()] = None,
+              kind: Annotated[JobKind | None, Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobPage:
     jobs = runner.list_jobs(principal, status=status, kind=kind, limit=limit)
     # The log tail is left out of the list (it can be 100 kB a job); GET /v1/jobs/{id} has it.
-    return {"items": [{k: v for k, v in job_dict(j).items() if k != "log"} for j in jobs]}
+    return JobPage(items=[job_summary(j) for j in jobs])

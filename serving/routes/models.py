@@ -6,15 +6,15 @@ Promotion is a catalogue change; every worker follows the catalogue within ``mod
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, Field
 
 from hazardlens.auth import Principal
+from hazardlens.contracts.models import LoadedModel, ModelsResponse, ModelVersionPublic, PromoteRequest
 from hazardlens.models import registry
 from hazardlens.serving.deps import CtxDep, require
-from hazardlens.serving.schemas import ModelsResponse, errors
+from hazardlens.serving.schemas import errors
 
 router = APIRouter(tags=["models"])
 
@@ -28,41 +28,41 @@ def _nudge(request: Request, name: str) -> None:
         manager.poke()
 
 
-@router.get("/v1/models", response_model=ModelsResponse, summary="Registered versions and what this worker serves",
-            responses=errors(401, 403))
+# Cards are passed through as registered: the keys a card does not have are not invented as nulls.
+@router.get("/v1/models", response_model=ModelsResponse, response_model_exclude_unset=True,
+            summary="Registered versions and what this worker serves", responses=errors(401, 403))
 def list_models(request: Request, ctx: CtxDep,
-                _: Annotated[Principal, Depends(require("models:read"))]) -> Any:
+                _: Annotated[Principal, Depends(require("models:read"))]) -> ModelsResponse:
     manager = getattr(request.app.state, "models", None)
     name = manager.name if manager is not None else registry.DEFAULT_NAME
     with ctx.db.session() as session:
-        rows = [registry.model_dict(mv) for mv in registry.list_models(session)]
+        rows = [registry.model_public(mv) for mv in registry.list_models(session)]
         production = registry.production_model(session, name)
-    return {"models": rows, "production": production.version if production is not None else None,
-            "loaded": manager.loaded() if manager is not None else [],
-            "serving": manager.current_version if manager is not None else None}
+    return ModelsResponse(models=rows, production=production.version if production is not None else None,
+                          loaded=[LoadedModel.model_validate(m) for m in manager.loaded()] if manager is not None
+                          else [],
+                          serving=manager.current_version if manager is not None else None)
 
 
-class PromoteRequest(BaseModel):
-    stage: str = Field("production", description="candidate | staging | production | archived")
-
-
-@router.post("/v1/models/{name}/{version}/promote", summary="Move a version to a stage (admin only)",
+@router.post("/v1/models/{name}/{version}/promote", response_model=ModelVersionPublic,
+             response_model_exclude_unset=True, summary="Move a version to a stage (admin only)",
              responses=errors(401, 403, 404, 422))
 def promote(name: Name, version: Version, request: Request, ctx: CtxDep,
             principal: Annotated[Principal, Depends(require("models:promote"))],
-            body: PromoteRequest | None = None) -> dict[str, Any]:
+            body: PromoteRequest | None = None) -> ModelVersionPublic:
     stage = body.stage if body is not None else "production"
     with ctx.db.session() as session:
-        out = registry.model_dict(registry.promote(session, principal, name, version, stage))
+        out = registry.model_public(registry.promote(session, principal, name, version, stage))
     _nudge(request, name)
     return out
 
 
-@router.post("/v1/models/{name}/rollback", summary="Put the previous production version back (admin only)",
-             responses=errors(401, 403, 404, 409))
+@router.post("/v1/models/{name}/rollback", response_model=ModelVersionPublic, response_model_exclude_unset=True,
+             summary="Put the previous production version back (admin only)",
+             responses=errors(401, 403, 409, 422))
 def rollback(name: Name, request: Request, ctx: CtxDep,
-             principal: Annotated[Principal, Depends(require("models:promote"))]) -> dict[str, Any]:
+             principal: Annotated[Principal, Depends(require("models:promote"))]) -> ModelVersionPublic:
     with ctx.db.session() as session:
-        out = registry.model_dict(registry.rollback(session, principal, name))
+        out = registry.model_public(registry.rollback(session, principal, name))
     _nudge(request, name)
     return out

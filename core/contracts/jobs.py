@@ -1,0 +1,177 @@
+"""Background jobs: what a caller submits (one model per kind, a union discriminated by ``kind``) and
+what it reads back. The HTTP route, the CLI and the runner (:mod:`hazardlens.jobs`) all validate a job
+with these models, so a job the API refuses is refused by the CLI in the same words.
+
+The models check what can be checked without the server's state (shapes, names, bounds); whether
+the training config exists and the dataset is visible to the caller is checked at submission by the
+kind's handler (:func:`hazardlens.jobs.register`), so a typo fails the request, not the job an hour later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+
+from hazardlens.contracts.common import Contract, Key, Public
+from hazardlens.contracts.samples import Timestamp
+from hazardlens.errors import Invalid
+
+JobKind = Literal["train", "dataset_export"]
+JobStatus = Literal["queued", "running", "completed", "failed"]
+JOB_KINDS: tuple[str, ...] = ("train", "dataset_export")
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed")
+
+#: ``NAME@VERSION``: a dataset name (as ``datasets create`` accepts it) and ``latest``, a number
+#: (``3``, ``v3``) or 4+ hex digits of the version id.
+DatasetRef = Annotated[str, StringConstraints(
+    strip_whitespace=True, min_length=3, max_length=165,
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}@[A-Za-z0-9]{1,64}$")]
+#: A training config by name (``baseline`` or ``baseline.yaml``), never a path: a job must not make the
+#: server read an arbitrary file.
+ConfigName = Annotated[str, StringConstraints(
+    strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ExportFormat = Literal["yolo", "coco"]
+StrictBool = Annotated[bool, Field(strict=True)]
+Count = Annotated[int, Field(strict=True, ge=0, le=10**9)]
+
+
+def _dataset_ref(value: Any) -> Any:
+    if isinstance(value, str) and "@" not in value:
+        raise ValueError("give the dataset as NAME@VERSION (e.g. ppe@latest)")
+    return value
+
+
+class TrainJobParams(Contract):
+    """Train on a dataset version with a training config; the run is registered as a candidate model."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    dataset: DatasetRef = Field(description="NAME@VERSION of the dataset version to train on", examples=["ppe@latest"])
+    config: ConfigName = Field(description="name of a training config: <home>/configs/train/NAME.yaml, "
+                                           "$HAZARDLENS_CONFIG_DIR/train/NAME.yaml or the shipped configs/train/",
+                               examples=["baseline"])
+    resume: StrictBool = Field(False, description="continue the last interrupted run of this dataset and config")
+    # ``register`` would shadow BaseModel.register (ABCMeta): the field is named otherwise, spelt ``register``.
+    register_model: StrictBool = Field(True, alias="register",
+                                       description="register the trained weights as a candidate model version")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _ref(cls, value: Any) -> Any:
+        return _dataset_ref(value)
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _name_not_path(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            name = value.strip()
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"config {name!r} must be a config name (e.g. 'baseline'), not a path")
+        return value
+
+
+class DatasetExportJobParams(Contract):
+    """Export a dataset version as YOLO or COCO into ``<home>/exports/job-<id>``."""
+
+    dataset: DatasetRef = Field(description="NAME@VERSION of the dataset version to export", examples=["ppe@latest"])
+    format: ExportFormat = "yolo"
+    train_caps: Annotated[dict[Key, Count], Field(max_length=500)] | None = Field(
+        None, description="class key -> at most this many train images holding only capped classes")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _ref(cls, value: Any) -> Any:
+        return _dataset_ref(value)
+
+    @field_validator("train_caps")
+    @classmethod
+    def _empty_is_unset(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        return value or None
+
+
+class TrainJobIn(Contract):
+    kind: Literal["train"]
+    params: TrainJobParams
+
+
+class DatasetExportJobIn(Contract):
+    kind: Literal["dataset_export"]
+    params: DatasetExportJobParams
+
+
+#: What ``POST /v1/jobs`` accepts: ``{"kind": ..., "params": {...}}``, the params model chosen by ``kind``.
+JobIn = Annotated[TrainJobIn | DatasetExportJobIn, Field(discriminator="kind")]
+JobParams = TrainJobParams | DatasetExportJobParams
+_JOB_IN: TypeAdapter[TrainJobIn | DatasetExportJobIn] = TypeAdapter(JobIn)
+
+
+def parse_job(kind: str, params: JobParams | Mapping[str, Any] | None) -> TrainJobIn | DatasetExportJobIn:
+    """A submission from the CLI or Python as the same model the API validates, or :class:`Invalid`
+    (code ``invalid_job``) naming every problem."""
+    if kind not in JOB_KINDS:
+        raise Invalid(f"unknown job kind {kind!r}; kinds are {', '.join(JOB_KINDS)}", code="invalid_job")
+    if isinstance(params, BaseModel):
+        params = params.model_dump(by_alias=True)
+    if params is not None and not isinstance(params, Mapping):
+        raise Invalid("'params' must be an object", code="invalid_job")
+    try:
+        return _JOB_IN.validate_python({"kind": kind, "params": dict(params or {})})
+    except ValidationError as exc:
+        raise invalid_job(kind, exc) from None
+
+
+def invalid_job(kind: str, exc: ValidationError) -> Invalid:
+    """A validation error of a job as one readable :class:`Invalid`: unknown parameters first (a
+    misspelt flag is the usual mistake), then every other problem with its parameter's name."""
+    errors = exc.errors()
+    unknown = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and e["loc"])
+    model = TrainJobParams if kind == "train" else DatasetExportJobParams
+    if unknown:
+        what = "train" if kind == "train" else "export"
+        known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
+        return Invalid(f"unknown {what} parameter(s) {', '.join(unknown)}; known: {known}",
+                       code="invalid_job", details={"unknown": unknown})
+    problems = []
+    for e in errors:
+        loc = [str(p) for p in e["loc"] if p not in (kind, "params")]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return Invalid(f"invalid {kind} job: {'; '.join(problems)}", code="invalid_job", details=problems)
+
+
+class JobSummary(Public):
+    """A job as the list shows it (everything but the log tail)."""
+
+    id: int
+    kind: JobKind
+    status: JobStatus
+    params: dict[str, Any] = Field(description="the validated parameters (TrainJobParams or DatasetExportJobParams)")
+    progress: float = Field(ge=0.0, le=1.0, description="0..1, written while the job runs")
+    message: str | None = Field(description="the latest progress message")
+    result: dict[str, Any] | None = Field(description=(
+        "when completed: train: {run_id, run_dir, status, dataset, device, metrics, best, last, model, resumed}; "
+        "dataset_export: {dataset, dataset_id, format, path, files, output}"))
+    error: str | None = Field(description="when failed: 'code: message' (or 'interrupted by restart')")
+    created_by: int | None = Field(description="the submitting user's id")
+    created_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class JobPublic(JobSummary):
+    """One job with its log tail (the last 200 lines the job logged)."""
+
+    log: str | None
+
+
+class JobPage(Public):
+    """Recent jobs, newest first (``GET /v1/jobs/{id}`` has each one's log)."""
+
+    items: list[JobSummary]
+
+
+__all__ = ["JOB_KINDS", "JOB_STATUSES", "ConfigName", "DatasetExportJobIn", "DatasetExportJobParams", "DatasetRef",
+           "ExportFormat", "JobIn", "JobKind", "JobPage", "JobParams", "JobPublic", "JobStatus", "JobSummary",
+           "TrainJobIn", "TrainJobParams", "invalid_job", "parse_job"]

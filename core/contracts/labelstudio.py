@@ -1,0 +1,112 @@
+"""The Label Studio ML backend protocol (``GET /health``, ``POST /setup``, ``POST /predict``) as Label
+Studio speaks it, and the pre-labelling request of hazardlens' own API.
+
+Label Studio's requests carry more than hazardlens reads (a task holds its annotations, predictions,
+meta...; setup sends a hostname and an access token), and later Label Studio versions add keys: the
+protocol models therefore keep unknown keys (``extra="allow"``) instead of refusing them, unlike every
+other request model, and bound only what hazardlens reads. Answers are exactly the shapes Label Studio
+expects: ``{"results": [{"result": [...], "score": ..., "model_version": ...}]}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hazardlens.contracts.common import Contract, Public
+
+MAX_TASKS = 64
+#: Label Studio sends project ids as numbers or as ``"<id>.<timestamp>"`` text.
+ProjectRef = int | Annotated[str, Field(max_length=100)]
+
+
+class _Protocol(BaseModel):
+    """Label Studio's own shapes: unknown keys are kept, never refused."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class LsTask(_Protocol):
+    """A Label Studio task. The image is found in ``data``: ``data.sample_id`` (a library sample), an
+    image URL ending in ``/v1/samples/<id>/image`` (as hazardlens' Label Studio export writes them), or
+    a ``data:`` URI; this backend never fetches an image from the network."""
+
+    id: int | None = None
+    data: Annotated[dict[str, Any], Field(max_length=100, description="the task's data; keys follow the "
+                                                                       "labelling config (image, sample_id...)")]
+
+
+class LsSetupRequest(_Protocol):
+    project: ProjectRef | None = None
+    schema_: Annotated[str, Field(max_length=1_000_000)] | None = Field(
+        None, alias="schema", description="the project's labelling config (XML)")
+    model_version: Annotated[str, Field(max_length=100)] | None = None
+
+
+class LsPredictRequest(_Protocol):
+    tasks: Annotated[list[LsTask], Field(min_length=1, max_length=MAX_TASKS)]
+    label_config: Annotated[str, Field(max_length=1_000_000)] | None = None
+    params: dict[str, Any] | None = Field(None, description="Label Studio's login/password/context; not read")
+    project: ProjectRef | None = None
+    model_version: Annotated[str, Field(max_length=100)] | None = None
+
+
+class LsHealth(Public):
+    status: Literal["UP"]
+    model_class: str
+    model_version: str | None = Field(description="the version this worker serves; null before one is loaded")
+
+
+class LsSetup(Public):
+    model_version: str
+
+
+class LsRectangle(Public):
+    """A box in percent of the image (Label Studio's coordinates)."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    rotation: float
+    rectanglelabels: list[str] = Field(description="the taxonomy class key")
+
+
+class LsResult(Public):
+    id: str
+    type: Literal["rectanglelabels"]
+    from_name: str
+    to_name: str
+    original_width: int
+    original_height: int
+    image_rotation: float
+    value: LsRectangle
+    score: float | None = Field(None, description="the model's confidence; absent when unknown")
+
+
+class LsPrediction(Public):
+    result: list[LsResult]
+    score: float = Field(description="mean confidence of the boxes (0 without boxes)")
+    model_version: str
+
+
+class LsPredictions(Public):
+    """What ``/predict`` answers: one prediction per task, in task order."""
+
+    results: list[LsPrediction]
+
+
+class SuggestRequest(Contract):
+    """``POST /v1/suggestions/request``: model suggestions on samples, or on the caller's queue."""
+
+    sample_ids: list[Annotated[int, Field(ge=1, le=2**53)]] = Field(default_factory=list, max_length=100,
+                                                                    description="samples to pre-label")
+    queue: bool = Field(False, description="pre-label the open samples of my queue instead")
+    limit: int = Field(20, ge=1, le=100, description="with queue: at most this many samples of it")
+    conf: float = Field(0.25, ge=0.0, le=1.0)
+    model: str | None = Field(None, max_length=40, description="pin a model version (default: production)")
+
+
+__all__ = ["MAX_TASKS", "LsHealth", "LsPredictRequest", "LsPrediction", "LsPredictions", "LsRectangle", "LsResult",
+           "LsSetup", "LsSetupRequest", "LsTask", "ProjectRef", "SuggestRequest"]
