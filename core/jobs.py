@@ -27,10 +27,10 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 
 from hazardlens.audit import record
 from hazardlens.auth import SYSTEM, Principal
@@ -89,7 +89,7 @@ def registered() -> dict[str, JobType]:
 
 def job_public(job: Job) -> JobPublic:
     """A job row as the API, CLI and client see it."""
-    return JobPublic(id=job.id, kind=job.kind, status=job.status, params=dict(job.params or {}),  # type: ignore[arg-type]
+    return JobPublic(id=job.id, kind=job.kind, status=job.status, params=dict(job.params or {}),
                      progress=round(float(job.progress or 0.0), 4), message=job.message, log=job.log,
                      result=job.result, error=job.error, created_by=job.created_by,
                      created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at))
@@ -238,8 +238,9 @@ class JobRunner:
         with self.ctx.db.session() as session:
             ids = list(session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(5)))
             for job_id in ids:
-                res = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                                      .values(status="running", started_at=datetime.now(UTC), message="starting"))
+                res = cast(CursorResult[Any], session.execute(
+                    update(Job).where(Job.id == job_id, Job.status == "queued")
+                    .values(status="running", started_at=datetime.now(UTC), message="starting")))
                 if res.rowcount == 1:
                     return job_id
         return None

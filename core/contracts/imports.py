@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -10,22 +10,18 @@ from hazardlens.contracts.common import Contract, Public
 from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import RefusalPublic as RefusalOut
 
-
-def one_of(*values: str) -> Any:
-    """A string the server accepts only as one of ``values``, documented as that enum, but checked by
-    the domain function so that a wrong value keeps its stable error code (``invalid_format``,
-    ``invalid_scope``...) rather than the generic ``invalid`` of a request validation error."""
-    return Annotated[str, StringConstraints(min_length=1, max_length=40),
-                     WithJsonSchema({"type": "string", "enum": list(values)})]
-
-
 IMPORT_FORMATS = ("coco", "yolo", "voc", "labelstudio")
 EXPORT_FORMATS = ("yolo", "coco", "labelstudio")
 EXPORT_STATUSES = ("approved", "submitted")
-ImportFormat = one_of(*IMPORT_FORMATS)
-ExportFormat = one_of(*EXPORT_FORMATS)
-ExportStatus = one_of(*EXPORT_STATUSES)
-ImportScope = one_of("private", "shared")
+
+# Strings the server accepts only as one of a few values, documented as that enum, but checked by the
+# domain function so that a wrong value keeps its stable error code (``invalid_format``,
+# ``invalid_scope``...) rather than the generic ``invalid`` of a request validation error.
+_SHORT = StringConstraints(min_length=1, max_length=40)
+ImportFormat = Annotated[str, _SHORT, WithJsonSchema({"type": "string", "enum": list(IMPORT_FORMATS)})]
+ExportFormat = Annotated[str, _SHORT, WithJsonSchema({"type": "string", "enum": list(EXPORT_FORMATS)})]
+ExportStatus = Annotated[str, _SHORT, WithJsonSchema({"type": "string", "enum": list(EXPORT_STATUSES)})]
+ImportScope = Annotated[str, _SHORT, WithJsonSchema({"type": "string", "enum": ["private", "shared"]})]
 RevisionState = Literal["submitted", "approved"]
 
 
@@ -107,4 +103,4 @@ class ExportIn(Contract):
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_STATUSES", "IMPORT_FORMATS", "ExportFormat", "ExportIn", "ExportStatus",
            "ImportFormat", "ImportScope", "ImportSummaryPublic", "IssueGroup", "MissingFiles", "ReaderReport",
-           "RevisionState", "one_of"]
+           "RevisionState"]
