@@ -182,8 +182,4 @@ class ReviewResponse(Finding):
     revision: RevisionRef | None = Field(description="the annotation revision a confirmation created")
 
 
-class ModelsResponse(BaseModel):
-    models: list[dict[str, Any]] = Field(description="every registered version, with stage and card")
-    production: str | None = Field(description="version in production in the catalogue")
-    loaded: list[dict[str, Any]] = Field(description="what this worker holds now")
-    serving: str | None = Field(description="version this worker serves unpinned requests with")
+# ModelsResponse moved to the contract layer: hazardlens.contracts.models.ModelsResponse.
