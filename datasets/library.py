@@ -49,6 +49,7 @@ from hazardlens.audit import snapshot
 from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.contracts.filters import SampleFilter
+from hazardlens.contracts.samples import SamplePublic
 from hazardlens.dates import iso, utc
 from hazardlens.dates import parse_when as parse_when  # re-exported: callers parse dates through the library
 from hazardlens.errors import Forbidden, HazardError, Invalid, NotFound, TooLarge
@@ -576,6 +577,11 @@ _iso = iso
 
 
 def sample_dict(sample: Sample) -> dict[str, Any]:
+    """The sample as the API and the console show it (:class:`SamplePublic`, as plain values)."""
+    return sample_public(sample).model_dump()
+
+
+def sample_public(sample: Sample) -> SamplePublic:
     """The sample as the API and the console show it."""
     uploader = None
     if sample.uploader_id is not None:
@@ -585,7 +591,7 @@ def sample_dict(sample: Sample) -> dict[str, Any]:
     gps = None
     if sample.gps_lat is not None and sample.gps_lon is not None:
         gps = {"lat": sample.gps_lat, "lon": sample.gps_lon}
-    return {
+    return SamplePublic.model_validate({
         "id": sample.id, "sha256": sample.sha256, "width": sample.width, "height": sample.height,
         "format": sample.format, "content_type": MIME_TYPES.get(sample.format, "application/octet-stream"),
         "size_bytes": sample.size_bytes, "original_name": sample.original_name, "org_code": sample.org_code,
@@ -596,7 +602,7 @@ def sample_dict(sample: Sample) -> dict[str, Any]:
         "annotation_status": sample.annotation_status, "class_keys": list(sample.class_keys or []),
         "created_at": _iso(sample.created_at), "uploader": uploader, "uploader_id": sample.uploader_id,
         "deleted_at": _iso(sample.deleted_at),
-    }
+    })
 
 
 def result_dict(result: IngestResult) -> dict[str, Any]:

@@ -154,6 +154,7 @@ def revision_dict(rev: AnnotationRevision, names: Mapping[int, str]) -> dict[str
         "reviewer": names.get(rev.reviewer_id) if rev.reviewer_id is not None else None,
         "reason": rev.review_reason, "note": rev.note, "model_version": rev.model_version,
         "parent_id": rev.parent_id, "boxes": list(rev.boxes),
+        "unlabeled_classes": list(rev.unlabeled_classes or []),
     }
 
 
@@ -305,11 +306,12 @@ def save_revision(ctx: Context, session: Session, principal: Principal, sample_i
 
 
 def put_annotations(ctx: Context, session: Session, principal: Principal, sample_id: int,
-                    boxes: Sequence[Mapping[str, Any] | Box], note: str | None = None) -> dict[str, Any]:
+                    boxes: Sequence[Mapping[str, Any] | Box], note: str | None = None,
+                    unlabeled_classes: Sequence[str] | None = None) -> dict[str, Any]:
     """A curator's manual save, answered with the new current state plus what was repaired, so the
     editor can show the curator that a box was clipped."""
     rev, repairs = _save(ctx, session, principal, sample_id, boxes, source="manual", note=note,
-                         status="in_progress", model_version=None)
+                         status="in_progress", model_version=None, unlabeled_classes=unlabeled_classes)
     sample = session.get(Sample, rev.sample_id)
     assert sample is not None
     return {**_current_dict(session, sample), "repairs": repairs}

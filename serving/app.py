@@ -26,6 +26,9 @@ from hazardlens.errors import HazardError
 
 log = logging.getLogger("hazardlens.http")
 
+#: Request fields whose refusal the domain has always answered with its own code.
+FIELD_ERROR_CODES = {"scope": "invalid_scope", "source": "invalid_source"}
+
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                422: "invalid", 429: "too_many_requests", 500: "internal", 503: "unavailable", 504: "timeout"}
@@ -50,7 +53,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         msg = str(first["msg"])
-        return error_response(422, "invalid", f"{where}: {msg}" if where else msg, details)
+        field = str(first["loc"][-1]) if first["loc"] else ""
+        # A field the domain has its own code for keeps that code when the schema catches it first.
+        code = FIELD_ERROR_CODES.get(field, "invalid")
+        return error_response(422, code, f"{where}: {msg}" if where else msg, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

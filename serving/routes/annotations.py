@@ -11,32 +11,37 @@ from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.auth import Principal
-from hazardlens.contracts import SampleFilter
+from hazardlens.contracts import Key, SampleFilter
+from hazardlens.contracts.annotations import (
+    AcceptedSuggestion,
+    AgreementPublic,
+    AnnotationStatePublic,
+    Assigned,
+    BoxIn,
+    Queue,
+    QueueNext,
+    ReviewQueue,
+    RevisionHistory,
+    SuggestionPublic,
+    Suggestions,
+)
 from hazardlens.labeling import agreement as agreement_mod
 from hazardlens.labeling import annotations as annotation_ops
 from hazardlens.labeling import queues, suggestions
 from hazardlens.labeling.annotations import MAX_BOXES, MAX_REASON
 from hazardlens.serving.deps import CtxDep, PrincipalDep, SessionDep, require
+from hazardlens.serving.schemas import errors
 
 router = APIRouter(tags=["labeling"])
-
-Coord = Annotated[float, Field(strict=True, allow_inf_nan=False, description="pixels of the oriented image")]
-
-
-class BoxIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    class_key: Annotated[str, Field(min_length=1, max_length=80, strict=True)]
-    x1: Coord
-    y1: Coord
-    x2: Coord
-    y2: Coord
-
 
 class AnnotationsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     boxes: Annotated[list[BoxIn], Field(max_length=MAX_BOXES,
                                         description="the full set of boxes; [] marks a verified negative")]
     note: Annotated[str | None, Field(max_length=10_000)] = None
+    unlabeled_classes: Annotated[list[Key] | None, Field(max_length=100, description=(
+        "classes this revision does not label (their absence is not a negative); omit to keep the current "
+        "revision's, [] to declare it complete"))] = None
 
 
 class RejectIn(BaseModel):
@@ -63,49 +68,57 @@ Reader = Annotated[Principal, Depends(require("samples:read"))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.get("/v1/samples/{sample_id}/annotations")
+@router.get("/v1/samples/{sample_id}/annotations", response_model=AnnotationStatePublic,
+            responses=errors(401, 403, 404, 422))
 def get_annotations(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
     return annotation_ops.current(session, principal, sample_id)
 
 
-@router.put("/v1/samples/{sample_id}/annotations")
+@router.put("/v1/samples/{sample_id}/annotations", response_model=AnnotationStatePublic,
+            responses=errors(401, 403, 404, 409, 422))
 def put_annotations(sample_id: int, body: AnnotationsIn, ctx: CtxDep, session: SessionDep,
                     principal: Writer) -> dict[str, Any]:
     return annotation_ops.put_annotations(ctx, session, principal, sample_id,
-                                       [b.model_dump() for b in body.boxes], note=body.note)
+                                          [b.model_dump() for b in body.boxes], note=body.note,
+                                          unlabeled_classes=body.unlabeled_classes)
 
 
-@router.get("/v1/samples/{sample_id}/annotations/history")
+@router.get("/v1/samples/{sample_id}/annotations/history", response_model=RevisionHistory,
+            responses=errors(401, 403, 404, 422))
 def get_history(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
     return {"sample_id": sample_id, "revisions": annotation_ops.history(session, principal, sample_id)}
 
 
-@router.post("/v1/samples/{sample_id}/annotations/submit")
+@router.post("/v1/samples/{sample_id}/annotations/submit", response_model=AnnotationStatePublic,
+             responses=errors(401, 403, 404, 409, 422))
 def submit(sample_id: int, session: SessionDep, principal: Writer) -> dict[str, Any]:
     return annotation_ops.submit(session, principal, sample_id)
 
 
-@router.post("/v1/samples/{sample_id}/annotations/approve")
+@router.post("/v1/samples/{sample_id}/annotations/approve", response_model=AnnotationStatePublic,
+             responses=errors(401, 403, 404, 409, 422))
 def approve(sample_id: int, session: SessionDep, principal: Reviewer) -> dict[str, Any]:
     return annotation_ops.approve(session, principal, sample_id)
 
 
-@router.post("/v1/samples/{sample_id}/annotations/reject")
+@router.post("/v1/samples/{sample_id}/annotations/reject", response_model=AnnotationStatePublic,
+             responses=errors(401, 403, 404, 409, 422))
 def reject(sample_id: int, body: RejectIn, session: SessionDep, principal: Reviewer) -> dict[str, Any]:
     return annotation_ops.reject(session, principal, sample_id, body.reason)
 
 
-@router.get("/v1/samples/{sample_id}/annotations/agreement")
+@router.get("/v1/samples/{sample_id}/annotations/agreement", response_model=AgreementPublic,
+            responses=errors(401, 403, 404, 422))
 def get_agreement(sample_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     return agreement_mod.agreement(session, principal, sample_id)
 
 
-@router.get("/v1/review/queue")
+@router.get("/v1/review/queue", response_model=ReviewQueue, responses=errors(401, 403, 422))
 def review_queue(session: SessionDep, principal: Reviewer, limit: Limit = 50) -> dict[str, Any]:
     return {"items": agreement_mod.review_queue(session, principal, limit)}
 
 
-@router.post("/v1/labeling/assign")
+@router.post("/v1/labeling/assign", response_model=Assigned, responses=errors(401, 403, 404, 422))
 def assign(body: AssignIn, session: SessionDep,
            principal: Annotated[Principal, Depends(require("labeling:assign"))]) -> dict[str, Any]:
     count = queues.assign(session, principal, body.filters, body.assignee,
@@ -113,30 +126,33 @@ def assign(body: AssignIn, session: SessionDep,
     return {"assigned": count, "assignee": body.assignee}
 
 
-@router.get("/v1/labeling/queue")
+@router.get("/v1/labeling/queue", response_model=Queue, responses=errors(401, 403, 422))
 def my_queue(session: SessionDep, principal: Writer, limit: Limit = 50,
              include_done: bool = False) -> dict[str, Any]:
     return {"items": queues.my_queue(session, principal, limit, include_done)}
 
 
-@router.get("/v1/labeling/queue/next")
+@router.get("/v1/labeling/queue/next", response_model=QueueNext, responses=errors(401, 403))
 def next_in_queue(session: SessionDep, principal: Writer) -> dict[str, Any]:
     return {"item": queues.next_in_queue(session, principal)}
 
 
-@router.get("/v1/samples/{sample_id}/suggestions")
+@router.get("/v1/samples/{sample_id}/suggestions", response_model=Suggestions,
+            responses=errors(401, 403, 404, 422))
 def list_suggestions(sample_id: int, session: SessionDep, principal: Reader,
                      include_closed: bool = False) -> dict[str, Any]:
     return {"items": suggestions.list_suggestions(session, principal, sample_id, include_closed)}
 
 
-@router.post("/v1/suggestions/{suggestion_id}/accept")
+@router.post("/v1/suggestions/{suggestion_id}/accept", response_model=AcceptedSuggestion,
+             responses=errors(401, 403, 404, 409, 422))
 def accept_suggestion(suggestion_id: int, ctx: CtxDep, session: SessionDep, principal: Writer,
                       body: Annotated[AcceptIn | None, Body()] = None) -> dict[str, Any]:
     boxes = [b.model_dump() for b in body.boxes] if body is not None and body.boxes is not None else None
     return {"revision": suggestions.accept(ctx, session, principal, suggestion_id, boxes)}
 
 
-@router.post("/v1/suggestions/{suggestion_id}/dismiss")
+@router.post("/v1/suggestions/{suggestion_id}/dismiss", response_model=SuggestionPublic,
+             responses=errors(401, 403, 404, 409, 422))
 def dismiss_suggestion(suggestion_id: int, session: SessionDep, principal: Writer) -> dict[str, Any]:
     return suggestions.dismiss(session, principal, suggestion_id)

@@ -10,16 +10,32 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hazardlens.audit import event_dict, history
 from hazardlens.auth import Principal
-from hazardlens.contracts import SampleFilter
+from hazardlens.contracts import AnnotationState, Key, OrgCode, SampleFilter, SampleSource, Scope, Text100, Text200
+from hazardlens.contracts.samples import (
+    AuditEvents,
+    IngestSummaryPublic,
+    NearDuplicates,
+    SampleCreated,
+    SamplePage,
+    SamplePublic,
+)
 from hazardlens.datasets import library
 from hazardlens.errors import TooLarge, UnsupportedMedia
 from hazardlens.images import MIME_TYPES, make_thumbnail, sniff_format
 from hazardlens.serving.deps import CtxDep, SessionDep, require
+from hazardlens.serving.schemas import errors
 from hazardlens.store import ObjectNotFound, blob_key
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"])
 
 Reader = Annotated[Principal, Depends(require("samples:read"))]
+SectorForm = Annotated[Key, Form(description="sector key (see GET /v1/taxonomy)")]
+ScopeForm = Annotated[Scope, Form(description="shared: readable (never writable) by other organisations")]
+IdForm = Annotated[Text100 | None, Form()]
+RecordForm = Annotated[Text200 | None, Form()]
+TagsForm = Annotated[str | None, Form(max_length=2000, description="comma-separated tags")]
+WhenForm = Annotated[str | None, Form(max_length=40, description="ISO date or date-time")]
+WhenQuery = Annotated[str | None, Query(max_length=40, description="ISO date or date-time, inclusive")]
 Writer = Annotated[Principal, Depends(require("samples:write"))]
 Deleter = Annotated[Principal, Depends(require("samples:delete"))]
 Auditor = Annotated[Principal, Depends(require("audit:read"))]
@@ -47,14 +63,16 @@ def _meta(sector: str, scope: str, source: str, site_id: str | None, enterprise_
     )
 
 
-@router.post("", status_code=201, summary="Upload one image (JPEG, PNG, WebP, HEIC)",
-             responses={200: {"description": "the same bytes were already in the library (deduplicated)"}})
+@router.post("", status_code=201, summary="Upload one image (JPEG, PNG, WebP, HEIC)", response_model=SampleCreated,
+             responses={200: {"model": SampleCreated,
+                              "description": "the same bytes were already in the library (deduplicated)"},
+                        **errors(401, 403, 413, 415, 422)})
 def upload(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
-           sector: Annotated[str, Form()], scope: Annotated[str, Form()] = "private",
-           source: Annotated[str, Form()] = "inspection", site_id: Annotated[str | None, Form()] = None,
-           enterprise_id: Annotated[str | None, Form()] = None, camera_id: Annotated[str | None, Form()] = None,
-           inspection_record: Annotated[str | None, Form()] = None, tags: Annotated[str | None, Form()] = None,
-           captured_at: Annotated[str | None, Form()] = None) -> JSONResponse:
+           sector: SectorForm, scope: ScopeForm = "private",
+           source: Annotated[SampleSource, Form()] = "inspection", site_id: IdForm = None,
+           enterprise_id: IdForm = None, camera_id: IdForm = None,
+           inspection_record: RecordForm = None, tags: TagsForm = None,
+           captured_at: WhenForm = None) -> JSONResponse:
     meta = _meta(sector, scope, source, site_id, enterprise_id, camera_id, inspection_record, tags, captured_at,
                  file.filename)
     data = _read_upload(file, ctx.settings.max_upload_bytes)
@@ -68,14 +86,13 @@ def upload(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
                         headers={"Location": f"/v1/samples/{body['id']}"})
 
 
-@router.post("/archive", summary="Upload a zip archive of images; answers a summary")
+@router.post("/archive", summary="Upload a zip archive of images; answers a summary",
+             response_model=IngestSummaryPublic, responses=errors(401, 403, 413, 422))
 def upload_archive(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
-                   sector: Annotated[str, Form()], scope: Annotated[str, Form()] = "private",
-                   source: Annotated[str, Form()] = "import", site_id: Annotated[str | None, Form()] = None,
-                   enterprise_id: Annotated[str | None, Form()] = None,
-                   camera_id: Annotated[str | None, Form()] = None,
-                   inspection_record: Annotated[str | None, Form()] = None,
-                   tags: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+                   sector: SectorForm, scope: ScopeForm = "private",
+                   source: Annotated[SampleSource, Form()] = "import", site_id: IdForm = None,
+                   enterprise_id: IdForm = None, camera_id: IdForm = None,
+                   inspection_record: RecordForm = None, tags: TagsForm = None) -> dict[str, Any]:
     meta = _meta(sector, scope, source, site_id, enterprise_id, camera_id, inspection_record, tags, None, None)
     library.validate_meta(ctx, meta)  # a wrong sector is one answer, not one refusal per entry
     limit = ctx.settings.max_upload_bytes * ARCHIVE_FACTOR
@@ -92,17 +109,21 @@ def _size(file: UploadFile) -> int:
     return size
 
 
-@router.get("", summary="Search samples (newest first, keyset pagination)")
+@router.get("", summary="Search samples (newest first, keyset pagination)", response_model=SamplePage,
+            responses=errors(401, 403, 422))
 def list_samples(
     session: SessionDep, principal: Reader,
     limit: Annotated[int, Query(ge=1, le=library.MAX_LIMIT)] = library.DEFAULT_LIMIT,
-    cursor: str | None = None, sector: str | None = None,
-    class_key: Annotated[str | None, Query(alias="class")] = None,
-    status: str | None = None, org: str | None = None, scope: str | None = None, site: str | None = None,
-    camera: str | None = None, enterprise: str | None = None, source: str | None = None,
-    inspection_record: str | None = None, captured_from: str | None = None, captured_to: str | None = None,
-    created_from: str | None = None, created_to: str | None = None, dup_group: int | None = None,
-    tag: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None, sector: Annotated[Key | None, Query()] = None,
+    class_key: Annotated[Key | None, Query(alias="class")] = None,
+    status: AnnotationState | None = None, org: Annotated[OrgCode | None, Query()] = None,
+    scope: Scope | None = None, site: Annotated[Text100 | None, Query()] = None,
+    camera: Annotated[Text100 | None, Query()] = None, enterprise: Annotated[Text100 | None, Query()] = None,
+    source: SampleSource | None = None, inspection_record: Annotated[Text200 | None, Query()] = None,
+    captured_from: WhenQuery = None, captured_to: WhenQuery = None,
+    created_from: WhenQuery = None, created_to: WhenQuery = None,
+    dup_group: Annotated[int | None, Query(ge=1, le=2**53)] = None,
+    tag: Annotated[Text100 | None, Query()] = None,
 ) -> dict[str, Any]:
     filters = SampleFilter.parse({
         "sector": sector, "class_key": class_key, "status": status, "org": org, "scope": scope, "site": site,
@@ -113,13 +134,18 @@ def list_samples(
     return {"items": [library.sample_dict(s) for s in items], "next_cursor": next_cursor}
 
 
-@router.get("/{sample_id}", summary="One sample")
+@router.get("/{sample_id:int}", summary="One sample", response_model=SamplePublic,
+            responses=errors(401, 403, 404, 422))
 def get_one(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
     return library.sample_dict(library.get_sample(session, principal, sample_id))
 
 
-@router.get("/{sample_id}/image", summary="The original bytes, unchanged",
-            response_class=StreamingResponse, responses={200: {"content": {"image/jpeg": {}}}})
+@router.get("/{sample_id:int}/image", summary="The original bytes, unchanged",
+            response_class=StreamingResponse,
+            responses={200: {"content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                         for m in sorted(set(MIME_TYPES.values()))},
+                             "description": "the stored bytes, as uploaded"},
+                       **errors(401, 403, 404, 422)})
 def image(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reader) -> StreamingResponse:
     sample = library.get_sample(session, principal, sample_id)
     stream = ctx.store.open(blob_key(sample.sha256))
@@ -135,8 +161,11 @@ def image(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reader) -
                              headers=headers)
 
 
-@router.get("/{sample_id}/thumbnail", summary="A small JPEG of the oriented image",
-            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+@router.get("/{sample_id:int}/thumbnail", summary="A small JPEG of the oriented image",
+            response_class=Response,
+            responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "JPEG thumbnail"},
+                       **errors(401, 403, 404, 422)})
 def thumbnail(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reader) -> Response:
     sample = library.get_sample(session, principal, sample_id)
     key = library.thumbnail_key(sample.sha256)
@@ -150,13 +179,15 @@ def thumbnail(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reade
                     headers={"ETag": f'"t-{sample.sha256}"', "Cache-Control": "private, max-age=86400"})
 
 
-@router.delete("/{sample_id}", summary="Soft delete: hidden from every read, kept for the record")
+@router.delete("/{sample_id:int}", summary="Soft delete: hidden from every read, kept for the record",
+               response_model=SamplePublic, responses=errors(401, 403, 404, 422))
 def delete(sample_id: int, ctx: CtxDep, principal: Deleter) -> dict[str, Any]:
     with ctx.db.session() as session:
         return library.sample_dict(library.soft_delete(session, principal, sample_id))
 
 
-@router.get("/{sample_id}/near-duplicates", summary="Visible samples linked as near-duplicates")
+@router.get("/{sample_id:int}/near-duplicates", summary="Visible samples linked as near-duplicates",
+            response_model=NearDuplicates, responses=errors(401, 403, 404, 422))
 def near_duplicates(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
     pairs = library.near_duplicates(session, principal, sample_id)
     by_id = {s.id: s for s in session.scalars(library.visible_samples(principal).where(
@@ -164,7 +195,8 @@ def near_duplicates(sample_id: int, session: SessionDep, principal: Reader) -> d
     return {"items": [{**library.sample_dict(by_id[sid]), "distance": d} for sid, d in pairs if sid in by_id]}
 
 
-@router.get("/{sample_id}/history", summary="Audit events of the sample (存档留痕)")
+@router.get("/{sample_id:int}/history", summary="Audit events of the sample (存档留痕)",
+            response_model=AuditEvents, responses=errors(401, 403, 404, 422))
 def sample_history(sample_id: int, session: SessionDep, principal: Auditor,
                    limit: Annotated[int, Query(ge=1, le=library.MAX_LIMIT)] = 500) -> dict[str, Any]:
     # Deleted samples keep their history, and auditors of the owning organisation can read it.
