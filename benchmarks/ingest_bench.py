@@ -72,7 +72,7 @@ def raw_put_rate(store, files: list[Path]) -> float:  # type: ignore[no-untyped-
 
 
 def ingest_rate(settings, files: list[Path], workers: int) -> tuple[float, dict[str, int]]:  # type: ignore[no-untyped-def]
-    from hazardlens.auth import Principal, ensure_user
+    from hazardlens.auth import ensure_user, principal_of
     from hazardlens.context import Context
     from hazardlens.datasets.library import IngestMeta, ingest_paths
 
@@ -80,7 +80,7 @@ def ingest_rate(settings, files: list[Path], workers: int) -> tuple[float, dict[
     ctx.init()
     with ctx.db.session() as s:
         user = ensure_user(s, "420000", "cli-420000", "admin")
-        who = Principal(user.id, user.name, user.org_code, user.role)
+        who = principal_of(user)
     start = time.perf_counter()
     summary = ingest_paths(ctx, who, files, IngestMeta(sector="general"), workers=workers or None)
     rate = len(files) / (time.perf_counter() - start)
@@ -143,11 +143,11 @@ mode, image, home = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 from PIL import Image
 from hazardlens.settings import Settings
 from hazardlens.context import Context
-from hazardlens.auth import Principal, ensure_user
+from hazardlens.auth import ensure_user, principal_of
 from hazardlens.datasets.library import IngestMeta, ingest
 ctx = Context(Settings(home=home)); ctx.init()
 with ctx.db.session() as s:
-    u = ensure_user(s, "420000", "bench", "admin"); who = Principal(u.id, u.name, u.org_code, u.role)
+    u = ensure_user(s, "420000", "bench", "admin"); who = principal_of(u)
 data = image.read_bytes()
 def status(field):
     for line in open("/proc/self/status"):

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from hazardlens.auth import Principal, ensure_user
+from hazardlens.auth import Principal, ensure_user, principal_of
 from hazardlens.context import Context
 from hazardlens.errors import HazardError
 
@@ -30,7 +30,7 @@ def cli_principal(ctx: Context, org: str) -> Principal:
     org = org.strip()
     with ctx.db.session() as s:
         user = ensure_user(s, org, f"cli-{org}", "admin")
-        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
+        return principal_of(user)
 
 
 def friendly_errors(func: F) -> F:

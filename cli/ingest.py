@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         """Add images to the sample library. One bad file never stops the rest; the summary lists
         what was stored, found already (deduplicated), linked as near-duplicate, and refused, with
         reasons. Exit code 1 when anything was refused."""
-        from hazardlens.datasets.library import IngestMeta, ingest_paths, validate_meta
+        from hazardlens.datasets.bulk import ingest_paths
+        from hazardlens.datasets.ingest import IngestMeta, validate_meta
 
         ctx = context()
         ctx.init()

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hazardlens.auth import Principal
+from hazardlens.dates import iso
 from hazardlens.orm import AuditEvent
 
 
@@ -64,7 +65,7 @@ def history(session: Session, *, sample_id: int | None = None, entity: str | Non
 
 
 def event_dict(e: AuditEvent) -> dict[str, Any]:
-    return {"id": e.id, "at": e.at.isoformat() if e.at else None, "actor": e.actor, "org_code": e.org_code,
+    return {"id": e.id, "at": iso(e.at), "actor": e.actor, "org_code": e.org_code,
             "action": e.action, "entity": e.entity, "entity_id": e.entity_id, "sample_id": e.sample_id,
             "before": e.before, "after": e.after, "request_id": e.request_id}
 

@@ -66,6 +66,11 @@ class Principal:
 SYSTEM = Principal(user_id=None, name="system", org_code="000000", role="admin")
 
 
+def principal_of(user: User) -> Principal:
+    """The principal a user row acts as (API key, CLI user, the creator of a background job)."""
+    return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
+
+
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -125,7 +130,7 @@ def authenticate(session: Session, key: str | None) -> Principal:
         raise Unauthorized("this API key has expired", code="expired_key")
     user = session.get(User, row.user_id)
     assert user is not None
-    return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
+    return principal_of(user)
 
 
 def revoke_key(session: Session, prefix: str) -> None:

@@ -19,10 +19,16 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 text of ``value`` in UTC (``None`` stays ``None``)."""
+def iso(value: datetime | None, *, timespec: str = "auto") -> str | None:
+    """ISO 8601 text of ``value`` in UTC (``None`` stays ``None``); naive values are UTC (SQLite
+    hands them back naive)."""
     aware = utc(value)
-    return aware.isoformat() if aware is not None else None
+    return aware.isoformat(timespec=timespec) if aware is not None else None
+
+
+def now_iso(*, timespec: str = "seconds") -> str:
+    """The current time as ISO 8601 UTC text, to the second by default (run records, reports)."""
+    return datetime.now(UTC).isoformat(timespec=timespec)
 
 
 def parse_when(text: str | date | None, *, end: bool = False, name: str = "date") -> datetime | None:
@@ -49,4 +55,4 @@ def parse_when(text: str | date | None, *, end: bool = False, name: str = "date"
                       f"not {raw!r}", code="invalid_date") from None
 
 
-__all__ = ["iso", "parse_when", "utc"]
+__all__ = ["iso", "now_iso", "parse_when", "utc"]

@@ -30,14 +30,10 @@ import imagehash
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from hazardlens.errors import Invalid, TooLarge, UnsupportedMedia
+from hazardlens.imagefiles import register_heif
 
-try:  # HEIC is what iPhones take; without the plugin those uploads would be refused as unsupported.
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-    _HEIF = True
-except ImportError:  # pragma: no cover - the dependency is declared; this keeps a broken install usable
-    _HEIF = False
+# HEIC is what iPhones take; without the plugin those uploads would be refused as unsupported.
+_HEIF = register_heif()
 
 # PIL format name -> (our format name, media type). MPO is how PIL names the multi-picture JPEGs
 # many phones write; they are ordinary JPEGs to every viewer.

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from sqlalchemy import CursorResult, or_, select, update
 
 from hazardlens.audit import record
-from hazardlens.auth import SYSTEM, Principal
+from hazardlens.auth import SYSTEM, Principal, principal_of
 from hazardlens.context import Context
 from hazardlens.contracts.jobs import JOB_KINDS, JOB_STATUSES, JobParams, JobPublic, JobSummary, parse_job
 from hazardlens.dates import iso
@@ -251,7 +251,7 @@ class JobRunner:
         user = session.get(User, job.created_by)
         if user is None:
             return SYSTEM
-        return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
+        return principal_of(user)
 
     def run_next(self) -> Job | None:
         """Run the oldest queued job to its end in this thread; None when the queue is empty."""

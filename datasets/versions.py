@@ -26,7 +26,6 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -38,8 +37,11 @@ from hazardlens.audit import record
 from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.contracts.datasets import DatasetVersionPublic
-from hazardlens.datasets.library import SampleFilter, apply_filters, visible_samples
+from hazardlens.contracts.filters import SampleFilter
+from hazardlens.datasets.search import apply_filters
 from hazardlens.datasets.splits import SPLITS, SplitItem, assign_splits, parse_ratios
+from hazardlens.datasets.tenancy import visible_samples
+from hazardlens.dates import iso
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.orm import AnnotationRevision, DatasetItem, DatasetVersion, Sample, User
 from hazardlens.taxonomy import Taxonomy
@@ -451,13 +453,6 @@ def load_manifest(ctx: Context, dv: DatasetVersion, *, verify: bool = True) -> d
     return body
 
 
-def _iso(value: datetime | None) -> str | None:
-    """SQLite hands back naive datetimes; they were written as UTC, so say so."""
-    if value is None:
-        return None
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
-
-
 def version_public(session: Session, dv: DatasetVersion) -> DatasetVersionPublic:
     """The summary the API, CLI and client show (the manifest itself stays in the store)."""
     return DatasetVersionPublic.model_validate(version_dict(session, dv))
@@ -472,7 +467,7 @@ def version_dict(session: Session, dv: DatasetVersion) -> dict[str, Any]:
         "ref": f"{dv.name}@{dv.id[:12]}", "org_code": params.pop("org_code", None),
         "classes": list(dv.classes), "taxonomy_version": dv.taxonomy_version, "params": params,
         "stats": dv.stats, "manifest_key": dv.manifest_key,
-        "created_at": _iso(dv.created_at),
+        "created_at": iso(dv.created_at),
         "created_by": creator.name if creator is not None else None,
     }
 

@@ -12,37 +12,21 @@ from PIL import Image
 
 from hazardlens.detections import Box
 from hazardlens.errors import Invalid
+from hazardlens.imagefiles import DATASET_SUFFIXES, register_heif
 
 from .records import ExportItem, ImageSource, ImportRecord, ImportReport
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif",
-                            ".mpo", ".dng"})
+IMAGE_SUFFIXES = DATASET_SUFFIXES  # the image files a labelled dataset may hold
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 # Overshoot below this many pixels is rounding in the source (0-based vs 1-based, 6-decimal YOLO
 # values): clip it quietly instead of filling the report with noise.
 CLIP_REPORT_PX = 1.0
 
-_heif_registered = False
-
-
-def _register_heif() -> None:
-    global _heif_registered
-    if _heif_registered:
-        return
-    _heif_registered = True
-    try:  # phone photos arrive as HEIC; without the opener PIL cannot even read their size
-        from pillow_heif import register_heif_opener
-
-        register_heif_opener()
-    except Exception:  # pragma: no cover - optional at run time
-        pass
-
-
 def image_size(path: Path) -> tuple[int, int]:
     """Width and height of the EXIF-oriented image, read from the header only (no pixel decode),
     because boxes everywhere in hazardlens are in oriented pixels. Raises on unreadable files."""
-    _register_heif()
+    register_heif()  # phone photos arrive as HEIC; without the opener PIL cannot read their size
     with Image.open(path) as im:
         width, height = im.size
         try:

@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hazardlens.auth import Principal
-from hazardlens.datasets.library import get_sample, visible_samples
+from hazardlens.datasets.tenancy import get_sample, visible_samples
+from hazardlens.dates import iso
 from hazardlens.detections import box_iou
 from hazardlens.errors import Forbidden
 from hazardlens.orm import AnnotationRevision, Sample, User
@@ -146,7 +147,7 @@ def review_queue(session: Session, principal: Principal, limit: int = 50) -> lis
     for sid, rev_id, number, author_id, submitted_at in sorted(rows, key=order)[:limit]:
         out.append({"sample_id": sid, "revision_id": rev_id, "revision_number": number,
                     "author_id": author_id, "author": names.get(author_id) if author_id else "system",
-                    "submitted_at": submitted_at.isoformat() if submitted_at else None,
+                    "submitted_at": iso(submitted_at),
                     "agreement": scores.get(sid)})
     return out
 

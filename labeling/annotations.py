@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 from hazardlens.audit import record
 from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.datasets.library import get_sample
+from hazardlens.datasets.tenancy import get_sample
+from hazardlens.dates import iso
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Forbidden, Invalid, NotFound
 from hazardlens.orm import AnnotationRevision, Assignment, Sample, SampleClass, User
@@ -46,10 +47,6 @@ MAX_REASON = 2000
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -149,8 +146,8 @@ def revision_dict(rev: AnnotationRevision, names: Mapping[int, str]) -> dict[str
         "id": rev.id, "sample_id": rev.sample_id, "number": rev.number, "status": rev.status,
         "source": rev.source, "author_id": rev.author_id,
         "author": names.get(rev.author_id, "system") if rev.author_id is not None else "system",
-        "created_at": _iso(rev.created_at), "submitted_at": _iso(rev.submitted_at),
-        "reviewed_at": _iso(rev.reviewed_at), "reviewer_id": rev.reviewer_id,
+        "created_at": iso(rev.created_at), "submitted_at": iso(rev.submitted_at),
+        "reviewed_at": iso(rev.reviewed_at), "reviewer_id": rev.reviewer_id,
         "reviewer": names.get(rev.reviewer_id) if rev.reviewer_id is not None else None,
         "reason": rev.review_reason, "note": rev.note, "model_version": rev.model_version,
         "parent_id": rev.parent_id, "boxes": list(rev.boxes),

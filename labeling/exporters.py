@@ -3,7 +3,7 @@
 Which labels leave is a review decision, so an export takes one state: ``approved`` (each sample's
 latest approved revision, also when a newer correction is still under review) or ``submitted``
 (the current revision of samples waiting for review). Which samples leave is the tenancy rule:
-only what :func:`hazardlens.datasets.library.visible_samples` lets the caller see.
+only what :func:`hazardlens.datasets.tenancy.visible_samples` lets the caller see.
 
 Boxes are in pixels of the EXIF-oriented image, but the stored bytes keep their EXIF orientation,
 and training tools disagree on whether to apply it. So an image whose orientation tag is not 1 is
@@ -32,7 +32,9 @@ import hazardlens.images  # noqa: F401 - registers the HEIC opener with PIL
 from hazardlens.audit import record as audit
 from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.datasets.library import SampleFilter, apply_filters, visible_samples
+from hazardlens.contracts.filters import SampleFilter
+from hazardlens.datasets.search import apply_filters
+from hazardlens.datasets.tenancy import visible_samples
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Invalid
 from hazardlens.formats import ExportItem, write_coco, write_labelstudio, write_yolo

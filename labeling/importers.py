@@ -16,54 +16,47 @@ only added when the sample's current labels differ from the ones in the file.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
 import shutil
-import stat
 import tempfile
 import time
-import warnings
-import zipfile
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
-import yaml
-from PIL import Image, ImageOps
 from sqlalchemy.orm import Session
 
 from hazardlens.audit import record as audit
 from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.datasets.library import IngestMeta, Prepared, Refusal, normalise_tags, prepare
-from hazardlens.datasets.library import record as record_sample
+from hazardlens.datasets.bulk import Refusal
+from hazardlens.datasets.ingest import IngestMeta, Prepared, normalise_tags, prepare
+from hazardlens.datasets.ingest import record as record_sample
 from hazardlens.detections import Box
-from hazardlens.errors import Forbidden, HazardError, Invalid, NotFound, TooLarge
+from hazardlens.errors import Forbidden, HazardError, Invalid, TooLarge
 from hazardlens.formats import (
     ClassMap,
     ImportRecord,
     ImportReport,
-    class_names,
-    read_coco,
-    read_labelstudio,
-    read_voc,
-    read_yolo,
 )
-from hazardlens.formats._util import safe_relative
-from hazardlens.images import sniff_format
 from hazardlens.labeling.annotations import save_revision
+from hazardlens.labeling.class_maps import check_class_map, compile_regex, resolve_class_map
+from hazardlens.labeling.import_sources import (
+    FORMATS,
+    ImportFormat,
+    library_bytes,
+    locate_dataset,
+    read_source,
+    safe_extract_zip,
+)
 from hazardlens.orm import SCOPES, AnnotationRevision
-from hazardlens.settings import config_files, find_config_file
+from hazardlens.readahead import read_ahead
 
 log = logging.getLogger("hazardlens.import")
 
-ImportFormat = Literal["coco", "yolo", "voc", "labelstudio"]
-FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "labelstudio")
 
 #: progress(done, total, file name, outcome); outcome is stored | deduplicated | refused.
 Progress = Callable[[int, int, str, str], None]
@@ -108,6 +101,36 @@ class ImportSummary:
     sample_ids: list[int] = field(default_factory=list)
     report: ImportReport | None = None  # the reader's full report (repairs, refused boxes, warnings)
 
+    def count(self, rec: ImportRecord, outcome: _Outcome, converted: str | None) -> str:
+        """Count one imported image; returns its progress outcome: stored | deduplicated."""
+        if outcome.duplicate_of is not None:
+            first = outcome.duplicate_of
+            same = _box_key(first.boxes) == _box_key(rec.boxes)
+            self.duplicates.append(Refusal(
+                rec.file_name, "duplicate_in_source",
+                f"same image bytes as {first.file_name}, with {'the same' if same else 'different'} labels; "
+                f"one sample, the labels of {first.file_name} kept"))
+            return "deduplicated"
+        self.sample_ids.append(outcome.sample_id)
+        if converted:
+            self.transcoded.append(Refusal(rec.file_name, "transcoded", converted))
+        self.deduplicated += outcome.deduplicated
+        self.stored += not outcome.deduplicated
+        self.near_duplicates += outcome.near
+        self.unlabeled += outcome.unlabeled
+        self.unchanged += outcome.unchanged
+        self.tagged += outcome.tagged
+        if outcome.foreign_org:
+            self.not_relabelled.append(Refusal(rec.file_name, "shared_sample",
+                                               f"already in the library as a shared sample of organisation "
+                                               f"{outcome.foreign_org}; its labels were left as they are"))
+        if outcome.written is not None:
+            self.revisions += 1
+            self.boxes += len(outcome.written.boxes)
+            self.negatives += not outcome.written.boxes
+            self.class_counts.update(b["class_key"] for b in outcome.written.boxes)
+        return "deduplicated" if outcome.deduplicated else "stored"
+
     @property
     def repairs(self) -> dict[str, int]:
         """Repairs the reader made, per kind (e.g. ``string_bbox``: 26)."""
@@ -140,92 +163,6 @@ class ImportSummary:
         }
 
 
-# --- class maps ---------------------------------------------------------------------------------
-
-
-_MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
-    """A class map from a :class:`ClassMap`, a file path (``configs/class_maps/sfchd.yaml`` also works
-    outside the repository: see :func:`~hazardlens.settings.find_config_file`), the name of a map in
-    ``configs/class_maps`` (``sfchd`` or ``sfchd.yaml``; ``HAZARDLENS_CONFIG_DIR/class_maps`` wins), or
-    the YAML text itself (the API form field accepts the last two, so a name can never reach outside
-    that folder)."""
-    if isinstance(spec, ClassMap):
-        return spec
-    if isinstance(spec, Path):
-        found = find_config_file(spec)
-        if found is not None or len(spec.parts) != 1:
-            return ClassMap.load(found or spec)  # a missing path is reported by load
-        spec = str(spec)  # a bare name on the command line: a shipped map
-    text = spec.strip()
-    if "\n" in text or ":" in text:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise Invalid(f"class map is not valid YAML ({exc})", code="invalid_class_map") from exc
-        return ClassMap.from_dict(data, source="class map text")
-    if not _MAP_NAME.match(text) or ".." in text:
-        raise Invalid(f"class map {text!r} is neither YAML text nor the name of a shipped class map",
-                      code="invalid_class_map")
-    maps = config_files("class_maps")
-    stem = text.removesuffix(".yaml").removesuffix(".yml")
-    if stem in maps:
-        return ClassMap.load(maps[stem])
-    raise NotFound(f"no shipped class map {text!r}; shipped: {', '.join(maps) or 'none'}",
-                   code="unknown_class_map")
-
-
-def _compile(value: str | None, what: str) -> re.Pattern[str] | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        raise Invalid(f"{what} is not a valid regular expression ({exc})", code="invalid_regex") from exc
-
-
-def check_class_map(ctx: Context, class_map: ClassMap, records: list[ImportRecord]) -> None:
-    """Stop before anything is written when a source name has no mapping or a mapping names a class
-    the taxonomy does not have (or has, but not yet approved in legal review)."""
-    missing = class_map.unmapped(class_names(records))
-    if missing:
-        raise Invalid(f"{len(missing)} class name(s) in the source have no mapping in "
-                      f"{class_map.source or 'the class map'}: {', '.join(missing)}; nothing was imported",
-                      code="unmapped_classes", details={"unmapped": missing})
-    taxonomy = ctx.taxonomy()
-    bad: dict[str, str] = {}
-    for key in sorted(class_map.taxonomy_keys):
-        try:
-            taxonomy.get_class(key)
-        except Invalid as exc:
-            bad[key] = exc.message
-    if bad:
-        raise Invalid(f"the class map names {len(bad)} class(es) the taxonomy cannot use: "
-                      f"{'; '.join(bad.values())}; nothing was imported",
-                      code="unknown_classes", details={"classes": bad})
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-
-def read_source(fmt: str, source: Path | str, images: Path | str | None = None) -> tuple[list[ImportRecord],
-                                                                                        ImportReport]:
-    """Run the format's reader. COCO and Label Studio take a json plus an images folder (COCO
-    defaults to the json's folder); YOLO and VOC take the dataset folder."""
-    if fmt == "coco":
-        return read_coco(source, images)
-    if fmt == "labelstudio":
-        if images is None:
-            raise Invalid("a Label Studio import needs the images folder", code="images_required")
-        return read_labelstudio(source, images)
-    if fmt == "yolo":
-        return read_yolo(source)
-    if fmt == "voc":
-        return read_voc(source)
-    raise Invalid(f"unknown import format {fmt!r}; one of {', '.join(FORMATS)}", code="invalid_format")
-
 
 # --- the import -----------------------------------------------------------------------------------
 
@@ -238,30 +175,31 @@ def _box_key(boxes: list[Box] | list[dict[str, Any]]) -> Counter[tuple[str, floa
     return out
 
 
-def library_bytes(data: bytes, max_pixels: int) -> tuple[bytes, str | None]:
-    """The bytes to store, and a note when they had to be converted. Datasets carry formats the
-    library does not keep (GIFs named .jpg, BMP, TIFF) whose labels are still good: those are
-    converted losslessly to PNG, upright, so the pixels are the ones the labels were drawn on. Data
-    the library can judge itself (its own formats, even when broken, and non-images) passes as is."""
-    if sniff_format(data) is not None:
-        return data, None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt = im.format or "unknown"
-                if im.size[0] * im.size[1] > max_pixels:
-                    return data, None  # the library refuses it with its own message
-                im.seek(0)
-                im.load()
-                upright = ImageOps.exif_transpose(im) or im
-                if upright.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-                    upright = upright.convert("RGBA" if "A" in upright.getbands() else "RGB")
-                buf = io.BytesIO()
-                upright.save(buf, format="PNG")
-    except Exception:
-        return data, None  # not an image PIL can read either: the library says why
-    return buf.getvalue(), f"{fmt} converted to PNG (the library keeps JPEG, PNG, WebP and HEIC)"
+
+def _one_tag(tag: str | None) -> str | None:
+    tags = normalise_tags(tag)
+    if len(tags) > 1:
+        raise Invalid(f"one import tag, not {len(tags)}", code="invalid_meta")
+    return tags[0] if tags else None
+
+
+def _with_regexes(cmap: ClassMap, camera_regex: str | None, site_regex: str | None) -> ClassMap:
+    """``cmap`` with the import's camera/site regexes in place of its own (when given)."""
+    overrides: dict[str, Any] = {}
+    if (cam := compile_regex(camera_regex, "camera regex")) is not None:
+        overrides["camera_regex"] = cam
+    if (site := compile_regex(site_regex, "site regex")) is not None:
+        overrides["site_regex"] = site
+    return replace(cmap, **overrides) if overrides else cmap
+
+
+def _refusal(rec: ImportRecord, exc: Exception) -> Refusal:
+    if isinstance(exc, HazardError):
+        return Refusal(rec.file_name, exc.code, exc.message)
+    if isinstance(exc, OSError):
+        return Refusal(rec.file_name, "unreadable", f"cannot read the file ({exc})")
+    log.warning("import of %s failed", rec.file_name, exc_info=exc)  # the log keeps the trace
+    return Refusal(rec.file_name, "error", f"{type(exc).__name__}: {exc}")
 
 
 def _check_caller(principal: Principal, org: str | None, approved: bool) -> str:
@@ -354,17 +292,8 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
     if scope not in SCOPES:
         raise Invalid(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}", code="invalid_scope")
     cmap = resolve_class_map(class_map)
-    tags = normalise_tags(tag)
-    if len(tags) > 1:
-        raise Invalid(f"one import tag, not {len(tags)}", code="invalid_meta")
-    tag = tags[0] if tags else None
-    overrides: dict[str, Any] = {}
-    if (cam := _compile(camera_regex, "camera regex")) is not None:
-        overrides["camera_regex"] = cam
-    if (site := _compile(site_regex, "site regex")) is not None:
-        overrides["site_regex"] = site
-    if overrides:
-        cmap = replace(cmap, **overrides)
+    tag = _one_tag(tag)
+    cmap = _with_regexes(cmap, camera_regex, site_regex)
 
     raw, report = read_source(fmt, source, images)
     check_class_map(ctx, cmap, raw)
@@ -398,65 +327,19 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
     # Decoding and hashing run in worker threads (PIL releases the GIL) while this thread writes the
     # catalogue; the read-ahead window bounds memory whatever the dataset size.
     workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
-        pending: list[tuple[ImportRecord, Future[tuple[Prepared, str | None]]]] = []
-        queue = iter(records)
-
-        def fill() -> None:
-            while len(pending) < workers * 2 and (rec := next(queue, None)) is not None:
-                pending.append((rec, pool.submit(work, rec)))
-
-        fill()
-        while pending:
-            rec, fut = pending.pop(0)
-            fill()
+    with read_ahead(records, work, workers=workers, window=workers * 2, name="import") as queue:
+        for rec, fut in queue:
+            assert fut is not None
             try:
                 prepared, converted = fut.result()
                 with ctx.db.session() as session:
                     outcome = _label(ctx, session, principal, prepared, rec, status, note, seen,
                                      cmap.unlabeled_classes, tag)
-            except HazardError as exc:
-                summary.refused.append(Refusal(rec.file_name, exc.code, exc.message))
+            except Exception as exc:  # one bad image never stops the rest
+                summary.refused.append(_refusal(rec, exc))
                 tick(rec.file_name, "refused")
                 continue
-            except OSError as exc:
-                summary.refused.append(Refusal(rec.file_name, "unreadable", f"cannot read the file ({exc})"))
-                tick(rec.file_name, "refused")
-                continue
-            except Exception as exc:  # one bad image never stops the rest; the log keeps the trace
-                log.warning("import of %s failed", rec.file_name, exc_info=exc)
-                summary.refused.append(Refusal(rec.file_name, "error", f"{type(exc).__name__}: {exc}"))
-                tick(rec.file_name, "refused")
-                continue
-            if outcome.duplicate_of is not None:
-                first = outcome.duplicate_of
-                same = _box_key(first.boxes) == _box_key(rec.boxes)
-                summary.duplicates.append(Refusal(
-                    rec.file_name, "duplicate_in_source",
-                    f"same image bytes as {first.file_name}, with {'the same' if same else 'different'} labels; "
-                    f"one sample, the labels of {first.file_name} kept"))
-                tick(rec.file_name, "deduplicated")
-                continue
-            summary.sample_ids.append(outcome.sample_id)
-            if converted:
-                summary.transcoded.append(Refusal(rec.file_name, "transcoded", converted))
-            summary.deduplicated += outcome.deduplicated
-            summary.stored += not outcome.deduplicated
-            summary.near_duplicates += outcome.near
-            summary.unlabeled += outcome.unlabeled
-            summary.unchanged += outcome.unchanged
-            summary.tagged += outcome.tagged
-            if outcome.foreign_org:
-                summary.not_relabelled.append(Refusal(rec.file_name, "shared_sample",
-                                                      f"already in the library as a shared sample of "
-                                                      f"organisation {outcome.foreign_org}; its labels were "
-                                                      f"left as they are"))
-            if outcome.written is not None:
-                summary.revisions += 1
-                summary.boxes += len(outcome.written.boxes)
-                summary.negatives += not outcome.written.boxes
-                summary.class_counts.update(b["class_key"] for b in outcome.written.boxes)
-            tick(rec.file_name, "deduplicated" if outcome.deduplicated else "stored")
+            tick(rec.file_name, summary.count(rec, outcome, converted))
 
     summary.elapsed_s = time.perf_counter() - started
     with ctx.db.session() as session:
@@ -465,88 +348,6 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
                  for k, v in summary.as_dict(examples=3).items() if k not in ("sample_ids", "reader")}
         audit(session, principal, "labeling.import", "import", Path(source).name, after=after)
     return summary
-
-
-# --- zip uploads (API) -----------------------------------------------------------------------------
-
-
-def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entries: int = 200_000) -> None:
-    """Extract an uploaded zip into ``dest``. The whole upload is refused when an entry would land
-    outside ``dest`` (absolute path, ``..``, a drive letter, a symlink) or when it unpacks to more
-    than ``max_bytes``, counted on the bytes actually written because headers can lie."""
-    try:
-        zf = zipfile.ZipFile(fileobj)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise Invalid(f"not a readable zip archive ({exc})", code="bad_archive") from exc
-    root = dest.resolve()
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > max_entries:
-            raise TooLarge(f"archive holds {len(infos):,} entries; the limit is {max_entries:,}",
-                           code="archive_too_large")
-        planned: list[tuple[zipfile.ZipInfo, Path]] = []
-        for info in infos:
-            if info.is_dir() and info.filename.replace("\\", "/").strip("/") in ("", "."):
-                continue  # the archive's own root folder ("./"), written by some zip tools
-            rel = safe_relative(info.filename)
-            mode = info.external_attr >> 16
-            if rel is None or (info.create_system == 3 and stat.S_ISLNK(mode)):
-                raise Invalid(f"archive entry {info.filename!r} escapes the archive folder; nothing was imported",
-                              code="unsafe_path")
-            target = (root / rel).resolve()
-            if not target.is_relative_to(root):
-                raise Invalid(f"archive entry {info.filename!r} escapes the archive folder; nothing was imported",
-                              code="unsafe_path")
-            if info.flag_bits & 0x1:
-                raise Invalid(f"archive entry {info.filename!r} is encrypted", code="encrypted")
-            planned.append((info, target))
-        written = 0
-        for info, target in planned:
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, target.open("wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise TooLarge(f"archive unpacks to more than {max_bytes:,} bytes", code="archive_too_large")
-                    dst.write(chunk)
-
-
-def _unwrap(root: Path) -> Path:
-    """Descend through a single wrapping folder (``export/`` around the dataset), as zips made by
-    compressing a folder have; stop at dataset folders themselves."""
-    while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
-        if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in (
-                "images", "labels", "annotations", "jpegimages", "train", "val", "valid", "test"):
-            root = entries[0]
-            continue
-        return root
-
-
-def locate_dataset(fmt: str, folder: Path) -> tuple[Path, Path | None]:
-    """(source, images) of a dataset unpacked into ``folder``: the json and its images folder for
-    COCO and Label Studio (the ``images/`` beside the json when there is one), the dataset folder
-    for YOLO and VOC."""
-    root = _unwrap(folder)
-    if fmt in ("yolo", "voc"):
-        return root, None
-    if fmt not in FORMATS:
-        raise Invalid(f"unknown import format {fmt!r}; one of {', '.join(FORMATS)}", code="invalid_format")
-    jsons = sorted((p for p in root.rglob("*.json") if "__MACOSX" not in p.parts and not p.name.startswith(".")),
-                   key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
-    if not jsons:
-        raise Invalid(f"the archive holds no {fmt} json file", code="no_annotations")
-    top = [p for p in jsons if len(p.parts) == len(jsons[0].parts)]
-    if len(top) > 1:
-        names = ", ".join(p.relative_to(root).as_posix() for p in top)
-        raise Invalid(f"the archive holds several json files ({names}); upload one dataset at a time",
-                      code="ambiguous_annotations")
-    ann = top[0]
-    images = ann.parent / "images"
-    return ann, images if images.is_dir() else ann.parent
 
 
 def import_zip(ctx: Context, principal: Principal, fmt: str, fileobj: IO[bytes], class_map: str | ClassMap, *,

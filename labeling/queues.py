@@ -15,17 +15,16 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from hazardlens.audit import record
-from hazardlens.auth import Principal
-from hazardlens.datasets.library import SampleFilter, apply_filters, visibility, visible_samples
+from hazardlens.auth import Principal, principal_of
+from hazardlens.contracts.filters import SampleFilter
+from hazardlens.datasets.search import apply_filters
+from hazardlens.datasets.tenancy import visibility, visible_samples
+from hazardlens.dates import iso
 from hazardlens.errors import Invalid, NotFound
 from hazardlens.orm import Assignment, Sample, User
 
 MAX_ASSIGN = 10_000
 FILTER_FIELDS = tuple(SampleFilter.model_fields)
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def as_filter(filters: SampleFilter | Mapping[str, Any] | None) -> SampleFilter:
@@ -49,10 +48,6 @@ def resolve_user(session: Session, principal: Principal, who: int | str, org_cod
     return user
 
 
-def _as_principal(user: User) -> Principal:
-    return Principal(user_id=user.id, name=user.name, org_code=user.org_code, role=user.role)
-
-
 def assign(session: Session, principal: Principal, filters: SampleFilter | Mapping[str, Any] | None,
            assignee: int | str, limit: int = 100) -> int:
     """Assign up to ``limit`` matching samples (oldest first) to ``assignee``; returns how many were
@@ -64,7 +59,7 @@ def assign(session: Session, principal: Principal, filters: SampleFilter | Mappi
         raise Invalid(f"limit must be between 1 and {MAX_ASSIGN}", code="invalid_limit")
     f = as_filter(filters)
     user = resolve_user(session, principal, assignee, f.org)
-    target = _as_principal(user)
+    target = principal_of(user)
     if not target.can("annotations:write"):
         raise Invalid(f"user {user.name!r} has role {user.role!r}, which cannot label; assign a curator",
                       code="invalid_assignee")
@@ -91,8 +86,8 @@ def _queue_query(principal: Principal, include_done: bool) -> Select[Assignment,
 
 
 def _item(a: Assignment, s: Sample) -> dict[str, Any]:
-    return {"assignment_id": a.id, "sample_id": s.id, "assigned_at": _iso(a.created_at),
-            "assigned_by": a.assigned_by, "done_at": _iso(a.done_at), "status": s.annotation_status,
+    return {"assignment_id": a.id, "sample_id": s.id, "assigned_at": iso(a.created_at),
+            "assigned_by": a.assigned_by, "done_at": iso(a.done_at), "status": s.annotation_status,
             "sector": s.sector, "org_code": s.org_code, "width": s.width, "height": s.height,
             "original_name": s.original_name}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 from collections.abc import Callable
 
 import cv2
@@ -21,26 +20,10 @@ import numpy as np
 
 from hazardlens.detections import Detections
 from hazardlens.errors import TooLarge, UnsupportedMedia
+from hazardlens.imagefiles import register_heif
 
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
-_heif_lock = threading.Lock()
-_heif_registered = False
-
-
-def _register_heif() -> None:
-    """iPhones save HEIC by default; OpenCV cannot read it, Pillow can with the pillow-heif plugin."""
-    global _heif_registered
-    with _heif_lock:
-        if _heif_registered:
-            return
-        try:
-            import pillow_heif
-
-            pillow_heif.register_heif_opener()
-        except ImportError:
-            pass
-        _heif_registered = True
 
 
 def letterbox(image_bgr: np.ndarray, size: int | tuple[int, int], stride: int = 32, auto: bool = False,
@@ -104,7 +87,7 @@ def _probe(data: bytes) -> tuple[int, int, str] | None:
     """Stored (not oriented) width, height and format from the header only: no pixels are decoded."""
     from PIL import Image
 
-    _register_heif()
+    register_heif()  # iPhones save HEIC; OpenCV cannot read it, Pillow can with pillow-heif
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size[0], im.size[1], (im.format or "")
@@ -117,7 +100,7 @@ def _probe(data: bytes) -> tuple[int, int, str] | None:
 def _decode_with_pillow(data: bytes, factor: int) -> tuple[np.ndarray, tuple[int, int]]:
     from PIL import Image, ImageOps
 
-    _register_heif()
+    register_heif()  # iPhones save HEIC; OpenCV cannot read it, Pillow can with pillow-heif
     try:
         with Image.open(io.BytesIO(data)) as im:
             oriented = ImageOps.exif_transpose(im)

@@ -219,8 +219,9 @@ def _keep_pil_open_plain() -> None:
     for (and try to install) ``pi-heif``: a non-image upload would then fail with ModuleNotFoundError
     instead of PIL's UnidentifiedImageError. HEIF is registered through pillow-heif instead, and the
     patch is told the plugin is already there, so it passes every call straight to PIL."""
-    import pillow_heif
     from ultralytics.utils import patches
 
-    pillow_heif.register_heif_opener()
+    from hazardlens.imagefiles import register_heif
+
+    register_heif()
     patches._pil_plugins_registered = True

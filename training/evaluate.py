@@ -39,13 +39,14 @@ import yaml
 from hazardlens.audit import record
 from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
+from hazardlens.dates import now_iso
 from hazardlens.errors import Invalid, NotFound
+from hazardlens.imagefiles import DATASET_SUFFIXES
 from hazardlens.orm import DatasetItem, ModelVersion, Sample
 from hazardlens.training.train import data_names, materialise, resolve_dataset, resolve_device
 
 log = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _METRICS = ("precision", "recall", "map50", "map50_95")
 
 
@@ -184,7 +185,7 @@ def _split_images(data_yaml: Path, split: str) -> tuple[dict[str, Any], list[Pat
     for entry in entries:
         p = Path(entry) if Path(entry).is_absolute() else root / entry
         if p.is_dir():
-            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in DATASET_SUFFIXES)
         elif p.suffix == ".txt" and p.is_file():
             for line in p.read_text(encoding="utf-8").splitlines():
                 if line.strip():
@@ -568,7 +569,7 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
                                                    "samples_per_split": provenance.get("samples_per_split")},
                         split=split, imgsz=imgsz, conf=conf, overall=overall, per_class=rows,
                         per_sector=per_sector(ctx, rows), skipped_classes=skipped, plots=plots, out_dir=str(out),
-                        created_at=datetime.now(UTC).isoformat(timespec="seconds"), partial_labels=partial,
+                        created_at=now_iso(), partial_labels=partial,
                         per_tag=per_tag, rules=rule_rows)
     if record_in_card and model_id is not None and split == "test" and model_info.get("dataset_version") == dv.id:
         _record_in_card(ctx, principal, model_id, report)

@@ -169,7 +169,7 @@ def scene(seed: int) -> tuple[bytes, Boxes, str]:
 def build_library(ctx: Any, count: int) -> dict[str, Any]:
     """Samples in every workflow state, a rejected one with its reason, and a model suggestion on the
     sample the annotator shot shows. Returns keys and the ids worth photographing."""
-    from hazardlens.auth import Principal, create_key
+    from hazardlens.auth import create_key, principal_of
     from hazardlens.datasets.library import IngestMeta, ingest
     from hazardlens.detections import Box, Detections
     from hazardlens.labeling import annotations
@@ -179,9 +179,9 @@ def build_library(ctx: Any, count: int) -> dict[str, Any]:
         curator_key, curator = create_key(s, "420000", "curator", name="张敏")
         _, reviewer = create_key(s, "420000", "reviewer", name="李强")
         _, admin = create_key(s, "420000", "admin", name="王静")
-        as_curator = Principal(curator.id, curator.name, curator.org_code, curator.role)
-        as_reviewer = Principal(reviewer.id, reviewer.name, reviewer.org_code, reviewer.role)
-        as_admin = Principal(admin.id, admin.name, admin.org_code, admin.role)
+        as_curator = principal_of(curator)
+        as_reviewer = principal_of(reviewer)
+        as_admin = principal_of(admin)
     states = ["approved", "submitted", "in_progress", "unlabeled", "approved", "rejected", "approved", "unlabeled"]
     annotate_id = None
     focus = (0, 0, W, H)

@@ -1,0 +1,88 @@
+"""Catalogue search over the samples a caller may see: the one sample filter
+(:class:`~hazardlens.contracts.filters.SampleFilter`, dates parsed by :func:`hazardlens.dates.parse_when`)
+as a query, and keyset pagination.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from sqlalchemy import Select, cast, exists, func, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from hazardlens.auth import Principal
+from hazardlens.contracts.filters import SampleFilter
+from hazardlens.datasets.tenancy import visible_samples
+from hazardlens.dates import utc
+from hazardlens.errors import Invalid
+from hazardlens.orm import Sample, SampleClass
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 50
+
+
+def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return cast(Sample.tags, JSONB).contains([tag])
+    if dialect == "sqlite":
+        each = func.json_each(Sample.tags).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(each.c.value == tag))
+    raise NotImplementedError(f"tag filter on {dialect}")  # pragma: no cover
+
+
+def apply_filters(session: Session, query: Select[Any], f: SampleFilter) -> Select[Any]:
+    eq = {Sample.sector: f.sector, Sample.annotation_status: f.status, Sample.org_code: f.org,
+          Sample.scope: f.scope, Sample.site_id: f.site, Sample.camera_id: f.camera,
+          Sample.enterprise_id: f.enterprise, Sample.source: f.source,
+          Sample.inspection_record: f.inspection_record, Sample.dup_group: f.dup_group}
+    for col, value in eq.items():
+        if value is not None:
+            query = query.where(col == value)
+    if f.class_key is not None:
+        query = query.where(Sample.id.in_(select(SampleClass.sample_id).where(SampleClass.class_key == f.class_key)))
+    bounds = ((Sample.captured_at, f.captured_from, f.captured_to), (Sample.created_at, f.created_from, f.created_to))
+    for column, lo, hi in bounds:
+        if lo is not None:
+            query = query.where(column >= utc(lo))
+        if hi is not None:
+            query = query.where(column <= utc(hi))
+    if f.tag is not None:
+        query = query.where(_has_tag(session, f.tag))
+    return query
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"s1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "s1":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid("cursor is not one this service handed out", code="invalid_cursor") from None
+
+
+def search(session: Session, principal: Principal, filters: SampleFilter | None = None,
+           limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> tuple[list[Sample], str | None]:
+    """Visible samples, newest first, one page at a time. Keyset pagination over id (``id < last``)
+    so that pages neither repeat nor skip rows while samples are being added, and page 1000 costs
+    the same as page 1."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Invalid(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit")
+    query = apply_filters(session, visible_samples(principal), filters or SampleFilter())
+    if cursor:
+        query = query.where(Sample.id < decode_cursor(cursor))
+    rows = list(session.scalars(query.order_by(Sample.id.desc()).limit(limit + 1)))
+    if len(rows) > limit:
+        return rows[:limit], encode_cursor(rows[limit - 1].id)
+    return rows, None
+
