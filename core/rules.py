@@ -61,6 +61,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hazardlens.contracts.detections import rule_findings_public
 from hazardlens.detections import Detections, box_iou
 from hazardlens.errors import Invalid
 from hazardlens.settings import Settings, config_path, get_settings
@@ -605,21 +606,9 @@ def default_rules(source: Context | Settings | None = None) -> RuleSet:
 
 
 def finding_dicts(findings: Sequence[RuleFinding], detections: Detections) -> list[dict[str, Any]]:
-    """The API's form of derived findings: the rule's text, items and basis, and the input detections
-    themselves (class, confidence, box) rather than indices into a list the sector filter changes."""
-    boxes = detections.to_boxes()
-    out = []
-    for f in findings:
-        inputs = []
-        for i in f.inputs:
-            b = boxes[i]
-            inputs.append({"class_key": b.class_key, "confidence": round(float(b.confidence or 0.0), 4),
-                           "box": {k: round(float(getattr(b, k)), 1) for k in ("x1", "y1", "x2", "y2")}})
-        out.append({"rule": f.rule, "evidence_class": f.evidence_class, "confidence": round(f.confidence, 4),
-                    "box": f.box_dict(), "finding_zh": f.finding_zh, "finding_en": f.finding_en,
-                    "inspection_items": list(f.inspection_items), "legal_basis": list(f.legal_basis),
-                    "severity": f.severity, "inputs": inputs})
-    return out
+    """The API's form of derived findings (:func:`hazardlens.contracts.detections.rule_findings_public`)
+    as plain dicts: the rule's text, items and basis, and the input detections themselves."""
+    return [f.model_dump() for f in rule_findings_public(findings, detections)]
 
 
 __all__ = [

@@ -29,7 +29,10 @@ twice; concurrent retries are settled by the unique constraint (org_code, idempo
 model runs outside any catalogue transaction, so the catalogue's write lock is never held while a
 photo is being analysed.
 
-This module does not import ``hazardlens.models``: serving hands in a ``detect`` callable.
+This module does not import ``hazardlens.models``: serving hands in its model manager as a
+:class:`hazardlens.detector.Detector`. Detections are filtered and named with the one taxonomy of every
+detection answer (:func:`hazardlens.detector.detection_taxonomy`) and answered in the one public form
+(:func:`hazardlens.contracts.detections.detection_public`).
 """
 
 from __future__ import annotations
@@ -49,16 +52,15 @@ from hazardlens.audit import record as audit
 from hazardlens.audit import snapshot
 from hazardlens.auth import Principal
 from hazardlens.context import Context
+from hazardlens.contracts.detections import class_text, detections_public
 from hazardlens.datasets import library
-from hazardlens.detections import Box, Detections, box_iou
+from hazardlens.detections import Box, box_iou
+from hazardlens.detector import DEFAULT_CONF, Detector, Tiling, detection_taxonomy, relevant
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.labeling.annotations import save_revision, validate_boxes
 from hazardlens.orm import AnnotationRevision, Finding, InspectionPhoto, ModelVersion, Sample, utcnow
 from hazardlens.rules import RuleSet, default_rules
 from hazardlens.taxonomy import Taxonomy
-
-#: What serving hands in: bytes -> ({"name", "version"}, (width, height), detections in original pixels).
-DetectFn = Callable[[bytes], tuple[Mapping[str, str], tuple[int, int], Detections]]
 
 DECISIONS = ("confirmed", "rejected")
 HARD_NEGATIVE_TAG = "hard_negative"
@@ -122,25 +124,17 @@ def _box(box: Box | Mapping[str, Any]) -> dict[str, float]:
     return {k: round(float(get(k)), 1) for k in ("x1", "y1", "x2", "y2")}
 
 
-def detection_dict(taxonomy: Taxonomy, box: Box) -> dict[str, Any]:
-    cls = taxonomy.classes.get(box.class_key)
-    return {"class_key": box.class_key, "name_zh": cls.name_zh if cls else box.class_key,
-            "name_en": cls.name_en if cls else box.class_key, "confidence": round(float(box.confidence or 0.0), 4),
-            "box": _box(box), "inspection_items": list(cls.inspection_items) if cls else [],
-            "legal_basis": list(cls.legal_basis) if cls else [], "severity": cls.severity if cls else None,
-            "is_hazard": bool(cls and cls.is_hazard)}
-
-
 def finding_dict(taxonomy: Taxonomy, f: Finding, rules: RuleSet | None = None) -> dict[str, Any]:
     """A finding for the API. A rule finding shows its rule's text, items and legal basis (read now,
     like a class's, so a corrected citation shows on old records); if the rule has since been
     removed, its evidence class's."""
     cls = taxonomy.classes.get(f.class_key)
+    text = class_text(taxonomy, f.class_key)  # the same names, items and basis as the class's detections
     out = {"id": f.id, "photo_id": f.photo_id, "sample_id": f.sample_id, "class_key": f.class_key,
-           "name_zh": cls.name_zh if cls else f.class_key, "name_en": cls.name_en if cls else f.class_key,
+           "name_zh": text["name_zh"], "name_en": text["name_en"],
            "confidence": round(float(f.confidence), 4), "box": dict(f.box),
-           "inspection_items": list(cls.inspection_items) if cls else [],
-           "legal_basis": list(cls.legal_basis) if cls else [], "severity": cls.severity if cls else None,
+           "inspection_items": text["inspection_items"], "legal_basis": text["legal_basis"],
+           "severity": text["severity"],
            "finding": cls.finding_zh if cls else "", "finding_en": cls.finding_en if cls else None,
            "rule": f.rule, "model_version": f.model_version, "status": f.status, "review": f.review,
            "revision_id": f.revision_id, "reviewed_at": _iso(f.reviewed_at)}
@@ -169,9 +163,11 @@ def _replay(session: Session, photo: InspectionPhoto, record_no: str, sha256: st
 
 
 def record_photo(ctx: Context, session: Session, principal: Principal, record_no: str, data: bytes,
-                 meta: PhotoMeta, idempotency_key: str | None, detect: DetectFn, *,
+                 meta: PhotoMeta, idempotency_key: str | None, detector: Detector, *,
+                 conf: float = DEFAULT_CONF, tiles: Tiling | None = None, timeout: float | None = None,
                  rule_conf: float = 0.25) -> dict[str, Any]:
-    """Store an inspection photo in the library, run the model, and create its suggested findings.
+    """Store an inspection photo in the library, run the model (``detector``, at ``conf``, sliced with
+    ``tiles``), and create its suggested findings.
 
     Returns the answer (also stored, for replay): record_no, photo_id, sample_id, model, image,
     findings (hazard classes and rule findings of at least ``rule_conf``; status ``suggested``) and
@@ -190,7 +186,7 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
             if earlier is not None:
                 return _replay(s, earlier, record_no, sha256)
 
-    tax = ctx.taxonomy()
+    tax = detection_taxonomy(ctx)
     items = _item_codes(tax, meta.item_codes)
     enterprise = (meta.enterprise_id or "").strip()
     if not enterprise:
@@ -201,12 +197,13 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     inspector = (meta.inspector_id or "").strip() or None
     if len(enterprise) > 100 or (inspector is not None and len(inspector) > 100):
         raise Invalid("enterprise_id and inspector_id are at most 100 characters", code="invalid_meta")
-    model, size, detections = detect(data)
+    detected = detector.detect(data, conf=conf, max_pixels=ctx.settings.max_pixels, timeout=timeout, tiles=tiles)
+    model, size = detected.model, detected.image_size
     rules = default_rules(ctx)
-    relevant = {c.key for c in tax.active_classes(prepared.meta.sector)}
-    active = detections.filter_classes(tax.class_keys())  # rules read context classes of any sector
+    in_sector = {c.key for c in tax.active_classes(prepared.meta.sector)}
+    active = relevant(tax, detected.detections)  # rules read context classes of any sector
     everything = active.to_boxes()
-    order = sorted((i for i, b in enumerate(everything) if b.class_key in relevant),
+    order = sorted((i for i, b in enumerate(everything) if b.class_key in in_sector),
                    key=lambda i: -(everything[i].confidence or 0.0))  # most confident first
     boxes = [everything[i] for i in order]
 
@@ -235,7 +232,7 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     version = str(model.get("version", ""))
     model_version = f"{model.get('name', '')}:{version}"
     derived = [f for f in rules.apply(active, prepared.meta.sector, rule_conf, image_size=(int(size[0]), int(size[1])),
-                                      model_classes=_model_classes(session, model))
+                                      model_classes=_model_classes(session, model, detected.classes))
                if f.evidence_class is not None]
     # A detection a rule finding rests on as its evidence is that finding: no second, plain one.
     claimed = {f.inputs[0] for f in derived if f.inputs and everything[f.inputs[0]].class_key == f.evidence_class}
@@ -260,7 +257,7 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
         "model": {"name": str(model.get("name", "")), "version": version},
         "image": {"width": int(size[0]), "height": int(size[1])},
         "findings": [finding_dict(tax, f, rules) for f in findings],
-        "detections": [detection_dict(tax, b) for b in boxes],
+        "detections": [d.model_dump() for d in detections_public(tax, boxes)],
     }
     photo.response = response
     audit(session, principal, "inspection.photo", "inspection_photo", photo.id, sample_id=sample.id,
@@ -272,11 +269,11 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     return {**response, "replayed": False}
 
 
-def _model_classes(session: Session, model: Mapping[str, Any]) -> list[str]:
-    """The classes of the model that analysed the photo (the catalogue knows them): a rule may only
-    call a class missing if the model can see it."""
-    if model.get("classes") is not None:
-        return [str(c) for c in model["classes"]]
+def _model_classes(session: Session, model: Mapping[str, Any], classes: Sequence[str] | None = None) -> list[str]:
+    """The classes of the model that analysed the photo (the detector's answer or the catalogue knows
+    them): a rule may only call a class missing if the model can see it."""
+    if classes is not None:
+        return [str(c) for c in classes]
     classes = session.scalar(select(ModelVersion.classes).where(ModelVersion.name == str(model.get("name", "")),
                                                                 ModelVersion.version == str(model.get("version", ""))))
     return [str(c) for c in classes or []]
@@ -354,7 +351,7 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     if finding.status != "suggested":
         raise Conflict(f"finding {finding_id} was already {finding.status}", code="already_reviewed",
                        details={"status": finding.status})
-    tax = ctx.taxonomy(session)  # this session may hold SQLite's write lock: a second one would wait on it
+    tax = detection_taxonomy(ctx, session)  # this session may hold SQLite's write lock: a second one would wait on it
     sample = library.get_sample(session, principal, finding.sample_id)
     before = snapshot(finding, ["status", "class_key", "box", "review", "revision_id"])
     now = utcnow()
@@ -397,5 +394,5 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     return out
 
 
-__all__ = ["DECISIONS", "HARD_NEGATIVE_TAG", "DetectFn", "PhotoMeta", "check_record_no", "detection_dict",
-           "finding_dict", "get_inspection", "record_photo", "review_finding"]
+__all__ = ["DECISIONS", "HARD_NEGATIVE_TAG", "PhotoMeta", "check_record_no", "finding_dict", "get_inspection",
+           "record_photo", "review_finding"]

@@ -4,8 +4,10 @@ that already label in Label Studio can use our model for pre-annotations.
 Images are resolved without leaving the installation (nothing is fetched from the network): a task
 may reference a library sample (``data.sample_id``, or an image URL ending in
 ``/v1/samples/<id>/image`` as our Label Studio export writes them when given that prefix), or carry
-the image inline as a ``data:`` URI. Like ``request_suggestions``, inference is a ``predict``
-callable, so labeling does not import the model part.
+the image inline as a ``data:`` URI. Like ``request_suggestions``, inference is a
+:class:`hazardlens.detector.Detector` (serving hands in its model manager), so labeling does not import
+the model part, and the boxes hold the classes every detection answer holds
+(:func:`hazardlens.detector.detect_relevant`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,13 +22,11 @@ from sqlalchemy.orm import Session
 from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.datasets.library import get_sample
-from hazardlens.detections import Detections
+from hazardlens.detector import DEFAULT_CONF, Detector, detect_relevant
 from hazardlens.errors import Invalid
 from hazardlens.formats import labelstudio_results
 from hazardlens.store import blob_key
 
-#: predict(image bytes) -> (model version, image (width, height), detections in its pixels)
-Predict = Callable[[bytes], tuple[str, tuple[int, int], Detections]]
 MAX_TASKS = 64
 _SAMPLE_URL = re.compile(r"/v1/samples/(\d+)/image(?:\?.*)?$")
 
@@ -59,8 +58,8 @@ def _image_bytes(ctx: Context, session: Session, principal: Principal, task: dic
 
 
 def predict_tasks(ctx: Context, principal: Principal, tasks: list[dict[str, Any]],
-                  predict: Predict, *, from_name: str = "label", to_name: str = "image",
-                  image_key: str = "image") -> dict[str, Any]:
+                  detector: Detector, *, conf: float = DEFAULT_CONF, version: str | None = None,
+                  from_name: str = "label", to_name: str = "image", image_key: str = "image") -> dict[str, Any]:
     """Answer Label Studio's /predict: one prediction (results in percent coordinates) per task.
 
     Images are resolved in one short catalogue session; inference runs after it, holding no lock."""
@@ -75,9 +74,10 @@ def predict_tasks(ctx: Context, principal: Principal, tasks: list[dict[str, Any]
         images = [_image_bytes(ctx, session, principal, task, image_key) for task in tasks]
     results = []
     for data in images:
-        version, (width, height), detections = predict(data)
+        result = detect_relevant(ctx, detector, data, conf=conf, version=version)
+        detections, (width, height) = result.detections, result.image_size
         boxes = detections.to_boxes()
         items, _ = labelstudio_results(boxes, width, height, from_name, to_name, "p")
         score = float(detections.confidence.mean()) if detections.confidence is not None and len(boxes) else 0.0
-        results.append({"result": items, "score": score, "model_version": version})
+        results.append({"result": items, "score": score, "model_version": result.version})
     return {"results": results}

@@ -2,13 +2,15 @@
 
 A suggestion is never a label: it becomes one only when a curator accepts it (as is, or edited),
 which saves a normal revision with source ``model`` and the model version, so the history shows
-which boxes started as a model's guess. The inference itself is passed in as a plain callable,
-so this module does not depend on which engine the serving layer runs.
+which boxes started as a model's guess. The inference itself is passed in as a
+:class:`hazardlens.detector.Detector` (serving hands in its model manager), so this module does not
+depend on which engine the serving layer runs; suggestions hold the classes every detection answer
+holds (:func:`hazardlens.detector.detect_relevant`: approved provincial additions included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -19,12 +21,12 @@ from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.datasets.library import get_sample
 from hazardlens.detections import Box, Detections
+from hazardlens.detector import DEFAULT_CONF, Detector, detect_relevant
 from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.labeling.annotations import revision_dict, save_revision
 from hazardlens.orm import Sample, Suggestion, User
 from hazardlens.store import blob_key
 
-Predict = Callable[[bytes], tuple[str, Detections]]
 MAX_REQUEST = 100  # inference is slow on CPU; bigger batches belong in a background job
 
 
@@ -65,10 +67,11 @@ def store_suggestions(session: Session, principal: Principal, sample_id: int, mo
 
 
 def request_suggestions(ctx: Context, session: Session, principal: Principal, sample_ids: Iterable[int],
-                        predict: Predict) -> list[Suggestion]:
-    """Run ``predict(image_bytes) -> (model_version, Detections)`` on each sample's original image
-    and store the result. Every id is checked for visibility before any inference runs, so an
-    invisible id fails the request without spending model time."""
+                        detector: Detector, *, conf: float = DEFAULT_CONF, version: str | None = None
+                        ) -> list[Suggestion]:
+    """Run ``detector`` (model ``version``, default production; threshold ``conf``) on each sample's
+    original image and store the result. Every id is checked for visibility before any inference
+    runs, so an invisible id fails the request without spending model time."""
     principal.require("suggestions:request")
     ids = list(dict.fromkeys(int(i) for i in sample_ids))
     if not ids:
@@ -78,13 +81,13 @@ def request_suggestions(ctx: Context, session: Session, principal: Principal, sa
     samples = [get_sample(session, principal, i) for i in ids]
     out = []
     for sample in samples:
-        version, detections = predict(ctx.store.get(blob_key(sample.sha256)))
-        out.append(store_suggestions(session, principal, sample.id, version, detections))
+        result = detect_relevant(ctx, detector, ctx.store.get(blob_key(sample.sha256)), conf=conf, version=version)
+        out.append(store_suggestions(session, principal, sample.id, result.version, result.detections))
     return out
 
 
-def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable[int],
-                        predict: Predict) -> list[dict[str, Any]]:
+def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable[int], detector: Detector, *,
+                        conf: float = DEFAULT_CONF, version: str | None = None) -> list[dict[str, Any]]:
     """``request_suggestions`` for a server: the catalogue is read and written in two short sessions
     and the (slow) inference runs between them, holding no database lock (SQLite serialises writers,
     and the model manager itself reads the catalogue)."""
@@ -96,9 +99,10 @@ def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable
         raise Invalid(f"at most {MAX_REQUEST} samples per request", code="invalid_request")
     with ctx.db.session() as session:
         shas = [(i, get_sample(session, principal, i).sha256) for i in ids]
-    predicted = [(i, *predict(ctx.store.get(blob_key(sha)))) for i, sha in shas]
+    predicted = [(i, detect_relevant(ctx, detector, ctx.store.get(blob_key(sha)), conf=conf, version=version))
+                 for i, sha in shas]
     with ctx.db.session() as session:
-        rows = [store_suggestions(session, principal, i, version, dets) for i, version, dets in predicted]
+        rows = [store_suggestions(session, principal, i, r.version, r.detections) for i, r in predicted]
         session.flush()
         return [suggestion_dict(r) for r in rows]
 
@@ -162,5 +166,5 @@ def dismiss(session: Session, principal: Principal, suggestion_id: int) -> dict[
     return suggestion_dict(row)
 
 
-__all__ = ["Predict", "accept", "dismiss", "list_suggestions", "request_suggestions", "store_suggestions",
+__all__ = ["accept", "dismiss", "list_suggestions", "request_suggestions", "store_suggestions",
            "suggestion_dict"]

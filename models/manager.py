@@ -19,6 +19,9 @@ that gets archived is dropped on the next poll.
 
 Each loaded engine sits behind its own :class:`~hazardlens.models.batching.MicroBatcher`, so
 concurrent requests share forward passes and never enter an engine concurrently.
+
+:class:`ModelManager` is the :class:`hazardlens.detector.Detector` every caller uses (``detect``,
+``detect_many``); serving hands it to the labeling part as such.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
 
 from hazardlens.context import Context
 from hazardlens.detections import Detections
+from hazardlens.detector import DEFAULT_CONF, DEFAULT_IOU, Detector, DetectResult, Tiling, relevant
 from hazardlens.errors import Conflict, HazardError, Invalid
 from hazardlens.models.batching import MicroBatcher
 from hazardlens.models.engines import Engine, export_onnx, load_engine
@@ -54,9 +58,8 @@ from hazardlens.models.registry import (
     local_weights,
     production_model,
 )
-from hazardlens.models.tiling import Tiling, check_tiling, predict_tiled, tile_scale
+from hazardlens.models.tiling import check_tiling, predict_tiled, tile_scale
 from hazardlens.orm import ModelVersion
-from hazardlens.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +165,6 @@ class LoadedModel:
                 "load_seconds": round(self.load_seconds, 3), "in_flight": self.refs,
                 "queue_depth": self.batcher.queue_depth, "requests": self.served,
                 "batches_run": self.batcher.batches_run, "images_run": self.batcher.images_run}
-
-
-@dataclass
-class DetectResult:
-    """One image's detections in the pixels of the EXIF-oriented original."""
-
-    model: dict[str, str]
-    image_size: tuple[int, int]  # (width, height) of the oriented original
-    detections: Detections
-    timing_ms: dict[str, float]
-    image: np.ndarray | None = None  # the decoded (possibly reduced) BGR image, when asked for
-    image_scale: float = 1.0  # decoded pixels per original pixel
 
 
 class ModelLease:
@@ -560,8 +551,8 @@ class ModelManager:
 
     # --- detection -------------------------------------------------------------------------
 
-    def detect(self, data: bytes, *, version: str | None = None, conf: float = 0.25, iou: float = 0.45,
-               max_pixels: int | None = None, timeout: float | None = None,
+    def detect(self, data: bytes, *, version: str | None = None, conf: float = DEFAULT_CONF,
+               iou: float = DEFAULT_IOU, max_pixels: int | None = None, timeout: float | None = None,
                keep_image_side: int | None = None, tiles: Tiling | None = None) -> DetectResult:
         """Decode once (reduced to what the model needs, EXIF-oriented), detect, and answer boxes in
         the pixels of the oriented original. ``keep_image_side`` keeps a decode of at least that long
@@ -571,8 +562,8 @@ class ModelManager:
             return detect_with(lease, data, conf=conf, iou=iou, max_pixels=max_pixels, timeout=timeout,
                                keep_image_side=keep_image_side, tiles=tiles)
 
-    def detect_many(self, images: Sequence[bytes], *, version: str | None = None, conf: float = 0.25,
-                    iou: float = 0.45, max_pixels: int | None = None,
+    def detect_many(self, images: Sequence[bytes], *, version: str | None = None, conf: float = DEFAULT_CONF,
+                    iou: float = DEFAULT_IOU, max_pixels: int | None = None,
                     timeout: float | None = None) -> tuple[dict[str, str], list[DetectResult | HazardError]]:
         """Several images on one lease (one model version for all), submitted concurrently so the
         micro-batcher runs them as batched forward passes. A bad image yields its error in its slot;
@@ -614,38 +605,17 @@ def detect_with(lease: ModelLease, data: bytes, *, conf: float = 0.25, iou: floa
     inferred = time.perf_counter()
     h, w = image.shape[:2]
     dets = scale_detections(dets, (w, h), size)
-    return DetectResult(model=lease.info, image_size=size, detections=dets,
+    return DetectResult(model=lease.info, image_size=size, detections=dets, classes=lease.model.spec.classes,
                         timing_ms={"decode": round((decoded - start) * 1000, 2),
                                    "inference": round((inferred - decoded) * 1000, 2),
                                    "total": round((time.perf_counter() - start) * 1000, 2)},
                         image=image if keep_image_side else None, image_scale=w / size[0] if size[0] else 1.0)
 
 
-def relevant(taxonomy: Taxonomy, detections: Detections, sector: str | None = None) -> Detections:
-    """Only active taxonomy classes (an unapproved addition is never suggested), and with ``sector``
-    only those relevant to it."""
-    keys = {c.key for c in taxonomy.active_classes(sector)}
-    return detections.filter_classes(keys)
-
-
-def detection_dicts(taxonomy: Taxonomy, detections: Detections) -> list[dict[str, Any]]:
-    """The API's stable form of a detection: pixels, plus what an inspector needs to act on it."""
-    out = []
-    for box in detections:
-        cls = taxonomy.classes.get(box.class_key)
-        out.append({
-            "class_key": box.class_key,
-            "name_zh": cls.name_zh if cls else box.class_key,
-            "name_en": cls.name_en if cls else box.class_key,
-            "confidence": round(float(box.confidence or 0.0), 4),
-            "box": {"x1": round(box.x1, 1), "y1": round(box.y1, 1), "x2": round(box.x2, 1), "y2": round(box.y2, 1)},
-            "inspection_items": list(cls.inspection_items) if cls else [],
-            "legal_basis": list(cls.legal_basis) if cls else [],
-            "severity": cls.severity if cls else None,
-            "is_hazard": bool(cls.is_hazard) if cls else False,
-        })
-    return out
+if TYPE_CHECKING:
+    def _a_manager_is_a_detector(manager: ModelManager) -> Detector:  # checked by mypy
+        return manager
 
 
 __all__ = ["DetectResult", "InferenceObserver", "LoadedModel", "ModelLease", "ModelManager", "ModelSpec",
-           "ModelUnavailable", "default_loader", "detect_with", "detection_dicts", "relevant"]
+           "ModelUnavailable", "default_loader", "detect_with", "relevant"]

@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from hazardlens.detections import Detections
+from hazardlens.detector import Tiling as Tiling  # (window, overlap); defined in the core for the Detector protocol
 from hazardlens.errors import Invalid
 
 #: A window's box this close (pixels) to a cut edge counts as cut.
 EDGE_MARGIN = 2.0
 
 Predict = Callable[[Sequence[np.ndarray]], list[Detections]]
-Tiling = tuple[int, float]  # (window in original pixels, overlap as a fraction of a window)
 
 
 def check_tiling(window: int, overlap: float) -> None:

@@ -1,13 +1,11 @@
-"""Model pre-labels: stored, listed, requested through a predict callable, accepted or dismissed."""
+"""Model pre-labels: stored, listed, requested through a Detector, accepted or dismissed."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from hazardlens import audit
 from hazardlens.context import Context
@@ -16,6 +14,7 @@ from hazardlens.errors import Conflict, Forbidden, Invalid, NotFound
 from hazardlens.labeling import annotations as ann
 from hazardlens.labeling.suggestions import accept, dismiss, list_suggestions, request_suggestions, store_suggestions
 from hazardlens.orm import Sample
+from tests.fixtures.detector import FakeDetector
 from tests.fixtures.labeling import Cast, add_sample, make_cast
 
 
@@ -29,16 +28,22 @@ def dets(rows: list[tuple[str, float, float, float, float, float]]) -> Detection
                       np.array([r[0] for r in rows], object), np.array([r[5] for r in rows], np.float32))
 
 
-def size_predictor(calls: list[int]) -> Any:
-    """A real, tiny 'model': decodes the bytes it is given and proposes one box over the left half."""
+class Halves(FakeDetector):
+    """A real, tiny 'model' (a Detector): decodes the bytes it is given and proposes one box over the
+    left half; ``sizes`` gets the byte count of every photo it is given."""
 
-    def predict(data: bytes) -> tuple[str, Detections]:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-        calls.append(len(data))
-        return "halves-0.1", dets([("fire", 0, 0, w / 2, h, 0.75), ("smoke", w - 4, 0, w + 20, 10, 0.3)])
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__(lambda w, h: [("fire", 0, 0, w / 2, h, 0.75), ("smoke", w - 4, 0, w + 20, 10, 0.3)],
+                         version="halves-0.1")
+        self.sizes = sizes
 
-    return predict
+    def detect(self, data: bytes, **options: Any) -> Any:
+        self.sizes.append(len(data))
+        return super().detect(data, **options)
+
+
+def size_predictor(calls: list[int]) -> Halves:
+    return Halves(calls)
 
 
 def test_request_runs_predict_on_the_original_bytes(env: tuple[Context, Cast]) -> None:

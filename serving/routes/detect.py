@@ -21,12 +21,14 @@ from fastapi.responses import Response
 
 from hazardlens.auth import Principal
 from hazardlens.context import Context
+from hazardlens.contracts.detections import detections_public, rule_findings_public
+from hazardlens.detector import Detector, DetectResult, detection_taxonomy, relevant
 from hazardlens.errors import HazardError, Invalid
-from hazardlens.models.manager import DetectResult, ModelManager, detection_dicts, relevant
-from hazardlens.rules import default_rules, finding_dicts
+from hazardlens.rules import default_rules
 from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.runtime import MAX_BATCH_FILES, ModelsDep, read_upload
 from hazardlens.serving.schemas import BatchResponse, DetectResponse, errors
+from hazardlens.taxonomy import Taxonomy
 
 router = APIRouter(tags=["detection"])
 
@@ -49,36 +51,27 @@ def _wants_image(request: Request, annotated: bool) -> bool:
     return "image/jpeg" in accept and not accept.lstrip().startswith(("application/json", "*/*"))
 
 
-def _model_classes(models: ModelManager, model: dict[str, str]) -> list[str]:
-    """The classes of the model that answered: a rule may only call a class missing if the model can
-    see it. A model swapped out meanwhile is unknown here, so no absence is claimed for it."""
-    for info in models.loaded():
-        if info.get("name") == model.get("name") and info.get("version") == model.get("version"):
-            return list(info.get("classes") or [])
-    return []
-
-
-def _findings(ctx: Context, models: ModelManager, result: DetectResult, sector: str | None,
-              conf: float) -> list[dict[str, Any]]:
-    everything = relevant(ctx.taxonomy(), result.detections, None)
+def _findings(ctx: Context, tax: Taxonomy, result: DetectResult, sector: str | None, conf: float) -> list[Any]:
+    """Rule findings over every active-class detection. A rule may only call a class missing if the
+    model that answered can see it (the result names its classes; if it does not, no absence is claimed)."""
+    everything = relevant(tax, result.detections, None)
     found = default_rules(ctx).apply(everything, sector, conf, image_size=result.image_size,
-                                     model_classes=_model_classes(models, result.model))
-    return finding_dicts(found, everything)
+                                     model_classes=list(result.classes or ()))
+    return rule_findings_public(found, everything)
 
 
-def _body(ctx: Context, models: ModelManager, result: DetectResult, sector: str | None, conf: float,
-          started: float) -> dict[str, Any]:
-    tax = ctx.taxonomy()
+def _body(ctx: Context, result: DetectResult, sector: str | None, conf: float, started: float) -> dict[str, Any]:
+    tax = detection_taxonomy(ctx)
     dets = relevant(tax, result.detections, sector)
     return {"model": result.model, "image": {"width": result.image_size[0], "height": result.image_size[1]},
-            "detections": detection_dicts(tax, dets), "findings": _findings(ctx, models, result, sector, conf),
+            "detections": detections_public(tax, dets), "findings": _findings(ctx, tax, result, sector, conf),
             "timing_ms": {**result.timing_ms, "total": round((time.perf_counter() - started) * 1000, 2)}}
 
 
 def _check_sector(ctx: Context, sector: str | None) -> str | None:
     sector = (sector or "").strip() or None
     if sector is not None:
-        ctx.taxonomy().active_classes(sector)  # Invalid (unknown_sector) before any work is done
+        detection_taxonomy(ctx).active_classes(sector)  # Invalid (unknown_sector) before any work is done
     return sector
 
 
@@ -108,17 +101,17 @@ def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
     if image:
         from hazardlens.models.annotate import render_evidence
 
-        tax = ctx.taxonomy()
+        tax = detection_taxonomy(ctx)
         dets = relevant(tax, result.detections, sector)
         assert result.image is not None
         jpeg = render_evidence(result.image, dets, result.image_scale, tax)
         return Response(jpeg, media_type="image/jpeg",
                         headers={"X-Model-Version": f"{result.model['name']}:{result.model['version']}",
                                  "X-Detections": str(len(dets))})
-    return _body(ctx, models, result, sector, threshold, started)
+    return _body(ctx, result, sector, threshold, started)
 
 
-def _batch(models: ModelManager, ctx: Context, files: list[UploadFile], threshold: float | None,
+def _batch(models: Detector, ctx: Context, files: list[UploadFile], threshold: float | None,
            sector: str | None, version: str | None) -> dict[str, Any]:
     started = time.perf_counter()
     threshold = 0.25 if threshold is None else threshold
@@ -139,7 +132,7 @@ def _batch(models: ModelManager, ctx: Context, files: list[UploadFile], threshol
         if isinstance(outcome, HazardError):
             item["error"] = {"code": outcome.code, "message": outcome.message}
         else:
-            body = _body(ctx, models, outcome, sector, threshold, started)
+            body = _body(ctx, outcome, sector, threshold, started)
             item.update({"image": body["image"], "detections": body["detections"], "findings": body["findings"],
                          "timing_ms": outcome.timing_ms})
         results.append(item)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Path, Response, Uplo
 from pydantic import BaseModel, Field
 
 from hazardlens.auth import Principal
-from hazardlens.detections import Detections
+from hazardlens.detector import DEFAULT_CONF, detection_taxonomy
 from hazardlens.labeling import inspections
 from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.runtime import ModelsDep, read_upload
@@ -45,18 +45,14 @@ def record_photo(record_no: RecordNo, response: Response, ctx: CtxDep, models: M
                      description="retry-safe: the same key returns the stored answer and stores nothing twice")] = None,
                  ) -> Any:
     data = read_upload(ctx, file)
-
-    def detect(image: bytes) -> tuple[dict[str, str], tuple[int, int], Detections]:
-        r = models.detect(image, conf=0.25 if conf is None else conf, max_pixels=ctx.settings.max_pixels,
-                          timeout=ctx.settings.request_timeout_s,
-                          tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None)
-        return r.model, r.image_size, r.detections
-
     meta = inspections.PhotoMeta(enterprise_id=enterprise_id, sector=sector, inspector_id=inspector_id,
                                  captured_at=captured_at, original_name=file.filename,
                                  item_codes=[c for c in (item_codes or "").split(",") if c.strip()])
     with ctx.db.session() as session:  # committed before the answer goes out
-        out = inspections.record_photo(ctx, session, principal, record_no, data, meta, idempotency_key, detect)
+        out = inspections.record_photo(
+            ctx, session, principal, record_no, data, meta, idempotency_key, models,
+            conf=DEFAULT_CONF if conf is None else conf, timeout=ctx.settings.request_timeout_s,
+            tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None)
     if out.get("replayed"):
         response.headers["Idempotent-Replayed"] = "true"
     return out
@@ -68,7 +64,7 @@ def record_photo(record_no: RecordNo, response: Response, ctx: CtxDep, models: M
 def get_inspection(record_no: RecordNo, ctx: CtxDep,
                    principal: Annotated[Principal, Depends(require("inspections:read"))]) -> Any:
     with ctx.db.session() as session:
-        return inspections.get_inspection(session, principal, record_no, taxonomy=ctx.taxonomy(session))
+        return inspections.get_inspection(session, principal, record_no, taxonomy=detection_taxonomy(ctx, session))
 
 
 class ReviewRequest(BaseModel):
