@@ -57,7 +57,7 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
         raise Invalid(f"the dataset lacks classes the model knows ({', '.join(dropped)}); adding classes keeps "
                       f"the old ones: build the dataset with --classes listing them all", code="classes_dropped")
     detect = model.model[-1]
-    nc_old, nc_new = len(old_names), len(new_names)
+    nc_new = len(new_names)
     strides = [float(s) for s in detect.stride]
     for branch in _cls_heads(detect):
         for i, seq in enumerate(branch):
