@@ -278,7 +278,7 @@ def _plain_val(story: Story, ref: str, name: str) -> Any:
     import torch
     from ultralytics import YOLO
 
-    from hazardlens.training.train import materialise, resolve_dataset
+    from hazardlens.training.dataset import materialise, resolve_dataset
 
     dv, _ = resolve_dataset(story.ctx, ref, story.principal)
     spec = yaml.safe_load(materialise(story.ctx, dv, None).read_text(encoding="utf-8"))

@@ -85,7 +85,7 @@ def test_repository_relative_names_work_from_anywhere(tmp_path: Path, monkeypatc
 
 
 def test_training_configs_resolve_their_relative_paths_outside_the_checkout(tmp_path: Path, monkeypatch) -> None:
-    from hazardlens.training.train import load_config
+    from hazardlens.training.config import load_config
 
     monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
     monkeypatch.chdir(tmp_path)

@@ -12,13 +12,8 @@ from PIL import Image
 
 from hazardlens.context import Context
 from hazardlens.errors import Invalid
-from hazardlens.training.train import (
-    config_from_dict,
-    export_summary,
-    materialise,
-    resolve_dataset,
-    write_train_list,
-)
+from hazardlens.training.config import config_from_dict
+from hazardlens.training.dataset import export_summary, materialise, resolve_dataset, write_train_list
 from tests.fixtures.training import make_tiny_dataset
 
 NAMES = {0: "person", 1: "helmet", 2: "head", 3: "self_clothes"}

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 
 from hazardlens.context import Context
 from hazardlens.errors import Conflict, Invalid
+from hazardlens.training.config import load_config
 from hazardlens.training.evaluate import ClassMetrics, EvalReport, SectorMetrics, write_report
-from hazardlens.training.train import load_config, train
+from hazardlens.training.train import train
 from tests.fixtures.training import TINY_CLASSES, TINY_CONFIG, TinyDataset, make_tiny_dataset, no_network, write_config
 
 AUGMENT = Path(__file__).resolve().parents[1] / "configs" / "augment" / "inspection.yaml"

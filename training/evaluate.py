@@ -43,7 +43,8 @@ from hazardlens.dates import now_iso
 from hazardlens.errors import Invalid, NotFound
 from hazardlens.imagefiles import DATASET_SUFFIXES
 from hazardlens.orm import DatasetItem, ModelVersion, Sample
-from hazardlens.training.train import data_names, materialise, resolve_dataset, resolve_device
+from hazardlens.training.config import resolve_device
+from hazardlens.training.dataset import data_names, materialise, resolve_dataset
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,162 @@
+"""The training config (``configs/train/*.yaml``) as a contract: what a run is asked to do.
+
+Checked without the filesystem or Ultralytics (the training part resolves the model and augment files
+and Ultralytics' argument names as a second step), table-driven: one check per key, each with the
+message a person fixing the file needs. Every problem is reported at once, unknown keys are refused
+(a misspelt ``epoch`` must not silently train with the default), and so are the Ultralytics arguments
+hazardlens decides itself.
+
+:meth:`TrainConfig.sha256` identifies a config in run records and model cards (resume finds a run by
+it), so it must never change for the same values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+#: Ultralytics arguments hazardlens decides itself (paths, device, AMP, resume); a config may not set
+#: them under ``ultralytics:``.
+RESERVED_ULTRALYTICS = frozenset({"data", "model", "project", "name", "save_dir", "exist_ok", "resume", "device",
+                                  "amp", "mode", "task", "cfg", "pretrained"})
+#: Upper bound of a train_repeat factor: beyond it a handful of images dominate every epoch (overfitting).
+MAX_REPEAT = 20
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _class_counts(value: object, low: int, high: int | None) -> bool:
+    """A mapping of class keys to whole numbers in [low, high] (train_caps, train_repeat)."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and _whole(v) and v >= low and (high is None or v <= high) for k, v in value.items())
+
+
+def _check(test: Callable[[Any], bool], message: str, convert: Callable[[Any], Any] = lambda v: v) -> BeforeValidator:
+    """A field check: ``message`` (formatted with the value as ``v``) when ``test`` fails, else the
+    converted value."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise ValueError(message.format(v=value))
+        return convert(value)
+
+    return BeforeValidator(check)
+
+
+def _positive(key: str) -> BeforeValidator:
+    return _check(lambda v: _whole(v) and v >= 1, f"'{key}' must be a positive integer, not {{v!r}}")
+
+
+def _non_negative(key: str) -> BeforeValidator:
+    return _check(lambda v: _whole(v) and v >= 0, f"'{key}' must be a non-negative integer, not {{v!r}}")
+
+
+def _imgsz(value: Any) -> Any:
+    if _whole(value) and value % 32:
+        raise ValueError(f"'imgsz' must be a multiple of 32 (the model's stride), not {value}")
+    return value
+
+
+def _ultralytics(value: Any) -> dict[str, Any]:
+    extra = value or {}
+    if not isinstance(extra, dict):
+        raise ValueError("'ultralytics' must be a mapping of Ultralytics train arguments")
+    reserved = sorted(set(extra) & RESERVED_ULTRALYTICS)
+    if reserved:
+        raise ValueError(f"'ultralytics' may not set {', '.join(reserved)}: hazardlens decides these")
+    return dict(extra)
+
+
+class TrainConfig(BaseModel):
+    """One training config, checked; ``model`` and ``augment`` are resolved paths once the training
+    part has built it (:func:`hazardlens.training.config.load_config`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Annotated[str, _check(lambda v: isinstance(v, str) and bool(v.strip()),
+                                 "'model' is required: an architecture YAML such as yolo11n.yaml or a local .pt path")]
+    imgsz: Annotated[int, _positive("imgsz"), BeforeValidator(_imgsz)] = 640
+    epochs: Annotated[int, _positive("epochs")] = 100
+    time: Annotated[float | None, _check(lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)
+                                                                 and v > 0),
+                                         "'time' is a number of hours > 0, not {v!r}",
+                                         lambda v: float(v) if v is not None else None)] = None
+    batch: Annotated[int, _positive("batch")] = 16
+    seed: Annotated[int, _non_negative("seed")] = 0
+    patience: Annotated[int, _non_negative("patience")] = 100
+    close_mosaic: Annotated[int, _non_negative("close_mosaic")] = 10
+    augment: Annotated[Path | None, BeforeValidator(lambda v: Path(str(v)) if v else None)] = None
+    train_caps: Annotated[dict[str, int] | None, _check(
+        lambda v: v is None or _class_counts(v, 0, None),
+        "'train_caps' maps class keys to non-negative image counts, e.g. {{fire: 150}}",
+        lambda v: dict(v) if v else None)] = None
+    #: class key -> how many times each train image holding that class is listed per epoch: the way
+    #: to give a rare class (heads without helmets: 2% of the boxes) more gradient steps, since
+    #: Ultralytics' detection loss has no class weights.
+    train_repeat: Annotated[dict[str, int] | None, _check(
+        lambda v: v is None or _class_counts(v, 1, MAX_REPEAT),
+        f"'train_repeat' maps class keys to whole numbers from 1 to {MAX_REPEAT}, e.g. {{{{head: 4}}}}",
+        lambda v: dict(v) if v else None)] = None
+    device: Annotated[str, _check(lambda v: str(v).lower() in ("auto", "cpu", "cuda"),
+                                  "'device' must be auto, cpu or cuda, not {v!r}", lambda v: str(v).lower())] = "auto"
+    workers: Annotated[int, _non_negative("workers")] = 2
+    cache: Annotated[bool | str, _check(lambda v: v in (True, False, "ram", "disk"),
+                                        "'cache' must be false, ram or disk, not {v!r}")] = False
+    ultralytics: Annotated[dict[str, Any], BeforeValidator(_ultralytics)] = {}
+    name: Annotated[str | None, _check(lambda v: v is None or (isinstance(v, str) and bool(_NAME.fullmatch(v))),
+                                       "'name' (registry model name) must be letters, digits, '_', '.', '-', "
+                                       "not {v!r}")] = None  # registry model name; default hazardlens
+    source: Path | None = None  # the file it was read from (not a key of the file)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump()
+        d["augment"] = str(self.augment) if self.augment else None
+        d["source"] = str(self.source) if self.source else None
+        return d
+
+    def sha256(self) -> str:
+        # train_repeat joined the config later: leaving it out when unset keeps earlier runs' hashes
+        body = {k: v for k, v in self.to_dict().items()
+                if k != "source" and not (k == "train_repeat" and v is None)}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: Keys of configs/train/*.yaml; anything else is refused.
+CONFIG_KEYS = frozenset(TrainConfig.model_fields) - {"source"}
+
+
+def config_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Every problem of a config's keys and values (no filesystem, no Ultralytics); empty when it is
+    a valid :class:`TrainConfig`."""
+    problems: list[str] = []
+    unknown = sorted(set(raw) - CONFIG_KEYS)
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}")
+    try:
+        TrainConfig.model_validate({k: v for k, v in raw.items() if k in CONFIG_KEYS})
+    except ValidationError as exc:
+        problems += [_message(e) for e in exc.errors()]
+    caps, repeat = raw.get("train_caps"), raw.get("train_repeat")
+    if isinstance(caps, dict) and isinstance(repeat, dict) and set(caps) & set(repeat):
+        problems.append(f"a class is either capped or repeated, not both: {', '.join(sorted(set(caps) & set(repeat)))}")
+    return problems
+
+
+def _message(error: Any) -> str:
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ValueError):
+        return str(cause)
+    where = ".".join(str(p) for p in error.get("loc", ()))  # a type the field checks let through
+    return f"'{where}': {error.get('msg', 'invalid')}"
+
+
+__all__ = ["CONFIG_KEYS", "MAX_REPEAT", "RESERVED_ULTRALYTICS", "TrainConfig", "config_problems"]
