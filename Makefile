@@ -52,6 +52,7 @@ screenshots: setup browser
 
 openapi: setup
 	$(PY) -m hazardlens.serving.openapi
+	$(PY) -m hazardlens.error_codes docs/error-codes.md
 
 bench: setup
 	$(PY) benchmarks/ingest_bench.py

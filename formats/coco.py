@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hazardlens.detections import Box
 from hazardlens.errors import Invalid, NotFound
 
 from ._util import (
@@ -84,16 +85,7 @@ def _bbox_from_segmentation(seg: object) -> list[float] | None:
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
-def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None) -> ReadResult:  # noqa: C901
-    """Read a COCO detection file; ``images_dir`` defaults to the json's folder (Roboflow layout)."""
-    ann_path = Path(annotations_json)
-    root = Path(images_dir) if images_dir is not None else ann_path.parent
-    if not root.is_dir():
-        raise NotFound(f"{root}: images folder not found")
-    data = _load(ann_path)
-    report = ImportReport(format="coco", source=str(ann_path))
-
-    # -- categories -------------------------------------------------------------------------
+def _read_categories(data: dict[str, Any], report: ImportReport) -> dict[IdKey, str]:
     categories: dict[IdKey, str] = {}
     for i, cat in enumerate(data["categories"]):
         where = f"categories[{i}]"
@@ -112,65 +104,111 @@ def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None
             report.warn("duplicate_category", where, f"category id {cid} defined twice; first kept")
             continue
         categories[cid] = name.strip()
+    return categories
 
-    # -- images -----------------------------------------------------------------------------
-    records: dict[IdKey, ImportRecord] = {}
-    refused_ids: set[IdKey] = set()
-    names_seen: dict[str, IdKey] = {}
-    for i, im in enumerate(data["images"]):
-        where = f"images[{i}]"
-        if not isinstance(im, dict):
-            report.refuse_image("bad_image", where, "image entry is not an object")
-            continue
-        iid, id_was_str = _id(im.get("id"))
-        if iid is None:
-            report.refuse_image("bad_id", where, f"image id {im.get('id')!r} is not usable")
-            continue
-        where = f"image {iid}"
-        if id_was_str:
-            report.repair("string_id", where, f"image id {im.get('id')!r} given as string")
-        if iid in records or iid in refused_ids:
-            report.refuse_image("duplicate_id", where,
-                                f"image id {iid} appears again ({im.get('file_name')!r}); first entry kept")
-            continue
-        raw_name = im.get("file_name")
+
+class _Images:
+    """The images of the file as read: records by id, ids refused, file names seen (to refuse repeats)."""
+
+    def __init__(self, root: Path, report: ImportReport) -> None:
+        self.root = root
+        self.report = report
+        self.records: dict[IdKey, ImportRecord] = {}
+        self.refused_ids: set[IdKey] = set()
+        self.names_seen: dict[str, IdKey] = {}
+
+    def read(self, entries: list[Any]) -> None:
+        for i, im in enumerate(entries):
+            where = f"images[{i}]"
+            if not isinstance(im, dict):
+                self.report.refuse_image("bad_image", where, "image entry is not an object")
+                continue
+            iid, id_was_str = _id(im.get("id"))
+            if iid is None:
+                self.report.refuse_image("bad_id", where, f"image id {im.get('id')!r} is not usable")
+                continue
+            where = f"image {iid}"
+            if id_was_str:
+                self.report.repair("string_id", where, f"image id {im.get('id')!r} given as string")
+            if iid in self.records or iid in self.refused_ids:
+                self.report.refuse_image("duplicate_id", where,
+                                         f"image id {iid} appears again ({im.get('file_name')!r}); first entry kept")
+                continue
+            record = self._record(im, iid, where)
+            if record is None:
+                self.refused_ids.add(iid)
+            else:
+                self.records[iid] = record
+
+    def _record(self, im: dict[str, Any], iid: IdKey, where: str) -> ImportRecord | None:
+        """The image's record, or None after reporting why it is refused (or missing)."""
+        report = self.report
+        rel = self._file_name(im.get("file_name"), where)
+        if rel is None:
+            return None
+        if rel in self.names_seen:
+            report.refuse_image("duplicate_file_name", where,
+                                f"file {rel!r} already listed as image {self.names_seen[rel]}; its boxes refused")
+            return None
+        self.names_seen[rel] = iid
+        path = self.root / rel
+        if not path.is_file() and (self.root / PurePosixPath(rel).name).is_file():
+            path = self.root / PurePosixPath(rel).name
+        if not path.is_file():
+            report.missing_files.append(rel)
+            return None
+        try:
+            width, height = image_size(path)
+        except Exception as e:
+            report.refuse_image("unreadable", where, f"{rel}: not a readable image ({e})")
+            return None
+        record = ImportRecord(path, rel, width, height)
+        check_size(report, record, im.get("width"), im.get("height"), where)
+        return record
+
+    def _file_name(self, raw_name: object, where: str) -> str | None:
+        """The image's path relative to the images folder (a path outside it reduced to its name)."""
         if not isinstance(raw_name, str) or not raw_name.strip():
-            report.refuse_image("bad_file_name", where, f"file_name {raw_name!r} is not usable")
-            refused_ids.add(iid)
-            continue
+            self.report.refuse_image("bad_file_name", where, f"file_name {raw_name!r} is not usable")
+            return None
         rel = safe_relative(raw_name.strip())
         if rel is None:
             base = PurePosixPath(raw_name.strip().replace("\\", "/")).name
             rel = safe_relative(base)
             if rel is None:
-                report.refuse_image("unsafe_path", where, f"file_name {raw_name!r} points outside the folder")
-                refused_ids.add(iid)
-                continue
-            report.repair("path_stripped", where, f"file_name {raw_name!r} reduced to {rel!r}")
-        if rel in names_seen:
-            report.refuse_image("duplicate_file_name", where,
-                                f"file {rel!r} already listed as image {names_seen[rel]}; its boxes refused")
-            refused_ids.add(iid)
-            continue
-        names_seen[rel] = iid
-        path = root / rel
-        if not path.is_file() and (root / PurePosixPath(rel).name).is_file():
-            path = root / PurePosixPath(rel).name
-        if not path.is_file():
-            report.missing_files.append(rel)
-            refused_ids.add(iid)
-            continue
-        try:
-            width, height = image_size(path)
-        except Exception as e:
-            report.refuse_image("unreadable", where, f"{rel}: not a readable image ({e})")
-            refused_ids.add(iid)
-            continue
-        record = ImportRecord(path, rel, width, height)
-        check_size(report, record, im.get("width"), im.get("height"), where)
-        records[iid] = record
+                self.report.refuse_image("unsafe_path", where, f"file_name {raw_name!r} points outside the folder")
+                return None
+            self.report.repair("path_stripped", where, f"file_name {raw_name!r} reduced to {rel!r}")
+        return rel
 
-    # -- annotations ------------------------------------------------------------------------
+
+def _bbox(ann: dict[str, Any], where: str, report: ImportReport) -> tuple[float, float, float, float] | None:
+    """The annotation's [x, y, w, h] as numbers (repaired when it can be), or None after refusing it."""
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
+        derived = _bbox_from_segmentation(ann.get("segmentation"))
+        if derived is None:
+            report.refuse_box("bad_bbox", where, f"bbox {bbox!r:.60} is not [x, y, w, h]")
+            return None
+        report.repair("bbox_from_segmentation", where, "bbox missing; taken from the segmentation polygon")
+        bbox = derived
+    parsed = [to_number(v) for v in bbox]
+    if any(n is None for n, _ in parsed):
+        report.refuse_box("bad_bbox", where, f"bbox {list(bbox)!r:.60} holds a value that is not a number")
+        return None
+    strings = [v for v, (_, s) in zip(bbox, parsed, strict=True) if s]
+    if strings:
+        shown = ", ".join(f'"{v}"' for v in strings)
+        report.repair("string_bbox", where, f"bbox value{'s' if len(strings) > 1 else ''} {shown} "
+                                            f"given as string{'s' if len(strings) > 1 else ''}")
+    x, y, w, h = (n for n, _ in parsed)
+    assert x is not None and y is not None and w is not None and h is not None
+    return x, y, w, h
+
+
+def _read_annotations(data: dict[str, Any], categories: dict[IdKey, str], images: _Images,
+                      report: ImportReport) -> set[IdKey]:
+    """Add each annotation's box to its image's record; returns the category ids used."""
     used_categories: set[IdKey] = set()
     ann_ids: set[IdKey] = set()
     for i, ann in enumerate(data["annotations"]):
@@ -187,61 +225,60 @@ def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None
         if cid in categories:
             used_categories.add(cid)
         iid, _ = _id(ann.get("image_id"))
-        found = records.get(iid) if iid is not None else None
-        if found is None:
-            if iid in refused_ids:
+        record = images.records.get(iid) if iid is not None else None
+        if record is None:
+            if iid in images.refused_ids:
                 report.refuse_box("image_refused", where, f"its image {iid} was refused or is missing")
             else:
                 report.refuse_box("missing_image", where, f"image id {ann.get('image_id')!r} is not in images")
             continue
-        record = found
-        if cid is None or cid not in categories:
-            report.refuse_box("unknown_category", where, f"category id {ann.get('category_id')!r} is not defined")
-            record.refused_boxes += 1
-            continue
-        crowd, _ = to_number(ann.get("iscrowd", 0))
-        if crowd == 1:
-            report.refuse_box("crowd", where, "iscrowd=1 marks a crowd region, not one object")
-            record.refused_boxes += 1
-            continue
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
-            derived = _bbox_from_segmentation(ann.get("segmentation"))
-            if derived is None:
-                report.refuse_box("bad_bbox", where, f"bbox {bbox!r:.60} is not [x, y, w, h]")
-                record.refused_boxes += 1
-                continue
-            report.repair("bbox_from_segmentation", where, "bbox missing; taken from the segmentation polygon")
-            bbox = derived
-        parsed = [to_number(v) for v in bbox]
-        if any(n is None for n, _ in parsed):
-            report.refuse_box("bad_bbox", where, f"bbox {list(bbox)!r:.60} holds a value that is not a number")
-            record.refused_boxes += 1
-            continue
-        strings = [v for v, (_, s) in zip(bbox, parsed, strict=True) if s]
-        if strings:
-            shown = ", ".join(f'"{v}"' for v in strings)
-            report.repair("string_bbox", where, f"bbox value{'s' if len(strings) > 1 else ''} {shown} "
-                                                f"given as string{'s' if len(strings) > 1 else ''}")
-        x, y, w, h = (n for n, _ in parsed)
-        assert x is not None and y is not None and w is not None and h is not None
-        assert record.width is not None and record.height is not None
-        box = checked_box(report, record, categories[cid], x, y, x + w, y + h, record.width, record.height,
-                          f"{where} ({record.file_name})")
+        box = _annotation_box(ann, cid, categories, record, where, report)
         if box is not None:
             record.boxes.append(box)
+    return used_categories
+
+
+def _annotation_box(ann: dict[str, Any], cid: IdKey | None, categories: dict[IdKey, str], record: ImportRecord,
+                    where: str, report: ImportReport) -> Box | None:
+    """The annotation's box, checked; None when it is refused (reported, and counted on the record)."""
+    if cid is None or cid not in categories:
+        report.refuse_box("unknown_category", where, f"category id {ann.get('category_id')!r} is not defined")
+    elif to_number(ann.get("iscrowd", 0))[0] == 1:
+        report.refuse_box("crowd", where, "iscrowd=1 marks a crowd region, not one object")
+    elif (xywh := _bbox(ann, where, report)) is not None:
+        x, y, w, h = xywh
+        assert record.width is not None and record.height is not None
+        # checked_box reports (and counts) what it refuses itself
+        return checked_box(report, record, categories[cid], x, y, x + w, y + h, record.width, record.height,
+                           f"{where} ({record.file_name})")
+    record.refused_boxes += 1
+    return None
+
+
+def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None) -> ReadResult:
+    """Read a COCO detection file; ``images_dir`` defaults to the json's folder (Roboflow layout)."""
+    ann_path = Path(annotations_json)
+    root = Path(images_dir) if images_dir is not None else ann_path.parent
+    if not root.is_dir():
+        raise NotFound(f"{root}: images folder not found")
+    data = _load(ann_path)
+    report = ImportReport(format="coco", source=str(ann_path))
+    categories = _read_categories(data, report)
+    images = _Images(root, report)
+    images.read(data["images"])
+    used_categories = _read_annotations(data, categories, images, report)
 
     for cid, name in categories.items():
         if cid not in used_categories:
             report.unused_categories.append(name)
             report.warn("unused_category", f"category {cid}", f"{name!r} is never used by any annotation")
 
-    listed = {r.image_path.resolve() for r in records.values()}
+    listed = {r.image_path.resolve() for r in images.records.values()}
     for path in list_images(root):
-        if path.resolve() not in listed and path.relative_to(root).as_posix() not in names_seen:
+        if path.resolve() not in listed and path.relative_to(root).as_posix() not in images.names_seen:
             report.warn("unlisted_file", path.relative_to(root).as_posix(), "image file not listed in the json")
 
-    out = list(records.values())
+    out = list(images.records.values())
     for record in out:
         dedupe(report, record)
     report.finish(out)
