@@ -115,7 +115,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_class_map": _c(422, "the class map is not valid YAML or not a shipped name"),
     "unknown_class_map": _c(404, "no shipped class map of that name"),
     "unmapped_classes": _c(422, "source class names without a mapping; nothing was imported"),
-    "invalid_regex": _c(422, "a camera or site regex does not compile"),
+    "invalid_regex": _c(422, "a camera or site regex that RE2 does not compile, or over 200 characters"),
     "images_required": _c(422, "the format needs the images folder"),
     "no_annotations": _c(422, "the archive holds no annotation file"),
     "ambiguous_annotations": _c(422, "the archive holds several annotation files"),

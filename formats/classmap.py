@@ -8,7 +8,6 @@ anything, if a name has no entry.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from hazardlens.errors import Invalid, NotFound
+from hazardlens.patterns import UserRegex, user_regex
 
 from .records import ImportRecord
 
@@ -24,17 +24,19 @@ from .records import ImportRecord
 IGNORE = "ignore"
 
 
-def extract_group(file_name: str, regex: str | re.Pattern[str] | None) -> str | None:
+def extract_group(file_name: str, regex: str | UserRegex | None) -> str | None:
     """The id a regex finds in a file name: its capture groups joined by ``.`` (so
     ``192_168_2_22_x.jpg`` with four number groups gives ``192.168.2.22``), or the whole match
-    when it has no groups. Searched, not anchored, so a name inside a folder path still matches."""
+    when it has no groups. Searched, not anchored, so a name inside a folder path still matches.
+    Run by RE2 (linear time; :mod:`hazardlens.patterns`): class maps and regexes come from users."""
     if regex is None:
         return None
-    pattern = re.compile(regex) if isinstance(regex, str) else regex
-    m = pattern.search(file_name.replace("\\", "/"))
-    if m is None:
+    pattern = UserRegex(regex) if isinstance(regex, str) else regex
+    found = pattern.search(file_name.replace("\\", "/"))
+    if found is None:
         return None
-    value = ".".join(g for g in m.groups() if g) if pattern.groups else m.group(0)
+    whole, groups = found
+    value = ".".join(g for g in groups if g) if pattern.groups else whole
     return value or None
 
 
@@ -43,22 +45,15 @@ def class_names(records: Iterable[ImportRecord]) -> list[str]:
     return sorted({b.class_key for r in records for b in r.boxes})
 
 
-def _compile(value: Any, key: str, source: str) -> re.Pattern[str] | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise Invalid(f"{source}: {key} must be a string")
-    try:
-        return re.compile(value)
-    except re.error as e:
-        raise Invalid(f"{source}: {key} is not a valid regular expression ({e})") from e
+def _compile(value: Any, key: str, source: str) -> UserRegex | None:
+    return user_regex(value, f"{source}: {key}")
 
 
 @dataclass(frozen=True)
 class ClassMap:
     mapping: dict[str, str]
-    camera_regex: re.Pattern[str] | None = None
-    site_regex: re.Pattern[str] | None = None
+    camera_regex: UserRegex | None = None
+    site_regex: UserRegex | None = None
     source: str = field(default="", compare=False)
     #: Taxonomy classes this source does not (fully) label, e.g. ``person`` on a set that boxes heads
     #: and helmets but only a few of the people. Revisions imported with this map say so, and

@@ -16,6 +16,7 @@ from hazardlens.formats import (
     ImportRecord,
     class_names,
 )
+from hazardlens.patterns import UserRegex, user_regex
 from hazardlens.settings import config_files, find_config_file
 
 _MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -52,13 +53,10 @@ def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
                    code="unknown_class_map")
 
 
-def compile_regex(value: str | None, what: str) -> re.Pattern[str] | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        raise Invalid(f"{what} is not a valid regular expression ({exc})", code="invalid_regex") from exc
+def compile_regex(value: str | None, what: str) -> UserRegex | None:
+    """A camera/site regex of an import request, compiled by RE2 (linear time, bounded; see
+    :mod:`hazardlens.patterns`): a backtracking pattern must not stall the server."""
+    return user_regex(value, what)
 
 
 def check_class_map(ctx: Context, class_map: ClassMap, records: list[ImportRecord]) -> None:

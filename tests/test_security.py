@@ -1,0 +1,75 @@
+"""Issue 13: each attack replayed as it was made (over HTTP where it was), so that none comes back.
+
+One test (or a few) per item; each fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.fixtures.core import auth, make_image
+
+PPE_MAP = "mapping:\n  person: person\n  helmet: helmet\n"
+
+
+@pytest.fixture
+def keys(make_key: Callable[..., str]) -> dict[str, dict[str, str]]:
+    return {"admin": auth(make_key("420000", "admin", "adm")), "curator": auth(make_key("420000", "curator", "cur"))}
+
+
+def _yolo_zip(file_stem: str = "a", data_yaml: str | None = None, names: str = "person\nhelmet\n") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(f"images/{file_stem}.jpg", make_image(64, 48, seed=7))
+        zf.writestr(f"labels/{file_stem}.txt", "0 0.5 0.5 0.25 0.25\n")
+        if data_yaml is not None:
+            zf.writestr("data.yaml", data_yaml)
+        else:
+            zf.writestr("classes.txt", names)
+    return buf.getvalue()
+
+
+def _post_import(client: Any, headers: dict[str, str], data: bytes, **form: Any) -> Any:
+    fields = {"format": "yolo", "class_map": PPE_MAP, "sector": "general", **form}
+    return client.post("/v1/imports", headers=headers, data=fields,
+                       files={"file": ("export.zip", data, "application/zip")})
+
+
+# -- item 1: a regular expression from a request froze the server ------------------------------------
+
+def test_catastrophic_regex_in_an_import_returns_at_once(client: Any, keys: dict[str, dict[str, str]]) -> None:
+    # ^(a+)+$ against "aaa...a.jpg": Python's re backtracks 2^n ways (27 a's took 3.75 s, holding the
+    # GIL, so every other request waited). 31 a.s took over 30 s; RE2 answers in microseconds.
+    zipped = _yolo_zip("a" * 31)
+    started = time.monotonic()
+    resp = _post_import(client, keys["curator"], zipped, camera_regex="^(a+)+$")
+    assert resp.status_code == 200, resp.text
+    # the class map's own camera_regex / site_regex take the same engine
+    cmap = PPE_MAP + "camera_regex: '^(a+)+$'\nsite_regex: '(a|a)*b'\n"
+    resp = _post_import(client, keys["curator"], _yolo_zip("a" * 31 + "x"), class_map=cmap)
+    assert resp.status_code == 200, resp.text
+    assert time.monotonic() - started < 20
+
+
+def test_regexes_are_run_by_re2_and_bounded(client: Any, keys: dict[str, dict[str, str]]) -> None:
+    for pattern in (r"(a)\1", r"(?=a)a"):  # backtracking-only features: RE2 has none
+        resp = _post_import(client, keys["curator"], _yolo_zip(), camera_regex=pattern)
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_regex", resp.text
+    for line in ("site_regex: '(a)\\1'", f"camera_regex: '{'x' * 201}'", "camera_regex: '((a{100}){100}){100}'"):
+        resp = _post_import(client, keys["curator"], _yolo_zip(), class_map=f"{PPE_MAP}{line}\n")
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_regex", (line, resp.text)
+
+
+def test_shipped_class_map_regex_still_finds_the_camera() -> None:
+    from hazardlens.formats import extract_group
+    from hazardlens.labeling.class_maps import resolve_class_map
+
+    regex = resolve_class_map("sfchd").camera_regex
+    assert extract_group("train/192_168_2_22_20200101_0001.jpg", regex) == "192.168.2.22"
+    assert extract_group("x" * 5000 + "/192_168_2_22_a.jpg", regex) is None  # input bounded
