@@ -116,6 +116,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unknown_class_map": _c(404, "no shipped class map of that name"),
     "unmapped_classes": _c(422, "source class names without a mapping; nothing was imported"),
     "invalid_regex": _c(422, "a camera or site regex that RE2 does not compile, or over 200 characters"),
+    "invalid_yaml": _c(422, "user YAML (class map, data.yaml) too large, with aliases, too deep, or with names "
+                            "that are not short scalars"),
     "images_required": _c(422, "the format needs the images folder"),
     "no_annotations": _c(422, "the archive holds no annotation file"),
     "ambiguous_annotations": _c(422, "the archive holds several annotation files"),

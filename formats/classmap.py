@@ -13,12 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hazardlens.errors import Invalid, NotFound
 from hazardlens.patterns import UserRegex, user_regex
+from hazardlens.safeyaml import MAX_NAME_CHARS, load_user_yaml_file, short_scalar
 
 from .records import ImportRecord
+
+#: Most entries a class map may have.
+MAX_CLASSES = 2000
 
 #: The mapping target that drops a foreign class (blurred people, a format's unused parent class).
 IGNORE = "ignore"
@@ -63,13 +65,10 @@ class ClassMap:
     @classmethod
     def load(cls, path: Path | str) -> ClassMap:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError as e:
-            raise NotFound(f"{path}: no such class map") from e
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise Invalid(f"{path}: not readable YAML ({e})") from e
-        return cls.from_dict(data, source=str(path))
+        if not path.exists():
+            raise NotFound(f"{path}: no such class map")
+        # bounded, aliases refused: a class map file may be a user's (CLI --class-map PATH)
+        return cls.from_dict(load_user_yaml_file(path, str(path)), source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "class map") -> ClassMap:
@@ -78,16 +77,20 @@ class ClassMap:
         unknown_keys = set(data) - {"mapping", "camera_regex", "site_regex", "unlabeled_classes"}
         if unknown_keys:
             raise Invalid(f"{source}: unknown keys {sorted(unknown_keys)}")
+        if len(data["mapping"]) > MAX_CLASSES:
+            raise Invalid(f"{source}: more than {MAX_CLASSES} mapping entries")
         mapping: dict[str, str] = {}
         for foreign, target in data["mapping"].items():
             # YAML turns `0: fire` into an int key; YOLO sources without names use "0" as the name.
-            name = str(foreign).strip()
-            if not isinstance(target, str) or not target.strip() or not name:
-                raise Invalid(f"{source}: {foreign!r} must map to a taxonomy key or '{IGNORE}'")
+            name = short_scalar(foreign)
+            if not name:
+                raise Invalid(f"{source}: mapping keys must be class names of at most {MAX_NAME_CHARS} characters")
+            if not isinstance(target, str) or not target.strip() or len(target) > MAX_NAME_CHARS:
+                raise Invalid(f"{source}: {name!r} must map to a taxonomy key or '{IGNORE}'")
             mapping[name] = target.strip()
         unlabeled = data.get("unlabeled_classes") or []
         if not isinstance(unlabeled, list) or len(unlabeled) > 100 or not all(
-                isinstance(k, str) and k.strip() and k != IGNORE for k in unlabeled):
+                isinstance(k, str) and k.strip() and k != IGNORE and len(k) <= MAX_NAME_CHARS for k in unlabeled):
             raise Invalid(f"{source}: unlabeled_classes must be a list of taxonomy class keys")
         return cls(mapping, _compile(data.get("camera_regex"), "camera_regex", source),
                    _compile(data.get("site_regex"), "site_regex", source), source,

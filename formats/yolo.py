@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from hazardlens.errors import Conflict, Invalid, NotFound
+from hazardlens.safeyaml import MAX_NAME_CHARS, load_user_yaml_file, short_scalar
 
 from ._util import (
     SPLIT_ALIASES,
@@ -35,18 +36,31 @@ from .records import ExportItem, ExportResult, ImportRecord, ImportReport, ReadR
 _NAME_FILES = ("data.yaml", "dataset.yaml", "data.yml")
 
 
+def _short_names(values: Iterable[object], path: Path) -> list[str]:
+    names = [short_scalar(v) for v in values]
+    if any(n is None for n in names):
+        raise Invalid(f"{path.name}: class names must be scalars of at most {MAX_NAME_CHARS} characters; "
+                      "nothing was imported", code="invalid_yaml")
+    return [n for n in names if n is not None]
+
+
 def _names_from_yaml(path: Path, report: ImportReport) -> list[str] | None:
+    # The file comes from an uploaded zip: bounded, aliases refused (hazardlens.safeyaml); an
+    # unsafe file stops the import (Invalid) instead of being skipped.
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        report.warn("bad_names_file", path.name, f"not readable YAML ({e}); ignored")
+        data = load_user_yaml_file(path)
+    except Invalid as e:
+        if (e.details or {}).get("reason") != "syntax":
+            raise
+        report.warn("bad_names_file", path.name, f"{e.message}; ignored")
         return None
     if not isinstance(data, dict) or "names" not in data:
         return None
     names = data["names"]
     if isinstance(names, list):
-        return [str(n).strip() for n in names]
+        return _short_names(names, path)
     if isinstance(names, dict):
+        _short_names(names.values(), path)
         try:
             indexed = {int(k): str(v).strip() for k, v in names.items()}
         except (TypeError, ValueError):

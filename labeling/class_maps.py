@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from hazardlens.context import Context
 from hazardlens.errors import Invalid, NotFound
 from hazardlens.formats import (
@@ -17,6 +15,7 @@ from hazardlens.formats import (
     class_names,
 )
 from hazardlens.patterns import UserRegex, user_regex
+from hazardlens.safeyaml import load_user_yaml
 from hazardlens.settings import config_files, find_config_file
 
 _MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -37,10 +36,13 @@ def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
         spec = str(spec)  # a bare name on the command line: a shipped map
     text = spec.strip()
     if "\n" in text or ":" in text:
+        # a user's text: bounded, aliases and deep nesting refused (invalid_yaml; hazardlens.safeyaml)
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise Invalid(f"class map is not valid YAML ({exc})", code="invalid_class_map") from exc
+            data = load_user_yaml(text, "class map")
+        except Invalid as exc:
+            if (exc.details or {}).get("reason") != "syntax":
+                raise
+            raise Invalid(exc.message, code="invalid_class_map") from exc
         return ClassMap.from_dict(data, source="class map text")
     if not _MAP_NAME.match(text) or ".." in text:
         raise Invalid(f"class map {text!r} is neither YAML text nor the name of a shipped class map",

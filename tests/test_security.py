@@ -73,3 +73,44 @@ def test_shipped_class_map_regex_still_finds_the_camera() -> None:
     regex = resolve_class_map("sfchd").camera_regex
     assert extract_group("train/192_168_2_22_20200101_0001.jpg", regex) == "192.168.2.22"
     assert extract_group("x" * 5000 + "/192_168_2_22_a.jpg", regex) is None  # input bounded
+
+
+# -- item 2: a YAML alias bomb -----------------------------------------------------------------------
+
+def _alias_bomb(depth: int = 6) -> str:
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, depth + 1):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append(f"names: *l{depth}")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_in_data_yaml_is_refused(client: Any, keys: dict[str, dict[str, str]]) -> None:
+    bomb = _alias_bomb(6)
+    assert len(bomb) < 1000
+    resp = _post_import(client, keys["curator"], _yolo_zip(data_yaml=bomb))
+    assert resp.status_code == 422, resp.text[:300]
+    assert len(resp.content) < 4096  # was a 9.8 MB answer
+    assert resp.json()["error"]["code"] == "invalid_yaml"
+
+
+def test_yaml_alias_bomb_in_a_class_map_is_refused(client: Any, keys: dict[str, dict[str, str]]) -> None:
+    cmap = _alias_bomb(6).replace("names: *l6", "mapping:\n  person: person\n  *l6 : helmet")
+    resp = _post_import(client, keys["curator"], _yolo_zip(), class_map=cmap)
+    assert resp.status_code == 422 and len(resp.content) < 4096
+    assert resp.json()["error"]["code"] == "invalid_yaml"
+    merge = "base: &b {person: person}\nmapping:\n  <<: *b\n  helmet: helmet\n"
+    resp = _post_import(client, keys["curator"], _yolo_zip(), class_map=merge)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_yaml"
+
+
+def test_only_short_scalar_class_names(client: Any, keys: dict[str, dict[str, str]]) -> None:
+    for names in ("names: [[person, person], helmet]\n", "names: {0: {a: b}, 1: helmet}\n",
+                  f"names: [{'p' * 201}, helmet]\n", "names: " + "[" * 20 + "a" + "]" * 20 + "\n"):
+        resp = _post_import(client, keys["curator"], _yolo_zip(data_yaml=names))
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_yaml", (names, resp.text)
+    huge = "names: [person, helmet]\n#" + "x" * 300_000 + "\n"
+    resp = _post_import(client, keys["curator"], _yolo_zip(data_yaml=huge))
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_yaml"
+    ok = _post_import(client, keys["curator"], _yolo_zip(data_yaml="names: [person, helmet]\nnc: 2\n"))
+    assert ok.status_code == 200, ok.text
