@@ -21,6 +21,7 @@ import numpy as np
 from hazardlens.detections import Detections
 from hazardlens.errors import TooLarge, UnsupportedMedia
 from hazardlens.imagefiles import register_heif
+from hazardlens.images import sniff_format
 
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -83,26 +84,48 @@ def _reduction(longest: int, max_side: int | None) -> int:
     return 1
 
 
-def _probe(data: bytes) -> tuple[int, int, str] | None:
-    """Stored (not oriented) width, height and format from the header only: no pixels are decoded."""
+#: Limit when a caller passes none (the settings' default): a decode is never unbounded.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: Sniffed format -> the one PIL opener allowed to read its header (hazardlens.images.sniff_format).
+_PIL_FORMATS = {"jpeg": ("JPEG",), "png": ("PNG",), "webp": ("WEBP",), "heic": ("HEIF",)}
+
+
+def _probe(data: bytes, max_pixels: int | None = None) -> tuple[int, int, str]:
+    """Stored (not oriented) width, height and sniffed format from the header only: no pixels are decoded.
+
+    Only the formats the library accepts (JPEG, PNG, WebP, HEIC), sniffed from the leading bytes,
+    reach a decoder, and only once their header is read and within ``max_pixels``: OpenCV would
+    otherwise decode anything it knows (Radiance HDR, PFM, TIFF, ...) at full size whatever the
+    limit (issue 13, item 3)."""
     from PIL import Image
 
-    register_heif()  # iPhones save HEIC; OpenCV cannot read it, Pillow can with pillow-heif
+    if not data:
+        raise UnsupportedMedia("empty image")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedMedia(f"not a JPEG, PNG, WebP or HEIC image (starts {data[:12]!r}); only those are decoded")
+    if fmt == "heic":
+        register_heif()  # iPhones save HEIC; OpenCV cannot read it, Pillow can with pillow-heif
+    limit = max_pixels or DEFAULT_MAX_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size[0], im.size[1], (im.format or "")
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt]) as im:
+            width, height = int(im.size[0]), int(im.size[1])
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"image too large: {exc}") from exc
-    except Exception:
-        return None
+    except Exception as exc:
+        raise UnsupportedMedia(f"cannot read the {fmt.upper()} header: truncated or corrupt ({exc})") from exc
+    if width * height > limit:
+        raise TooLarge(f"image has {width * height} pixels, more than the limit of {limit}")
+    return width, height, fmt
 
 
-def _decode_with_pillow(data: bytes, factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode_with_pillow(data: bytes, factor: int, fmt: str) -> tuple[np.ndarray, tuple[int, int]]:
     from PIL import Image, ImageOps
 
     register_heif()  # iPhones save HEIC; OpenCV cannot read it, Pillow can with pillow-heif
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt]) as im:
             oriented = ImageOps.exif_transpose(im)
             size = oriented.size
             if factor > 1:
@@ -121,25 +144,21 @@ def decode_image(data: bytes, max_side: int | None = None, *,
 
     ``max_side`` is the long side the caller needs (e.g. the model's imgsz); the decode is never
     smaller than that. Returns the array and the ``(width, height)`` of the oriented *original*, so
-    boxes found on the array can be scaled back with :func:`scale_detections`. ``max_pixels`` guards
-    against decompression bombs before any pixel is decoded.
+    boxes found on the array can be scaled back with :func:`scale_detections`. ``max_pixels`` (else
+    :data:`DEFAULT_MAX_PIXELS`) guards against decompression bombs before any pixel is decoded, and only
+    JPEG, PNG, WebP and HEIC are decoded at all (UnsupportedMedia ``unsupported_format`` otherwise).
     """
-    if not data:
-        raise UnsupportedMedia("empty image")
-    header = _probe(data)
-    if header is not None and max_pixels and header[0] * header[1] > max_pixels:
-        raise TooLarge(f"image has {header[0] * header[1]} pixels, more than the limit of {max_pixels}")
-    factor = _reduction(max(header[:2]), max_side) if header is not None else 1
+    raw_w, raw_h, fmt = _probe(data, max_pixels)  # sniffed, accepted, within the limit, or raised
+    factor = _reduction(max(raw_w, raw_h), max_side)
 
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS[factor])
-    if image is None:  # HEIC/AVIF and anything else OpenCV was built without
-        return _decode_with_pillow(data, factor)
+    # OpenCV picks its decoder from the content, which was sniffed above as one we accept; HEIC
+    # (which OpenCV lacks) and anything it fails on go to Pillow, held to the same format.
+    image = None if fmt == "heic" else cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS[factor])
+    if image is None:
+        return _decode_with_pillow(data, factor, fmt)
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     dh, dw = image.shape[:2]
-    if header is None:
-        return image, (dw, dh)
-    raw_w, raw_h = header[0], header[1]
     straight = (math.ceil(raw_w / factor), math.ceil(raw_h / factor))
 
     def near(a: tuple[int, int], b: tuple[int, int]) -> bool:
@@ -164,12 +183,10 @@ def decode_at_scale(data: bytes, scale_for: Callable[[int], float], *,
     decode is still reduced by libjpeg where that leaves enough pixels, then resized with area
     averaging. Returns the array and the ``(width, height)`` of the oriented original.
     """
-    header = _probe(data)
-    scale = min(1.0, scale_for(max(header[:2]))) if header is not None else 1.0
-    need = math.ceil(max(header[:2]) * scale) if header is not None else None
+    header = _probe(data, max_pixels)
+    scale = min(1.0, scale_for(max(header[:2])))
+    need = math.ceil(max(header[:2]) * scale)
     image, size = decode_image(data, need, max_pixels=max_pixels)
-    if header is None:  # unknown size up front: scale the full decode
-        scale = min(1.0, scale_for(max(size)))
     target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
     h, w = image.shape[:2]
     if (w, h) != target and abs(w - target[0]) + abs(h - target[1]) > 2:

@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
+from hazardlens.settings import Settings
 from tests.fixtures.core import auth, make_image
+from tests.fixtures.serving import photo
+
+MAX_PIXELS = 1_000_000  # 1 MP, as in the report
+
+
+@pytest.fixture
+def settings(tmp_path: Any) -> Settings:
+    return Settings(home=tmp_path / "home", max_pixels=MAX_PIXELS)
 
 PPE_MAP = "mapping:\n  person: person\n  helmet: helmet\n"
 
@@ -114,3 +123,76 @@ def test_only_short_scalar_class_names(client: Any, keys: dict[str, dict[str, st
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_yaml"
     ok = _post_import(client, keys["curator"], _yolo_zip(data_yaml="names: [person, helmet]\nnc: 2\n"))
     assert ok.status_code == 200, ok.text
+
+
+# -- item 3: the pixel limit was bypassed on detection (OpenCV decoded Radiance HDR at full size) ---
+
+def _hdr(side: int = 2000) -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".hdr", np.full((side, side, 3), 0.5, np.float32))
+    assert ok
+    return buf.tobytes()
+
+
+def test_hdr_is_not_decoded_on_any_detection_path(api: Any, make_key: Callable[..., str]) -> None:
+    import base64
+
+    hdr = _hdr(2000)  # 4 MP against a 1 MP limit; 264 KB on the wire
+    service, curator = make_key("420000", "service"), make_key("420000", "curator", "ls")
+    r = api.post("/v1/detect", files={"file": ("x.jpg", hdr, "image/jpeg")}, headers=auth(service))
+    assert r.status_code == 415, r.text[:300]  # was 200: decoded at 2000x2000
+
+    files = [("files", ("a.jpg", photo(seed=4), "image/jpeg")), ("files", ("b.jpg", hdr, "image/jpeg"))]
+    r = api.post("/v1/detect/batch", files=files, headers=auth(service))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert "detections" in results[0] and results[1]["error"]["code"] == "unsupported_media_type"
+
+    basic = {"Authorization": "Basic " + base64.b64encode(f"labelstudio:{curator}".encode()).decode()}
+    inline = "data:image/vnd.radiance;base64," + base64.b64encode(hdr).decode()
+    r = api.post("/labelstudio/predict", json={"tasks": [{"id": 1, "data": {"image": inline}}]}, headers=basic)
+    assert r.status_code == 415, r.text[:300]
+
+    r = api.post("/v1/inspections/R-1/photos", data={"enterprise_id": "E1", "sector": "general"},
+                 files={"file": ("x.jpg", hdr, "image/jpeg")}, headers=auth(service))
+    assert r.status_code == 415, r.text[:300]
+
+
+def test_pixel_limit_holds_before_any_decode(api: Any, make_key: Callable[..., str]) -> None:
+    import base64
+
+    service, curator = make_key("420000", "service"), make_key("420000", "curator", "ls")
+    big = photo(1200, 1000, seed=3, fmt="PNG")  # 1.2 MP
+    r = api.post("/v1/detect", files={"file": ("x.png", big, "image/png")}, headers=auth(service))
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"], r.text[:300]
+    r = api.post("/v1/detect?tiles=true", files={"file": ("x.png", big, "image/png")}, headers=auth(service))
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"], r.text[:300]
+    basic = {"Authorization": "Basic " + base64.b64encode(f"labelstudio:{curator}".encode()).decode()}
+    inline = "data:image/png;base64," + base64.b64encode(big).decode()
+    r = api.post("/labelstudio/predict", json={"tasks": [{"id": 1, "data": {"image": inline}}]}, headers=basic)
+    assert r.status_code == 413, r.text[:300]
+
+
+def test_decoder_takes_only_sniffed_formats_and_always_a_limit() -> None:
+    import cv2
+    import numpy as np
+
+    from hazardlens.errors import TooLarge, UnsupportedMedia
+    from hazardlens.models.preprocess import DEFAULT_MAX_PIXELS, decode_at_scale, decode_image
+
+    for ext in (".hdr", ".pfm", ".bmp", ".tiff", ".ppm", ".exr"):
+        try:
+            ok, buf = cv2.imencode(ext, np.full((40, 40, 3), 0.5 if ext in (".hdr", ".pfm", ".exr") else 100,
+                                                np.float32 if ext in (".hdr", ".pfm", ".exr") else np.uint8))
+        except cv2.error:
+            continue  # this OpenCV build lacks the encoder
+        with pytest.raises(UnsupportedMedia):
+            decode_image(buf.tobytes(), 64, max_pixels=10_000)
+        with pytest.raises(UnsupportedMedia):
+            decode_at_scale(buf.tobytes(), lambda long: 1.0, max_pixels=10_000)
+    assert decode_image(photo(40, 30), 64)[1] == (40, 30)
+    assert Settings().max_pixels == DEFAULT_MAX_PIXELS
+    with pytest.raises(TooLarge):
+        decode_at_scale(photo(200, 100), lambda long: 1.0, max_pixels=10_000)
