@@ -22,6 +22,7 @@ from hazardlens.datasets.tenancy import get_sample, visible_samples
 from hazardlens.dates import iso
 from hazardlens.detections import box_iou
 from hazardlens.errors import Forbidden
+from hazardlens.labeling.annotations import label_writable
 from hazardlens.orm import AnnotationRevision, Sample, User
 
 IOU_THRESHOLD = 0.5
@@ -119,7 +120,7 @@ def review_queue(session: Session, principal: Principal, limit: int = 50) -> lis
         .with_only_columns(Sample.id, AnnotationRevision.id, AnnotationRevision.number,
                            AnnotationRevision.author_id, AnnotationRevision.submitted_at)
         .join(AnnotationRevision, AnnotationRevision.id == Sample.current_revision_id)
-        .where(Sample.annotation_status == "submitted")
+        .where(Sample.annotation_status == "submitted", label_writable(principal))  # only the owner reviews
     ).tuples().all()
     if principal.user_id is not None:
         rows = [r for r in rows if r[3] != principal.user_id]

@@ -13,9 +13,11 @@ Workflow (状态流转), one state per sample::
                       |             v
                       +-------- rejected (退回修改, with the reviewer's reason)
 
-Saving a revision is allowed in any state (it makes the sample ``in_progress`` again: a rejected
-sample is fixed that way, and an approved one corrected). Every change writes an audit event in the
-same transaction; every check runs before anything is written, so a refused call changes nothing.
+Only the owning organisation writes a sample's labels (:func:`writable_sample`: invisible is 404,
+visible but shared by another organisation is 403 ``not_owner``). Saving a revision is allowed in
+any state (it makes the sample ``in_progress`` again: a rejected sample is fixed that way, and an
+approved one corrected). Every change writes an audit event in the same transaction; every check
+runs before anything is written, so a refused call changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from hazardlens.audit import record
 from hazardlens.auth import Principal
@@ -191,11 +194,34 @@ def _state(sample: Sample) -> dict[str, Any]:
             "approved_revision_id": sample.approved_revision_id, "class_keys": list(sample.class_keys or [])}
 
 
-def _locked_sample(session: Session, principal: Principal, sample_id: int) -> Sample:
-    """The visible sample, row-locked on PostgreSQL, so two concurrent saves or reviews of one
-    sample run one after the other instead of both passing their state checks (SQLite already
-    serialises writers with BEGIN IMMEDIATE)."""
+def may_write_labels(principal: Principal, sample: Sample) -> bool:
+    """THE write rule for a sample's labels, written once: only the organisation that owns the sample
+    saves, submits, approves or rejects its revisions (by hand, from a suggestion, an import or
+    inspection feedback). Shared means readable by every organisation, not writable: another
+    organisation's boxes must never reach the owner's datasets (issue 13, item 4)."""
+    return sample.org_code == principal.org_code
+
+
+def label_writable(principal: Principal) -> ColumnElement[bool]:
+    """:func:`may_write_labels` as a WHERE clause over samples (the same rule, for queues)."""
+    return Sample.org_code == principal.org_code
+
+
+def require_label_write(principal: Principal, sample: Sample) -> None:
+    """Forbidden ``not_owner`` (403) unless :func:`may_write_labels`; for a sample already found visible."""
+    if not may_write_labels(principal, sample):
+        raise Forbidden(f"sample {sample.id} is shared by organisation {sample.org_code}: its labels are that "
+                        "organisation's to change", code="not_owner")
+
+
+def writable_sample(session: Session, principal: Principal, sample_id: int) -> Sample:
+    """The sample whose labels ``principal`` is about to change: NotFound (404) when it is not
+    visible, as for any read; Forbidden ``not_owner`` (403) when it is visible (shared) but another
+    organisation's; row-locked on PostgreSQL, so two concurrent saves or reviews of one sample run
+    one after the other instead of both passing their state checks (SQLite already serialises
+    writers with BEGIN IMMEDIATE)."""
     sample = get_sample(session, principal, sample_id)
+    require_label_write(principal, sample)
     if session.get_bind().dialect.name != "sqlite":
         session.refresh(sample, with_for_update=True)
     return sample
@@ -233,7 +259,7 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
     if note is not None and len(note) > 10_000:
         raise Invalid("note is longer than 10000 characters", code="invalid_note")
     taxonomy = ctx.taxonomy(session)
-    sample = _locked_sample(session, principal, sample_id)
+    sample = writable_sample(session, principal, sample_id)
     valid, repairs = validate_boxes(taxonomy, sample, boxes)
     unlabeled = _unlabeled_classes(taxonomy, session, sample, unlabeled_classes)
     before = _state(sample)
@@ -296,7 +322,8 @@ def save_revision(ctx: Context, session: Session, principal: Principal, sample_i
                   unlabeled_classes: Sequence[str] | None = None) -> AnnotationRevision:
     """Store a new full set of boxes for a sample (an empty list says "verified: nothing here", a
     negative sample). Importers pass ``status='submitted'`` or ``'approved'``, the feedback loop
-    ``'submitted'``. Raises NotFound for a sample the caller cannot see, Invalid for bad boxes."""
+    ``'submitted'``. Raises NotFound for a sample the caller cannot see, Forbidden (``not_owner``) for
+    another organisation's shared sample (:func:`writable_sample`), Invalid for bad boxes."""
     rev, _ = _save(ctx, session, principal, sample_id, boxes, source=source, note=note, status=status,
                    model_version=model_version, unlabeled_classes=unlabeled_classes)
     return rev
@@ -336,7 +363,7 @@ def submit(session: Session, principal: Principal, sample_id: int) -> dict[str, 
     rejected one must be corrected (saved again) first, so a reviewer never sees the same
     rejected boxes twice."""
     principal.require("annotations:write")
-    sample = _locked_sample(session, principal, sample_id)
+    sample = writable_sample(session, principal, sample_id)
     rev = _current_revision(session, sample)
     if sample.annotation_status != "in_progress" or rev is None:
         hints = {"unlabeled": "save a revision first", "rejected": "save a corrected revision first",
@@ -357,7 +384,7 @@ def submit(session: Session, principal: Principal, sample_id: int) -> dict[str, 
 def _reviewable(session: Session, principal: Principal, sample_id: int,
                 action: str) -> tuple[Sample, AnnotationRevision]:
     principal.require("annotations:review")
-    sample = _locked_sample(session, principal, sample_id)
+    sample = writable_sample(session, principal, sample_id)
     rev = _current_revision(session, sample)
     if sample.annotation_status != "submitted" or rev is None:
         hints = {"unlabeled": "nothing has been labelled yet", "in_progress": "it has not been submitted",
@@ -419,5 +446,7 @@ def get_revision(session: Session, principal: Principal, revision_id: int) -> An
     return rev
 
 
-__all__ = ["REVISION_SOURCES", "SAVE_STATUSES", "approve", "current", "get_revision", "history",
-           "put_annotations", "reject", "revision_dict", "save_revision", "submit", "validate_boxes"]
+__all__ = ["REVISION_SOURCES", "SAVE_STATUSES", "approve", "current", "get_revision", "history", "label_writable",
+           "may_write_labels",
+           "put_annotations", "reject", "require_label_write", "revision_dict", "save_revision", "submit",
+           "validate_boxes", "writable_sample"]

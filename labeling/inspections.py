@@ -57,7 +57,7 @@ from hazardlens.datasets import library
 from hazardlens.detections import Box, box_iou
 from hazardlens.detector import DEFAULT_CONF, Detector, Tiling, detection_taxonomy, relevant
 from hazardlens.errors import Conflict, Invalid, NotFound
-from hazardlens.labeling.annotations import save_revision, validate_boxes
+from hazardlens.labeling.annotations import may_write_labels, save_revision, validate_boxes
 from hazardlens.orm import AnnotationRevision, Finding, InspectionPhoto, ModelVersion, Sample, utcnow
 from hazardlens.rules import RuleSet, default_rules
 from hazardlens.taxonomy import Taxonomy
@@ -372,14 +372,17 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     if changed != 1:
         raise Conflict(f"finding {finding_id} was already reviewed", code="already_reviewed")
     session.refresh(finding)
-    if decision == "confirmed":
+    writable = may_write_labels(principal, sample)
+    if decision == "confirmed" and writable:
         current = session.get(AnnotationRevision, sample.current_revision_id) if sample.current_revision_id else None
         boxes = _merge(current.boxes if current is not None else [], final)
         revision = save_revision(ctx, session, principal, sample.id, boxes, source="feedback", status="submitted",
                                  model_version=finding.model_version,
                                  note=f"{photo.record_no}: finding {finding.id} confirmed by the inspector")
         finding.revision_id = revision.id
-    elif sample.org_code == principal.org_code and HARD_NEGATIVE_TAG not in (sample.tags or []):
+    # Another organisation's (shared) sample: the decision stays on the finding, in the inspector's
+    # own records; that sample's labels and tags are its owner's to change (issue 13, item 4).
+    elif decision == "rejected" and writable and HARD_NEGATIVE_TAG not in (sample.tags or []):
         tags_before = list(sample.tags or [])
         sample.tags = [*tags_before, HARD_NEGATIVE_TAG]
         audit(session, principal, "sample.tag", "sample", sample.id, sample_id=sample.id,

@@ -23,7 +23,7 @@ from hazardlens.datasets.library import get_sample
 from hazardlens.detections import Box, Detections
 from hazardlens.detector import DEFAULT_CONF, Detector, detect_relevant
 from hazardlens.errors import Conflict, Invalid, NotFound
-from hazardlens.labeling.annotations import revision_dict, save_revision
+from hazardlens.labeling.annotations import require_label_write, revision_dict, save_revision
 from hazardlens.orm import Sample, Suggestion, User
 from hazardlens.store import blob_key
 
@@ -57,6 +57,7 @@ def store_suggestions(session: Session, principal: Principal, sample_id: int, mo
     if not isinstance(model_version, str) or not model_version.strip():
         raise Invalid("model_version must be a non-empty string", code="invalid_model_version")
     sample = get_sample(session, principal, sample_id)
+    require_label_write(principal, sample)  # suggestions are labelling work on the sample: the owner's
     row = Suggestion(sample_id=sample.id, model_version=model_version.strip()[:100],
                      boxes=_clipped_boxes(sample, detections), created_by=principal.user_id)
     session.add(row)
@@ -79,6 +80,8 @@ def request_suggestions(ctx: Context, session: Session, principal: Principal, sa
     if len(ids) > MAX_REQUEST:
         raise Invalid(f"at most {MAX_REQUEST} samples per request", code="invalid_request")
     samples = [get_sample(session, principal, i) for i in ids]
+    for sample in samples:  # every id checked before any inference runs
+        require_label_write(principal, sample)
     out = []
     for sample in samples:
         result = detect_relevant(ctx, detector, ctx.store.get(blob_key(sample.sha256)), conf=conf, version=version)
@@ -98,7 +101,10 @@ def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable
     if len(ids) > MAX_REQUEST:
         raise Invalid(f"at most {MAX_REQUEST} samples per request", code="invalid_request")
     with ctx.db.session() as session:
-        shas = [(i, get_sample(session, principal, i).sha256) for i in ids]
+        samples = [get_sample(session, principal, i) for i in ids]
+        for sample in samples:  # every id checked before any inference runs
+            require_label_write(principal, sample)
+        shas = [(sample.id, sample.sha256) for sample in samples]
     predicted = [(i, detect_relevant(ctx, detector, ctx.store.get(blob_key(sha)), conf=conf, version=version))
                  for i, sha in shas]
     with ctx.db.session() as session:
@@ -123,9 +129,10 @@ def _open(session: Session, principal: Principal, suggestion_id: int) -> Suggest
     if row is None:
         raise NotFound(f"no suggestion {suggestion_id}")
     try:
-        get_sample(session, principal, row.sample_id)
+        sample = get_sample(session, principal, row.sample_id)
     except NotFound as exc:  # invisible = absent, also through a suggestion's id
         raise NotFound(f"no suggestion {suggestion_id}") from exc
+    require_label_write(principal, sample)  # accepting or dismissing changes the owner's labelling work
     if row.status != "open":
         raise Conflict(f"suggestion {suggestion_id} is already {row.status}", code="invalid_transition",
                        details={"state": row.status})

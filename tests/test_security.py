@@ -196,3 +196,93 @@ def test_decoder_takes_only_sniffed_formats_and_always_a_limit() -> None:
     assert Settings().max_pixels == DEFAULT_MAX_PIXELS
     with pytest.raises(TooLarge):
         decode_at_scale(photo(200, 100), lambda long: 1.0, max_pixels=10_000)
+
+
+# -- item 4: another organisation wrote and approved labels on a shared sample -----------------------
+
+DUST = {"class_key": "accumulated_dust", "x1": 10, "y1": 20, "x2": 110, "y2": 220}
+FIRE = {"class_key": "fire", "x1": 30, "y1": 30, "x2": 90, "y2": 90}
+
+
+@pytest.fixture
+def two_orgs(make_key: Callable[..., str]) -> dict[str, dict[str, str]]:
+    return {"a_curator": auth(make_key("420000", "curator", "a-cur")),
+            "a_reviewer": auth(make_key("420000", "reviewer", "a-rev")),
+            "b_curator": auth(make_key("310000", "curator", "b-cur")),
+            "b_reviewer": auth(make_key("310000", "reviewer", "b-rev")),
+            "b_admin": auth(make_key("310000", "admin", "b-adm"))}
+
+
+def _code(resp: Any) -> tuple[int, str]:
+    return resp.status_code, resp.json()["error"]["code"]
+
+
+def test_another_org_cannot_write_or_review_labels_of_a_shared_sample(
+        client: Any, ctx: Any, two_orgs: dict[str, dict[str, str]]) -> None:
+    from tests.fixtures.labeling import add_sample
+
+    shared = add_sample(ctx, "420000", scope="shared")
+    base = f"/v1/samples/{shared}/annotations"
+    # B's curator saves and submits on A's shared sample, as in the report
+    assert _code(client.put(base, headers=two_orgs["b_curator"], json={"boxes": [FIRE]})) == (403, "not_owner")
+    assert _code(client.put(base, headers=two_orgs["b_admin"], json={"boxes": [FIRE]})) == (403, "not_owner")
+    # A labels and submits; B's reviewer may neither approve nor reject it
+    assert client.put(base, headers=two_orgs["a_curator"], json={"boxes": [DUST]}).status_code == 200
+    assert _code(client.post(f"{base}/submit", headers=two_orgs["b_curator"])) == (403, "not_owner")
+    assert client.post(f"{base}/submit", headers=two_orgs["a_curator"]).status_code == 200
+    assert _code(client.post(f"{base}/approve", headers=two_orgs["b_reviewer"])) == (403, "not_owner")
+    assert _code(client.post(f"{base}/reject", headers=two_orgs["b_reviewer"],
+                             json={"reason": "no"})) == (403, "not_owner")
+    assert client.get("/v1/review/queue", headers=two_orgs["b_reviewer"]).json()["items"] == []
+    # still readable by all: shared means that
+    got = client.get(base, headers=two_orgs["b_curator"])
+    assert got.status_code == 200 and got.json()["status"] == "submitted" and got.json()["boxes"] == [DUST]
+    assert client.post(f"{base}/approve", headers=two_orgs["a_reviewer"]).json()["status"] == "approved"
+    history = client.get(f"{base}/history", headers=two_orgs["a_curator"]).json()["revisions"]
+    assert [r["author"] for r in history] == ["a-cur"] and history[0]["boxes"] == [DUST]
+    # invisible stays 404, not 403 (which would confirm it exists)
+    private = add_sample(ctx, "420000")
+    assert _code(client.put(f"/v1/samples/{private}/annotations", headers=two_orgs["b_curator"],
+                            json={"boxes": [FIRE]}))[0] == 404
+
+
+def test_another_org_cannot_accept_or_dismiss_suggestions_on_a_shared_sample(
+        client: Any, ctx: Any, two_orgs: dict[str, dict[str, str]]) -> None:
+    import numpy as np
+
+    from hazardlens.auth import Principal
+    from hazardlens.detections import Detections
+    from hazardlens.labeling.suggestions import store_suggestions
+    from tests.fixtures.labeling import add_sample
+
+    shared = add_sample(ctx, "420000", scope="shared")
+    dets = Detections(np.array([[10, 20, 110, 220]], np.float32), np.array(["fire"], object),
+                      np.array([0.9], np.float32))
+    with ctx.db.session() as s:
+        owner = Principal(user_id=None, name="a", org_code="420000", role="curator")
+        sid = store_suggestions(s, owner, shared, "hazardlens:1", dets).id
+    for action in ("accept", "dismiss"):
+        r = client.post(f"/v1/suggestions/{sid}/{action}", headers=two_orgs["b_curator"], json={})
+        assert _code(r) == (403, "not_owner"), r.text
+    r = client.post("/v1/suggestions/request", json={"sample_ids": [shared]}, headers=two_orgs["b_curator"])
+    assert _code(r) == (403, "not_owner"), r.text
+    assert client.get(f"/v1/samples/{shared}/annotations", headers=two_orgs["a_curator"]).json()["revision"] is None
+
+
+def test_inspection_feedback_never_writes_another_orgs_sample(
+        api: Any, ctx: Any, make_key: Callable[..., str]) -> None:
+    a_curator = auth(make_key("420000", "curator", "a-cur"))
+    b_service = auth(make_key("310000", "service", "b-svc"))
+    data = photo(seed=1)
+    up = api.post("/v1/samples", headers=a_curator, data={"sector": "general", "scope": "shared"},
+                  files={"file": ("a.jpg", data, "image/jpeg")})
+    assert up.status_code == 201, up.text
+    a_sample = up.json()["id"]
+    r = api.post("/v1/inspections/B-1/photos", headers=b_service, data={"enterprise_id": "E-B", "sector": "general"},
+                 files={"file": ("b.jpg", data, "image/jpeg")})
+    assert r.status_code == 201, r.text
+    finding = r.json()["findings"][0]
+    r = api.post(f"/v1/findings/{finding['id']}/review", json={"decision": "confirmed"}, headers=b_service)
+    assert r.status_code == 200 and r.json()["status"] == "confirmed", r.text
+    state = api.get(f"/v1/samples/{a_sample}/annotations", headers=a_curator).json()
+    assert state["status"] == "unlabeled" and state["revision"] is None  # was a submitted B revision
