@@ -179,20 +179,30 @@ def ingest(ctx: Context, session: Session, principal: Principal, data: bytes, me
     return record(ctx, session, principal, prepare(ctx, data, meta))
 
 
-def _same_bytes(session: Session, principal: Principal, sha: str, *, include_deleted_own: bool) -> Sample | None:
-    """The sample with these bytes the caller already has: their own first, else a shared one."""
+def _same_bytes(session: Session, principal: Principal, sha: str, *, include_deleted_own: bool,
+                own_only: bool = False) -> Sample | None:
+    """The sample with these bytes the caller already has: their own first, else (unless
+    ``own_only``) a shared one."""
     # One indexed query: a photo exists at most once per organisation, so these are few rows.
     rows = session.scalars(select(Sample).where(Sample.sha256 == sha).order_by(Sample.id)).all()
     for row in rows:
         if row.org_code == principal.org_code and (row.deleted_at is None or include_deleted_own):
             return row
+    if own_only:
+        return None
     return next((r for r in rows if r.scope == "shared" and r.deleted_at is None), None)
 
 
-def record(ctx: Context, session: Session, principal: Principal, prepared: Prepared) -> IngestResult:
-    """The catalogue half of ingest: dedup by SHA-256, insert, link near-duplicates, audit."""
+def record(ctx: Context, session: Session, principal: Principal, prepared: Prepared, *,
+           own_only: bool = False) -> IngestResult:
+    """The catalogue half of ingest: dedup by SHA-256, insert, link near-duplicates, audit.
+
+    ``own_only``: deduplicate only against the caller's own organisation, so that the photo gets a
+    sample of its own even when another organisation shares the same bytes (inspection photos: the
+    record, enterprise and idempotency key they carry must never land on another organisation's
+    sample and its history)."""
     meta, info = prepared.meta, prepared.info
-    existing = _same_bytes(session, principal, prepared.sha256, include_deleted_own=True)
+    existing = _same_bytes(session, principal, prepared.sha256, include_deleted_own=True, own_only=own_only)
     if existing is not None:
         if existing.deleted_at is None:
             return IngestResult(existing, True, linked_ids(session, principal, existing.id))
@@ -213,7 +223,7 @@ def record(ctx: Context, session: Session, principal: Principal, prepared: Prepa
             session.add(sample)
             session.flush()
     except IntegrityError:
-        winner = _same_bytes(session, principal, prepared.sha256, include_deleted_own=False)
+        winner = _same_bytes(session, principal, prepared.sha256, include_deleted_own=False, own_only=own_only)
         if winner is None:
             raise
         return IngestResult(winner, True, linked_ids(session, principal, winner.id))

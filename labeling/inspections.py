@@ -23,6 +23,13 @@ second, plain ``head`` finding: the rule's finding supersedes it (same box, conf
 by the person it belongs to). Rules without an evidence class have nothing to label and are not
 recorded (``POST /v1/detect`` still reports them).
 
+Ownership: a photo is stored against a sample of the recording organisation, deduplicated only
+within that organisation. When another organisation shares the same bytes, the photo still gets a
+private sample of its own (the bytes are stored once): the record number, enterprise, inspector and
+idempotency key stay in the recording organisation's tables and audit trail, and never reach the
+other organisation's sample or its history (issue 13, item 5). Only the sample's owner writes its
+labels (:func:`hazardlens.labeling.annotations.may_write_labels`), feedback included.
+
 Retries: enforcement clients upload over poor networks and retry. With an ``Idempotency-Key`` the
 same key from the same organisation returns the stored answer of the first call and stores nothing
 twice; concurrent retries are settled by the unique constraint (org_code, idempotency_key). The
@@ -212,7 +219,9 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
         earlier = _existing(session, principal.org_code, key)
         if earlier is not None:
             return _replay(session, earlier, record_no, sha256)
-    result = library.record(ctx, session, principal, prepared)
+    # Against the organisation's own sample, never another's shared one with the same bytes: the
+    # record number, enterprise and idempotency key below belong to this organisation (issue 13, item 5).
+    result = library.record(ctx, session, principal, prepared, own_only=True)
     sample = result.sample
     now = utcnow()
     photo = InspectionPhoto(record_no=record_no, org_code=principal.org_code, sample_id=sample.id,

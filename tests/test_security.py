@@ -286,3 +286,39 @@ def test_inspection_feedback_never_writes_another_orgs_sample(
     assert r.status_code == 200 and r.json()["status"] == "confirmed", r.text
     state = api.get(f"/v1/samples/{a_sample}/annotations", headers=a_curator).json()
     assert state["status"] == "unlabeled" and state["revision"] is None  # was a submitted B revision
+
+
+# -- item 5: inspection metadata leaked onto another organisation's shared sample --------------------
+
+def test_inspection_photo_never_attaches_to_another_orgs_sample(
+        api: Any, ctx: Any, make_key: Callable[..., str]) -> None:
+    a_curator = auth(make_key("420000", "curator", "a-cur"))
+    b_service = auth(make_key("310000", "service", "b-svc"))
+    data = photo(seed=2)
+    up = api.post("/v1/samples", headers=a_curator, data={"sector": "general", "scope": "shared"},
+                  files={"file": ("a.jpg", data, "image/jpeg")})
+    assert up.status_code == 201, up.text
+    a_sample = up.json()["id"]
+    secret = {"record": "沪应急检〔2026〕77号", "enterprise": "91310000SECRET", "key": "b-secret-idempotency-key"}
+    r = api.post(f"/v1/inspections/{secret['record']}/photos", data={"enterprise_id": secret["enterprise"],
+                                                                      "sector": "general", "inspector_id": "B-007"},
+                 headers={**b_service, "Idempotency-Key": secret["key"]},
+                 files={"file": ("b.jpg", data, "image/jpeg")})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["sample_id"] != a_sample and body["deduplicated"] is False  # was A's sample
+    # A's sample and everything A reads about it carry nothing of B's record
+    for path in (f"/v1/samples/{a_sample}", f"/v1/samples/{a_sample}/history",
+                 f"/v1/samples/{a_sample}/annotations/history"):
+        got = api.get(path, headers=a_curator)
+        assert got.status_code == 200, (path, got.text)
+        for value in (*secret.values(), "B-007"):
+            assert value not in got.text, (path, value)
+    assert api.get(f"/v1/samples/{body['sample_id']}", headers=a_curator).status_code == 404  # B's, private
+    # B's own record is whole, and a retry still replays
+    again = api.post(f"/v1/inspections/{secret['record']}/photos", data={"enterprise_id": secret["enterprise"],
+                                                                          "sector": "general"},
+                     headers={**b_service, "Idempotency-Key": secret["key"]},
+                     files={"file": ("b.jpg", data, "image/jpeg")})
+    assert again.status_code in (200, 201) and again.json()["replayed"] is True
+    assert again.json()["sample_id"] == body["sample_id"]
