@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from hazardlens import __version__
 from hazardlens.audit import reset_request_id, set_request_id
@@ -59,10 +60,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(422, code, f"{where}: {msg}" if where else msg, details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=False)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a path served by several
+            # routes (GET and POST /v1/samples) allows all of theirs.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "error"), message,
-                              headers=getattr(exc, "headers", None))
+                              headers=headers or None)
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
@@ -75,6 +81,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
         return error_response(500, "internal", "internal error; the request id is in the X-Request-ID header")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    from hazardlens.serving.document import leaf_routes
+
+    methods: set[str] = set()
+    for route in leaf_routes(request.app.router.routes):
+        allowed = getattr(route, "methods", None)
+        if allowed and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(allowed)
+    return sorted(methods)
 
 
 def _install_request_ids(app: FastAPI) -> None:
@@ -132,6 +149,9 @@ def create_app(ctx: Context | None = None, *, start_background: bool = True) -> 
     from hazardlens.serving.runtime import install  # models, limits, timeouts, metrics (serving/runtime.py)
 
     install(app)
+    from hazardlens.serving import document
+
+    document.install(app, {"sectors": document.sectors(ctx)})
     return app
 
 

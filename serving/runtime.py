@@ -22,6 +22,7 @@ from hazardlens.models.manager import ModelManager, ModelUnavailable
 from hazardlens.serving.deps import require
 from hazardlens.serving.limits import GuardMiddleware
 from hazardlens.serving.metrics import Metrics, MetricsMiddleware
+from hazardlens.serving.schemas import errors
 from hazardlens.settings import Settings
 
 log = logging.getLogger("hazardlens.serving")
@@ -35,7 +36,8 @@ metrics_router = APIRouter(tags=["operations"])
 
 @metrics_router.get("/metrics", summary="Prometheus metrics of this worker (text exposition format)",
                     response_class=Response,
-                    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+                    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                               **errors(401, 403)})
 def metrics(request: Request, _: Annotated[Principal, Depends(require("models:read"))]) -> Response:
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)

@@ -22,6 +22,14 @@ Key = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^[
 #: Organisation (region) codes: the six-digit administrative division code, or another short code.
 OrgCode = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=r"^[A-Za-z0-9_-]+$")]
 
+#: An ISO date (2024-05-01) or date-time (2024-05-01T08:30:00+08:00), as ``hazardlens.dates.parse_when``
+#: reads it; empty means none. For ``json_schema_extra`` of fields the domain parses itself (invalid_date).
+WHEN_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string", "format": "date"},
+                                         {"type": "string", "format": "date-time"},
+                                         {"type": "string", "maxLength": 0}], "maxLength": 40}
+#: The sector of the taxonomy in force: the app's OpenAPI document lists them (serving.document).
+SECTOR_SCHEMA: dict[str, Any] = {"x-hazardlens-enum": "sectors"}
+
 AnnotationState = Literal["unlabeled", "in_progress", "submitted", "approved", "rejected"]
 Scope = Literal["private", "shared"]
 SampleSource = Literal["inspection", "import", "feedback"]
@@ -58,5 +66,5 @@ class Message(Public):
     message: str | None = None
 
 
-__all__ = ["AnnotationState", "Contract", "ErrorBody", "ErrorResponse", "Key", "Message", "OrgCode", "Public",
-           "SampleSource", "Scope", "Text100", "Text200"]
+__all__ = ["SECTOR_SCHEMA", "WHEN_SCHEMA", "AnnotationState", "Contract", "ErrorBody", "ErrorResponse", "Key",
+           "Message", "OrgCode", "Public", "SampleSource", "Scope", "Text100", "Text200"]

@@ -18,7 +18,8 @@ from hazardlens.contracts.common import Contract, Public
 
 MAX_TASKS = 64
 #: Label Studio sends project ids as numbers or as ``"<id>.<timestamp>"`` text.
-ProjectRef = int | Annotated[str, Field(max_length=100)]
+#: (Strict int: a long numeric text is the text, bounded like any other, not an int.)
+ProjectRef = Annotated[int, Field(strict=True)] | Annotated[str, Field(max_length=100)]
 
 
 class _Protocol(BaseModel):
@@ -99,6 +100,11 @@ class LsPredictions(Public):
 
 class SuggestRequest(Contract):
     """``POST /v1/suggestions/request``: model suggestions on samples, or on the caller's queue."""
+
+    # Samples, or the queue: a request with neither is refused by the domain (invalid_request).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["sample_ids"], "properties": {"sample_ids": {"minItems": 1}}},
+        {"required": ["queue"], "properties": {"queue": {"const": True}}}]})
 
     sample_ids: list[Annotated[int, Field(ge=1, le=2**53)]] = Field(default_factory=list, max_length=100,
                                                                     description="samples to pre-label")

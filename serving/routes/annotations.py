@@ -46,7 +46,9 @@ class AnnotationsIn(BaseModel):
 
 class RejectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: Annotated[str, Field(max_length=MAX_REASON, description="what the curator must fix (退回修改意见)")]
+    # Blank is refused by the domain (reason_required); the document says so.
+    reason: Annotated[str, Field(max_length=MAX_REASON, description="what the curator must fix (退回修改意见)",
+                                 json_schema_extra={"minLength": 1, "pattern": r"\S"})]
 
 
 class AssignIn(BaseModel):

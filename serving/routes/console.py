@@ -19,8 +19,10 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from hazardlens.auth import PERMISSIONS
+from hazardlens.contracts.service import Me
 from hazardlens.errors import NotFound
 from hazardlens.serving.deps import PrincipalDep
+from hazardlens.serving.schemas import errors
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 
@@ -39,7 +41,8 @@ _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"
 router = APIRouter(tags=["console"])
 
 
-@router.get("/v1/me", summary="Who the API key belongs to: name, organisation, role and permissions")
+@router.get("/v1/me", summary="Who the API key belongs to: name, organisation, role and permissions",
+            response_model=Me, responses=errors(401))
 def me(principal: PrincipalDep) -> dict[str, Any]:
     return {"name": principal.name, "org_code": principal.org_code, "role": principal.role,
             "permissions": sorted(p for p in PERMISSIONS if principal.can(p))}

@@ -17,7 +17,10 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 Reader = Annotated[Principal, Depends(require("datasets:read"))]
 Writer = Annotated[Principal, Depends(require("datasets:write"))]
-Name = Annotated[str, Path(min_length=1, max_length=100)]
+#: What ``datasets.versions`` accepts: a name (invalid_name) and a version (invalid_version).
+Name = Annotated[str, Path(min_length=1, max_length=100,
+                           json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$"})]
+VERSION_PATTERN = r"^(?:[Ll][Aa][Tt][Ee][Ss][Tt]|[Vv]?[0-9]{1,5}|[0-9A-Fa-f]{4,64})$"
 
 
 @router.post("", status_code=201, response_model=DatasetVersionPublic,
@@ -46,7 +49,8 @@ def list_datasets(ctx: CtxDep, principal: Reader,
 @router.get("/{name}/{version}", response_model=DatasetVersionDetail, summary="One version: summary and statistics",
             description="``version`` is ``latest``, a number (``3`` or ``v3``) or 4+ hex digits of the id.",
             responses=errors(401, 403, 404, 409, 422))
-def get_dataset(name: Name, version: Annotated[str, Path(min_length=1, max_length=64)], ctx: CtxDep,
+def get_dataset(name: Name, version: Annotated[str, Path(min_length=1, max_length=64,
+                                                          json_schema_extra={"pattern": VERSION_PATTERN})], ctx: CtxDep,
                 principal: Reader) -> DatasetVersionDetail:
     with ctx.db.session() as session:
         dv = versions.resolve(session, f"{name}@{version}", principal)

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from hazardlens.auth import Principal
 from hazardlens.context import Context
+from hazardlens.contracts.common import SECTOR_SCHEMA
 from hazardlens.contracts.detections import detections_public, rule_findings_public
 from hazardlens.detector import Detector, DetectResult, detection_taxonomy, relevant
 from hazardlens.errors import HazardError, Invalid
@@ -37,7 +38,8 @@ EVIDENCE_SIDE = 1600
 
 Conf = Annotated[float | None, Form(ge=0.0, le=1.0, description="confidence threshold (default 0.25)")]
 ConfQ = Annotated[float | None, Query(alias="conf", ge=0.0, le=1.0, include_in_schema=False)]
-Sector = Annotated[str | None, Form(max_length=40, description="only classes relevant to this sector")]
+Sector = Annotated[str | None, Form(max_length=40, description="only classes relevant to this sector",
+                                     json_schema_extra={**SECTOR_SCHEMA, "x-hazardlens-enum-extra": [""]})]
 SectorQ = Annotated[str | None, Query(alias="sector", max_length=40, include_in_schema=False)]
 Version = Annotated[str | None, Form(max_length=40, description="pin a model version (default: production)")]
 VersionQ = Annotated[str | None, Query(alias="model", max_length=40, include_in_schema=False)]
@@ -81,7 +83,8 @@ def _check_sector(ctx: Context, sector: str | None) -> str | None:
                               "description": "detections (JSON), or the evidence image when asked for"},
                         **errors(401, 403, 404, 408, 409, 413, 415, 422, 503, 504)})
 def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
-           file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or HEIC photo")],
+           file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or HEIC photo",
+                                            json_schema_extra={"minLength": 1})],
            conf: Conf = None, sector: Sector = None, model: Version = None,
            conf_q: ConfQ = None, sector_q: SectorQ = None, model_q: VersionQ = None,
            annotated: Annotated[bool, Query(description="answer the evidence image (image/jpeg)")] = False,
@@ -143,7 +146,9 @@ def _batch(models: Detector, ctx: Context, files: list[UploadFile], threshold: f
 @router.post("/v1/detect/batch", summary=f"Suggest hazards on up to {MAX_BATCH_FILES} photos",
              response_model=BatchResponse, responses=errors(401, 403, 404, 408, 409, 413, 422, 503, 504))
 def detect_batch(_: DetectCaller, ctx: CtxDep, models: ModelsDep,
-                 files: Annotated[list[UploadFile], File(description=f"1-{MAX_BATCH_FILES} photos")],
+                 files: Annotated[list[UploadFile], File(description=f"1-{MAX_BATCH_FILES} photos",
+                                                         json_schema_extra={"minItems": 1,
+                                                                            "maxItems": MAX_BATCH_FILES})],
                  conf: Conf = None, sector: Sector = None, model: Version = None,
                  conf_q: ConfQ = None, sector_q: SectorQ = None, model_q: VersionQ = None) -> Any:
     if not files:

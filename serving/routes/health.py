@@ -18,8 +18,10 @@ from fastapi.responses import JSONResponse
 
 from hazardlens import __version__
 from hazardlens.auth import Principal
+from hazardlens.contracts.service import Health, Readiness, TaxonomyPublic
 from hazardlens.rules import default_rules
 from hazardlens.serving.deps import CtxDep, get_principal
+from hazardlens.serving.schemas import errors
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("hazardlens.health")
@@ -54,12 +56,14 @@ def _run(check: ReadinessCheck, app: FastAPI) -> tuple[bool, str]:
     return True, result if isinstance(result, str) else "ok"
 
 
-@router.get("/healthz", summary="The process is alive (no checks, no auth)")
+@router.get("/healthz", summary="The process is alive (no checks, no auth)", response_model=Health)
 def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz", summary="Catalogue, object store and registered parts are ready (200) or not (503)")
+@router.get("/readyz", summary="Catalogue, object store and registered parts are ready (200) or not (503)",
+            response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "not ready: the failed checks are named"}})
 def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     app: FastAPI = request.app
     checks: dict[str, tuple[bool, str]] = {
@@ -81,7 +85,8 @@ def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/v1/taxonomy", summary="Sectors, key inspection items, hazard classes and derived-finding rules in force")
+@router.get("/v1/taxonomy", summary="Sectors, key inspection items, hazard classes and derived-finding rules in force",
+            response_model=TaxonomyPublic, responses=errors(401))
 def taxonomy(ctx: CtxDep, _: Annotated[Principal, Depends(get_principal)]) -> dict[str, Any]:
     rules = default_rules(ctx)
     return {**ctx.taxonomy().to_dict(), "rules": rules.describe(), "rules_version": rules.version}

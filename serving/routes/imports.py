@@ -45,7 +45,8 @@ def create_import(
     ctx: CtxDep, principal: Importer,
     file: Annotated[UploadFile, File(description="zip of the export: COCO json + images, a YOLO folder "
                                                  "(images/, labels/, classes.txt or data.yaml), VOC, or "
-                                                 "Label Studio tasks json + images")],
+                                                 "Label Studio tasks json + images",
+                                     json_schema_extra={"minLength": 1})],
     format: Annotated[ImportFormat, Form(description=" | ".join(IMPORT_FORMATS))],
     class_map: Annotated[str, Form(min_length=1, max_length=200_000,
                                    description="name of a shipped class map (configs/class_maps) or its YAML "

@@ -10,9 +10,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Response, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.auth import Principal
+from hazardlens.contracts.common import SECTOR_SCHEMA
 from hazardlens.detector import DEFAULT_CONF, detection_taxonomy
 from hazardlens.labeling import inspections
 from hazardlens.serving.deps import CtxDep, require
@@ -21,8 +22,12 @@ from hazardlens.serving.schemas import Box, InspectionResponse, PhotoResponse, R
 
 router = APIRouter(tags=["inspections"])
 
+#: What ``labeling.inspections.check_record_no`` accepts (invalid_record_no): no '/' or control characters,
+#: something besides spaces.
+RECORD_NO_PATTERN = r"^[^/\x00-\x1f\x7f]*[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]*$"
 RecordNo = Annotated[str, Path(min_length=1, max_length=200,
-                               description="inspection record number, e.g. 鄂应急检〔2026〕3号 (URL-encoded)")]
+                               description="inspection record number, e.g. 鄂应急检〔2026〕3号 (URL-encoded)",
+                               json_schema_extra={"pattern": RECORD_NO_PATTERN})]
 
 
 @router.post("/v1/inspections/{record_no}/photos", status_code=201, response_model=PhotoResponse,
@@ -30,9 +35,9 @@ RecordNo = Annotated[str, Path(min_length=1, max_length=200,
              responses=errors(401, 403, 408, 413, 415, 422, 503, 504))
 def record_photo(record_no: RecordNo, response: Response, ctx: CtxDep, models: ModelsDep,
                  principal: Annotated[Principal, Depends(require("inspections:write"))],
-                 file: Annotated[UploadFile, File(description="the site photo")],
+                 file: Annotated[UploadFile, File(description="the site photo", json_schema_extra={"minLength": 1})],
                  enterprise_id: Annotated[str, Form(min_length=1, max_length=100)],
-                 sector: Annotated[str, Form(min_length=1, max_length=40)],
+                 sector: Annotated[str, Form(min_length=1, max_length=40, json_schema_extra=SECTOR_SCHEMA)],
                  inspector_id: Annotated[str | None, Form(max_length=100)] = None,
                  captured_at: Annotated[datetime | None, Form(description="ISO 8601; EXIF time if absent")] = None,
                  item_codes: Annotated[str | None, Form(max_length=2000,
@@ -68,6 +73,12 @@ def get_inspection(record_no: RecordNo, ctx: CtxDep,
 
 
 class ReviewRequest(BaseModel):
+    # A rejection takes no correction (invalid_review): said in the document as the two shapes.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"properties": {"decision": {"const": "confirmed"}}},
+        {"properties": {"decision": {"const": "rejected"}, "box": {"type": "null"}, "class_key": {"type": "null"}}},
+    ]})
+
     decision: Literal["confirmed", "rejected"]
     box: Box | None = Field(None, description="corrected box in original pixels (confirmed only)")
     class_key: str | None = Field(None, max_length=80, description="corrected class (confirmed only)")

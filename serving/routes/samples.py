@@ -11,7 +11,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from hazardlens.audit import event_dict, history
 from hazardlens.auth import Principal
 from hazardlens.contracts import AnnotationState, Key, OrgCode, SampleFilter, SampleSource, Scope, Text100, Text200
+from hazardlens.contracts.common import SECTOR_SCHEMA, WHEN_SCHEMA
 from hazardlens.contracts.samples import (
+    CURSOR_PATTERN,
+    NON_EMPTY_FILE,
+    TAGS_PATTERN,
     AuditEvents,
     IngestSummaryPublic,
     NearDuplicates,
@@ -29,13 +33,17 @@ from hazardlens.store import ObjectNotFound, blob_key
 router = APIRouter(prefix="/v1/samples", tags=["samples"])
 
 Reader = Annotated[Principal, Depends(require("samples:read"))]
-SectorForm = Annotated[Key, Form(description="sector key (see GET /v1/taxonomy)")]
+SectorForm = Annotated[Key, Form(description="sector key (see GET /v1/taxonomy)", json_schema_extra=SECTOR_SCHEMA)]
 ScopeForm = Annotated[Scope, Form(description="shared: readable (never writable) by other organisations")]
 IdForm = Annotated[Text100 | None, Form()]
 RecordForm = Annotated[Text200 | None, Form()]
-TagsForm = Annotated[str | None, Form(max_length=2000, description="comma-separated tags")]
-WhenForm = Annotated[str | None, Form(max_length=40, description="ISO date or date-time")]
-WhenQuery = Annotated[str | None, Query(max_length=40, description="ISO date or date-time, inclusive")]
+TagsForm = Annotated[str | None, Form(max_length=2000, description="comma-separated tags (at most 50, of 50 "
+                                                                    "characters each)",
+                                       json_schema_extra={"pattern": TAGS_PATTERN})]
+WhenForm = Annotated[str | None, Form(max_length=40, description="ISO date or date-time",
+                                      json_schema_extra=WHEN_SCHEMA)]
+WhenQuery = Annotated[str | None, Query(max_length=40, description="ISO date or date-time, inclusive",
+                                        json_schema_extra=WHEN_SCHEMA)]
 Writer = Annotated[Principal, Depends(require("samples:write"))]
 Deleter = Annotated[Principal, Depends(require("samples:delete"))]
 Auditor = Annotated[Principal, Depends(require("audit:read"))]
@@ -67,7 +75,7 @@ def _meta(sector: str, scope: str, source: str, site_id: str | None, enterprise_
              responses={200: {"model": SampleCreated,
                               "description": "the same bytes were already in the library (deduplicated)"},
                         **errors(401, 403, 413, 415, 422)})
-def upload(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
+def upload(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File(json_schema_extra=NON_EMPTY_FILE)],
            sector: SectorForm, scope: ScopeForm = "private",
            source: Annotated[SampleSource, Form()] = "inspection", site_id: IdForm = None,
            enterprise_id: IdForm = None, camera_id: IdForm = None,
@@ -88,7 +96,7 @@ def upload(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
 
 @router.post("/archive", summary="Upload a zip archive of images; answers a summary",
              response_model=IngestSummaryPublic, responses=errors(401, 403, 413, 422))
-def upload_archive(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File()],
+def upload_archive(ctx: CtxDep, principal: Writer, file: Annotated[UploadFile, File(json_schema_extra=NON_EMPTY_FILE)],
                    sector: SectorForm, scope: ScopeForm = "private",
                    source: Annotated[SampleSource, Form()] = "import", site_id: IdForm = None,
                    enterprise_id: IdForm = None, camera_id: IdForm = None,
@@ -114,7 +122,9 @@ def _size(file: UploadFile) -> int:
 def list_samples(
     session: SessionDep, principal: Reader,
     limit: Annotated[int, Query(ge=1, le=library.MAX_LIMIT)] = library.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=64)] = None, sector: Annotated[Key | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page",
+                                        json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
+    sector: Annotated[Key | None, Query()] = None,
     class_key: Annotated[Key | None, Query(alias="class")] = None,
     status: AnnotationState | None = None, org: Annotated[OrgCode | None, Query()] = None,
     scope: Scope | None = None, site: Annotated[Text100 | None, Query()] = None,
