@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
                                                           "to continue; without: the id for the new run"),
               register_model: bool = typer.Option(True, "--register/--no-register",
                                                   help="register best.pt as a candidate model"),
+              start_from: str = typer.Option(None, "--from", help="start from a registered model (production, "
+                                                                   "NAME:VERSION) or a .pt instead of the "
+                                                                   "config's model; classes the dataset adds are "
+                                                                   "appended to its head, the old ones kept"),
               org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
         """Train a detector on a dataset version (offline); registers best.pt as a candidate."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -57,7 +61,7 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=fraction, description=message)
 
             result = do_train(ctx, dataset, config, progress=progress, resume=resume, register=register_model,
-                              principal=principal, run_id=run)
+                              principal=principal, run_id=run, start_from=start_from)
         m = result.metrics
         console.print(f"run {result.run_id} ({result.device}, {len(result.epochs)} epoch(s)): "
                       f"mAP50={m.get('map50', 0):.3f} mAP50-95={m.get('map50_95', 0):.3f}; folder {result.run_dir}")

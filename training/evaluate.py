@@ -279,6 +279,18 @@ def validator_class() -> type:
             self.hl_predictions: dict[str, dict[str, np.ndarray]] = {}
             self.hl_dropped = {"images": 0, "predictions": 0, "labels": 0}
 
+        def postprocess(self, preds: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            """Ultralytics' NMS, without its wall-clock limit: under load (a training beside the
+            evaluation) the limit silently drops the rest of a batch's predictions, and a report's
+            figures must not depend on how busy the machine was."""
+            from ultralytics.utils import nms
+
+            outputs = nms.non_max_suppression(
+                preds, self.args.conf, self.args.iou, nc=0, multi_label=True,
+                agnostic=self.args.single_cls or self.args.agnostic_nms, max_det=self.args.max_det,
+                end2end=self.end2end, max_time_img=3600.0)
+            return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in outputs]
+
         def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
             if self.hl_keep_predictions:
                 self._hl_keep(preds, batch)

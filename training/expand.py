@@ -39,6 +39,13 @@ def _names(model: Any) -> list[str]:
     return [str(n) for n in names]
 
 
+def model_classes(weights: Path | str) -> list[str]:
+    """The class names a checkpoint was trained on, in index order."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return _names(load_checkpoint(str(weights))[0])
+
+
 def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | str) -> Path:
     """Write to ``out`` a checkpoint of ``weights`` whose classes are ``new_names``: every class the
     model knows keeps its learnt classification weights (moved to its new index), every other class
@@ -88,4 +95,4 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
     return out
 
 
-__all__ = ["expand_classes"]
+__all__ = ["expand_classes", "model_classes"]

@@ -46,12 +46,17 @@ log = logging.getLogger(__name__)
 
 def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: Progress | None = None,
           resume: bool = False, register: bool = True, principal: Principal = SYSTEM,
-          run_id: str | None = None) -> TrainResult:
+          run_id: str | None = None, start_from: str | None = None) -> TrainResult:
     """Train on ``dataset_ref`` ('NAME@VERSION') with ``config_path``; register best.pt as a candidate.
 
     ``resume=True`` continues the newest unfinished run of the same dataset version and config (or
     ``run_id``) from its last.pt. ``progress(fraction, message)`` is called from the training thread;
     an exception it raises stops the run (it stays resumable).
+
+    ``start_from`` (``production``, ``NAME:VERSION`` or a .pt path) starts from a registered model
+    instead of the config's ``model``: the routine way to add a class to the production model. When
+    the dataset has classes the model lacks, the head is expanded first (training/expand.py), so every
+    class the model knows starts from what it learnt; the run records where it started.
     """
     from hazardlens.models.ultralytics_env import prepare_ultralytics
 
@@ -93,6 +98,9 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
         info = {"run_id": run_dir.name, "status": "running", "started_at": now_iso(), "device": device,
                 "dataset": {"name": dv.name, "id": dv.id, "ref": dataset_ref}, "config_sha256": cfg.sha256(),
                 "config": str(cfg.source) if cfg.source else None}
+        if start_from is not None:
+            start, info["started_from"] = _start_weights(ctx, start_from, classes, run_dir)
+            cfg = cfg.model_copy(update={"model": str(start)})
     write_json(run_dir / "run.json", info)
 
     pipeline = None
@@ -149,6 +157,24 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
                        last=last if last.is_file() else None, model=model, resumed=bool(resume))
 
 
+def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The weights a ``--from`` run starts from: the model itself, or its expansion to the dataset's
+    classes (old classes keep their weights; see training/expand.py)."""
+    from hazardlens.training.evaluate import resolve_model
+    from hazardlens.training.expand import expand_classes, model_classes
+
+    weights, info, _ = resolve_model(ctx, ref)
+    known = list(info.get("classes") or model_classes(weights))
+    added = [c for c in classes if c not in known]
+    start = run_dir / "start.pt"
+    if added or known != classes:
+        expand_classes(weights, classes, start)
+    else:
+        shutil.copyfile(weights, start)
+    return start, {"ref": ref, "weights": str(weights), "weights_sha256": info.get("weights_sha256"),
+                   "model_classes": known, "added_classes": added}
+
+
 def _register(ctx: Context, principal: Principal, cfg: TrainConfig, dv: DatasetVersion, provenance: dict[str, Any],
               dataset_ref: str, run_dir: Path, best: Path, classes: list[str], epochs: list[dict[str, Any]],
               final: dict[str, float], device: str, resumed: bool) -> dict[str, Any]:
@@ -174,7 +200,7 @@ def _register(ctx: Context, principal: Principal, cfg: TrainConfig, dv: DatasetV
                    if (run_dir / "weights" / "last.pt").is_file() else None},
         "training": {"run_id": run_dir.name, "device": device, "started_at": info.get("started_at"),
                      "finished_at": info.get("finished_at"), "duration_s": info.get("duration_s"),
-                     "seed": cfg.seed, "resumed": resumed},
+                     "seed": cfg.seed, "resumed": resumed, "started_from": info.get("started_from")},
     }
     with ctx.db.session() as session:
         mv = register_model(ctx, session, principal, best, classes=classes, imgsz=cfg.imgsz, card=card,
