@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from hazardlens.errors import Forbidden, Invalid, Unauthorized
 from hazardlens.orm import ROLES, ApiKey, Organisation, User
+from hazardlens.settings import get_settings
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "samples:read": frozenset(ROLES),
@@ -64,6 +65,26 @@ class Principal:
 
 
 SYSTEM = Principal(user_id=None, name="system", org_code="000000", role="admin")
+
+
+def is_system(principal: Principal, system_org: str | None = None) -> bool:
+    """Whether ``principal`` acts for the whole installation: the built-in :data:`SYSTEM`, or an
+    administrator of the system organisation (``HAZARDLENS_SYSTEM_ORG``, default ``000000``; the
+    CLI's default ``cli-000000``). An administrator of any other organisation administers that
+    organisation only."""
+    if principal == SYSTEM:
+        return True
+    org = system_org if system_org is not None else get_settings().system_org
+    return principal.role == "admin" and principal.org_code == org
+
+
+def require_system(principal: Principal, what: str, system_org: str | None = None) -> None:
+    """Forbidden (``system_only``) unless :func:`is_system`: for changes that affect every
+    organisation at once, such as the one model registry that serves all detection."""
+    if not is_system(principal, system_org):
+        org = system_org if system_org is not None else get_settings().system_org
+        raise Forbidden(f"{what} affects every organisation: only an administrator of the system organisation "
+                        f"{org} may do it", code="system_only")
 
 
 def principal_of(user: User) -> Principal:

@@ -57,6 +57,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unknown_user": _c(404, "no user of that name in the organisation"),
     "invalid_assignee": _c(422, "the user's role cannot label"),
     "not_owner": _c(403, "only the owning organisation may do this to the sample"),
+    "system_only": _c(403, "only an administrator of the system organisation (HAZARDLENS_SYSTEM_ORG) may do this"),
     "own_work": _c(403, "a reviewer cannot review their own revision"),
     # -- uploads and images ---------------------------------------------------------------------------
     "file_too_large": _c(413, "a file is over the upload limit"),
@@ -168,6 +169,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "duplicate_model": _c(409, "these weights are already registered"),
     "duplicate_version": _c(409, "the model version exists"),
     "nothing_to_roll_back": _c(409, "no earlier production version to roll back to"),
+    "last_production": _c(409, "the only production version cannot leave production without a replacement"),
     "invalid_stage": _c(422, "unknown model stage"),
     "invalid_model_folder": _c(422, "a model folder without weights.pt and card.json"),
     "invalid_model_version": _c(422, "a model version string out of bounds"),

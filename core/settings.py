@@ -124,6 +124,9 @@ class Settings:
     # trained on (the baseline: 1280 px CCTV frames), and the windows' overlap.
     tile_window: int = 1280
     tile_overlap: float = 0.25
+    # The organisation whose administrators run the one model registry every organisation's
+    # detection uses (promote, roll back, archive, import); see hazardlens.auth.require_system.
+    system_org: str = "000000"
 
     @property
     def database(self) -> str:
@@ -174,6 +177,7 @@ def load_settings() -> Settings:
         model_poll_s=float(_env("MODEL_POLL_S", "2") or 2),
         tile_window=tile_window,
         tile_overlap=tile_overlap,
+        system_org=(_env("SYSTEM_ORG", defaults.system_org) or defaults.system_org).strip(),
     )
 
 

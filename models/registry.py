@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hazardlens.audit import record, snapshot
-from hazardlens.auth import SYSTEM, Principal
+from hazardlens.auth import SYSTEM, Principal, require_system
 from hazardlens.context import Context
 from hazardlens.contracts.models import ModelVersionPublic
 from hazardlens.dates import iso
@@ -57,7 +57,11 @@ def _next_version(session: Session, name: str) -> str:
 def register_model(ctx: Context, session: Session, principal: Principal, weights: Path, *, classes: list[str],
                    imgsz: int, card: dict[str, Any], name: str = DEFAULT_NAME, version: str | None = None,
                    dataset_version_id: str | None = None, stage: str = "candidate") -> ModelVersion:
-    """Store the weights and card and add a catalogue row; the same weights twice are refused."""
+    """Store the weights and card and add a catalogue row; the same weights twice are refused. Any
+    training administrator registers candidates; any other stage is a registry change for the system
+    organisation (:func:`hazardlens.auth.require_system`)."""
+    if stage != "candidate":
+        require_system(principal, f"registering a model as {stage}")
     if stage not in MODEL_STAGES:
         raise Invalid(f"unknown stage {stage!r}; stages are {', '.join(MODEL_STAGES)}", code="invalid_stage")
     if not weights.is_file():
@@ -127,13 +131,26 @@ def _retire_others(session: Session, principal: Principal, keep: ModelVersion) -
         record(session, principal, "model.stage", "model", other.id, before=before, after=snapshot(other, _AUDITED))
 
 
+def _other_production(session: Session, mv: ModelVersion) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.name == mv.name, ModelVersion.stage == "production",
+                                                     ModelVersion.id != mv.id).limit(1))
+
+
 def promote(session: Session, principal: Principal, name: str, version: str,
             stage: str = "production") -> ModelVersion:
-    """Move a version to a stage; promoting to production archives the one serving before it."""
+    """Move a version to a stage; promoting to production archives the one serving before it.
+
+    The registry serves every organisation, so only the system organisation's administrators change
+    it (Forbidden ``system_only``), and the only production version cannot be moved out of
+    production, only replaced (Conflict ``last_production``)."""
     principal.require("models:promote")
+    require_system(principal, "changing a model's stage")
     if stage not in MODEL_STAGES:
         raise Invalid(f"unknown stage {stage!r}; stages are {', '.join(MODEL_STAGES)}", code="invalid_stage")
     mv = get_model(session, name, version)
+    if mv.stage == "production" and stage != "production" and _other_production(session, mv) is None:
+        raise Conflict(f"{name} {version} is the only production version: detection would stop for every "
+                       "organisation; promote its replacement instead (that archives it)", code="last_production")
     before = snapshot(mv, _AUDITED)
     now = datetime.now(UTC)
     mv.stage = stage
@@ -149,6 +166,7 @@ def promote(session: Session, principal: Principal, name: str, version: str,
 def rollback(session: Session, principal: Principal, name: str = DEFAULT_NAME) -> ModelVersion:
     """Put the previously serving version back into production."""
     principal.require("models:promote")
+    require_system(principal, "rolling back the production model")
     current = production_model(session, name)
     q = select(ModelVersion).where(ModelVersion.name == name, ModelVersion.promoted_at.is_not(None),
                                    ModelVersion.stage != "production")
@@ -183,6 +201,7 @@ def export_model(ctx: Context, session: Session, name: str, version: str, out_di
 
 def import_model(ctx: Context, session: Session, principal: Principal, folder: Path,
                  stage: str = "candidate", version: str | None = None) -> ModelVersion:
+    require_system(principal, "importing a model")
     card_path, weights = folder / "card.json", folder / "weights.pt"
     if not card_path.is_file() or not weights.is_file():
         raise Invalid(f"{folder} must hold weights.pt and card.json", code="invalid_model_folder")

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from hazardlens.errors import Conflict
+from hazardlens.orm import ModelVersion
 from hazardlens.settings import Settings
 from tests.fixtures.core import auth
 from tests.fixtures.serving import photo, promote, register, wait_for
@@ -138,8 +141,12 @@ def test_pinned_versions_and_retired_models(ctx, serving_app, model_variants, ma
         assert wait_for(lambda: _detect(client, service).status_code == 200, 20)
         assert _detect(client, service).json()["model"]["version"] == "1"
 
-        # No production model at all: nothing is served.
-        promote(ctx, "1", "staging")
+        # The only production version cannot be moved out of production (it can only be replaced) ...
+        with pytest.raises(Conflict):
+            promote(ctx, "1", "staging")
+        # ... and if the catalogue still ends up without one, nothing is served.
+        with ctx.db.session() as s:
+            s.execute(update(ModelVersion).where(ModelVersion.stage == "production").values(stage="staging"))
         assert wait_for(lambda: _detect(client, service).status_code == 503, 20)
 
 

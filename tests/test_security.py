@@ -322,3 +322,50 @@ def test_inspection_photo_never_attaches_to_another_orgs_sample(
                      files={"file": ("b.jpg", data, "image/jpeg")})
     assert again.status_code in (200, 201) and again.json()["replayed"] is True
     assert again.json()["sample_id"] == body["sample_id"]
+
+
+# -- item 6: any organisation's admin controlled the one model registry ------------------------------
+
+def test_another_orgs_admin_cannot_take_detection_offline(
+        api: Any, ctx: Any, make_key: Callable[..., str], model_variants: list[Any]) -> None:
+    from tests.fixtures.serving import register
+
+    register(ctx, model_variants[1], "2", stage="candidate")
+    b_admin, system = auth(make_key("310000", "admin", "b-adm")), auth(make_key("000000", "admin", "sys-adm"))
+    service = auth(make_key("310000", "service", "b-svc"))
+    # B's admin archives the production model, as in the report
+    r = api.post("/v1/models/hazardlens/1/promote", json={"stage": "archived"}, headers=b_admin)
+    assert _code(r) == (403, "system_only"), r.text
+    r = api.post("/v1/models/hazardlens/2/promote", json={"stage": "production"}, headers=b_admin)
+    assert _code(r) == (403, "system_only")
+    assert _code(api.post("/v1/models/hazardlens/rollback", headers=b_admin)) == (403, "system_only")
+    # even the system organisation cannot leave the registry without a production model
+    r = api.post("/v1/models/hazardlens/1/promote", json={"stage": "archived"}, headers=system)
+    assert _code(r) == (409, "last_production"), r.text
+    assert _code(api.post("/v1/models/hazardlens/1/promote", json={"stage": "staging"},
+                          headers=system)) == (409, "last_production")
+    assert api.post("/v1/detect", files={"file": ("p.jpg", photo(seed=1), "image/jpeg")},
+                    headers=service).json()["model"]["version"] == "1"
+    # a replacement is the way: promoting it archives the old one
+    r = api.post("/v1/models/hazardlens/2/promote", json={"stage": "production"}, headers=system)
+    assert r.status_code == 200 and r.json()["stage"] == "production", r.text
+    stages = {m["version"]: m["stage"] for m in api.get("/v1/models", headers=service).json()["models"]}
+    assert stages == {"1": "archived", "2": "production"}
+
+
+def test_registry_changes_need_the_system_org_in_the_core(ctx: Any, tmp_path: Any) -> None:
+    from hazardlens.auth import SYSTEM, Principal, is_system
+    from hazardlens.errors import Forbidden
+    from hazardlens.models.registry import import_model, register_model
+
+    b_admin = Principal(user_id=1, name="b", org_code="310000", role="admin")
+    assert is_system(SYSTEM) and not is_system(b_admin) and is_system(b_admin, system_org="310000")
+    assert not is_system(Principal(user_id=2, name="c", org_code="000000", role="curator"))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    with ctx.db.session() as s, pytest.raises(Forbidden):
+        register_model(ctx, s, b_admin, weights, classes=["fire"], imgsz=64, card={}, stage="production")
+    with ctx.db.session() as s, pytest.raises(Forbidden):
+        import_model(ctx, s, b_admin, tmp_path)
+    with ctx.db.session() as s:  # training's candidates stay open to any training admin
+        assert register_model(ctx, s, b_admin, weights, classes=["fire"], imgsz=64, card={}).stage == "candidate"
