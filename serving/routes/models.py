@@ -45,8 +45,11 @@ def list_models(request: Request, ctx: CtxDep,
 
 
 @router.post("/v1/models/{name}/{version}/promote", response_model=ModelVersionPublic,
-             response_model_exclude_unset=True, summary="Move a version to a stage (admin only)",
-             responses=errors(401, 403, 404, 422))
+             response_model_exclude_unset=True,
+             summary="Move a version to a stage (admins of the system organisation only)",
+             description="403 system_only for any other caller; 409 last_production for moving the only "
+                         "production version out of production (promote its replacement instead).",
+             responses=errors(401, 403, 404, 409, 422))
 def promote(name: Name, version: Version, request: Request, ctx: CtxDep,
             principal: Annotated[Principal, Depends(require("models:promote"))],
             body: PromoteRequest | None = None) -> ModelVersionPublic:
@@ -58,7 +61,7 @@ def promote(name: Name, version: Version, request: Request, ctx: CtxDep,
 
 
 @router.post("/v1/models/{name}/rollback", response_model=ModelVersionPublic, response_model_exclude_unset=True,
-             summary="Put the previous production version back (admin only)",
+             summary="Put the previous production version back (admins of the system organisation only)",
              responses=errors(401, 403, 409, 422))
 def rollback(name: Name, request: Request, ctx: CtxDep,
              principal: Annotated[Principal, Depends(require("models:promote"))]) -> ModelVersionPublic:
