@@ -111,6 +111,29 @@ def _result_box(item: dict[str, Any], width: int, height: int) -> _Geometry:
     return _Geometry(label, None, f"result type {kind!r} is not a box")
 
 
+def result_boxes(results: object, width: int, height: int) -> tuple[list[tuple[str, tuple[float, float, float,
+                                                                                            float]]], list[str]]:
+    """One annotation's ``result`` list as ``(label, pixel corners)`` pairs, and a message per result
+    that is not a box (non-box results such as choices are skipped silently). What the Label Studio
+    webhook stores; the same geometry rules as :func:`read_labelstudio`."""
+    if not isinstance(results, list):
+        return [], ["annotation result is not a list"]
+    boxes: list[tuple[str, tuple[float, float, float, float]]] = []
+    problems: list[str] = []
+    for j, item in enumerate(results, start=1):
+        if not isinstance(item, dict):
+            problems.append(f"result {j}: not an object")
+            continue
+        if item.get("type") in ("choices", "textarea", "rating", "taxonomy", "relation"):
+            continue
+        geometry = _result_box(item, width, height)
+        if geometry.corners is None or not geometry.label:
+            problems.append(f"result {j}: {geometry.note or 'no label'}")
+            continue
+        boxes.append((geometry.label, geometry.corners))
+    return boxes, problems
+
+
 def read_labelstudio(tasks_json: Path | str, images_dir: Path | str, *, image_key: str = "image") -> ReadResult:
     path = Path(tasks_json)
     root = Path(images_dir)
@@ -223,7 +246,8 @@ def write_labelstudio(items: Iterable[ExportItem], out_path: Path | str, image_u
     tasks: list[dict[str, Any]] = []
     boxes = negatives = dropped = 0
     for item in items:
-        task: dict[str, Any] = {"data": {to_name: image_url_prefix + quote(item.file_name, safe="/")}}
+        url = item.image_url if item.image_url is not None else image_url_prefix + quote(item.file_name, safe="/")
+        task: dict[str, Any] = {"data": {**(item.data or {}), to_name: url}}
         if item.boxes is not None:
             result, lost = labelstudio_results(item.boxes, item.width, item.height, from_name, to_name, "a")
             task["annotations"] = [{"result": result}]

@@ -152,6 +152,10 @@ class ExportItem:
     boxes: list[Box] | None
     split: str | None = None
     predictions: list[Box] | None = None
+    #: Label Studio only: the image URL (default: the writer's prefix + file name) and extra task
+    #: data (e.g. ``sample_id``) the task carries beside it.
+    image_url: str | None = None
+    data: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: ImportRecord, split: str | None = None) -> ExportItem:

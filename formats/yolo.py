@@ -226,16 +226,31 @@ def _parse_lines(report: ImportReport, record: ImportRecord, text: str, label_re
             record.boxes.append(box)
 
 
+#: Names the dataset file may take: Ultralytics reads any (``data=...``), FiftyOne's YOLOv5 reader
+#: looks for ``dataset.yaml`` unless told otherwise.
+YAML_NAMES = ("data.yaml", "dataset.yaml")
+
+_NO_VAL_NOTE = ("# No held-out split: 'val' names the training images so that Ultralytics trains on this\n"
+                "# export as is. Its validation scores measure fit, not generalisation; for held-out\n"
+                "# numbers build a dataset version (hazardlens datasets create/export) instead.\n")
+
+
 def write_yolo(items: Iterable[ExportItem], out_dir: Path | str, class_names: list[str], *,
-               overwrite: bool = False) -> ExportResult:
+               overwrite: bool = False, yaml_name: str = "data.yaml") -> ExportResult:
     """Write the Ultralytics layout ``images/<split>/``, ``labels/<split>/``, ``data.yaml``.
 
     Items without a split go to ``train``. Negatives get an empty label file, so that "no object"
-    is stated rather than implied by a missing file. ``data.yaml`` lists only the splits present.
+    is stated rather than implied by a missing file. ``data.yaml`` lists the splits present; when
+    there is no ``val`` split (a library export has no splits) ``val`` names the training images,
+    with a comment saying so, because Ultralytics refuses a dataset file without ``val``.
+    ``yaml_name`` ``dataset.yaml`` is the name FiftyOne's YOLOv5 reader looks for.
     """
+    if yaml_name not in YAML_NAMES:
+        raise Invalid(f"the dataset file is named one of {', '.join(YAML_NAMES)}, not {yaml_name!r}",
+                      code="invalid_request")
     items = check_export(items, class_names, need_images=True)
     out = Path(out_dir)
-    ours = [out / "images", out / "labels", out / "data.yaml"]
+    ours = [out / "images", out / "labels", *(out / n for n in YAML_NAMES)]
     if any(p.exists() for p in ours):
         if not overwrite:
             raise Conflict(f"{out} already holds a YOLO export; pass overwrite=True to replace it")
@@ -275,8 +290,12 @@ def write_yolo(items: Iterable[ExportItem], out_dir: Path | str, class_names: li
     data: dict[str, Any] = {"path": str(out.resolve())}
     for split in sorted(splits, key=lambda s: (["train", "val", "test"] + [s]).index(s)):
         data[split] = f"images/{split}"
+    note = ""
+    if "val" not in data and "train" in data:
+        data["val"] = data["train"]
+        note = _NO_VAL_NOTE
     data["nc"] = len(class_names)
     data["names"] = dict(enumerate(class_names))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return ExportResult(out / "data.yaml", len(items), boxes, negatives, dropped)
+    (out / yaml_name).write_text(note + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return ExportResult(out / yaml_name, len(items), boxes, negatives, dropped)
