@@ -1,4 +1,4 @@
-"""``hazardlens import coco|yolo|voc|labelstudio ...`` and ``hazardlens export ...``: labelled
+"""``hazardlens import coco|yolo|voc|labelstudio|cvat ...`` and ``hazardlens export ...``: labelled
 datasets into and out of the library. Thin: the rules live in hazardlens.labeling.importers and
 hazardlens.labeling.exporters."""
 
@@ -119,7 +119,7 @@ def _run_import(fmt: str, source: Path, images: Path | None, class_map: Path, or
 
 
 def register(app: typer.Typer) -> None:
-    imp = typer.Typer(no_args_is_help=True, help="Import a labelled dataset (COCO, YOLO, VOC, Label Studio) "
+    imp = typer.Typer(no_args_is_help=True, help="Import a labelled dataset (COCO, YOLO, VOC, Label Studio, CVAT) "
                                                  "into the sample library, labels as revisions.")
     app.add_typer(imp, name="import")
 
@@ -170,18 +170,43 @@ def register(app: typer.Typer) -> None:
         _run_import("labelstudio", tasks, images, class_map, org, sector, approved, scope, camera_regex,
                     site_regex, as_json, tag)
 
+    @imp.command("cvat")
+    @friendly_errors
+    def import_cvat(annotations: Path = typer.Argument(..., help="CVAT for images 1.1 annotations.xml"),
+                    images: Path = typer.Option(None, "--images", help="images folder (default: images/ beside "
+                                                                        "the xml, else its folder)"),
+                    class_map: Path = _O["class_map"], org: str = _O["org"], sector: str = _O["sector"],
+                    approved: bool = _O["approved"], scope: str = _O["scope"],
+                    camera_regex: str = _O["camera_regex"], site_regex: str = _O["site_regex"],
+                    as_json: bool = _O["as_json"], tag: str = _O["tag"]) -> None:
+        """Import CVAT for images 1.1 boxes (polygons as their bounding boxes); a listed image without
+        shapes is a negative."""
+        _run_import("cvat", annotations, images, class_map, org, sector, approved, scope, camera_regex,
+                    site_regex, as_json, tag)
+
     @app.command("export")
     @friendly_errors
-    def export(fmt: str = typer.Option(..., "--format", help="yolo | coco | labelstudio"),
+    def export(fmt: str = typer.Option(..., "--format", help="yolo | coco | labelstudio | cvat"),
                out: Path = typer.Option(..., "--out", help="new (or empty) folder to write"),
                status: str = typer.Option("approved", "--status", help="approved | submitted"),
                org: str = typer.Option(..., "--org", help="organisation acting (sees its own and shared samples)"),
                only_org: str = typer.Option(None, "--only-org", help="only samples owned by this organisation"),
                sector: str = typer.Option(None, "--sector", help="only samples of this sector"),
                class_key: str = typer.Option(None, "--class", help="only samples whose labels hold this class"),
+               image_url_prefix: str = typer.Option(
+                   None, "--image-url-prefix",
+                   help="labelstudio: tasks point at this service's image URLs, <prefix><sample id>/image "
+                        "(e.g. http://host:8000/v1/samples/), instead of the exported images/ as Label "
+                        "Studio local files"),
+               yaml_name: str = typer.Option("data.yaml", "--yaml-name",
+                                             help="yolo: name of the dataset file; dataset.yaml is what "
+                                                  "FiftyOne's YOLOv5 reader looks for"),
+               fiftyone: bool = typer.Option(False, "--fiftyone", help="yolo: same as --yaml-name dataset.yaml"),
                as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
-        """Export labelled samples: Ultralytics YOLO layout + data.yaml, COCO json + images, or Label
-        Studio tasks + images (with model suggestions as predictions)."""
+        """Export labelled samples: Ultralytics YOLO layout + data.yaml, COCO json + images, Label
+        Studio tasks + images (with model suggestions as predictions), or CVAT for images 1.1 XML +
+        images. A YOLO export of the library has no held-out split: its data.yaml names the training
+        images as val, so Ultralytics trains on it as is."""
         from hazardlens.labeling.exporters import export_library
 
         ctx = context()
@@ -189,7 +214,9 @@ def register(app: typer.Typer) -> None:
         principal = cli_principal(ctx, org)
         filters = {"org": only_org, "sector": sector, "class_key": class_key}
         with console.status(f"exporting {status} samples as {fmt}..."), ctx.db.session() as s:
-            result = export_library(ctx, s, principal, fmt, out, status=status, filters=filters)
+            result = export_library(ctx, s, principal, fmt, out, status=status, filters=filters,
+                                    sample_url_prefix=image_url_prefix,
+                                    yaml_name="dataset.yaml" if fiftyone else yaml_name)
         ctx.close()
         if as_json:
             print(json.dumps({**result.as_dict(), "sample_ids": len(result.sample_ids)}, ensure_ascii=False))

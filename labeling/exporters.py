@@ -1,4 +1,4 @@
-"""The library out to files: YOLO (Ultralytics layout), COCO, or Label Studio tasks.
+"""The library out to files: YOLO (Ultralytics layout), COCO, Label Studio tasks, or CVAT for images 1.1.
 
 Which labels leave is a review decision, so an export takes one state: ``approved`` (each sample's
 latest approved revision, also when a newer correction is still under review) or ``submitted``
@@ -37,13 +37,13 @@ from hazardlens.datasets.search import apply_filters
 from hazardlens.datasets.tenancy import visible_samples
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Invalid
-from hazardlens.formats import ExportItem, write_coco, write_labelstudio, write_yolo
+from hazardlens.formats import ExportItem, write_coco, write_cvat, write_labelstudio, write_yolo
 from hazardlens.formats._util import write_image
 from hazardlens.orm import AnnotationRevision, Sample, Suggestion
 from hazardlens.store import blob_key
 
-ExportFormat = Literal["yolo", "coco", "labelstudio"]
-EXPORT_FORMATS: tuple[str, ...] = ("yolo", "coco", "labelstudio")
+ExportFormat = Literal["yolo", "coco", "labelstudio", "cvat"]
+EXPORT_FORMATS: tuple[str, ...] = ("yolo", "coco", "labelstudio", "cvat")
 EXPORT_STATUSES: tuple[str, ...] = ("approved", "submitted")
 #: Where Label Studio finds the exported images when the export folder is its local-files root.
 LABELSTUDIO_PREFIX = "/data/local-files/?d=images/"
@@ -51,6 +51,7 @@ LABELSTUDIO_PREFIX = "/data/local-files/?d=images/"
 _SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "heic": ".jpg"}
 _UNSAFE = re.compile(r"[^\w.\-]+")
 _ORIENTATION_TAG = 0x0112
+_URL_PREFIX = re.compile(r"(https?://[^\s\x00-\x1f]{1,490}|/[^\s\x00-\x1f]{0,499})")
 
 
 @dataclass(frozen=True)
@@ -175,13 +176,21 @@ def _class_order(ctx: Context, session: Session, present: set[str], wanted: list
 def export_library(ctx: Context, session: Session, principal: Principal, fmt: ExportFormat | str,
                    out_dir: Path | str, *, status: str = "approved",
                    filters: SampleFilter | Mapping[str, Any] | None = None, class_names: list[str] | None = None,
-                   image_url_prefix: str = LABELSTUDIO_PREFIX) -> ExportResult:
+                   image_url_prefix: str = LABELSTUDIO_PREFIX, sample_url_prefix: str | None = None,
+                   yaml_name: str = "data.yaml") -> ExportResult:
     """Write the visible samples with a revision in ``status`` to ``out_dir`` (empty or new).
 
     ``class_names`` fixes the class order (YOLO indices, COCO ids); by default the taxonomy order of
     the classes present. Label Studio gets ``tasks.json`` plus ``images/``, and each task carries
-    the sample's newest open model suggestion as a prediction."""
+    ``data.sample_id`` and the sample's newest open model suggestion as a prediction; its
+    ``data.image`` is ``image_url_prefix`` + the file name (Label Studio serving the export folder as
+    local files), or with ``sample_url_prefix`` (e.g. ``http://host:8000/v1/samples/``) the sample's
+    image URL ``<prefix><id>/image`` on this service. ``yaml_name`` ``dataset.yaml`` names the YOLO
+    dataset file as FiftyOne's YOLOv5 reader expects it. CVAT gets ``annotations.xml`` + ``images/``."""
     principal.require("labeling:export")
+    if sample_url_prefix is not None and not _URL_PREFIX.fullmatch(sample_url_prefix):
+        raise Invalid("the image URL prefix is an http(s) URL (or a path starting with /) of at most 500 "
+                      f"characters, not {sample_url_prefix[:100]!r}", code="invalid_request")
     if fmt not in EXPORT_FORMATS:
         raise Invalid(f"unknown export format {fmt!r}; one of {', '.join(EXPORT_FORMATS)}", code="invalid_format")
     out = Path(out_dir)
@@ -208,15 +217,18 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
         boxes = _boxes(list(rev.boxes))
         predictions = _boxes(list(suggestions[sample.id].boxes)) if sample.id in suggestions else None
         present.update(b.class_key for b in boxes)
+        url = f"{sample_url_prefix}{sample.id}/image" if sample_url_prefix is not None else None
         items.append(ExportItem(_file_name(sample), images.writer(sample), sample.width, sample.height, boxes,
-                                predictions=predictions))
+                                predictions=predictions, image_url=url, data={"sample_id": sample.id}))
     names = _class_order(ctx, session, present, class_names)
 
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "yolo":
-        result = write_yolo(items, out, names)
+        result = write_yolo(items, out, names, yaml_name=yaml_name)
     elif fmt == "coco":
         result = write_coco(items, out, names)
+    elif fmt == "cvat":
+        result = write_cvat(items, out, names)
     else:
         result = write_labelstudio(items, out / "tasks.json", image_url_prefix)
         for item in items:

@@ -18,6 +18,7 @@ from hazardlens.formats import (
     ImportRecord,
     ImportReport,
     read_coco,
+    read_cvat,
     read_labelstudio,
     read_voc,
     read_yolo,
@@ -25,16 +26,19 @@ from hazardlens.formats import (
 from hazardlens.formats._util import safe_relative
 from hazardlens.images import sniff_format
 
-ImportFormat = Literal["coco", "yolo", "voc", "labelstudio"]
-FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "labelstudio")
+ImportFormat = Literal["coco", "yolo", "voc", "labelstudio", "cvat"]
+FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "labelstudio", "cvat")
 
 
 def read_source(fmt: str, source: Path | str, images: Path | str | None = None) -> tuple[list[ImportRecord],
                                                                                         ImportReport]:
     """Run the format's reader. COCO and Label Studio take a json plus an images folder (COCO
-    defaults to the json's folder); YOLO and VOC take the dataset folder."""
+    defaults to the json's folder), CVAT its XML (images default to ``images/`` beside it); YOLO and
+    VOC take the dataset folder."""
     if fmt == "coco":
         return read_coco(source, images)
+    if fmt == "cvat":
+        return read_cvat(source, images)
     if fmt == "labelstudio":
         if images is None:
             raise Invalid("a Label Studio import needs the images folder", code="images_required")
@@ -135,21 +139,22 @@ def _unwrap(root: Path) -> Path:
 
 def locate_dataset(fmt: str, folder: Path) -> tuple[Path, Path | None]:
     """(source, images) of a dataset unpacked into ``folder``: the json and its images folder for
-    COCO and Label Studio (the ``images/`` beside the json when there is one), the dataset folder
-    for YOLO and VOC."""
+    COCO and Label Studio (the ``images/`` beside the json when there is one), the same with the XML
+    for CVAT, the dataset folder for YOLO and VOC."""
     root = _unwrap(folder)
     if fmt in ("yolo", "voc"):
         return root, None
     if fmt not in FORMATS:
         raise Invalid(f"unknown import format {fmt!r}; one of {', '.join(FORMATS)}", code="invalid_format")
-    jsons = sorted((p for p in root.rglob("*.json") if "__MACOSX" not in p.parts and not p.name.startswith(".")),
+    kind = "xml" if fmt == "cvat" else "json"
+    jsons = sorted((p for p in root.rglob(f"*.{kind}") if "__MACOSX" not in p.parts and not p.name.startswith(".")),
                    key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
     if not jsons:
-        raise Invalid(f"the archive holds no {fmt} json file", code="no_annotations")
+        raise Invalid(f"the archive holds no {fmt} {kind} file", code="no_annotations")
     top = [p for p in jsons if len(p.parts) == len(jsons[0].parts)]
     if len(top) > 1:
         names = ", ".join(p.relative_to(root).as_posix() for p in top)
-        raise Invalid(f"the archive holds several json files ({names}); upload one dataset at a time",
+        raise Invalid(f"the archive holds several {kind} files ({names}); upload one dataset at a time",
                       code="ambiguous_annotations")
     ann = top[0]
     images = ann.parent / "images"

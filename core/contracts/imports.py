@@ -10,8 +10,8 @@ from hazardlens.contracts.common import Contract, Public
 from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import RefusalPublic as RefusalOut
 
-IMPORT_FORMATS = ("coco", "yolo", "voc", "labelstudio")
-EXPORT_FORMATS = ("yolo", "coco", "labelstudio")
+IMPORT_FORMATS = ("coco", "yolo", "voc", "labelstudio", "cvat")
+EXPORT_FORMATS = ("yolo", "coco", "labelstudio", "cvat")
 EXPORT_STATUSES = ("approved", "submitted")
 
 # Strings the server accepts only as one of a few values, documented as that enum, but checked by the
@@ -61,7 +61,7 @@ class ImportSummaryPublic(Public):
 
     model_config = ConfigDict(extra="allow")
 
-    format: Literal["coco", "yolo", "voc", "labelstudio"]
+    format: Literal["coco", "yolo", "voc", "labelstudio", "cvat"]
     source: str = Field(description="the upload's name and the folder inside it the dataset was found in")
     org_code: str
     sector: str

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.contracts.common import Contract, Public
 
-MAX_TASKS = 64
+#: Tasks per /predict call: "retrieve predictions" sends every selected task at once; the backend
+#: works through them in chunks. Bounded by this and by the request body limit.
+MAX_TASKS = 10_000
 #: Label Studio sends project ids as numbers or as ``"<id>.<timestamp>"`` text.
 #: (Strict int: a long numeric text is the text, bounded like any other, not an int.)
 ProjectRef = Annotated[int, Field(strict=True)] | Annotated[str, Field(max_length=100)]
@@ -29,9 +31,10 @@ class _Protocol(BaseModel):
 
 
 class LsTask(_Protocol):
-    """A Label Studio task. The image is found in ``data``: ``data.sample_id`` (a library sample), an
-    image URL ending in ``/v1/samples/<id>/image`` (as hazardlens' Label Studio export writes them), or
-    a ``data:`` URI; this backend never fetches an image from the network."""
+    """A Label Studio task. The image is found in ``data``: ``data.sample_id`` (a library sample, as
+    hazardlens' Label Studio export writes it), an image URL ending in ``/v1/samples/<id>/image``, the
+    export's local-files URL ``/data/local-files/?d=images/<id>_<name>``, or a ``data:`` URI; this
+    backend never fetches an image from the network."""
 
     id: int | None = None
     data: Annotated[dict[str, Any], Field(max_length=100, description="the task's data; keys follow the "
@@ -59,8 +62,43 @@ class LsHealth(Public):
     model_version: str | None = Field(description="the version this worker serves; null before one is loaded")
 
 
+class LsLabelConfig(Public):
+    """How the backend reads the project's label config."""
+
+    from_name: str = Field(description="the RectangleLabels tag's name: predictions' from_name")
+    to_name: str = Field(description="the Image tag's name: predictions' to_name")
+    image_key: str = Field(description="the task data key the Image tag reads ($value)")
+    labels: dict[str, str] | None = Field(description="class key -> the project's label value; null when the "
+                                                      "config declares none (class keys are the labels)")
+    unknown_labels: list[str] = Field(description="label values that name no class: never predicted")
+    problems: list[str] = Field(description="why the defaults are used, when they are")
+
+
 class LsSetup(Public):
     model_version: str
+    label_config: LsLabelConfig | None = Field(None, description="the project's label config as read; absent "
+                                                                 "when setup sent none")
+
+
+class LsWebhook(_Protocol):
+    """A Label Studio webhook event. ``ANNOTATION_CREATED`` and ``ANNOTATION_UPDATED`` are stored (the
+    annotation's rectangles as a submitted revision of the task's sample); every other event is
+    acknowledged and ignored."""
+
+    action: Annotated[str, Field(max_length=100)]
+    annotation: dict[str, Any] | None = Field(None, description="the annotation: result (rectanglelabels), "
+                                                                "id, was_cancelled...")
+    task: dict[str, Any] | None = Field(None, description="the task: id, data (sample_id or image URL)")
+    project: dict[str, Any] | None = Field(None, description="the project; its label_config maps labels")
+
+
+class LsWebhookAnswer(Public):
+    status: Literal["stored", "unchanged", "ignored"]
+    sample_id: int | None = None
+    revision_id: int | None = None
+    revision_number: int | None = None
+    reason: str | None = Field(None, description="why an event was ignored")
+    problems: list[str] = Field(default_factory=list)
 
 
 class LsRectangle(Public):
@@ -114,5 +152,6 @@ class SuggestRequest(Contract):
     model: str | None = Field(None, max_length=40, description="pin a model version (default: production)")
 
 
-__all__ = ["MAX_TASKS", "LsHealth", "LsPredictRequest", "LsPrediction", "LsPredictions", "LsRectangle", "LsResult",
-           "LsSetup", "LsSetupRequest", "LsTask", "ProjectRef", "SuggestRequest"]
+__all__ = ["MAX_TASKS", "LsHealth", "LsLabelConfig", "LsPredictRequest", "LsPrediction", "LsPredictions",
+           "LsRectangle", "LsResult", "LsSetup", "LsSetupRequest", "LsTask", "LsWebhook", "LsWebhookAnswer",
+           "ProjectRef", "SuggestRequest"]

@@ -44,8 +44,9 @@ Regex = Annotated[str | None, Form(max_length=200, description=(
 def create_import(
     ctx: CtxDep, principal: Importer,
     file: Annotated[UploadFile, File(description="zip of the export: COCO json + images, a YOLO folder "
-                                                 "(images/, labels/, classes.txt or data.yaml), VOC, or "
-                                                 "Label Studio tasks json + images",
+                                                 "(images/, labels/, classes.txt or data.yaml), VOC, "
+                                                 "Label Studio tasks json + images, or CVAT for images 1.1 "
+                                                 "annotations.xml + images/",
                                      json_schema_extra={"minLength": 1})],
     format: Annotated[ImportFormat, Form(description=" | ".join(IMPORT_FORMATS))],
     class_map: Annotated[str, Form(min_length=1, max_length=200_000,
@@ -72,7 +73,7 @@ _EXPORT_HEADERS = {
 }
 
 
-@router.post("/v1/exports", summary="Export labelled samples as a zip (YOLO, COCO or Label Studio)",
+@router.post("/v1/exports", summary="Export labelled samples as a zip (YOLO, COCO, Label Studio or CVAT)",
              description=f"format: {' | '.join(EXPORT_FORMATS)}; status: {' | '.join(EXPORT_STATUSES)}. "
                          "Nothing matching is a 422 (nothing_to_export).",
              response_class=FileResponse,

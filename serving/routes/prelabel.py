@@ -1,6 +1,7 @@
 """Model-assisted pre-labelling: suggestions on samples or on the caller's queue, and the Label
 Studio ML backend protocol under ``/labelstudio`` (configure ``http://HOST:8000/labelstudio`` as the
-ML backend URL in Label Studio, with basic auth whose password is a hazardlens API key)."""
+ML backend URL in Label Studio, with basic auth whose password is a hazardlens API key), and its
+webhook ``/labelstudio/webhook`` (annotations saved in Label Studio come back as submitted revisions)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from hazardlens.auth import Principal
 from hazardlens.contracts.annotations import Suggestions
 from hazardlens.contracts.labelstudio import (
     LsHealth,
+    LsLabelConfig,
     LsPredictions,
     LsPredictRequest,
     LsSetup,
     LsSetupRequest,
+    LsWebhook,
+    LsWebhookAnswer,
     SuggestRequest,
 )
-from hazardlens.labeling.ml_backend import predict_tasks
+from hazardlens.detector import detection_taxonomy
+from hazardlens.labeling.ml_backend import parse_label_config, predict_tasks, receive_webhook
 from hazardlens.labeling.queues import my_queue
 from hazardlens.labeling.suggestions import suggest_for_samples
 from hazardlens.serving.deps import CtxDep, require
@@ -50,9 +55,11 @@ def ls_health(models: ModelsDep) -> LsHealth:
 
 @router.post("/labelstudio/setup", response_model=LsSetup, summary="Label Studio ML backend: setup",
              responses=errors(401, 403, 413, 422, 503))
-def ls_setup(_: LsSetupRequest, __: Caller, models: ModelsDep) -> LsSetup:
+def ls_setup(body: LsSetupRequest, ctx: CtxDep, __: Caller, models: ModelsDep) -> LsSetup:
+    config = parse_label_config(body.schema_, detection_taxonomy(ctx)) if body.schema_ else None
     with models.get(None) as lease:  # loads the production model if this worker has not yet
-        return LsSetup(model_version=lease.info["version"])
+        return LsSetup(model_version=lease.info["version"],
+                       label_config=LsLabelConfig.model_validate(config.public()) if config is not None else None)
 
 
 @router.post("/labelstudio/predict", response_model=LsPredictions, response_model_exclude_unset=True,
@@ -60,4 +67,20 @@ def ls_setup(_: LsSetupRequest, __: Caller, models: ModelsDep) -> LsSetup:
              responses=errors(401, 403, 404, 413, 415, 422, 503, 504))
 def ls_predict(body: LsPredictRequest, ctx: CtxDep, caller: Caller, models: ModelsDep) -> LsPredictions:
     tasks = [task.model_dump() for task in body.tasks]
-    return LsPredictions.model_validate(predict_tasks(ctx, caller, tasks, models))
+    return LsPredictions.model_validate(predict_tasks(ctx, caller, tasks, models, label_config=body.label_config))
+
+
+Writer = Annotated[Principal, Depends(require("annotations:write"))]
+
+
+@router.post("/labelstudio/webhook", response_model=LsWebhookAnswer,
+             summary="Label Studio webhook: annotations saved there become submitted revisions",
+             description="Register this URL as a webhook of the Label Studio project (with the header "
+                         "Authorization: Bearer <hazardlens API key>; the key's user authors the revisions). "
+                         "ANNOTATION_CREATED and ANNOTATION_UPDATED store the annotation's rectangles as a "
+                         "submitted revision of the task's sample (data.sample_id, or its image URL); other "
+                         "events are acknowledged and ignored.",
+             responses=errors(401, 403, 404, 413, 422))
+def ls_webhook(body: LsWebhook, ctx: CtxDep, caller: Writer) -> LsWebhookAnswer:
+    outcome = receive_webhook(ctx, caller, body.model_dump(by_alias=True))
+    return LsWebhookAnswer.model_validate(outcome.as_dict())
