@@ -31,14 +31,14 @@ run: setup
 	$(VENV)/bin/hazardlens init
 	$(VENV)/bin/hazardlens serve --host $(HOST) --port $(PORT)
 
-test: setup browser lint-code
+test: setup browser lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The suite without the tests that train or run a real model (slow) and the headless-Chromium ones.
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
 
-# What CI enforces (make test runs it): ruff, the import rules of docs/ARCHITECTURE.md, mypy.
+# ruff, the import rules of docs/ARCHITECTURE.md, mypy (make test runs `lint`: these plus the format check).
 lint-code: setup
 	$(VENV)/bin/ruff check .
 	$(LINKTREE) $(VENV)/bin/lint-imports

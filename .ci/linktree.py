@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         print(__doc__, file=sys.stderr)
         return 2
-    command = argv[argv.index("--") + 1:]
+    command = argv[argv.index("--") + 1 :]
     prefixes = build()
     env = dict(os.environ)
     for var in ("PYTHONPATH", "MYPYPATH"):
@@ -67,8 +67,9 @@ def main(argv: list[str]) -> int:
     pattern = re.compile("|".join(re.escape(p) for p in prefixes))
     absolute = {f"{ROOT.as_posix()}/{k}": v for k, v in prefixes.items()}
     abs_pattern = re.compile("|".join(re.escape(p) for p in absolute))
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = abs_pattern.sub(lambda m: absolute[m.group(0)], line)

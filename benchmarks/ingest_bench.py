@@ -85,8 +85,12 @@ def ingest_rate(settings, files: list[Path], workers: int) -> tuple[float, dict[
     summary = ingest_paths(ctx, who, files, IngestMeta(sector="general"), workers=workers or None)
     rate = len(files) / (time.perf_counter() - start)
     ctx.close()
-    counts = {"stored": summary.stored, "deduplicated": summary.deduplicated,
-              "near_duplicates": summary.near_duplicates, "refused": len(summary.refused)}
+    counts = {
+        "stored": summary.stored,
+        "deduplicated": summary.deduplicated,
+        "near_duplicates": summary.near_duplicates,
+        "refused": len(summary.refused),
+    }
     return rate, counts
 
 
@@ -118,16 +122,26 @@ def bench_backends(count: int, workers: int, rounds: int, skip_minio: bool) -> l
         if not skip_minio:
             # Its own process, as MinIO would be: an in-process server would compete for our GIL.
             port = free_port()
-            server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 wait_for_port(port)
                 endpoint = f"127.0.0.1:{port}"
-                run("minio (moto S3 server)",
+                run(
+                    "minio (moto S3 server)",
                     lambda i: MinioStore(endpoint, "bench", "bench", f"raw-{uuid.uuid4().hex[:12]}"),
-                    lambda i: Settings(home=base / f"s3-{i}", store="minio", minio_endpoint=endpoint,
-                                       minio_access_key="bench", minio_secret_key="bench",
-                                       minio_bucket=f"hl-{uuid.uuid4().hex[:12]}"))
+                    lambda i: Settings(
+                        home=base / f"s3-{i}",
+                        store="minio",
+                        minio_endpoint=endpoint,
+                        minio_access_key="bench",
+                        minio_secret_key="bench",
+                        minio_bucket=f"hl-{uuid.uuid4().hex[:12]}",
+                    ),
+                )
             finally:
                 server.terminate()
                 server.wait(10)
@@ -180,8 +194,9 @@ def make_48mp_jpeg(path: Path) -> int:
     from PIL import Image, ImageFilter
 
     rng = np.random.default_rng(0)
-    small = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((1000, 750),
-                                                                                      Image.Resampling.BICUBIC)
+    small = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize(
+        (1000, 750), Image.Resampling.BICUBIC
+    )
     big = small.filter(ImageFilter.GaussianBlur(4)).resize((8000, 6000), Image.Resampling.BILINEAR)
     arr = np.asarray(big, dtype=np.int16)
     arr += rng.integers(-6, 7, arr.shape, dtype=np.int16)
@@ -196,8 +211,13 @@ def bench_memory() -> dict[str, object]:
         out: dict[str, object] = {"file_mib": size / 2**20}
         for mode in ("ingest", "full_decode"):
             home = Path(tmp) / f"home-{mode}"
-            proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(image), str(home)], check=True,
-                                  capture_output=True, text=True, cwd=ROOT)
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, mode, str(image), str(home)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
             shutil.rmtree(home, ignore_errors=True)
         return out
@@ -215,16 +235,20 @@ def main() -> None:
     for r in bench_backends(args.count, args.workers, args.rounds, args.skip_minio):
         ratio = float(r["ratio"])  # type: ignore[arg-type]
         every = ", ".join(f"{x:.2f}" for x in r["ratios"])  # type: ignore[attr-defined]
-        print(f"{r['backend']:>22}: ingest {r['ingest_per_s']:6.1f} img/s | raw put {r['raw_put_per_s']:6.1f} img/s"
-              f" | ratio {ratio:.2f} (median of {every}; goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"
-              f" | stored {r['stored']} dedup {r['deduplicated']} near-dup {r['near_duplicates']}"
-              f" refused {r['refused']}")
+        print(
+            f"{r['backend']:>22}: ingest {r['ingest_per_s']:6.1f} img/s | raw put {r['raw_put_per_s']:6.1f} img/s"
+            f" | ratio {ratio:.2f} (median of {every}; goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"
+            f" | stored {r['stored']} dedup {r['deduplicated']} near-dup {r['near_duplicates']}"
+            f" refused {r['refused']}"
+        )
     if not args.skip_memory:
         m = bench_memory()
         ing, full = m["ingest"], m["full_decode"]
-        print(f"48 MP JPEG ({m['file_mib']:.1f} MiB, {ing['dims'][0]}x{ing['dims'][1]}):"  # type: ignore[index]
-              f" ingest peak RSS +{ing['delta_mib']:.0f} MiB in {ing['s']:.2f} s;"  # type: ignore[index]
-              f" a full decode alone +{full['delta_mib']:.0f} MiB in {full['s']:.2f} s")  # type: ignore[index]
+        print(
+            f"48 MP JPEG ({m['file_mib']:.1f} MiB, {ing['dims'][0]}x{ing['dims'][1]}):"  # type: ignore[index]
+            f" ingest peak RSS +{ing['delta_mib']:.0f} MiB in {ing['s']:.2f} s;"  # type: ignore[index]
+            f" a full decode alone +{full['delta_mib']:.0f} MiB in {full['s']:.2f} s"
+        )  # type: ignore[index]
 
 
 if __name__ == "__main__":

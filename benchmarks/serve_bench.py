@@ -98,8 +98,16 @@ def prepare_home(home: Path, args: argparse.Namespace) -> tuple[Path, str]:
 
                 classes = list(YOLO(str(weights)).names.values())
             with ctx.db.session() as s:
-                registry.register_model(ctx, s, SYSTEM, weights, classes=classes, imgsz=args.imgsz,
-                                        card={"source": "serve_bench"}, stage="production")
+                registry.register_model(
+                    ctx,
+                    s,
+                    SYSTEM,
+                    weights,
+                    classes=classes,
+                    imgsz=args.imgsz,
+                    card={"source": "serve_bench"},
+                    stage="production",
+                )
             return weights, f"--weights {weights.name}"
         if (registry.BASELINE_DIR / "baseline.pt").is_file():
             mv = registry.ensure_baseline(ctx)
@@ -107,8 +115,16 @@ def prepare_home(home: Path, args: argparse.Namespace) -> tuple[Path, str]:
             return registry.BASELINE_DIR / "baseline.pt", f"shipped baseline {mv.version} (imgsz {mv.imgsz})"
         weights = random_yolo(home / "random-yolo11n.pt", PPE_CLASSES)
         with ctx.db.session() as s:
-            registry.register_model(ctx, s, SYSTEM, weights, classes=PPE_CLASSES, imgsz=args.imgsz,
-                                    card={"source": "serve_bench", "random_weights": True}, stage="production")
+            registry.register_model(
+                ctx,
+                s,
+                SYSTEM,
+                weights,
+                classes=PPE_CLASSES,
+                imgsz=args.imgsz,
+                card={"source": "serve_bench", "random_weights": True},
+                stage="production",
+            )
         return weights, f"random-weight YOLO11n, imgsz {args.imgsz} (no baseline yet)"
     finally:
         ctx.close()
@@ -148,8 +164,13 @@ def run_level(url: str, key: str, payloads: list[tuple[str, bytes]], concurrency
     wall = time.perf_counter() - start
     if failures:
         sys.exit(f"{len(failures)} failed requests at concurrency {concurrency}: {failures[:3]}")
-    return {"concurrency": concurrency, "requests": len(latencies), "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p95_ms": percentile(latencies, 0.95) * 1000, "throughput_rps": len(latencies) / wall}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "throughput_rps": len(latencies) / wall,
+    }
 
 
 def ultralytics_predict(weights: Path, files: list[Path], imgsz: int, device: str) -> dict[str, float]:
@@ -168,15 +189,20 @@ def ultralytics_predict(weights: Path, files: list[Path], imgsz: int, device: st
         model.predict(str(f), imgsz=imgsz, device=device, verbose=False)
         latencies.append(time.perf_counter() - t)
     wall = time.perf_counter() - start
-    return {"requests": len(latencies), "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p95_ms": percentile(latencies, 0.95) * 1000, "throughput_rps": len(latencies) / wall}
+    return {
+        "requests": len(latencies),
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "throughput_rps": len(latencies) / wall,
+    }
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current RSS, high-water mark) of a process, in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    values = {line.split(":")[0]: line.split()[1] for line in status.splitlines()
-              if line.startswith(("VmRSS", "VmHWM"))}
+    values = {
+        line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM"))
+    }
     return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
 
 
@@ -207,14 +233,44 @@ def main() -> None:
     ctx.close()
 
     port = free_port()
-    env = {**os.environ, "HAZARDLENS_HOME": str(home), "HAZARDLENS_ENGINE": args.engine,
-           "HAZARDLENS_DEVICE": args.device, "HAZARDLENS_LOG_LEVEL": "WARNING", "YOLO_OFFLINE": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "hazardlens.serving.main:app", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1", "--timeout-keep-alive", "5",
-                               "--no-access-log", "--log-level", "warning"], env=env, cwd=home)
+    env = {
+        **os.environ,
+        "HAZARDLENS_HOME": str(home),
+        "HAZARDLENS_ENGINE": args.engine,
+        "HAZARDLENS_DEVICE": args.device,
+        "HAZARDLENS_LOG_LEVEL": "WARNING",
+        "YOLO_OFFLINE": "1",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "hazardlens.serving.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--timeout-keep-alive",
+            "5",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=home,
+    )
     url = f"http://127.0.0.1:{port}"
-    results: dict[str, Any] = {"model": model_desc, "engine": args.engine, "imgsz": args.imgsz, "photos": len(files),
-                               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    results: dict[str, Any] = {
+        "model": model_desc,
+        "engine": args.engine,
+        "imgsz": args.imgsz,
+        "photos": len(files),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }
     try:
         import httpx
 
@@ -236,8 +292,9 @@ def main() -> None:
         results["rss_after_mb"], results["rss_peak_mb"] = round(rss, 1), round(hwm, 1)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
             loaded = http.get("/v1/models").json()["loaded"]
-        results["loaded"] = [{k: m[k] for k in ("version", "engine", "device", "batches_run", "images_run")}
-                             for m in loaded]
+        results["loaded"] = [
+            {k: m[k] for k in ("version", "engine", "device", "batches_run", "images_run")} for m in loaded
+        ]
     finally:
         server.terminate()
         try:
@@ -257,8 +314,10 @@ def main() -> None:
     print(f"model: {model_desc}; engine {args.engine}; {len(files)} photos; {os.cpu_count()} CPUs")
     print(f"{'':>22} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
     for lv in results["service"]:
-        print(f"{'service @' + str(lv['concurrency']):>22} {lv['p50_ms']:>9.1f} {lv['p95_ms']:>9.1f} "
-              f"{lv['throughput_rps']:>8.2f}")
+        print(
+            f"{'service @' + str(lv['concurrency']):>22} {lv['p50_ms']:>9.1f} {lv['p95_ms']:>9.1f} "
+            f"{lv['throughput_rps']:>8.2f}"
+        )
     print(f"{'ultralytics predict b1':>22} {ul['p50_ms']:>9.1f} {ul['p95_ms']:>9.1f} {ul['throughput_rps']:>8.2f}")
     if "ratio_p50_service1_vs_ultralytics" in results:
         print(f"service p50@1 / ultralytics p50 = {results['ratio_p50_service1_vs_ultralytics']} (goal <= 1.0)")

@@ -54,8 +54,9 @@ def held_out_frames() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             continue
         image = cv2.imread(str(root / "images" / im["file_name"]))
         rows = boxes.get(im["id"], [])
-        frames.append((image, np.array([r[0] for r in rows], np.float32).reshape(-1, 4),
-                       np.array([r[1] for r in rows], object)))
+        frames.append(
+            (image, np.array([r[0] for r in rows], np.float32).reshape(-1, 4), np.array([r[1] for r in rows], object))
+        )
     if not frames:
         sys.exit(f"no frames of cameras {sorted(TEST_CAMERAS)} under {root}")
     return frames
@@ -68,18 +69,21 @@ def grids(frames: list, g: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray
     for start in range(0, len(frames) - g * g + 1, g * g):
         canvas = np.zeros((h * g, w * g, 3), np.uint8)
         xyxy, keys = [], []
-        for i, (image, b, k) in enumerate(frames[start:start + g * g]):
+        for i, (image, b, k) in enumerate(frames[start : start + g * g]):
             sy, sx = h / image.shape[0], w / image.shape[1]
             r, c = divmod(i, g)
-            canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = cv2.resize(image, (w, h)) if (sx, sy) != (1, 1) else image
+            canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = (
+                cv2.resize(image, (w, h)) if (sx, sy) != (1, 1) else image
+            )
             xyxy.append(b * np.array([sx, sy, sx, sy], np.float32) + np.array([c * w, r * h] * 2, np.float32))
             keys.append(k)
         out.append((canvas, np.concatenate(xyxy), np.concatenate(keys)))
     return out
 
 
-def correct_matrix(pred_xyxy: np.ndarray, pred_keys: np.ndarray, true_xyxy: np.ndarray,
-                   true_keys: np.ndarray) -> np.ndarray:
+def correct_matrix(
+    pred_xyxy: np.ndarray, pred_keys: np.ndarray, true_xyxy: np.ndarray, true_keys: np.ndarray
+) -> np.ndarray:
     """Ultralytics' DetectionValidator.match_predictions: greedy one-to-one by IoU at each threshold."""
     from hazardlens.detections import box_iou
 
@@ -134,8 +138,10 @@ def main() -> None:
     engine = load_engine("onnx", args.weights, classes, imgsz, cache, device="cpu")
     try:
         frames = held_out_frames()
-        print(f"model {args.weights.name} ({len(classes)} classes, imgsz {imgsz}); "
-              f"{len(frames)} held-out frames; windows {args.window} px, overlap {args.overlap}")
+        print(
+            f"model {args.weights.name} ({len(classes)} classes, imgsz {imgsz}); "
+            f"{len(frames)} held-out frames; windows {args.window} px, overlap {args.overlap}"
+        )
         for g in args.grid:
             photos = grids(frames, g)
             runs: dict[str, list] = {"plain": [], "sliced": []}
@@ -147,26 +153,42 @@ def main() -> None:
                         dets = engine.predict([image], conf=0.001, iou=0.7)[0]
                     else:
                         s = tile_scale(max(image.shape[:2]), imgsz, args.window)
-                        small = cv2.resize(image, (round(image.shape[1] * s), round(image.shape[0] * s)),
-                                           interpolation=cv2.INTER_AREA) if s < 1 else image
-                        dets = predict_tiled(lambda crops: engine.predict(crops, conf=0.001, iou=0.7), small, imgsz,
-                                             overlap=args.overlap, iou=0.7)
+                        small = (
+                            cv2.resize(
+                                image,
+                                (round(image.shape[1] * s), round(image.shape[0] * s)),
+                                interpolation=cv2.INTER_AREA,
+                            )
+                            if s < 1
+                            else image
+                        )
+                        dets = predict_tiled(
+                            lambda crops: engine.predict(crops, conf=0.001, iou=0.7),
+                            small,
+                            imgsz,
+                            overlap=args.overlap,
+                            iou=0.7,
+                        )
                         dets.xyxy /= s
                     runs[mode].append((dets, true_xyxy, true_keys))
                 ms[mode] = (time.perf_counter() - start) * 1000 / len(photos)
             scores = {mode: score(r, classes) for mode, r in runs.items()}
             h, w = photos[0][0].shape[:2]
             print(f"\ngrid {g}x{g}: {len(photos)} photos of {w}x{h}")
-            print(f"{'class':16s} {'inst':>5s} {'plain AP50':>11s} {'sliced AP50':>12s} "
-                  f"{'plain AP50-95':>14s} {'sliced AP50-95':>15s}")
+            print(
+                f"{'class':16s} {'inst':>5s} {'plain AP50':>11s} {'sliced AP50':>12s} "
+                f"{'plain AP50-95':>14s} {'sliced AP50-95':>15s}"
+            )
             for key in classes:
                 if key in scores["plain"]:
                     p, s_ = scores["plain"][key], scores["sliced"].get(key, (0.0, 0.0, 0))
                     print(f"{key:16s} {p[2]:5d} {p[0]:11.3f} {s_[0]:12.3f} {p[1]:14.3f} {s_[1]:15.3f}")
             mean = {m: float(np.mean([scores[m].get(k, (0.0,))[0] for k in GOAL_CLASSES])) for m in scores}
             ratio = mean["sliced"] / mean["plain"] if mean["plain"] else float("inf")
-            print(f"mean AP50 person/helmet/safety_clothes: plain {mean['plain']:.3f}, sliced {mean['sliced']:.3f}, "
-                  f"ratio sliced/plain {ratio:.2f}; ms/photo plain {ms['plain']:.0f}, sliced {ms['sliced']:.0f}")
+            print(
+                f"mean AP50 person/helmet/safety_clothes: plain {mean['plain']:.3f}, sliced {mean['sliced']:.3f}, "
+                f"ratio sliced/plain {ratio:.2f}; ms/photo plain {ms['plain']:.0f}, sliced {ms['sliced']:.0f}"
+            )
     finally:
         engine.close()
 

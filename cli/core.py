@@ -17,30 +17,43 @@ def register(app: typer.Typer) -> None:
         ctx = context()
         ctx.init()
         baseline = ensure_baseline(ctx)  # a fresh install serves (and lists) the shipped baseline
-        console.print(f"ready: home={ctx.settings.home.resolve()} catalogue={ctx.db.engine.url.render_as_string()} "
-                      f"store={ctx.settings.store}"
-                      + (f" production model={baseline.name}:{baseline.version}" if baseline is not None else ""))
+        console.print(
+            f"ready: home={ctx.settings.home.resolve()} catalogue={ctx.db.engine.url.render_as_string()} "
+            f"store={ctx.settings.store}"
+            + (f" production model={baseline.name}:{baseline.version}" if baseline is not None else "")
+        )
 
     @app.command()
-    def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
-              port: int = typer.Option(8000, help="port to bind"),
-              workers: int = typer.Option(1, help="worker processes"),
-              timeout_keep_alive: int = typer.Option(5, help="seconds an idle connection is kept")) -> None:
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="address to bind"),
+        port: int = typer.Option(8000, help="port to bind"),
+        workers: int = typer.Option(1, help="worker processes"),
+        timeout_keep_alive: int = typer.Option(5, help="seconds an idle connection is kept"),
+    ) -> None:
         """Serve the API and the web console."""
         import uvicorn
 
-        uvicorn.run("hazardlens.serving.main:app", host=host, port=port, workers=workers,
-                    timeout_keep_alive=timeout_keep_alive, log_config=None, h11_max_incomplete_event_size=65536)
+        uvicorn.run(
+            "hazardlens.serving.main:app",
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_keep_alive=timeout_keep_alive,
+            log_config=None,
+            h11_max_incomplete_event_size=65536,
+        )
 
     keys = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; printed once).")
     app.add_typer(keys, name="keys")
 
     @keys.command("create")
     @friendly_errors
-    def keys_create(org: str = typer.Option(..., "--org", help="organisation (region) code, e.g. 420000"),
-                    role: str = typer.Option(..., "--role", help="inspector|curator|reviewer|admin|service"),
-                    name: str = typer.Option(None, "--name", help="user name (default: <role>-<org>)"),
-                    expires_days: int = typer.Option(None, "--expires-days", help="days until expiry")) -> None:
+    def keys_create(
+        org: str = typer.Option(..., "--org", help="organisation (region) code, e.g. 420000"),
+        role: str = typer.Option(..., "--role", help="inspector|curator|reviewer|admin|service"),
+        name: str = typer.Option(None, "--name", help="user name (default: <role>-<org>)"),
+        expires_days: int = typer.Option(None, "--expires-days", help="days until expiry"),
+    ) -> None:
         """Create an API key; the key is the last word printed."""
         from hazardlens.audit import record
         from hazardlens.auth import SYSTEM, create_key

@@ -37,12 +37,29 @@ def register(app: typer.Typer) -> None:
 
         ctx = context()
         ctx.init()
-        meta = validate_meta(ctx, IngestMeta(sector=sector, scope=scope, source=source, site_id=site,
-                                             camera_id=camera, enterprise_id=enterprise,
-                                             inspection_record=inspection_record, tags=tuple(tag or ())))
+        meta = validate_meta(
+            ctx,
+            IngestMeta(
+                sector=sector,
+                scope=scope,
+                source=source,
+                site_id=site,
+                camera_id=camera,
+                enterprise_id=enterprise,
+                inspection_record=inspection_record,
+                tags=tuple(tag or ()),
+            ),
+        )
         principal = cli_principal(ctx, org)
-        with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[name]}", style="dim"), console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("[bold]ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[name]}", style="dim"),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("ingest", total=None, name="")
 
             def progress(done: int, total: int, name: str, outcome: str) -> None:
@@ -54,9 +71,11 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(summary.to_dict(), ensure_ascii=False))
         else:
             out = Console(highlight=False, soft_wrap=True)
-            out.print(f"stored {summary.stored}, deduplicated {summary.deduplicated}, "
-                      f"near-duplicates {summary.near_duplicates}, refused {len(summary.refused)}, "
-                      f"skipped {len(summary.skipped)} (org {principal.org_code}, sector {meta.sector})")
+            out.print(
+                f"stored {summary.stored}, deduplicated {summary.deduplicated}, "
+                f"near-duplicates {summary.near_duplicates}, refused {len(summary.refused)}, "
+                f"skipped {len(summary.skipped)} (org {principal.org_code}, sector {meta.sector})"
+            )
             # One line per file (not a table): paths stay whole and greppable in any terminal width.
             for title, rows in (("refused", summary.refused), ("skipped", summary.skipped)):
                 for r in rows[:500]:

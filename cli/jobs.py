@@ -66,12 +66,15 @@ def register(app: typer.Typer) -> None:
 
     @jobs.command("submit")
     @friendly_errors
-    def submit(kind: str = typer.Argument(..., help=" | ".join(JOB_KINDS)),
-               param: list[str] = typer.Option(None, "--param", help="KEY=VALUE, e.g. dataset=ppe@latest "
-                                                                    "config=baseline (repeat)"),
-               params: str = typer.Option(None, "--params", help=_PARAMS_HELP),
-               org: str = typer.Option(..., "--org", help=ORG_HELP),
-               as_json: bool = typer.Option(False, "--json", help="print the job as JSON")) -> None:
+    def submit(
+        kind: str = typer.Argument(..., help=" | ".join(JOB_KINDS)),
+        param: list[str] = typer.Option(
+            None, "--param", help="KEY=VALUE, e.g. dataset=ppe@latest config=baseline (repeat)"
+        ),
+        params: str = typer.Option(None, "--params", help=_PARAMS_HELP),
+        org: str = typer.Option(..., "--org", help=ORG_HELP),
+        as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
+    ) -> None:
         """Queue a job (checked now: parameters, training config, dataset visibility); prints its id."""
         from hazardlens.jobs import job_public
 
@@ -87,32 +90,42 @@ def register(app: typer.Typer) -> None:
 
     @jobs.command("list")
     @friendly_errors
-    def list_(status: str = typer.Option(None, "--status", help=" | ".join(JOB_STATUSES)),
-              kind: str = typer.Option(None, "--kind", help=" | ".join(JOB_KINDS)),
-              limit: int = typer.Option(100, "--limit", min=1, max=1000),
-              org: str = typer.Option(None, "--org", help=ORG_HELP + " (default: every organisation)"),
-              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    def list_(
+        status: str = typer.Option(None, "--status", help=" | ".join(JOB_STATUSES)),
+        kind: str = typer.Option(None, "--kind", help=" | ".join(JOB_KINDS)),
+        limit: int = typer.Option(100, "--limit", min=1, max=1000),
+        org: str = typer.Option(None, "--org", help=ORG_HELP + " (default: every organisation)"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    ) -> None:
         """Recent jobs, newest first."""
         from hazardlens.jobs import job_summary
 
         ctx = _ready()
         principal = cli_principal(ctx, org) if org else None
-        page = JobPage(items=[job_summary(j) for j in _runner(ctx).list_jobs(principal, status=status, kind=kind,
-                                                                             limit=limit)])
+        page = JobPage(
+            items=[job_summary(j) for j in _runner(ctx).list_jobs(principal, status=status, kind=kind, limit=limit)]
+        )
         ctx.close()
         if as_json:
             _print(page)
             return
         table = Table("id", "kind", "status", "progress", "message", "created")
         for j in page.items:
-            table.add_row(str(j.id), j.kind, j.status, f"{j.progress:.0%}", (j.error or j.message or "")[:60],
-                          (j.created_at or "")[:19])
+            table.add_row(
+                str(j.id),
+                j.kind,
+                j.status,
+                f"{j.progress:.0%}",
+                (j.error or j.message or "")[:60],
+                (j.created_at or "")[:19],
+            )
         console.print(table)
 
     @jobs.command("show")
     @friendly_errors
-    def show(job_id: int = typer.Argument(..., min=1),
-             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    def show(
+        job_id: int = typer.Argument(..., min=1), as_json: bool = typer.Option(False, "--json", help="print JSON")
+    ) -> None:
         """One job: status, progress, result or error, and its log tail."""
         from hazardlens.jobs import job_public
 

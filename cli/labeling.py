@@ -13,12 +13,14 @@ def register(app: typer.Typer) -> None:
 
     @labeling.command("assign")
     @friendly_errors
-    def assign(org: str = typer.Option(..., "--org", help="organisation (region) code acting, e.g. 420000"),
-               to: str = typer.Option(..., "--to", help="user name of the curator, in --org"),
-               sector: str = typer.Option(None, "--sector", help="only samples of this sector"),
-               status: str = typer.Option(None, "--status", help="only samples in this annotation state"),
-               class_key: str = typer.Option(None, "--class", help="only samples whose labels hold this class"),
-               limit: int = typer.Option(100, "--limit", help="at most this many samples")) -> None:
+    def assign(
+        org: str = typer.Option(..., "--org", help="organisation (region) code acting, e.g. 420000"),
+        to: str = typer.Option(..., "--to", help="user name of the curator, in --org"),
+        sector: str = typer.Option(None, "--sector", help="only samples of this sector"),
+        status: str = typer.Option(None, "--status", help="only samples in this annotation state"),
+        class_key: str = typer.Option(None, "--class", help="only samples whose labels hold this class"),
+        limit: int = typer.Option(100, "--limit", help="at most this many samples"),
+    ) -> None:
         """Assign matching samples of --org (oldest first) to a curator; prints how many."""
         from hazardlens.labeling.queues import assign as do_assign
 

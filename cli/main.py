@@ -12,8 +12,12 @@ from hazardlens.cli.common import console, context, friendly_errors
 
 __all__ = ["app", "console", "context", "friendly_errors", "main"]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="hazardlens: equipment/facility image sample library (设备设施样本库) and hazard detection.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="hazardlens: equipment/facility image sample library (设备设施样本库) and hazard detection.",
+)
 
 
 def _register_all() -> None:

@@ -32,20 +32,32 @@ def _metric(card: dict[str, Any] | None, split: str, key: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     @friendly_errors
-    def train(dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
-              config: Path = typer.Option(..., "--config", help="training config, e.g. configs/train/baseline.yaml",
-                                          dir_okay=False),
-              resume: bool = typer.Option(False, "--resume", help="continue the last unfinished run of this "
-                                                                   "dataset and config from its last.pt"),
-              run: str = typer.Option(None, "--run", help="with --resume: the run id (folder under <home>/runs) "
-                                                          "to continue; without: the id for the new run"),
-              register_model: bool = typer.Option(True, "--register/--no-register",
-                                                  help="register best.pt as a candidate model"),
-              start_from: str = typer.Option(None, "--from", help="start from a registered model (production, "
-                                                                   "NAME:VERSION) or a .pt instead of the "
-                                                                   "config's model; classes the dataset adds are "
-                                                                   "appended to its head, the old ones kept"),
-              org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+    def train(
+        dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
+        config: Path = typer.Option(
+            ..., "--config", help="training config, e.g. configs/train/baseline.yaml", dir_okay=False
+        ),
+        resume: bool = typer.Option(
+            False, "--resume", help="continue the last unfinished run of this dataset and config from its last.pt"
+        ),
+        run: str = typer.Option(
+            None,
+            "--run",
+            help="with --resume: the run id (folder under <home>/runs) to continue; without: the id for the new run",
+        ),
+        register_model: bool = typer.Option(
+            True, "--register/--no-register", help="register best.pt as a candidate model"
+        ),
+        start_from: str = typer.Option(
+            None,
+            "--from",
+            help="start from a registered model (production, "
+            "NAME:VERSION) or a .pt instead of the "
+            "config's model; classes the dataset adds are "
+            "appended to its head, the old ones kept",
+        ),
+        org: str = typer.Option("000000", "--org", help=ORG_HELP),
+    ) -> None:
         """Train a detector on a dataset version (offline); registers best.pt as a candidate."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -53,34 +65,56 @@ def register(app: typer.Typer) -> None:
 
         ctx = _ready()
         principal = cli_principal(ctx, org)
-        with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                      TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+        with Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+        ) as bar:
             task = bar.add_task("starting", total=1.0)
 
             def progress(fraction: float, message: str) -> None:
                 bar.update(task, completed=fraction, description=message)
 
-            result = do_train(ctx, dataset, config, progress=progress, resume=resume, register=register_model,
-                              principal=principal, run_id=run, start_from=start_from)
+            result = do_train(
+                ctx,
+                dataset,
+                config,
+                progress=progress,
+                resume=resume,
+                register=register_model,
+                principal=principal,
+                run_id=run,
+                start_from=start_from,
+            )
         m = result.metrics
-        console.print(f"run {result.run_id} ({result.device}, {len(result.epochs)} epoch(s)): "
-                      f"mAP50={m.get('map50', 0):.3f} mAP50-95={m.get('map50_95', 0):.3f}; folder {result.run_dir}")
+        console.print(
+            f"run {result.run_id} ({result.device}, {len(result.epochs)} epoch(s)): "
+            f"mAP50={m.get('map50', 0):.3f} mAP50-95={m.get('map50_95', 0):.3f}; folder {result.run_dir}"
+        )
         if result.model:
             console.print(f"registered {result.model['name']} {result.model['version']} as candidate")
             print(f"{result.model['name']}:{result.model['version']}")
 
     @app.command()
     @friendly_errors
-    def evaluate(model: str = typer.Argument(..., help="NAME:VERSION, 'production', NAME:production or a .pt path"),
-                 dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
-                 split: str = typer.Option("test", "--split", help="train|val|test"),
-                 compare: str = typer.Option(None, "--compare", help="a second model to compare with the first"),
-                 out: Path = typer.Option(None, "--out", help="folder for plots, report.json and report.md"),
-                 imgsz: int = typer.Option(None, "--imgsz", help="image size (default: the model's)"),
-                 by_tag: bool = typer.Option(False, "--by-tag", help="also per source: per-class figures for each "
-                                                                     "sample tag of the split, from the same run"),
-                 tags: str = typer.Option(None, "--tags", help="with --by-tag: only these tags (comma-separated)"),
-                 org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+    def evaluate(
+        model: str = typer.Argument(..., help="NAME:VERSION, 'production', NAME:production or a .pt path"),
+        dataset: str = typer.Option(..., "--dataset", help="dataset version, NAME@VERSION"),
+        split: str = typer.Option("test", "--split", help="train|val|test"),
+        compare: str = typer.Option(None, "--compare", help="a second model to compare with the first"),
+        out: Path = typer.Option(None, "--out", help="folder for plots, report.json and report.md"),
+        imgsz: int = typer.Option(None, "--imgsz", help="image size (default: the model's)"),
+        by_tag: bool = typer.Option(
+            False,
+            "--by-tag",
+            help="also per source: per-class figures for each sample tag of the split, from the same run",
+        ),
+        tags: str = typer.Option(None, "--tags", help="with --by-tag: only these tags (comma-separated)"),
+        org: str = typer.Option("000000", "--org", help=ORG_HELP),
+    ) -> None:
         """Evaluate a model (per class and per sector; --by-tag per source too) and, with --compare, write a
         comparison report. Classes an image declares unlabelled are not scored on that image."""
         from hazardlens.training.evaluate import evaluate as do_evaluate
@@ -93,16 +127,33 @@ def register(app: typer.Typer) -> None:
         for i, ref in enumerate(refs):
             sub = (out / f"model{i + 1}") if out else None
             console.print(f"evaluating {ref} on {dataset} ({split})...")
-            reports.append(do_evaluate(ctx, ref, dataset, split, imgsz, out_dir=sub, principal=principal,
-                                       by_tag=by_tag or bool(tags),
-                                       tags=[g.strip() for g in tags.split(",") if g.strip()] if tags else None))
+            reports.append(
+                do_evaluate(
+                    ctx,
+                    ref,
+                    dataset,
+                    split,
+                    imgsz,
+                    out_dir=sub,
+                    principal=principal,
+                    by_tag=by_tag or bool(tags),
+                    tags=[g.strip() for g in tags.split(",") if g.strip()] if tags else None,
+                )
+            )
         target = out or Path(reports[0].out_dir)
         md = write_report(reports, target)
         table = Table("model", "P", "R", "mAP50", "mAP50-95", "images", "instances", title=f"{dataset} {split}")
         for r in reports:
             o = r.overall
-            table.add_row(r.label, f"{o['precision']:.3f}", f"{o['recall']:.3f}", f"{o['map50']:.3f}",
-                          f"{o['map50_95']:.3f}", str(o["images"]), str(o["instances"]))
+            table.add_row(
+                r.label,
+                f"{o['precision']:.3f}",
+                f"{o['recall']:.3f}",
+                f"{o['map50']:.3f}",
+                f"{o['map50_95']:.3f}",
+                str(o["images"]),
+                str(o["instances"]),
+            )
         console.print(table)
         sectors = Table("sector", *[r.label for r in reports], title="mAP50 per sector")
         keys = list(dict.fromkeys(s.sector for r in reports for s in r.per_sector))
@@ -115,27 +166,63 @@ def register(app: typer.Typer) -> None:
         console.print(sectors)
         for r in reports[:1]:
             for g in r.per_tag:
-                per = Table("class", "images", "instances", "P", "R", "mAP50", "mAP50-95",
-                            title=f"{r.label} on source {g.tag}")
+                per = Table(
+                    "class", "images", "instances", "P", "R", "mAP50", "mAP50-95", title=f"{r.label} on source {g.tag}"
+                )
                 o = g.overall
-                per.add_row("all", str(o["images"]), str(o["instances"]), f"{o['precision']:.3f}",
-                            f"{o['recall']:.3f}", f"{o['map50']:.3f}", f"{o['map50_95']:.3f}")
+                per.add_row(
+                    "all",
+                    str(o["images"]),
+                    str(o["instances"]),
+                    f"{o['precision']:.3f}",
+                    f"{o['recall']:.3f}",
+                    f"{o['map50']:.3f}",
+                    f"{o['map50_95']:.3f}",
+                )
                 for c in g.per_class:
-                    per.add_row(c.key, str(c.images), str(c.instances), f"{c.precision:.3f}", f"{c.recall:.3f}",
-                                f"{c.map50:.3f}", f"{c.map50_95:.3f}")
+                    per.add_row(
+                        c.key,
+                        str(c.images),
+                        str(c.instances),
+                        f"{c.precision:.3f}",
+                        f"{c.recall:.3f}",
+                        f"{c.map50:.3f}",
+                        f"{c.map50_95:.3f}",
+                    )
                 console.print(per)
             if r.rules:
-                rt = Table("rule", "source", "labelled", "TP", "FP", "FN", "P", "R", "AP",
-                           title=f"{r.label}: rule findings against their evidence class")
+                rt = Table(
+                    "rule",
+                    "source",
+                    "labelled",
+                    "TP",
+                    "FP",
+                    "FN",
+                    "P",
+                    "R",
+                    "AP",
+                    title=f"{r.label}: rule findings against their evidence class",
+                )
                 for row in r.rules:
-                    rt.add_row(row["rule"], row["tag"] or "all", str(row["n_gt"]), str(row["tp"]), str(row["fp"]),
-                               str(row["fn"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['ap']:.3f}")
+                    rt.add_row(
+                        row["rule"],
+                        row["tag"] or "all",
+                        str(row["n_gt"]),
+                        str(row["tp"]),
+                        str(row["fp"]),
+                        str(row["fn"]),
+                        f"{row['precision']:.3f}",
+                        f"{row['recall']:.3f}",
+                        f"{row['ap']:.3f}",
+                    )
                 console.print(rt)
             if r.partial_labels:
                 dropped = r.partial_labels.get("not_scored", {})
-                console.print(f"partially labelled: {r.partial_labels.get('images', 0)} image(s) declare "
-                              f"{', '.join(r.partial_labels.get('classes', {}))} unlabelled; not scored there: "
-                              f"{dropped.get('predictions', 0)} prediction(s), {dropped.get('labels', 0)} label(s)")
+                console.print(
+                    f"partially labelled: {r.partial_labels.get('images', 0)} image(s) declare "
+                    f"{', '.join(r.partial_labels.get('classes', {}))} unlabelled; not scored there: "
+                    f"{dropped.get('predictions', 0)} prediction(s), {dropped.get('labels', 0)} label(s)"
+                )
         print(md)
 
     models = typer.Typer(no_args_is_help=True, help="Model registry: list, promote, roll back, export, import.")
@@ -143,8 +230,10 @@ def register(app: typer.Typer) -> None:
 
     @models.command("list")
     @friendly_errors
-    def models_list(name: str = typer.Option(None, "--name", help="only this model name"),
-                    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    def models_list(
+        name: str = typer.Option(None, "--name", help="only this model name"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    ) -> None:
         """Registered model versions with their stage and metrics."""
         from hazardlens.models.registry import ensure_baseline, list_models, model_dict
 
@@ -153,24 +242,31 @@ def register(app: typer.Typer) -> None:
         with ctx.db.session() as s:
             rows = [model_dict(mv) for mv in list_models(s, name)]
         if as_json:
-            print(json.dumps([{k: v for k, v in r.items() if k != "card"} for r in rows], ensure_ascii=False,
-                             indent=2))
+            print(json.dumps([{k: v for k, v in r.items() if k != "card"} for r in rows], ensure_ascii=False, indent=2))
             return
         table = Table("name", "version", "stage", "dataset", "val mAP50", "test mAP50", "created")
         for r in rows:
-            table.add_row(r["name"], r["version"], r["stage"], (r["dataset_version"] or "–")[:12],
-                          _metric(r["card"], "val", "map50"), _metric(r["card"], "test", "map50"),
-                          (r["created_at"] or "")[:19])
+            table.add_row(
+                r["name"],
+                r["version"],
+                r["stage"],
+                (r["dataset_version"] or "–")[:12],
+                _metric(r["card"], "val", "map50"),
+                _metric(r["card"], "test", "map50"),
+                (r["created_at"] or "")[:19],
+            )
         console.print(table)
         for r in rows:
             print(f"{r['name']}\t{r['version']}\t{r['stage']}")
 
     @models.command("promote")
     @friendly_errors
-    def models_promote(name: str = typer.Argument(...), version: str = typer.Argument(...),
-                       stage: str = typer.Option("production", "--stage",
-                                                 help="candidate|staging|production|archived"),
-                       org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+    def models_promote(
+        name: str = typer.Argument(...),
+        version: str = typer.Argument(...),
+        stage: str = typer.Option("production", "--stage", help="candidate|staging|production|archived"),
+        org: str = typer.Option("000000", "--org", help=ORG_HELP),
+    ) -> None:
         """Move a version to a stage; to production archives the version serving before it."""
         from hazardlens.models.registry import promote
 
@@ -182,8 +278,10 @@ def register(app: typer.Typer) -> None:
 
     @models.command("rollback")
     @friendly_errors
-    def models_rollback(name: str = typer.Argument("hazardlens", help="model name"),
-                        org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+    def models_rollback(
+        name: str = typer.Argument("hazardlens", help="model name"),
+        org: str = typer.Option("000000", "--org", help=ORG_HELP),
+    ) -> None:
         """Put the previous production version back into production."""
         from hazardlens.models.registry import rollback
 
@@ -195,8 +293,11 @@ def register(app: typer.Typer) -> None:
 
     @models.command("export")
     @friendly_errors
-    def models_export(name: str = typer.Argument(...), version: str = typer.Argument(...),
-                      out: Path = typer.Option(..., "--out", help="folder for weights.pt and card.json")) -> None:
+    def models_export(
+        name: str = typer.Argument(...),
+        version: str = typer.Argument(...),
+        out: Path = typer.Option(..., "--out", help="folder for weights.pt and card.json"),
+    ) -> None:
         """Write a version's weights and card to a folder (for another, offline installation)."""
         from hazardlens.models.registry import export_model
 
@@ -207,11 +308,12 @@ def register(app: typer.Typer) -> None:
 
     @models.command("import")
     @friendly_errors
-    def models_import(folder: Path = typer.Argument(..., exists=True, file_okay=False,
-                                                    help="folder with weights.pt and card.json"),
-                      stage: str = typer.Option("candidate", "--stage", help="stage to register it in"),
-                      version: str = typer.Option(None, "--version", help="register under this version instead"),
-                      org: str = typer.Option("000000", "--org", help=ORG_HELP)) -> None:
+    def models_import(
+        folder: Path = typer.Argument(..., exists=True, file_okay=False, help="folder with weights.pt and card.json"),
+        stage: str = typer.Option("candidate", "--stage", help="stage to register it in"),
+        version: str = typer.Option(None, "--version", help="register under this version instead"),
+        org: str = typer.Option("000000", "--org", help=ORG_HELP),
+    ) -> None:
         """Register a model exported by `models export` (the weights hash is checked against the card)."""
         from hazardlens.models.registry import import_model
 

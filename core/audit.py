@@ -33,9 +33,18 @@ def snapshot(row: Any, fields: list[str] | None = None) -> dict[str, Any]:
     return {n: _jsonable(getattr(row, n)) for n in names}
 
 
-def record(session: Session, actor: Principal | None, action: str, entity: str, entity_id: Any, *,
-           sample_id: int | None = None, before: dict[str, Any] | None = None,
-           after: dict[str, Any] | None = None, request_id: str | None = None) -> AuditEvent:
+def record(
+    session: Session,
+    actor: Principal | None,
+    action: str,
+    entity: str,
+    entity_id: Any,
+    *,
+    sample_id: int | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> AuditEvent:
     event = AuditEvent(
         actor_id=actor.user_id if actor else None,
         actor=actor.name if actor else "system",
@@ -52,8 +61,14 @@ def record(session: Session, actor: Principal | None, action: str, entity: str, 
     return event
 
 
-def history(session: Session, *, sample_id: int | None = None, entity: str | None = None,
-            entity_id: Any = None, limit: int = 500) -> list[AuditEvent]:
+def history(
+    session: Session,
+    *,
+    sample_id: int | None = None,
+    entity: str | None = None,
+    entity_id: Any = None,
+    limit: int = 500,
+) -> list[AuditEvent]:
     q = select(AuditEvent).order_by(AuditEvent.id)
     if sample_id is not None:
         q = q.where(AuditEvent.sample_id == sample_id)
@@ -65,9 +80,19 @@ def history(session: Session, *, sample_id: int | None = None, entity: str | Non
 
 
 def event_dict(e: AuditEvent) -> dict[str, Any]:
-    return {"id": e.id, "at": iso(e.at), "actor": e.actor, "org_code": e.org_code,
-            "action": e.action, "entity": e.entity, "entity_id": e.entity_id, "sample_id": e.sample_id,
-            "before": e.before, "after": e.after, "request_id": e.request_id}
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "actor": e.actor,
+        "org_code": e.org_code,
+        "action": e.action,
+        "entity": e.entity,
+        "entity_id": e.entity_id,
+        "sample_id": e.sample_id,
+        "before": e.before,
+        "after": e.after,
+        "request_id": e.request_id,
+    }
 
 
 # The serving layer sets the request id of the request being handled, so audit rows carry it.

@@ -83,8 +83,10 @@ def require_system(principal: Principal, what: str, system_org: str | None = Non
     organisation at once, such as the one model registry that serves all detection."""
     if not is_system(principal, system_org):
         org = system_org if system_org is not None else get_settings().system_org
-        raise Forbidden(f"{what} affects every organisation: only an administrator of the system organisation "
-                        f"{org} may do it", code="system_only")
+        raise Forbidden(
+            f"{what} affects every organisation: only an administrator of the system organisation {org} may do it",
+            code="system_only",
+        )
 
 
 def principal_of(user: User) -> Principal:
@@ -99,8 +101,9 @@ def _hash(key: str) -> str:
 def ensure_org(session: Session, code: str, name: str = "") -> Organisation:
     code = code.strip()
     if not code.isdigit() or not 2 <= len(code) <= 12:
-        raise Invalid(f"organisation code must be a numeric region code such as 420000, not {code!r}",
-                      code="invalid_org")
+        raise Invalid(
+            f"organisation code must be a numeric region code such as 420000, not {code!r}", code="invalid_org"
+        )
     org = session.get(Organisation, code)
     if org is None:
         org = Organisation(code=code, name=name)
@@ -123,8 +126,9 @@ def ensure_user(session: Session, org_code: str, name: str, role: str) -> User:
     return user
 
 
-def create_key(session: Session, org_code: str, role: str, name: str | None = None,
-               expires_days: int | None = None) -> tuple[str, User]:
+def create_key(
+    session: Session, org_code: str, role: str, name: str | None = None, expires_days: int | None = None
+) -> tuple[str, User]:
     """Create a key (and its user when new). The plain key is returned once and never stored."""
     user = ensure_user(session, org_code, name or f"{role}-{org_code}", role)
     prefix = secrets.token_hex(6)

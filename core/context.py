@@ -60,8 +60,10 @@ class Context:
         from hazardlens.orm import TaxonomyAddition
 
         rows = session.scalars(select(TaxonomyAddition).order_by(TaxonomyAddition.id)).all()
-        return [{"kind": r.kind, "key": r.key, "org_code": r.org_code, "status": r.status, "payload": r.payload}
-                for r in rows]
+        return [
+            {"kind": r.kind, "key": r.key, "org_code": r.org_code, "status": r.status, "payload": r.payload}
+            for r in rows
+        ]
 
     def invalidate_taxonomy(self) -> None:
         with self._tax_lock:

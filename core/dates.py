@@ -51,8 +51,10 @@ def parse_when(text: str | date | None, *, end: bool = False, name: str = "date"
             return parse_when(date.fromisoformat(raw), end=end, name=name)
         return utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
     except ValueError:
-        raise Invalid(f"{name} must be an ISO date (2024-05-01) or date-time (2024-05-01T08:30:00+08:00), "
-                      f"not {raw!r}", code="invalid_date") from None
+        raise Invalid(
+            f"{name} must be an ISO date (2024-05-01) or date-time (2024-05-01T08:30:00+08:00), not {raw!r}",
+            code="invalid_date",
+        ) from None
 
 
 __all__ = ["iso", "now_iso", "parse_when", "utc"]

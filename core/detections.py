@@ -35,8 +35,13 @@ class Box:
         return max(0.0, self.width) * max(0.0, self.height)
 
     def as_dict(self) -> dict[str, float | str | None]:
-        d: dict[str, float | str | None] = {"class_key": self.class_key, "x1": self.x1, "y1": self.y1,
-                                            "x2": self.x2, "y2": self.y2}
+        d: dict[str, float | str | None] = {
+            "class_key": self.class_key,
+            "x1": self.x1,
+            "y1": self.y1,
+            "x2": self.x2,
+            "y2": self.y2,
+        }
         if self.confidence is not None:
             d["confidence"] = self.confidence
         return d
@@ -62,8 +67,11 @@ class Detections:
 
     @classmethod
     def empty(cls, with_confidence: bool = False) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), object),
-                   np.zeros((0,), np.float32) if with_confidence else None)
+        return cls(
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), object),
+            np.zeros((0,), np.float32) if with_confidence else None,
+        )
 
     @classmethod
     def from_boxes(cls, boxes: Iterable[Box]) -> Detections:
@@ -73,8 +81,11 @@ class Detections:
         conf = None
         if all(b.confidence is not None for b in boxes):
             conf = np.array([b.confidence for b in boxes], np.float32)
-        return cls(np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.float32),
-                   np.array([b.class_key for b in boxes], object), conf)
+        return cls(
+            np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.float32),
+            np.array([b.class_key for b in boxes], object),
+            conf,
+        )
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -89,8 +100,9 @@ class Detections:
         return list(self)
 
     def __getitem__(self, index: np.ndarray | slice | Sequence[int]) -> Detections:
-        return Detections(self.xyxy[index], self.class_keys[index],
-                          None if self.confidence is None else self.confidence[index])
+        return Detections(
+            self.xyxy[index], self.class_keys[index], None if self.confidence is None else self.confidence[index]
+        )
 
     def filter_confidence(self, threshold: float) -> Detections:
         if self.confidence is None:

@@ -62,13 +62,29 @@ class Detector(Protocol):
     evidence image); ``tiles`` asks for sliced inference. Errors are ``HazardError``s.
     """
 
-    def detect(self, data: bytes, *, version: str | None = None, conf: float = DEFAULT_CONF,
-               iou: float = DEFAULT_IOU, max_pixels: int | None = None, timeout: float | None = None,
-               keep_image_side: int | None = None, tiles: Tiling | None = None) -> DetectResult: ...
+    def detect(
+        self,
+        data: bytes,
+        *,
+        version: str | None = None,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        max_pixels: int | None = None,
+        timeout: float | None = None,
+        keep_image_side: int | None = None,
+        tiles: Tiling | None = None,
+    ) -> DetectResult: ...
 
-    def detect_many(self, images: Sequence[bytes], *, version: str | None = None, conf: float = DEFAULT_CONF,
-                    iou: float = DEFAULT_IOU, max_pixels: int | None = None, timeout: float | None = None,
-                    ) -> tuple[dict[str, str], list[DetectResult | HazardError]]:
+    def detect_many(
+        self,
+        images: Sequence[bytes],
+        *,
+        version: str | None = None,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        max_pixels: int | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, str], list[DetectResult | HazardError]]:
         """Several images on one model version: the model used, and per image (in input order) its
         result or the error that image alone ran into."""
         ...
@@ -88,16 +104,33 @@ def relevant(taxonomy: Taxonomy, detections: Detections, sector: str | None = No
     return detections.filter_classes(keys)
 
 
-def detect_relevant(ctx: Context, detector: Detector, data: bytes, *, sector: str | None = None,
-                    version: str | None = None, conf: float = DEFAULT_CONF, timeout: float | None = None,
-                    tiles: Tiling | None = None) -> DetectResult:
+def detect_relevant(
+    ctx: Context,
+    detector: Detector,
+    data: bytes,
+    *,
+    sector: str | None = None,
+    version: str | None = None,
+    conf: float = DEFAULT_CONF,
+    timeout: float | None = None,
+    tiles: Tiling | None = None,
+) -> DetectResult:
     """``detector.detect`` on one photo (``max_pixels`` from the settings), its detections kept to the
     :func:`relevant` classes of :func:`detection_taxonomy` (and of ``sector``, when given): what the
     pre-labelling callers (suggestions, the Label Studio backend) show."""
-    result = detector.detect(data, version=version, conf=conf, max_pixels=ctx.settings.max_pixels, timeout=timeout,
-                             tiles=tiles)
+    result = detector.detect(
+        data, version=version, conf=conf, max_pixels=ctx.settings.max_pixels, timeout=timeout, tiles=tiles
+    )
     return replace(result, detections=relevant(detection_taxonomy(ctx), result.detections, sector))
 
 
-__all__ = ["DEFAULT_CONF", "DEFAULT_IOU", "DetectResult", "Detector", "Tiling", "detect_relevant", "detection_taxonomy",
-           "relevant"]
+__all__ = [
+    "DEFAULT_CONF",
+    "DEFAULT_IOU",
+    "DetectResult",
+    "Detector",
+    "Tiling",
+    "detect_relevant",
+    "detection_taxonomy",
+    "relevant",
+]

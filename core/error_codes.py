@@ -117,8 +117,10 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unknown_class_map": _c(404, "no shipped class map of that name"),
     "unmapped_classes": _c(422, "source class names without a mapping; nothing was imported"),
     "invalid_regex": _c(422, "a camera or site regex that RE2 does not compile, or over 200 characters"),
-    "invalid_yaml": _c(422, "user YAML (class map, data.yaml) too large, with aliases, too deep, or with names "
-                            "that are not short scalars"),
+    "invalid_yaml": _c(
+        422,
+        "user YAML (class map, data.yaml) too large, with aliases, too deep, or with names that are not short scalars",
+    ),
     "images_required": _c(422, "the format needs the images folder"),
     "no_annotations": _c(422, "the archive holds no annotation file"),
     "ambiguous_annotations": _c(422, "the archive holds several annotation files"),
@@ -184,10 +186,15 @@ ERROR_CODES: dict[str, ErrorCode] = {
 
 def markdown() -> str:
     """The table as the Markdown of ``docs/error-codes.md``."""
-    lines = ["# Error codes", "",
-             "Generated from `hazardlens.error_codes` (`python -m hazardlens.error_codes docs/error-codes.md`);",
-             "do not edit by hand. Every error is answered as `{\"error\": {\"code\", \"message\", \"details\"}}`.",
-             "", "| code | HTTP status | meaning |", "|---|---|---|"]
+    lines = [
+        "# Error codes",
+        "",
+        "Generated from `hazardlens.error_codes` (`python -m hazardlens.error_codes docs/error-codes.md`);",
+        'do not edit by hand. Every error is answered as `{"error": {"code", "message", "details"}}`.',
+        "",
+        "| code | HTTP status | meaning |",
+        "|---|---|---|",
+    ]
     for code in sorted(ERROR_CODES):
         entry = ERROR_CODES[code]
         lines.append(f"| `{code}` | {', '.join(str(s) for s in entry.statuses)} | {entry.meaning} |")

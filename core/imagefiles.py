@@ -15,8 +15,9 @@ from __future__ import annotations
 import threading
 
 UPLOAD_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".heic", ".heif"})
-DATASET_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif",
-                              ".mpo", ".dng"})
+DATASET_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".mpo", ".dng"}
+)
 ARCHIVE_SUFFIXES = frozenset({".zip"})
 
 _heif_lock = threading.Lock()

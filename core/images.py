@@ -113,8 +113,10 @@ def inspect_image(data: bytes, max_pixels: int, thumb_size: int = 320) -> ImageI
         fmt, mime = _FORMATS[img.format or ""]
         width, height = img.size
         if width * height > max_pixels:
-            raise TooLarge(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
-                           f"{max_pixels:,}", code="too_many_pixels")
+            raise TooLarge(
+                f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
+                code="too_many_pixels",
+            )
         exif = _exif(img)
         orientation = _orientation(exif)
         if orientation in (5, 6, 7, 8):
@@ -140,8 +142,17 @@ def inspect_image(data: bytes, max_pixels: int, thumb_size: int = 320) -> ImageI
             warnings.simplefilter("ignore")  # bad EXIF is dropped quietly, never a failed upload
             captured_at = _captured_at(exif)
             lat, lon = _gps(exif)
-        return ImageInfo(format=fmt, mime=mime, width=width, height=height, phash=phash,
-                         thumbnail_jpeg=buf.getvalue(), captured_at=captured_at, gps_lat=lat, gps_lon=lon)
+        return ImageInfo(
+            format=fmt,
+            mime=mime,
+            width=width,
+            height=height,
+            phash=phash,
+            thumbnail_jpeg=buf.getvalue(),
+            captured_at=captured_at,
+            gps_lat=lat,
+            gps_lon=lon,
+        )
     finally:
         img.close()
 
@@ -164,19 +175,24 @@ def _open(data: bytes, sniffed: str | None, max_pixels: int) -> Image.Image:
         try:
             return Image.open(io.BytesIO(data), formats=formats)
         except Image.DecompressionBombError as exc:
-            raise TooLarge(f"image claims too many pixels to decode safely (limit {max_pixels:,}): {exc}",
-                           code="too_many_pixels") from exc
+            raise TooLarge(
+                f"image claims too many pixels to decode safely (limit {max_pixels:,}): {exc}", code="too_many_pixels"
+            ) from exc
         except UnidentifiedImageError:
             pass
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
             raise Invalid(f"the image header is truncated or corrupt ({exc})", code="truncated_image") from exc
         if sniffed is not None:
-            raise Invalid(f"the file starts like a {sniffed.upper()} image but cannot be read: it is truncated "
-                          f"or corrupt", code="truncated_image")
+            raise Invalid(
+                f"the file starts like a {sniffed.upper()} image but cannot be read: it is truncated or corrupt",
+                code="truncated_image",
+            )
         other = _identify_other(data)
     if other:
-        raise UnsupportedMedia(f"{other} images are not supported; send {', '.join(s.upper() for s in SUPPORTED)}",
-                               code="unsupported_format")
+        raise UnsupportedMedia(
+            f"{other} images are not supported; send {', '.join(s.upper() for s in SUPPORTED)}",
+            code="unsupported_format",
+        )
     raise UnsupportedMedia("the file is not an image (or not one this service can read)", code="not_an_image")
 
 
@@ -190,8 +206,12 @@ def _identify_other(data: bytes) -> str | None:
 
 
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }  # the EXIF orientation -> the transform that makes the image upright (as ImageOps.exif_transpose)
 

@@ -71,8 +71,9 @@ class JobType:
 _TYPES: dict[str, JobType] = {}
 
 
-def register(kind: str, *, permission: str, handler: Handler, check: Check | None = None,
-             loggers: tuple[str, ...] = ()) -> JobType:
+def register(
+    kind: str, *, permission: str, handler: Handler, check: Check | None = None, loggers: tuple[str, ...] = ()
+) -> JobType:
     """Make ``kind`` runnable (again: the last registration wins). ``kind`` must be one of the kinds
     of :mod:`hazardlens.contracts.jobs`, which defines its parameters."""
     if kind not in JOB_KINDS:  # its parameters would have no model: it could never be submitted
@@ -89,10 +90,21 @@ def registered() -> dict[str, JobType]:
 
 def job_public(job: Job) -> JobPublic:
     """A job row as the API, CLI and client see it."""
-    return JobPublic(id=job.id, kind=job.kind, status=job.status, params=dict(job.params or {}),
-                     progress=round(float(job.progress or 0.0), 4), message=job.message, log=job.log,
-                     result=job.result, error=job.error, created_by=job.created_by,
-                     created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at))
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        params=dict(job.params or {}),
+        progress=round(float(job.progress or 0.0), 4),
+        message=job.message,
+        log=job.log,
+        result=job.result,
+        error=job.error,
+        created_by=job.created_by,
+        created_at=iso(job.created_at),
+        started_at=iso(job.started_at),
+        finished_at=iso(job.finished_at),
+    )
 
 
 def job_summary(job: Job) -> JobSummary:
@@ -132,8 +144,14 @@ class JobRunner:
     the caller's thread (``run_next`` / ``run_pending``, for tests and tools). ``handlers`` replaces
     the registered handler of a kind (tests)."""
 
-    def __init__(self, ctx: Context, *, poll_s: float = 1.0, flush_s: float = _FLUSH_S,
-                 handlers: Mapping[str, Handler] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        poll_s: float = 1.0,
+        flush_s: float = _FLUSH_S,
+        handlers: Mapping[str, Handler] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.poll_s = poll_s
         self.flush_s = flush_s
@@ -169,8 +187,14 @@ class JobRunner:
             job_type.check(self.ctx, job_in.params, principal)
         clean = job_in.params.model_dump(mode="json", exclude_none=True, by_alias=True)
         with self.ctx.db.session() as session:
-            job = Job(kind=kind, status="queued", params=clean, created_by=principal.user_id,
-                      created_at=datetime.now(UTC), message="queued")
+            job = Job(
+                kind=kind,
+                status="queued",
+                params=clean,
+                created_by=principal.user_id,
+                created_at=datetime.now(UTC),
+                message="queued",
+            )
             session.add(job)
             session.flush()
             record(session, principal, "job.submit", "job", job.id, after={"kind": kind, "params": clean})
@@ -189,8 +213,14 @@ class JobRunner:
                 raise NotFound(f"no job {job_id}", code="job_not_found")
             return job
 
-    def list_jobs(self, principal: Principal | None = None, *, status: str | None = None, kind: str | None = None,
-                  limit: int = 100) -> list[Job]:
+    def list_jobs(
+        self,
+        principal: Principal | None = None,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
         if status is not None and status not in STATUSES:
             raise Invalid(f"status must be one of {', '.join(STATUSES)}", code="invalid_status")
         q = select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 1000)))
@@ -225,8 +255,15 @@ class JobRunner:
                 before = job.status
                 job.status, job.error, job.finished_at = "failed", INTERRUPTED, now
                 job.message = f"{INTERRUPTED} (was {before})"
-                record(session, SYSTEM, "job.interrupted", "job", job.id, before={"status": before},
-                       after={"status": "failed", "error": INTERRUPTED})
+                record(
+                    session,
+                    SYSTEM,
+                    "job.interrupted",
+                    "job",
+                    job.id,
+                    before={"status": before},
+                    after={"status": "failed", "error": INTERRUPTED},
+                )
         if jobs:
             log.warning("marked %d job(s) interrupted by restart: %s", len(jobs), [j.id for j in jobs])
         return len(jobs)
@@ -238,9 +275,14 @@ class JobRunner:
         with self.ctx.db.session() as session:
             ids = list(session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(5)))
             for job_id in ids:
-                res = cast(CursorResult[Any], session.execute(
-                    update(Job).where(Job.id == job_id, Job.status == "queued")
-                    .values(status="running", started_at=datetime.now(UTC), message="starting")))
+                res = cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.status == "queued")
+                        .values(status="running", started_at=datetime.now(UTC), message="starting")
+                    ),
+                )
                 if res.rowcount == 1:
                     return job_id
         return None
@@ -315,8 +357,13 @@ class JobRunner:
                 raise
         else:
             lines.append(f"{datetime.now():%H:%M:%S} completed")
-            write(status="completed", progress=1.0, message=str(state["message"] or "completed")[:2000],
-                  result=result, finished_at=datetime.now(UTC))
+            write(
+                status="completed",
+                progress=1.0,
+                message=str(state["message"] or "completed")[:2000],
+                result=result,
+                finished_at=datetime.now(UTC),
+            )
             self._audit(job_id, "job.complete", {"status": "completed"})
         finally:
             for lg in loggers:
@@ -391,5 +438,17 @@ class JobRunner:
             self._release_lock()
 
 
-__all__ = ["INTERRUPTED", "STATUSES", "Check", "Handler", "JobRunner", "JobType", "Progress", "job_dict",
-           "job_public", "job_summary", "register", "registered"]
+__all__ = [
+    "INTERRUPTED",
+    "STATUSES",
+    "Check",
+    "Handler",
+    "JobRunner",
+    "JobType",
+    "Progress",
+    "job_dict",
+    "job_public",
+    "job_summary",
+    "register",
+    "registered",
+]

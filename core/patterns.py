@@ -44,8 +44,10 @@ class UserRegex:
             reason = exc.args[0] if exc.args else exc
             if isinstance(reason, bytes):
                 reason = reason.decode("utf-8", "replace")
-            raise Invalid(f"{what} is not a valid regular expression for RE2 ({reason}; no backreferences "
-                          "or look-around)", code="invalid_regex") from exc
+            raise Invalid(
+                f"{what} is not a valid regular expression for RE2 ({reason}; no backreferences or look-around)",
+                code="invalid_regex",
+            ) from exc
         self.pattern = pattern
         self.groups: int = int(compiled.groups)
         self._compiled = compiled

@@ -25,8 +25,14 @@ R = TypeVar("R")
 class ReadAhead(Generic[T, R]):
     """Items in input order, each with its future (``None`` for items not worked on)."""
 
-    def __init__(self, pool: ThreadPoolExecutor, items: Iterable[T], work: Callable[[T], R], window: int,
-                 wants: Callable[[T], bool] | None) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        items: Iterable[T],
+        work: Callable[[T], R],
+        window: int,
+        wants: Callable[[T], bool] | None,
+    ) -> None:
         self._pool = pool
         self._items = iter(items)
         self._work = work
@@ -64,8 +70,15 @@ class ReadAhead(Generic[T, R]):
 
 
 @contextmanager
-def read_ahead(items: Iterable[T], work: Callable[[T], R], *, workers: int, window: int, name: str,
-               wants: Callable[[T], bool] | None = None) -> Iterator[ReadAhead[T, R]]:
+def read_ahead(
+    items: Iterable[T],
+    work: Callable[[T], R],
+    *,
+    workers: int,
+    window: int,
+    name: str,
+    wants: Callable[[T], bool] | None = None,
+) -> Iterator[ReadAhead[T, R]]:
     """A :class:`ReadAhead` over a pool of ``workers`` threads named ``name``; the pool is shut down
     (waiting for submitted work) when the block ends."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:

@@ -119,8 +119,15 @@ class Region(_Strict):
         """Regions of (N, 4) boxes, as (N, 4)."""
         xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
         w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
-        return np.stack([xyxy[:, 0] + self.x[0] * w, xyxy[:, 1] + self.y[0] * h,
-                         xyxy[:, 0] + self.x[1] * w, xyxy[:, 1] + self.y[1] * h], axis=1)
+        return np.stack(
+            [
+                xyxy[:, 0] + self.x[0] * w,
+                xyxy[:, 1] + self.y[0] * h,
+                xyxy[:, 0] + self.x[1] * w,
+                xyxy[:, 1] + self.y[1] * h,
+            ],
+            axis=1,
+        )
 
 
 class Overlap(_Strict):
@@ -285,13 +292,16 @@ class _Frame:
     def __init__(self, detections: Detections) -> None:
         self.xyxy = np.asarray(detections.xyxy, np.float64).reshape(-1, 4)
         self.keys = [str(k) for k in detections.class_keys]
-        self.conf = (np.ones(len(self.keys)) if detections.confidence is None
-                     else np.asarray(detections.confidence, np.float64))
+        self.conf = (
+            np.ones(len(self.keys)) if detections.confidence is None else np.asarray(detections.confidence, np.float64)
+        )
 
     def of(self, classes: Sequence[str], min_conf: float = 0.0, exclude: Iterable[int] = ()) -> np.ndarray:
         wanted, skip = set(classes), set(exclude)
-        return np.array([i for i, k in enumerate(self.keys)
-                         if k in wanted and self.conf[i] >= min_conf and i not in skip], dtype=np.int64)
+        return np.array(
+            [i for i, k in enumerate(self.keys) if k in wanted and self.conf[i] >= min_conf and i not in skip],
+            dtype=np.int64,
+        )
 
     def matches(self, m: Matcher, region: np.ndarray, unit: float, exclude: Iterable[int]) -> np.ndarray:
         """Indices of detections that ``m`` finds for ``region``, most confident first."""
@@ -358,8 +368,10 @@ class RuleSet:
             try:
                 rule = Rule.model_validate(entry)
             except ValidationError as exc:
-                errors += [f"{where}.{_loc(e['loc'])}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}"
-                           for e in exc.errors()]
+                errors += [
+                    f"{where}.{_loc(e['loc'])}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}"
+                    for e in exc.errors()
+                ]
                 errors += shape
                 continue
             errors += shape
@@ -371,8 +383,11 @@ class RuleSet:
                 rules.append(resolved)
         if errors:
             shown = "; ".join(errors[:20]) + (f"; and {len(errors) - 20} more" if len(errors) > 20 else "")
-            raise Invalid(f"{source}: {len(errors)} problem(s): {shown}", code="invalid_rules",
-                          details=[f"{source}: {e}" for e in errors])
+            raise Invalid(
+                f"{source}: {len(errors)} problem(s): {shown}",
+                code="invalid_rules",
+                details=[f"{source}: {e}" for e in errors],
+            )
         return cls(rules, source=source)
 
     # ---- applying -----------------------------------------------------------------------------
@@ -380,9 +395,15 @@ class RuleSet:
     def for_sector(self, sector: str | None) -> list[Rule]:
         return [r for r in self.rules if sector is None or sector in (r.sectors or [])]
 
-    def apply(self, detections: Detections, sector: str | None = None, conf: float = 0.0, *,
-              image_size: tuple[int, int] | None = None,
-              model_classes: Iterable[str] | None = None) -> list[RuleFinding]:
+    def apply(
+        self,
+        detections: Detections,
+        sector: str | None = None,
+        conf: float = 0.0,
+        *,
+        image_size: tuple[int, int] | None = None,
+        model_classes: Iterable[str] | None = None,
+    ) -> list[RuleFinding]:
         """Findings derived from ``detections`` (pixels of the oriented image; ground truth without
         confidences counts as confidence 1), most confident first.
 
@@ -405,19 +426,33 @@ class RuleSet:
         """JSON-ready rules for ``GET /v1/taxonomy``: what each rule reads and what it finds."""
         out = []
         for r in self.rules:
-            geometry = r.model_dump(mode="json", by_alias=True,
-                                    include={"subject", "region", "evidence", "require", "absent", "factor",
-                                             "finding_box"})
-            out.append({"key": r.key, "kind": r.kind, "evidence_class": r.evidence_class,
-                        "inputs": r.input_classes(), "sectors": list(r.sectors or []),
-                        "finding_zh": r.finding_zh, "finding_en": r.finding_en,
-                        "inspection_items": list(r.inspection_items or []), "legal_basis": list(r.legal_basis or []),
-                        "severity": r.severity, "min_confidence": r.min_confidence, "geometry": geometry})
+            geometry = r.model_dump(
+                mode="json",
+                by_alias=True,
+                include={"subject", "region", "evidence", "require", "absent", "factor", "finding_box"},
+            )
+            out.append(
+                {
+                    "key": r.key,
+                    "kind": r.kind,
+                    "evidence_class": r.evidence_class,
+                    "inputs": r.input_classes(),
+                    "sectors": list(r.sectors or []),
+                    "finding_zh": r.finding_zh,
+                    "finding_en": r.finding_en,
+                    "inspection_items": list(r.inspection_items or []),
+                    "legal_basis": list(r.legal_basis or []),
+                    "severity": r.severity,
+                    "min_confidence": r.min_confidence,
+                    "geometry": geometry,
+                }
+            )
         return out
 
 
-def _apply_rule(rule: Rule, frame: _Frame, floor: float, known: set[str] | None,
-                image_size: tuple[int, int] | None) -> list[RuleFinding]:
+def _apply_rule(
+    rule: Rule, frame: _Frame, floor: float, known: set[str] | None, image_size: tuple[int, int] | None
+) -> list[RuleFinding]:
     subjects = frame.of(rule.subject.cls, rule.subject.min_confidence)
     regions = rule.region.of(frame.xyxy[subjects]) if len(subjects) else np.zeros((0, 4))
     findings: list[RuleFinding] = []
@@ -431,11 +466,20 @@ def _apply_rule(rule: Rule, frame: _Frame, floor: float, known: set[str] | None,
             b[[1, 3]] = b[[1, 3]].clip(0, image_size[1])
         if b[2] <= b[0] or b[3] <= b[1]:
             return  # the region lies outside the photo
-        findings.append(RuleFinding(
-            rule=rule.key, box=FindingBox(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), confidence=round(confidence, 4),
-            evidence_class=rule.evidence_class, finding_zh=rule.finding_zh or "", finding_en=rule.finding_en or "",
-            inspection_items=list(rule.inspection_items or []), legal_basis=list(rule.legal_basis or []),
-            severity=rule.severity, inputs=inputs))
+        findings.append(
+            RuleFinding(
+                rule=rule.key,
+                box=FindingBox(x1=b[0], y1=b[1], x2=b[2], y2=b[3]),
+                confidence=round(confidence, 4),
+                evidence_class=rule.evidence_class,
+                finding_zh=rule.finding_zh or "",
+                finding_en=rule.finding_en or "",
+                inspection_items=list(rule.inspection_items or []),
+                legal_basis=list(rule.legal_basis or []),
+                severity=rule.severity,
+                inputs=inputs,
+            )
+        )
 
     def discount(region: np.ndarray, unit: float, exclude: list[int]) -> tuple[float, list[int]]:
         factor, used = 1.0, []
@@ -525,8 +569,12 @@ def _resolve(rule: Rule, taxonomy: Taxonomy, where: str, errors: list[str]) -> R
     refs: list[tuple[str, str]] = [("subject.class", k) for k in rule.subject.cls]
     if rule.evidence is not None:
         refs += [("evidence.class", k) for k in rule.evidence.cls]
-    refs += [(f"{name}[{i}].class", k) for name in ("require", "absent")
-             for i, m in enumerate(getattr(rule, name)) for k in m.cls]
+    refs += [
+        (f"{name}[{i}].class", k)
+        for name in ("require", "absent")
+        for i, m in enumerate(getattr(rule, name))
+        for k in m.cls
+    ]
     evidence_class = rule.evidence_class
     if evidence_class is None and rule.evidence is not None and len(rule.evidence.cls) == 1:
         evidence_class = rule.evidence.cls[0]  # the evidence is what a finding is labelled as
@@ -561,12 +609,15 @@ def _resolve(rule: Rule, taxonomy: Taxonomy, where: str, errors: list[str]) -> R
         "severity": rule.severity or (cls.severity if cls else None),
         "sectors": rule.sectors or (sorted(taxonomy.class_sectors(cls)) if cls else None),
     }
-    for name, why in (("finding_zh", "the text an inspector would confirm"), ("finding_en", "its English text"),
-                      ("legal_basis", "the mandatory clause it rests on"), ("severity", f"one of {SEVERITIES}"),
-                      ("sectors", "the sectors it applies to")):
+    for name, why in (
+        ("finding_zh", "the text an inspector would confirm"),
+        ("finding_en", "its English text"),
+        ("legal_basis", "the mandatory clause it rests on"),
+        ("severity", f"one of {SEVERITIES}"),
+        ("sectors", "the sectors it applies to"),
+    ):
         if not filled[name]:
-            errors.append(f"{where}: '{name}' is missing ({why}); state it or name an evidence_class "
-                          f"that has it")
+            errors.append(f"{where}: '{name}' is missing ({why}); state it or name an evidence_class that has it")
     if len(errors) > before:
         return None
     return rule.model_copy(update=filled)
@@ -590,8 +641,9 @@ def default_rules(source: Context | Settings | None = None) -> RuleSet:
         mtime = path.stat().st_mtime_ns
     except OSError as exc:
         raise Invalid(f"cannot read rules file {path}: {exc}", code="invalid_rules") from exc
-    taxonomy = (source.base_taxonomy if source is not None and not isinstance(source, Settings)
-                else default_taxonomy(settings))
+    taxonomy = (
+        source.base_taxonomy if source is not None and not isinstance(source, Settings) else default_taxonomy(settings)
+    )
     key = (str(path), mtime, taxonomy.version)
     with _cache_lock:
         cached = _cache.get(key)
@@ -612,7 +664,22 @@ def finding_dicts(findings: Sequence[RuleFinding], detections: Detections) -> li
 
 
 __all__ = [
-    "FINDING_BOXES", "MAX_MATCHERS", "MAX_RULES", "MEASURES", "RULE_KINDS", "Evidence", "FindingBox", "Matcher",
-    "Overlap", "Region", "Rule", "RuleFinding", "RuleSet", "Subject", "box_gaps", "default_rules",
-    "finding_dicts", "overlap_scores",
+    "FINDING_BOXES",
+    "MAX_MATCHERS",
+    "MAX_RULES",
+    "MEASURES",
+    "RULE_KINDS",
+    "Evidence",
+    "FindingBox",
+    "Matcher",
+    "Overlap",
+    "Region",
+    "Rule",
+    "RuleFinding",
+    "RuleSet",
+    "Subject",
+    "box_gaps",
+    "default_rules",
+    "finding_dicts",
+    "overlap_scores",
 ]

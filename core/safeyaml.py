@@ -63,14 +63,16 @@ def load_user_yaml(text: str | bytes, what: str) -> Any:
     (``"syntax"``)."""
     size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
     if size > MAX_YAML_BYTES:
-        raise Invalid(f"{what}: YAML of {size} bytes is over the {MAX_YAML_BYTES}-byte limit", code="invalid_yaml",
-                      details={"reason": "refused"})
+        raise Invalid(
+            f"{what}: YAML of {size} bytes is over the {MAX_YAML_BYTES}-byte limit",
+            code="invalid_yaml",
+            details={"reason": "refused"},
+        )
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise Invalid(f"{what}: not UTF-8 text ({exc})", code="invalid_yaml",
-                          details={"reason": "syntax"}) from exc
+            raise Invalid(f"{what}: not UTF-8 text ({exc})", code="invalid_yaml", details={"reason": "syntax"}) from exc
     loader = NoAliasLoader(text)
     try:
         return loader.get_single_data()
@@ -90,10 +92,13 @@ def load_user_yaml_file(path: Path, what: str | None = None) -> Any:
     except OSError as exc:
         raise Invalid(f"{what}: not readable ({exc})", code="invalid_yaml", details={"reason": "syntax"}) from exc
     if size > MAX_YAML_BYTES:
-        raise Invalid(f"{what}: YAML of {size} bytes is over the {MAX_YAML_BYTES}-byte limit", code="invalid_yaml",
-                      details={"reason": "refused"})
+        raise Invalid(
+            f"{what}: YAML of {size} bytes is over the {MAX_YAML_BYTES}-byte limit",
+            code="invalid_yaml",
+            details={"reason": "refused"},
+        )
     try:
-        data = path.read_bytes()[:MAX_YAML_BYTES + 1]
+        data = path.read_bytes()[: MAX_YAML_BYTES + 1]
     except OSError as exc:
         raise Invalid(f"{what}: not readable ({exc})", code="invalid_yaml", details={"reason": "syntax"}) from exc
     return load_user_yaml(data, what)

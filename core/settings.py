@@ -156,8 +156,10 @@ def load_settings() -> Settings:
     tile_window = int(_env("TILE_WINDOW", str(defaults.tile_window)) or defaults.tile_window)
     tile_overlap = float(_env("TILE_OVERLAP", str(defaults.tile_overlap)) or defaults.tile_overlap)
     if tile_window < 64 or not 0.0 <= tile_overlap < 0.9:
-        raise ValueError(f"HAZARDLENS_TILE_WINDOW must be >= 64 and HAZARDLENS_TILE_OVERLAP in [0, 0.9), "
-                         f"not {tile_window} and {tile_overlap}")
+        raise ValueError(
+            f"HAZARDLENS_TILE_WINDOW must be >= 64 and HAZARDLENS_TILE_OVERLAP in [0, 0.9), "
+            f"not {tile_window} and {tile_overlap}"
+        )
     return Settings(
         home=Path(_env("HOME", "var") or "var"),
         database_url=_env("DATABASE_URL", "") or "",

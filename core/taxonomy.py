@@ -39,8 +39,19 @@ _CODE_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+$")
 
 _SECTOR_FIELDS = {"key", "name_zh", "name_en"}
 _ITEM_FIELDS = {"code", "sector", "title_zh", "title_en", "legal_basis", "active"}
-_CLASS_FIELDS = {"key", "name_zh", "name_en", "sector", "inspection_items", "severity", "finding_zh",
-                 "finding_en", "is_hazard", "legal_basis", "active"}
+_CLASS_FIELDS = {
+    "key",
+    "name_zh",
+    "name_en",
+    "sector",
+    "inspection_items",
+    "severity",
+    "finding_zh",
+    "finding_en",
+    "is_hazard",
+    "legal_basis",
+    "active",
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +79,16 @@ class InspectionItem:
     status: str = "approved"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "sector": self.sector, "title_zh": self.title_zh,
-                "title_en": self.title_en, "legal_basis": list(self.legal_basis), "active": self.active,
-                "org_code": self.org_code, "status": self.status}
+        return {
+            "code": self.code,
+            "sector": self.sector,
+            "title_zh": self.title_zh,
+            "title_en": self.title_en,
+            "legal_basis": list(self.legal_basis),
+            "active": self.active,
+            "org_code": self.org_code,
+            "status": self.status,
+        }
 
 
 @dataclass(frozen=True)
@@ -94,11 +112,21 @@ class HazardClass:
     status: str = "approved"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "name_zh": self.name_zh, "name_en": self.name_en, "sector": self.sector,
-                "inspection_items": list(self.inspection_items), "severity": self.severity,
-                "finding_zh": self.finding_zh, "finding_en": self.finding_en, "is_hazard": self.is_hazard,
-                "legal_basis": list(self.legal_basis), "active": self.active, "org_code": self.org_code,
-                "status": self.status}
+        return {
+            "key": self.key,
+            "name_zh": self.name_zh,
+            "name_en": self.name_en,
+            "sector": self.sector,
+            "inspection_items": list(self.inspection_items),
+            "severity": self.severity,
+            "finding_zh": self.finding_zh,
+            "finding_en": self.finding_en,
+            "is_hazard": self.is_hazard,
+            "legal_basis": list(self.legal_basis),
+            "active": self.active,
+            "org_code": self.org_code,
+            "status": self.status,
+        }
 
 
 @dataclass(frozen=True)
@@ -113,8 +141,9 @@ class Taxonomy:
     """The effective taxonomy: the shipped file plus any provincial additions. Read-only, so that
     ``version`` (a content hash) always describes what the object holds."""
 
-    def __init__(self, release: str, sectors: Iterable[Sector], items: Iterable[InspectionItem],
-                 classes: Iterable[HazardClass]) -> None:
+    def __init__(
+        self, release: str, sectors: Iterable[Sector], items: Iterable[InspectionItem], classes: Iterable[HazardClass]
+    ) -> None:
         self.release = release
         self.sectors: Mapping[str, Sector] = MappingProxyType({s.key: s for s in sectors})
         self.items: Mapping[str, InspectionItem] = MappingProxyType({i.code: i for i in items})
@@ -134,8 +163,10 @@ class Taxonomy:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return (f"Taxonomy(release={self.release!r}, version={self.version!r}, "
-                f"items={len(self.items)}, classes={len(self.classes)})")
+        return (
+            f"Taxonomy(release={self.release!r}, version={self.version!r}, "
+            f"items={len(self.items)}, classes={len(self.classes)})"
+        )
 
     def get_class(self, key: str) -> HazardClass:
         """The active class ``key``. Unknown and inactive keys are refused alike, because a box or
@@ -145,8 +176,11 @@ class Taxonomy:
             return cls
         if cls is not None:
             why = f"review status {cls.status!r}" + (f", organisation {cls.org_code}" if cls.org_code else "")
-            raise Invalid(f"hazard class {key!r} is not active ({why}); only classes approved in legal "
-                          f"review (法制审核) can be used", code="inactive_class")
+            raise Invalid(
+                f"hazard class {key!r} is not active ({why}); only classes approved in legal "
+                f"review (法制审核) can be used",
+                code="inactive_class",
+            )
         active = self.class_keys()
         close = difflib.get_close_matches(str(key), active, n=5, cutoff=0.5)
         hint = f"; did you mean: {', '.join(close)}?" if close else f"; known classes: {', '.join(active)}"
@@ -168,10 +202,8 @@ class Taxonomy:
     def active_classes(self, sector: str | None = None) -> list[HazardClass]:
         """Active classes in file order; with ``sector``, those relevant to it (see class_sectors)."""
         if sector is not None and sector not in self.sectors:
-            raise Invalid(f"unknown sector {sector!r}; known sectors: {', '.join(self.sectors)}",
-                          code="unknown_sector")
-        return [c for c in self.classes.values()
-                if c.active and (sector is None or sector in self.class_sectors(c))]
+            raise Invalid(f"unknown sector {sector!r}; known sectors: {', '.join(self.sectors)}", code="unknown_sector")
+        return [c for c in self.classes.values() if c.active and (sector is None or sector in self.class_sectors(c))]
 
     def class_keys(self) -> list[str]:
         """Keys of the active classes, in file order: the vocabulary labels and models may use."""
@@ -206,8 +238,15 @@ class Taxonomy:
             elif isinstance(parsed, _ClassDraft):
                 new_classes.append(parsed)
         existing = [_ClassDraft(c, c.active) for c in self.classes.values()]
-        return _assemble(self.release, list(self.sectors.values()), [*self.items.values(), *new_items],
-                         existing, new_classes, errors, source="additions")
+        return _assemble(
+            self.release,
+            list(self.sectors.values()),
+            [*self.items.values(), *new_items],
+            existing,
+            new_classes,
+            errors,
+            source="additions",
+        )
 
 
 def validate_addition(taxonomy: Taxonomy, addition: dict[str, Any]) -> None:
@@ -240,12 +279,21 @@ def taxonomy_from_dict(raw: Any, source: str = "taxonomy") -> Taxonomy:
     if not isinstance(release, str | int | float) or not str(release).strip():
         errors.append("'version' must be a non-empty string")
         release = ""
-    sectors = [s for i, r in enumerate(_list(raw, "sectors", errors))
-               if (s := _parse_sector(r, f"sectors[{i}]", errors)) is not None]
-    items = [it for i, r in enumerate(_list(raw, "items", errors))
-             if (it := _parse_item(r, f"items[{i}]", errors)) is not None]
-    classes = [c for i, r in enumerate(_list(raw, "classes", errors))
-               if (c := _parse_class(r, f"classes[{i}]", errors)) is not None]
+    sectors = [
+        s
+        for i, r in enumerate(_list(raw, "sectors", errors))
+        if (s := _parse_sector(r, f"sectors[{i}]", errors)) is not None
+    ]
+    items = [
+        it
+        for i, r in enumerate(_list(raw, "items", errors))
+        if (it := _parse_item(r, f"items[{i}]", errors)) is not None
+    ]
+    classes = [
+        c
+        for i, r in enumerate(_list(raw, "classes", errors))
+        if (c := _parse_class(r, f"classes[{i}]", errors)) is not None
+    ]
     return _assemble(str(release).strip(), sectors, items, [], classes, errors, source=source)
 
 
@@ -296,8 +344,10 @@ def _legal_basis(raw: dict[str, Any], where: str, errors: list[str], *, required
     value = raw.get("legal_basis")
     if value is None or value == [] or value == "":
         if required:
-            errors.append(f"{where}: 'legal_basis' is missing; every item must cite the mandatory clause of "
-                          f"a law, regulation or standard it rests on")
+            errors.append(
+                f"{where}: 'legal_basis' is missing; every item must cite the mandatory clause of "
+                f"a law, regulation or standard it rests on"
+            )
         return ()
     entries = [value] if isinstance(value, str) else value
     if not isinstance(entries, list) or not all(isinstance(e, str) and e.strip() for e in entries):
@@ -333,8 +383,9 @@ def _parse_sector(raw: Any, where: str, errors: list[str]) -> Sector | None:
     return Sector(key, _text(raw, "name_zh", where, errors), _text(raw, "name_en", where, errors))
 
 
-def _parse_item(raw: Any, where: str, errors: list[str], *, org_code: str | None = None,
-                status: str = "approved") -> InspectionItem | None:
+def _parse_item(
+    raw: Any, where: str, errors: list[str], *, org_code: str | None = None, status: str = "approved"
+) -> InspectionItem | None:
     if not isinstance(raw, dict):
         errors.append(f"{where}: expected a mapping")
         return None
@@ -344,14 +395,26 @@ def _parse_item(raw: Any, where: str, errors: list[str], *, org_code: str | None
     if code and not _CODE_RE.match(code):
         errors.append(f"{where}: item code must look like 'GT-01' (upper-case letters/digits joined by '-')")
     return InspectionItem(
-        code=code, sector=_text(raw, "sector", where, errors),
-        title_zh=_text(raw, "title_zh", where, errors), title_en=_text(raw, "title_en", where, errors),
+        code=code,
+        sector=_text(raw, "sector", where, errors),
+        title_zh=_text(raw, "title_zh", where, errors),
+        title_en=_text(raw, "title_en", where, errors),
         legal_basis=_legal_basis(raw, where, errors, required=True),
-        active=_active(raw, where, errors) and status == "approved", org_code=org_code, status=status)
+        active=_active(raw, where, errors) and status == "approved",
+        org_code=org_code,
+        status=status,
+    )
 
 
-def _parse_class(raw: Any, where: str, errors: list[str], *, org_code: str | None = None,
-                 status: str = "approved", require_basis: bool = False) -> _ClassDraft | None:
+def _parse_class(
+    raw: Any,
+    where: str,
+    errors: list[str],
+    *,
+    org_code: str | None = None,
+    status: str = "approved",
+    require_basis: bool = False,
+) -> _ClassDraft | None:
     if not isinstance(raw, dict):
         errors.append(f"{where}: expected a mapping")
         return None
@@ -378,12 +441,19 @@ def _parse_class(raw: Any, where: str, errors: list[str], *, org_code: str | Non
         errors.append(f"{where}: 'finding_en' must be a string")
         finding_en = None
     cls = HazardClass(
-        key=key, name_zh=_text(raw, "name_zh", where, errors), name_en=_text(raw, "name_en", where, errors),
-        sector=_text(raw, "sector", where, errors), inspection_items=tuple(items),
-        severity=str(severity), finding_zh=_text(raw, "finding_zh", where, errors, required=is_hazard),
-        is_hazard=is_hazard, legal_basis=_legal_basis(raw, where, errors, required=require_basis),
+        key=key,
+        name_zh=_text(raw, "name_zh", where, errors),
+        name_en=_text(raw, "name_en", where, errors),
+        sector=_text(raw, "sector", where, errors),
+        inspection_items=tuple(items),
+        severity=str(severity),
+        finding_zh=_text(raw, "finding_zh", where, errors, required=is_hazard),
+        is_hazard=is_hazard,
+        legal_basis=_legal_basis(raw, where, errors, required=require_basis),
         finding_en=(finding_en.strip() or None) if finding_en else None,
-        org_code=org_code, status=status)
+        org_code=org_code,
+        status=status,
+    )
     return _ClassDraft(cls, _active(raw, where, errors) and status == "approved")
 
 
@@ -410,12 +480,19 @@ def _parse_addition(addition: Any, index: int, errors: list[str]) -> InspectionI
         errors.append(f"{where}: 'active' cannot be set on an addition; it follows its review status")
     if kind == "item":
         return _parse_item(payload, f"{where} item", errors, org_code=org_code.strip(), status=status)
-    return _parse_class(payload, f"{where} class", errors, org_code=org_code.strip(), status=status,
-                        require_basis=True)
+    return _parse_class(payload, f"{where} class", errors, org_code=org_code.strip(), status=status, require_basis=True)
 
 
-def _assemble(release: str, sectors: list[Sector], items: list[InspectionItem], existing: list[_ClassDraft],
-              new: list[_ClassDraft], errors: list[str], *, source: str) -> Taxonomy:
+def _assemble(
+    release: str,
+    sectors: list[Sector],
+    items: list[InspectionItem],
+    existing: list[_ClassDraft],
+    new: list[_ClassDraft],
+    errors: list[str],
+    *,
+    source: str,
+) -> Taxonomy:
     """Cross-entry checks (uniqueness, references, legal basis) and the final resolution."""
     sector_keys = _unique((s.key for s in sectors), "sector key", errors)
     item_codes = _unique((i.code for i in items), "item code", errors)
@@ -433,16 +510,16 @@ def _assemble(release: str, sectors: list[Sector], items: list[InspectionItem], 
         missing = [c for c in cls.inspection_items if c not in item_codes]
         if missing:
             errors.append(f"{where}: unknown inspection item(s) {', '.join(missing)}")
-        basis = cls.legal_basis or tuple(dict.fromkeys(
-            b for c in cls.inspection_items if c in by_code for b in by_code[c].legal_basis))
+        basis = cls.legal_basis or tuple(
+            dict.fromkeys(b for c in cls.inspection_items if c in by_code for b in by_code[c].legal_basis)
+        )
         if cls.is_hazard and not basis:
             errors.append(f"{where}: a hazard class needs a legal basis, its own or through its inspection items")
         active = draft.declared_active and all(by_code[c].active for c in cls.inspection_items if c in by_code)
         classes.append(replace(cls, legal_basis=basis, active=active))
     if errors:
         shown = "; ".join(errors[:20]) + (f"; and {len(errors) - 20} more" if len(errors) > 20 else "")
-        raise Invalid(f"{source}: {len(errors)} problem(s): {shown}", code="invalid_taxonomy",
-                      details=list(errors))
+        raise Invalid(f"{source}: {len(errors)} problem(s): {shown}", code="invalid_taxonomy", details=list(errors))
     return Taxonomy(release, sectors, items, classes)
 
 
@@ -459,6 +536,15 @@ def _unique(values: Iterable[str], what: str, errors: list[str]) -> list[str]:
 
 
 __all__ = [
-    "ADDITION_KINDS", "ADDITION_STATUSES", "SEVERITIES", "HazardClass", "InspectionItem", "Sector",
-    "Taxonomy", "default_taxonomy", "load_taxonomy", "taxonomy_from_dict", "validate_addition",
+    "ADDITION_KINDS",
+    "ADDITION_STATUSES",
+    "SEVERITIES",
+    "HazardClass",
+    "InspectionItem",
+    "Sector",
+    "Taxonomy",
+    "default_taxonomy",
+    "load_taxonomy",
+    "taxonomy_from_dict",
+    "validate_addition",
 ]

@@ -73,8 +73,11 @@ def _tuples(value: Any) -> Any:
 def _transform_class(name: Any, where: str) -> type[Any]:
     cls = getattr(A, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform | A.BaseCompose)):
-        known = [n for n in dir(A) if isinstance(getattr(A, n), type)
-                 and issubclass(getattr(A, n), A.BasicTransform | A.BaseCompose)]
+        known = [
+            n
+            for n in dir(A)
+            if isinstance(getattr(A, n), type) and issubclass(getattr(A, n), A.BasicTransform | A.BaseCompose)
+        ]
         close = difflib.get_close_matches(str(name), known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise Invalid(f"{where}: {name!r} is not an albumentations transform{hint}", code="invalid_augment")
@@ -86,8 +89,10 @@ def _build(entry: Any, where: str) -> Any:
         raise Invalid(f"{where}: expected a mapping with 'name' (and 'p', 'params')", code="invalid_augment")
     unknown = set(entry) - _ENTRY_FIELDS
     if unknown:
-        raise Invalid(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; put transform arguments "
-                      f"under 'params'", code="invalid_augment")
+        raise Invalid(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}; put transform arguments under 'params'",
+            code="invalid_augment",
+        )
     cls = _transform_class(entry["name"], where)
     where = f"{where} ({entry['name']})"
     params = dict(_tuples(entry.get("params") or {}))
@@ -97,8 +102,10 @@ def _build(entry: Any, where: str) -> Any:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
     bad = set(params) - accepted
     if bad:
-        raise Invalid(f"{where}: unknown parameter(s) {', '.join(sorted(bad))}; accepted: "
-                      f"{', '.join(sorted(accepted))}", code="invalid_augment")
+        raise Invalid(
+            f"{where}: unknown parameter(s) {', '.join(sorted(bad))}; accepted: {', '.join(sorted(accepted))}",
+            code="invalid_augment",
+        )
     if "p" in entry:
         p = entry["p"]
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
@@ -110,8 +117,9 @@ def _build(entry: Any, where: str) -> Any:
             raise Invalid(f"{where}: a composition needs a non-empty 'transforms' list", code="invalid_augment")
         params["transforms"] = [_build(c, f"{where}.transforms[{i}]") for i, c in enumerate(children)]
     elif "transforms" in entry:
-        raise Invalid(f"{where}: only compositions (OneOf, SomeOf, Sequential) take 'transforms'",
-                      code="invalid_augment")
+        raise Invalid(
+            f"{where}: only compositions (OneOf, SomeOf, Sequential) take 'transforms'", code="invalid_augment"
+        )
     try:
         return cls(**params)
     except Exception as exc:  # albumentations validates ranges with pydantic: surface its message
@@ -139,15 +147,18 @@ def pipeline_from_dict(config: Mapping[str, Any], source: str = "augment config"
         raise Invalid(f"{source}: unknown bbox field(s) {', '.join(sorted(bad))}", code="invalid_augment")
     fmt = bbox.pop("format", "pascal_voc")
     if fmt not in BBOX_FORMATS:
-        raise Invalid(f"{source}: bbox format must be one of {', '.join(BBOX_FORMATS)}, not {fmt!r}",
-                      code="invalid_augment")
+        raise Invalid(
+            f"{source}: bbox format must be one of {', '.join(BBOX_FORMATS)}, not {fmt!r}", code="invalid_augment"
+        )
     entries = config.get("transforms")
     if not isinstance(entries, list):
         raise Invalid(f"{source}: 'transforms' must be a list", code="invalid_augment")
     transforms = [_build(e, f"{source}: transforms[{i}]") for i, e in enumerate(entries)]
     # clip=True: a box a pixel past the edge after rounding is clipped instead of aborting training.
-    return _compose(transforms, A.BboxParams(format=fmt, label_fields=["class_labels"], clip=True,
-                                             **{k: float(v) for k, v in bbox.items()}))
+    return _compose(
+        transforms,
+        A.BboxParams(format=fmt, label_fields=["class_labels"], clip=True, **{k: float(v) for k, v in bbox.items()}),
+    )
 
 
 def load_pipeline(path: str | Path) -> A.Compose:
@@ -188,8 +199,10 @@ def _xyxy_pipeline(pipeline: A.Compose, extra_labels: Sequence[str] = ()) -> A.C
     keep = {"min_visibility": 0.0, "min_area": 0.0, "min_width": 0.0, "min_height": 0.0}
     if params is not None:
         keep = {k: float(getattr(params, k, 0.0) or 0.0) for k in keep}
-    return _compose(copy.deepcopy(list(pipeline.transforms)),
-                    A.BboxParams(format="pascal_voc", clip=True, label_fields=["class_labels", *extra_labels], **keep))
+    return _compose(
+        copy.deepcopy(list(pipeline.transforms)),
+        A.BboxParams(format="pascal_voc", clip=True, label_fields=["class_labels", *extra_labels], **keep),
+    )
 
 
 def _run(transform: A.Compose, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, list[Box]]:
@@ -212,22 +225,39 @@ def apply(pipeline: A.Compose, image: np.ndarray, boxes: Sequence[Box]) -> tuple
     if bbox_format(pipeline) == "pascal_voc":
         return _run(pipeline, image, boxes)
     h, w = image.shape[:2]
-    clipped = [Box(b.class_key, min(max(b.x1, 0), w), min(max(b.y1, 0), h), min(max(b.x2, 0), w),
-                   min(max(b.y2, 0), h)) for b in boxes]
+    clipped = [
+        Box(b.class_key, min(max(b.x1, 0), w), min(max(b.y1, 0), h), min(max(b.x2, 0), w), min(max(b.y2, 0), h))
+        for b in boxes
+    ]
     clipped = [b for b in clipped if b.x2 > b.x1 and b.y2 > b.y1]
-    yolo = np.array([[(b.x1 + b.x2) / 2 / w, (b.y1 + b.y2) / 2 / h, b.width / w, b.height / h] for b in clipped],
-                    np.float32).reshape(-1, 4)
+    yolo = np.array(
+        [[(b.x1 + b.x2) / 2 / w, (b.y1 + b.y2) / 2 / h, b.width / w, b.height / h] for b in clipped], np.float32
+    ).reshape(-1, 4)
     out = pipeline(image=image, bboxes=yolo, class_labels=[b.class_key for b in clipped])
     nh, nw = out["image"].shape[:2]
-    new = [Box(str(c), (cx - bw / 2) * nw, (cy - bh / 2) * nh, (cx + bw / 2) * nw, (cy + bh / 2) * nh)
-           for (cx, cy, bw, bh, *_), c in zip(out["bboxes"], out["class_labels"], strict=True)]
+    new = [
+        Box(str(c), (cx - bw / 2) * nw, (cy - bh / 2) * nh, (cx + bw / 2) * nw, (cy + bh / 2) * nh)
+        for (cx, cy, bw, bh, *_), c in zip(out["bboxes"], out["class_labels"], strict=True)
+    ]
     return np.ascontiguousarray(out["image"]), new
 
 
 # --- contact sheet -----------------------------------------------------------------------------
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 def _read_rgb(image: Path | str | np.ndarray) -> np.ndarray:
@@ -246,15 +276,23 @@ def _tile(image: np.ndarray, boxes: Sequence[Box], size: int, colours: dict[str,
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     canvas = np.full((size, size, 3), 114, np.uint8)
     ox, oy = (size - nw) // 2, (size - nh) // 2
-    canvas[oy:oy + nh, ox:ox + nw] = resized[..., :3] if resized.ndim == 3 else resized[..., None]
+    canvas[oy : oy + nh, ox : ox + nw] = resized[..., :3] if resized.ndim == 3 else resized[..., None]
     for box in boxes:
         colour = colours.setdefault(box.class_key, _PALETTE[len(colours) % len(_PALETTE)])
         p1 = (int(round(ox + box.x1 * scale)), int(round(oy + box.y1 * scale)))
         p2 = (int(round(ox + box.x2 * scale)), int(round(oy + box.y2 * scale)))
         cv2.rectangle(canvas, p1, p2, colour, 2)
         # Class keys are ASCII snake_case (taxonomy rule), so cv2's Hershey font can write them.
-        cv2.putText(canvas, box.class_key, (p1[0] + 2, max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                    colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            box.class_key,
+            (p1[0] + 2, max(p1[1] - 3, 10)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
     cv2.rectangle(canvas, (0, 0), (size - 1, size - 1), (255, 255, 255), 1)
     return canvas
 
@@ -281,13 +319,23 @@ def _dataset_samples(ctx: Context, dataset: DatasetVersion | str, limit: int, se
     # Prefer images with boxes: a contact sheet is for checking that boxes follow the pixels.
     labelled = [it for it in items if it["boxes"]] or items
     picked = [labelled[i] for i in rng.permutation(len(labelled))[:limit]]
-    return [(oriented_image_path(ctx, it), [Box(b["class_key"], b["x1"], b["y1"], b["x2"], b["y2"])
-                                            for b in it["boxes"]]) for it in picked]
+    return [
+        (oriented_image_path(ctx, it), [Box(b["class_key"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in it["boxes"]])
+        for it in picked
+    ]
 
 
-def preview(source: Context | Sequence[PreviewSample], pipeline: A.Compose, out_png: str | Path, *, n: int = 16,
-            seed: int = 0, dataset: DatasetVersion | str | None = None, tile: int = 256,
-            cols: int | None = None) -> Path:
+def preview(
+    source: Context | Sequence[PreviewSample],
+    pipeline: A.Compose,
+    out_png: str | Path,
+    *,
+    n: int = 16,
+    seed: int = 0,
+    dataset: DatasetVersion | str | None = None,
+    tile: int = 256,
+    cols: int | None = None,
+) -> Path:
     """Write a contact sheet of ``n`` augmented samples with their boxes drawn, so a person can see
     what training will see. ``source`` is a list of (image, boxes) or a Context with ``dataset``
     (a DatasetVersion or 'NAME@VERSION'). The same seed draws the same sheet."""
@@ -317,7 +365,7 @@ def preview(source: Context | Sequence[PreviewSample], pipeline: A.Compose, out_
     sheet = np.full((height, width, 3), 40, np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, ncols)
-        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = t
+        sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = t
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out_png), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
@@ -415,8 +463,10 @@ def install_in_dataset(dataset: Any, pipeline: A.Compose) -> UltralyticsAlbument
     without our augmentation. Raises Invalid when the dataset has no such step (a validation set)."""
     ours = UltralyticsAlbumentations(pipeline)
     if not _swap(dataset.transforms, ours):
-        raise Invalid("this dataset has no albumentations step (is it a validation dataset, augment=False?)",
-                      code="invalid_augment")
+        raise Invalid(
+            "this dataset has no albumentations step (is it a validation dataset, augment=False?)",
+            code="invalid_augment",
+        )
     original = getattr(dataset, "_hazardlens_build_transforms", None) or dataset.build_transforms
 
     def build_transforms(hyp: Any) -> Any:
@@ -429,5 +479,15 @@ def install_in_dataset(dataset: Any, pipeline: A.Compose) -> UltralyticsAlbument
     return ours
 
 
-__all__ = ["BBOX_FORMATS", "PreviewSample", "UltralyticsAlbumentations", "apply", "bbox_format",
-           "install_in_dataset", "load_pipeline", "pipeline_from_dict", "preview", "sheet_shape"]
+__all__ = [
+    "BBOX_FORMATS",
+    "PreviewSample",
+    "UltralyticsAlbumentations",
+    "apply",
+    "bbox_format",
+    "install_in_dataset",
+    "load_pipeline",
+    "pipeline_from_dict",
+    "preview",
+    "sheet_shape",
+]

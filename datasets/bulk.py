@@ -62,9 +62,14 @@ class IngestSummary:
         return self.stored + self.deduplicated + len(self.refused)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stored": self.stored, "deduplicated": self.deduplicated, "near_duplicates": self.near_duplicates,
-                "refused": [r.to_dict() for r in self.refused], "skipped": [r.to_dict() for r in self.skipped],
-                "sample_ids": list(self.sample_ids)}
+        return {
+            "stored": self.stored,
+            "deduplicated": self.deduplicated,
+            "near_duplicates": self.near_duplicates,
+            "refused": [r.to_dict() for r in self.refused],
+            "skipped": [r.to_dict() for r in self.skipped],
+            "sample_ids": list(self.sample_ids),
+        }
 
 
 #: progress(done, total, name, outcome) with outcome stored | deduplicated | refused | skipped.
@@ -117,13 +122,18 @@ def _zip_sources(zf: zipfile.ZipFile, label: str, limit: int, lock: threading.Lo
         shown = f"{label}!{entry}"
         why = unsafe_entry(entry)
         if why:
-            yield _Source(shown, entry, refusal=Refusal(shown, "unsafe_path",
-                                                        f"archive entry escapes the archive folder ({why})"))
+            yield _Source(
+                shown, entry, refusal=Refusal(shown, "unsafe_path", f"archive entry escapes the archive folder ({why})")
+            )
             continue
         parts = PurePosixPath(entry.replace("\\", "/")).parts
         if any(_is_hidden(p) for p in parts):
-            yield _Source(shown, entry, skip=True,
-                          refusal=Refusal(shown, "skipped", "hidden or system metadata entry (e.g. __MACOSX)"))
+            yield _Source(
+                shown,
+                entry,
+                skip=True,
+                refusal=Refusal(shown, "skipped", "hidden or system metadata entry (e.g. __MACOSX)"),
+            )
             continue
         suffix = PurePosixPath(parts[-1]).suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
@@ -134,8 +144,11 @@ def _zip_sources(zf: zipfile.ZipFile, label: str, limit: int, lock: threading.Lo
             yield _Source(shown, entry, refusal=Refusal(shown, "encrypted", "encrypted archive entries are not read"))
             continue
         if info.file_size > limit:
-            yield _Source(shown, entry, refusal=Refusal(shown, "file_too_large",
-                                                        f"entry is {info.file_size:,} bytes; the limit is {limit:,}"))
+            yield _Source(
+                shown,
+                entry,
+                refusal=Refusal(shown, "file_too_large", f"entry is {info.file_size:,} bytes; the limit is {limit:,}"),
+            )
             continue
 
         def read(info: zipfile.ZipInfo = info) -> bytes:
@@ -159,13 +172,15 @@ def _path_sources(paths: Iterable[Path | str], limit: int, stack: ExitStack) -> 
                     file = Path(root) / fname
                     rel = file.relative_to(path).as_posix()
                     if _is_hidden(fname):
-                        yield _Source(str(file), rel, skip=True,
-                                      refusal=Refusal(str(file), "skipped", "hidden or system file"))
+                        yield _Source(
+                            str(file), rel, skip=True, refusal=Refusal(str(file), "skipped", "hidden or system file")
+                        )
                     elif file.suffix.lower() in ARCHIVE_SUFFIXES:
                         yield from _archive_sources(file, limit, stack)
                     elif file.suffix.lower() not in UPLOAD_SUFFIXES:
-                        yield _Source(str(file), rel, skip=True,
-                                      refusal=Refusal(str(file), "skipped", "not an image file"))
+                        yield _Source(
+                            str(file), rel, skip=True, refusal=Refusal(str(file), "skipped", "not an image file")
+                        )
                     else:
                         yield _Source(str(file), rel, read=_read_file(file, limit))
         elif path.is_file():
@@ -189,8 +204,14 @@ def _archive_sources(path: Path, limit: int, stack: ExitStack) -> Iterator[_Sour
 BATCH_MAX = 64  # images recorded per catalogue transaction in bulk ingest
 
 
-def _ingest_sources(ctx: Context, principal: Principal, sources: Sequence[_Source], meta: IngestMeta,
-                    progress: Progress | None, workers: int | None) -> IngestSummary:
+def _ingest_sources(
+    ctx: Context,
+    principal: Principal,
+    sources: Sequence[_Source],
+    meta: IngestMeta,
+    progress: Progress | None,
+    workers: int | None,
+) -> IngestSummary:
     """Decode and store in worker threads (PIL and the store release the GIL) while this thread
     writes the catalogue.
 
@@ -246,8 +267,9 @@ def _ingest_sources(ctx: Context, principal: Principal, sources: Sequence[_Sourc
             note(src.name, summary.count(outcome))
 
     # Bounded read-ahead: memory stays a few images whatever the folder size.
-    with read_ahead(sources, work, workers=workers, window=workers * 3, name="ingest",
-                    wants=lambda src: src.read is not None) as queue:
+    with read_ahead(
+        sources, work, workers=workers, window=workers * 3, name="ingest", wants=lambda src: src.read is not None
+    ) as queue:
         while queue:
             batch: list[tuple[_Source, Prepared]] = []
             # Take the head (waiting for it if needed), then whatever right behind it is done too.
@@ -267,8 +289,14 @@ def _ingest_sources(ctx: Context, principal: Principal, sources: Sequence[_Sourc
     return summary
 
 
-def ingest_paths(ctx: Context, principal: Principal, paths: Iterable[Path | str], meta: IngestMeta,
-                 progress: Progress | None = None, workers: int | None = None) -> IngestSummary:
+def ingest_paths(
+    ctx: Context,
+    principal: Principal,
+    paths: Iterable[Path | str],
+    meta: IngestMeta,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> IngestSummary:
     """Ingest files, folders (recursively) and zip archives (read in memory, never extracted)."""
     limit = ctx.settings.max_upload_bytes
     with ExitStack() as stack:
@@ -276,8 +304,15 @@ def ingest_paths(ctx: Context, principal: Principal, paths: Iterable[Path | str]
         return _ingest_sources(ctx, principal, sources, meta, progress, workers)
 
 
-def ingest_zip(ctx: Context, principal: Principal, fileobj: IO[bytes], meta: IngestMeta, name: str = "upload.zip",
-               progress: Progress | None = None, workers: int | None = None) -> IngestSummary:
+def ingest_zip(
+    ctx: Context,
+    principal: Principal,
+    fileobj: IO[bytes],
+    meta: IngestMeta,
+    name: str = "upload.zip",
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> IngestSummary:
     """Ingest the images of an uploaded zip archive (a file-like object; read in place)."""
     try:
         zf = zipfile.ZipFile(fileobj)

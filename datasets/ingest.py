@@ -36,8 +36,7 @@ from hazardlens.store import blob_key
 MAX_TAGS = 50
 MAX_TAG_CHARS = 50
 
-_TEXT_LIMITS = {"site_id": 100, "enterprise_id": 100, "camera_id": 100, "inspection_record": 200,
-                "original_name": 500}
+_TEXT_LIMITS = {"site_id": 100, "enterprise_id": 100, "camera_id": 100, "inspection_record": 200, "original_name": 500}
 
 
 def thumbnail_key(sha256: str) -> str:
@@ -105,8 +104,9 @@ def validate_meta(ctx: Context, meta: IngestMeta) -> IngestMeta:
     if meta.source not in SOURCES:
         raise Invalid(f"source must be one of {', '.join(SOURCES)}, not {meta.source!r}", code="invalid_source")
     texts: dict[str, Any] = {name: _clean_text(name, getattr(meta, name)) for name in _TEXT_LIMITS}
-    return replace(meta, sector=sector, tags=tuple(normalise_tags(meta.tags)), captured_at=utc(meta.captured_at),
-                   **texts)
+    return replace(
+        meta, sector=sector, tags=tuple(normalise_tags(meta.tags)), captured_at=utc(meta.captured_at), **texts
+    )
 
 
 # -- ingest -----------------------------------------------------------------------------------------
@@ -130,8 +130,7 @@ class IngestResult:
     restored: bool = False  # an own sample deleted earlier and uploaded again
 
 
-def prepare(ctx: Context, data: bytes, meta: IngestMeta,
-            maybe_stored: Callable[[str], bool] | None = None) -> Prepared:
+def prepare(ctx: Context, data: bytes, meta: IngestMeta, maybe_stored: Callable[[str], bool] | None = None) -> Prepared:
     """Everything that needs no catalogue: limits, metadata, decode-check, hashes, object writes.
 
     Safe to run in worker threads. Nothing is written unless every check passed. ``maybe_stored``
@@ -141,8 +140,9 @@ def prepare(ctx: Context, data: bytes, meta: IngestMeta,
     """
     settings = ctx.settings
     if len(data) > settings.max_upload_bytes:
-        raise TooLarge(f"file is {len(data):,} bytes; the limit is {settings.max_upload_bytes:,}",
-                       code="file_too_large")
+        raise TooLarge(
+            f"file is {len(data):,} bytes; the limit is {settings.max_upload_bytes:,}", code="file_too_large"
+        )
     meta = validate_meta(ctx, meta)
     info = inspect_image(data, settings.max_pixels, settings.thumbnail_size)
     sha = hashlib.sha256(data).hexdigest()
@@ -179,8 +179,9 @@ def ingest(ctx: Context, session: Session, principal: Principal, data: bytes, me
     return record(ctx, session, principal, prepare(ctx, data, meta))
 
 
-def _same_bytes(session: Session, principal: Principal, sha: str, *, include_deleted_own: bool,
-                own_only: bool = False) -> Sample | None:
+def _same_bytes(
+    session: Session, principal: Principal, sha: str, *, include_deleted_own: bool, own_only: bool = False
+) -> Sample | None:
     """The sample with these bytes the caller already has: their own first, else (unless
     ``own_only``) a shared one."""
     # One indexed query: a photo exists at most once per organisation, so these are few rows.
@@ -193,8 +194,9 @@ def _same_bytes(session: Session, principal: Principal, sha: str, *, include_del
     return next((r for r in rows if r.scope == "shared" and r.deleted_at is None), None)
 
 
-def record(ctx: Context, session: Session, principal: Principal, prepared: Prepared, *,
-           own_only: bool = False) -> IngestResult:
+def record(
+    ctx: Context, session: Session, principal: Principal, prepared: Prepared, *, own_only: bool = False
+) -> IngestResult:
     """The catalogue half of ingest: dedup by SHA-256, insert, link near-duplicates, audit.
 
     ``own_only``: deduplicate only against the caller's own organisation, so that the photo gets a
@@ -209,12 +211,27 @@ def record(ctx: Context, session: Session, principal: Principal, prepared: Prepa
         return _restore(session, principal, existing, prepared)
 
     sample = Sample(
-        sha256=prepared.sha256, phash=info.phash, width=info.width, height=info.height, format=info.format,
-        size_bytes=prepared.size, original_name=meta.original_name, org_code=principal.org_code,
-        sector=meta.sector, scope=meta.scope, source=meta.source, site_id=meta.site_id,
-        enterprise_id=meta.enterprise_id, camera_id=meta.camera_id, inspection_record=meta.inspection_record,
-        uploader_id=principal.user_id, tags=list(meta.tags), captured_at=meta.captured_at or info.captured_at,
-        gps_lat=info.gps_lat, gps_lon=info.gps_lon, created_at=utcnow(),
+        sha256=prepared.sha256,
+        phash=info.phash,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        size_bytes=prepared.size,
+        original_name=meta.original_name,
+        org_code=principal.org_code,
+        sector=meta.sector,
+        scope=meta.scope,
+        source=meta.source,
+        site_id=meta.site_id,
+        enterprise_id=meta.enterprise_id,
+        camera_id=meta.camera_id,
+        inspection_record=meta.inspection_record,
+        uploader_id=principal.user_id,
+        tags=list(meta.tags),
+        captured_at=meta.captured_at or info.captured_at,
+        gps_lat=info.gps_lat,
+        gps_lon=info.gps_lon,
+        created_at=utcnow(),
     )
     try:
         # A savepoint, so that losing the race on (sha256, org_code) undoes only this insert and
@@ -250,7 +267,14 @@ def _restore(session: Session, principal: Principal, sample: Sample, prepared: P
         sample.captured_at = meta.captured_at
     sample.updated_at = utcnow()
     session.flush()
-    audit(session, principal, "sample.restore", "sample", sample.id, sample_id=sample.id, before=before,
-          after=snapshot(sample))
+    audit(
+        session,
+        principal,
+        "sample.restore",
+        "sample",
+        sample.id,
+        sample_id=sample.id,
+        before=before,
+        after=snapshot(sample),
+    )
     return IngestResult(sample, False, linked_ids(session, principal, sample.id), restored=True)
-

@@ -35,13 +35,19 @@ def run_export(ctx: Context, job: Job, principal: Principal, progress: jobs.Prog
     progress(0.05, f"exporting {dv.name} as {params.format} to {out_dir}")
     produced = export_version(ctx, dv, params.format, out_dir, train_caps=params.train_caps)
     files = sum(1 for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else 0
-    result: dict[str, Any] = {"dataset": params.dataset, "dataset_id": dv.id, "format": params.format,
-                              "path": str(out_dir), "files": files}
+    result: dict[str, Any] = {
+        "dataset": params.dataset,
+        "dataset_id": dv.id,
+        "format": params.format,
+        "path": str(out_dir),
+        "files": files,
+    }
     if isinstance(produced, str | Path):
         result["output"] = str(produced)
     elif isinstance(produced, dict):
-        result["output"] = {k: v if isinstance(v, int | float | str | bool | None) else str(v)
-                            for k, v in produced.items()}
+        result["output"] = {
+            k: v if isinstance(v, int | float | str | bool | None) else str(v) for k, v in produced.items()
+        }
     return result
 
 

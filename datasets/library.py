@@ -60,14 +60,23 @@ def soft_delete(session: Session, principal: Principal, sample_id: int) -> Sampl
     principal.require("samples:delete")
     sample = get_sample(session, principal, sample_id)
     if sample.org_code != principal.org_code:
-        raise Forbidden(f"sample {sample_id} belongs to organisation {sample.org_code}; only it may delete it",
-                        code="not_owner")
+        raise Forbidden(
+            f"sample {sample_id} belongs to organisation {sample.org_code}; only it may delete it", code="not_owner"
+        )
     before = snapshot(sample)
     sample.deleted_at = utcnow()
     sample.updated_at = sample.deleted_at
     session.flush()
-    audit(session, principal, "sample.delete", "sample", sample.id, sample_id=sample.id, before=before,
-          after=snapshot(sample))
+    audit(
+        session,
+        principal,
+        "sample.delete",
+        "sample",
+        sample.id,
+        sample_id=sample.id,
+        before=before,
+        after=snapshot(sample),
+    )
     return sample
 
 
@@ -89,38 +98,88 @@ def sample_public(sample: Sample) -> SamplePublic:
     gps = None
     if sample.gps_lat is not None and sample.gps_lon is not None:
         gps = {"lat": sample.gps_lat, "lon": sample.gps_lon}
-    return SamplePublic.model_validate({
-        "id": sample.id, "sha256": sample.sha256, "width": sample.width, "height": sample.height,
-        "format": sample.format, "content_type": MIME_TYPES.get(sample.format, "application/octet-stream"),
-        "size_bytes": sample.size_bytes, "original_name": sample.original_name, "org_code": sample.org_code,
-        "sector": sample.sector, "scope": sample.scope, "source": sample.source, "site_id": sample.site_id,
-        "enterprise_id": sample.enterprise_id, "camera_id": sample.camera_id,
-        "inspection_record": sample.inspection_record, "tags": list(sample.tags or []),
-        "captured_at": iso(sample.captured_at), "gps": gps, "dup_group": sample.dup_group,
-        "annotation_status": sample.annotation_status, "class_keys": list(sample.class_keys or []),
-        "created_at": iso(sample.created_at), "uploader": uploader, "uploader_id": sample.uploader_id,
-        "deleted_at": iso(sample.deleted_at),
-    })
+    return SamplePublic.model_validate(
+        {
+            "id": sample.id,
+            "sha256": sample.sha256,
+            "width": sample.width,
+            "height": sample.height,
+            "format": sample.format,
+            "content_type": MIME_TYPES.get(sample.format, "application/octet-stream"),
+            "size_bytes": sample.size_bytes,
+            "original_name": sample.original_name,
+            "org_code": sample.org_code,
+            "sector": sample.sector,
+            "scope": sample.scope,
+            "source": sample.source,
+            "site_id": sample.site_id,
+            "enterprise_id": sample.enterprise_id,
+            "camera_id": sample.camera_id,
+            "inspection_record": sample.inspection_record,
+            "tags": list(sample.tags or []),
+            "captured_at": iso(sample.captured_at),
+            "gps": gps,
+            "dup_group": sample.dup_group,
+            "annotation_status": sample.annotation_status,
+            "class_keys": list(sample.class_keys or []),
+            "created_at": iso(sample.created_at),
+            "uploader": uploader,
+            "uploader_id": sample.uploader_id,
+            "deleted_at": iso(sample.deleted_at),
+        }
+    )
 
 
 def result_dict(result: IngestResult) -> dict[str, Any]:
-    return {**sample_dict(result.sample), "deduplicated": result.deduplicated,
-            "near_duplicates": list(result.near_duplicates)}
+    return {
+        **sample_dict(result.sample),
+        "deduplicated": result.deduplicated,
+        "near_duplicates": list(result.near_duplicates),
+    }
 
 
 __all__ = [
     # tenancy
-    "get_sample", "visibility", "visible_samples",
+    "get_sample",
+    "visibility",
+    "visible_samples",
     # ingest
-    "MAX_TAGS", "MAX_TAG_CHARS", "IngestMeta", "IngestResult", "Prepared", "ingest", "normalise_tags", "prepare",
-    "record", "thumbnail_key", "validate_meta",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
+    "IngestMeta",
+    "IngestResult",
+    "Prepared",
+    "ingest",
+    "normalise_tags",
+    "prepare",
+    "record",
+    "thumbnail_key",
+    "validate_meta",
     # near-duplicates
-    "MAX_NEAR_DUPLICATE_LINKS", "find_near_duplicates", "near_duplicates",
+    "MAX_NEAR_DUPLICATE_LINKS",
+    "find_near_duplicates",
+    "near_duplicates",
     # search
-    "DEFAULT_LIMIT", "MAX_LIMIT", "SampleFilter", "apply_filters", "decode_cursor", "encode_cursor", "parse_when",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "SampleFilter",
+    "apply_filters",
+    "decode_cursor",
+    "encode_cursor",
+    "parse_when",
     "search",
     # bulk ingest
-    "BATCH_MAX", "IngestSummary", "Progress", "Refusal", "ingest_paths", "ingest_zip", "unsafe_entry",
+    "BATCH_MAX",
+    "IngestSummary",
+    "Progress",
+    "Refusal",
+    "ingest_paths",
+    "ingest_zip",
+    "unsafe_entry",
     # this module
-    "Sample", "result_dict", "sample_dict", "sample_public", "soft_delete",
+    "Sample",
+    "result_dict",
+    "sample_dict",
+    "sample_public",
+    "soft_delete",
 ]

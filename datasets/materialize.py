@@ -121,8 +121,9 @@ def cached_blob(ctx: Context, sha256: str, counters: Counter[str] | None = None)
         if counters is not None:
             counters["store_reads"] += 1
         if digest.hexdigest() != sha256:
-            raise Conflict(f"stored blob {sha256} does not match its hash; the object store copy is corrupt",
-                           code="blob_corrupt")
+            raise Conflict(
+                f"stored blob {sha256} does not match its hash; the object store copy is corrupt", code="blob_corrupt"
+            )
         _publish(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -148,8 +149,11 @@ def prepared_image(ctx: Context, item: Mapping[str, Any], counters: Counter[str]
         raw_size = im.size
     if orientation == 1 and fmt in _EXT:
         if raw_size != (item["width"], item["height"]):
-            raise Conflict(f"sample {item['sample_id']}: image is {raw_size[0]}x{raw_size[1]} but the manifest says "
-                           f"{item['width']}x{item['height']}", code="size_mismatch")
+            raise Conflict(
+                f"sample {item['sample_id']}: image is {raw_size[0]}x{raw_size[1]} but the manifest says "
+                f"{item['width']}x{item['height']}",
+                code="size_mismatch",
+            )
         return original
     ext = ".png" if fmt == "png" else ".jpg"  # lossless stays lossless; the rest becomes JPEG
     target = _oriented_path(ctx, sha, ext)
@@ -159,8 +163,11 @@ def prepared_image(ctx: Context, item: Mapping[str, Any], counters: Counter[str]
     with Image.open(original) as im:
         oriented = ImageOps.exif_transpose(im) or im
         if oriented.size != (item["width"], item["height"]):
-            raise Conflict(f"sample {item['sample_id']}: oriented image is {oriented.size[0]}x{oriented.size[1]} but "
-                           f"the manifest says {item['width']}x{item['height']}", code="size_mismatch")
+            raise Conflict(
+                f"sample {item['sample_id']}: oriented image is {oriented.size[0]}x{oriented.size[1]} but "
+                f"the manifest says {item['width']}x{item['height']}",
+                code="size_mismatch",
+            )
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
@@ -200,8 +207,9 @@ def _place(source: Path, dest: Path, counters: Counter[str]) -> None:
 # --- selection and statistics ---------------------------------------------------------------------
 
 
-def apply_train_caps(items: Sequence[Mapping[str, Any]],
-                     caps: Mapping[str, int]) -> tuple[list[Mapping[str, Any]], int]:
+def apply_train_caps(
+    items: Sequence[Mapping[str, Any]], caps: Mapping[str, int]
+) -> tuple[list[Mapping[str, Any]], int]:
     """Keep at most about ``caps[c]`` TRAIN images for each capped class ``c`` among the images
     whose classes are all capped; images with any other class, negatives, and val/test stay.
     Images are taken in order of their SHA-256 (content, not upload order, which follows cameras),
@@ -214,8 +222,9 @@ def apply_train_caps(items: Sequence[Mapping[str, Any]],
     capped = set(caps)
     taken: Counter[str] = Counter()
     drop: set[int] = set()
-    candidates = [it for it in items if it["split"] == "train" and it["boxes"]
-                  and {b["class_key"] for b in it["boxes"]} <= capped]
+    candidates = [
+        it for it in items if it["split"] == "train" and it["boxes"] and {b["class_key"] for b in it["boxes"]} <= capped
+    ]
     for it in sorted(candidates, key=lambda it: (it["sha256"], it["sample_id"])):
         classes = {b["class_key"] for b in it["boxes"]}
         if any(taken[c] < caps[c] for c in classes):
@@ -267,7 +276,8 @@ def export_stats(items: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> 
             sizes = px.get((cls, split), [])
             total = splits[split]["instances"]
             entry[split] = {
-                "images": imgs[(cls, split)], "instances": len(sizes),
+                "images": imgs[(cls, split)],
+                "instances": len(sizes),
                 "share": round(len(sizes) / total, 4) if total else 0.0,
                 "box_px": _percentiles(sizes),
                 "box_rel": _percentiles(rel.get((cls, split), []), digits=4),
@@ -287,11 +297,11 @@ def stats_table(stats: Mapping[str, Any], title: str = "dataset") -> Table:
         for split, v in per_split.items():
             p = v["box_px"]
             sizes = f"{p['p10']:.0f}/{p['p50']:.0f}/{p['p90']:.0f}" if p else "-"
-            table.add_row(cls, split, str(v["images"]), str(v["instances"]), f"{v['share']:.1%}", sizes,
-                          str(v["small"]))
+            table.add_row(
+                cls, split, str(v["images"]), str(v["instances"]), f"{v['share']:.1%}", sizes, str(v["small"])
+            )
     for split, v in stats["splits"].items():
-        table.add_row("[b]all[/b]", split, str(v["images"]), str(v["instances"]), "", "",
-                      f"{v['negatives']} neg")
+        table.add_row("[b]all[/b]", split, str(v["images"]), str(v["instances"]), "", "", f"{v['negatives']} neg")
     return table
 
 
@@ -309,9 +319,17 @@ def _file_name(item: Mapping[str, Any], path: Path) -> str:
     return f"{int(item['sample_id']):08d}_{item['sha256'][:12]}{suffix}"
 
 
-def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"] | str, out_dir: str | Path, *,
-                   train_caps: Mapping[str, int] | None = None, overwrite: bool = True,
-                   console: Console | None = None, workers: int = 4) -> ExportStats:
+def export_version(
+    ctx: Context,
+    dv: DatasetVersion,
+    fmt: Literal["yolo", "coco"] | str,
+    out_dir: str | Path,
+    *,
+    train_caps: Mapping[str, int] | None = None,
+    overwrite: bool = True,
+    console: Console | None = None,
+    workers: int = 4,
+) -> ExportStats:
     """Write ``dv`` as YOLO (``images/<split>``, ``labels/<split>``, ``data.yaml``) or COCO (one
     ``<split>.json`` per split, images in ``images/``), plus ``stats.json``. ``train_caps`` (class
     key -> max images) trims train images that hold only capped classes (see apply_train_caps)."""
@@ -323,8 +341,9 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     if train_caps:
         unknown = set(train_caps) - set(classes)
         if unknown:
-            raise Invalid(f"train_caps name classes not in this dataset: {', '.join(sorted(unknown))}",
-                          code="invalid_caps")
+            raise Invalid(
+                f"train_caps name classes not in this dataset: {', '.join(sorted(unknown))}", code="invalid_caps"
+            )
     items, capped = apply_train_caps(manifest["items"], train_caps or {})
     counters: Counter[str] = Counter()
 
@@ -342,8 +361,14 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
         return lambda dest: _place(source, dest, counters)
 
     export_items = [
-        ExportItem(_file_name(it, path), placer(path), int(it["width"]), int(it["height"]),
-                   [Box(b["class_key"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in it["boxes"]], it["split"])
+        ExportItem(
+            _file_name(it, path),
+            placer(path),
+            int(it["width"]),
+            int(it["height"]),
+            [Box(b["class_key"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in it["boxes"]],
+            it["split"],
+        )
         for it, (path, _) in zip(items, prepared, strict=True)
     ]
     out = Path(out_dir)
@@ -352,15 +377,22 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     if fmt == "yolo":
         r = write_yolo(export_items, out, classes, overwrite=overwrite)
         result.paths.append(r.path)
-        unlabeled = {e.file_name: list(it["unlabeled_classes"])
-                     for e, it in zip(export_items, items, strict=True) if it.get("unlabeled_classes")}
+        unlabeled = {
+            e.file_name: list(it["unlabeled_classes"])
+            for e, it in zip(export_items, items, strict=True)
+            if it.get("unlabeled_classes")
+        }
         if unlabeled:
             # Not part of the YOLO format: hazardlens' trainer reads it to mask these classes' loss
             # on these images (absent boxes there mean "not labelled", not "nothing here").
             (out / UNLABELED_FILE).write_text(json.dumps(unlabeled, ensure_ascii=False, indent=0), encoding="utf-8")
             result.paths.append(out / UNLABELED_FILE)
-        result.images, result.boxes, result.negatives, result.dropped_boxes = r.images, r.boxes, r.negatives, \
-            r.dropped_boxes
+        result.images, result.boxes, result.negatives, result.dropped_boxes = (
+            r.images,
+            r.boxes,
+            r.negatives,
+            r.dropped_boxes,
+        )
     else:
         stale = [out / "images", *(out / f"{s}.json" for s in SPLITS)]
         if any(p.exists() for p in stale):
@@ -386,9 +418,16 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     result.reencoded = counters["reencoded"]
     result.linked = counters["linked"]
     result.copied = counters["copied"]
-    result.stats = {"version_id": dv.id, "name": dv.name, "format": fmt, "names": classes,
-                    "taxonomy_version": manifest["taxonomy_version"], "train_caps": dict(train_caps or {}),
-                    "capped_images": capped, **export_stats(items, classes)}
+    result.stats = {
+        "version_id": dv.id,
+        "name": dv.name,
+        "format": fmt,
+        "names": classes,
+        "taxonomy_version": manifest["taxonomy_version"],
+        "train_caps": dict(train_caps or {}),
+        "capped_images": capped,
+        **export_stats(items, classes),
+    }
     (out / "stats.json").write_text(json.dumps(result.stats, ensure_ascii=False, indent=1), encoding="utf-8")
     result.paths.append(out / "stats.json")
     result.seconds = round(time.perf_counter() - start, 3)
@@ -397,6 +436,15 @@ def export_version(ctx: Context, dv: DatasetVersion, fmt: Literal["yolo", "coco"
     return result
 
 
-__all__ = ["FORMATS", "UNLABELED_FILE", "ExportStats", "apply_train_caps", "cached_blob", "export_stats",
-           "export_version",
-           "oriented_image_path", "prepared_image", "stats_table"]
+__all__ = [
+    "FORMATS",
+    "UNLABELED_FILE",
+    "ExportStats",
+    "apply_train_caps",
+    "cached_blob",
+    "export_stats",
+    "export_version",
+    "oriented_image_path",
+    "prepared_image",
+    "stats_table",
+]

@@ -129,8 +129,9 @@ def _index_for(session: Session) -> _PhashIndex:
         return index
 
 
-def _near_rows(ctx: Context, session: Session, principal: Principal, phash: int,
-               exclude_id: int) -> list[tuple[int, int, int | None]]:
+def _near_rows(
+    ctx: Context, session: Session, principal: Principal, phash: int, exclude_id: int
+) -> list[tuple[int, int, int | None]]:
     """(id, distance, dup_group) of visible samples within the distance, closest first, at most
     MAX_NEAR_DUPLICATE_LINKS. The index proposes; the catalogue decides (one query)."""
     max_distance = ctx.settings.near_duplicate_distance
@@ -140,14 +141,16 @@ def _near_rows(ctx: Context, session: Session, principal: Principal, phash: int,
         ids = index.candidates(phash, principal.org_code, max_distance, exclude_id)
     if not ids:
         return []
-    rows = session.execute(select(Sample.id, Sample.phash, Sample.dup_group)
-                           .where(visibility(principal), Sample.id.in_(ids))).all()
+    rows = session.execute(
+        select(Sample.id, Sample.phash, Sample.dup_group).where(visibility(principal), Sample.id.in_(ids))
+    ).all()
     found = sorted((d, sid, group) for sid, ph, group in rows if (d := hamming(ph, phash)) <= max_distance)
     return [(sid, d, group) for d, sid, group in found[:MAX_NEAR_DUPLICATE_LINKS]]
 
 
-def find_near_duplicates(ctx: Context, session: Session, principal: Principal, phash: int,
-                         exclude_id: int = 0) -> list[tuple[int, int]]:
+def find_near_duplicates(
+    ctx: Context, session: Session, principal: Principal, phash: int, exclude_id: int = 0
+) -> list[tuple[int, int]]:
     """(sample id, distance) of visible samples within ``near_duplicate_distance``, closest first."""
     return [(sid, d) for sid, d, _ in _near_rows(ctx, session, principal, phash, exclude_id)]
 
@@ -159,21 +162,39 @@ def link_near_duplicates(ctx: Context, session: Session, principal: Principal, s
     if not near:
         return []
     # Core executemany: up to 2 x 50 link rows per image, without the ORM's per-object bookkeeping.
-    session.execute(insert(NearDuplicate), [
-        row for other, distance, _ in near for row in (
-            {"sample_id": sample.id, "other_id": other, "distance": distance},
-            {"sample_id": other, "other_id": sample.id, "distance": distance})])
+    session.execute(
+        insert(NearDuplicate),
+        [
+            row
+            for other, distance, _ in near
+            for row in (
+                {"sample_id": sample.id, "other_id": other, "distance": distance},
+                {"sample_id": other, "other_id": sample.id, "distance": distance},
+            )
+        ],
+    )
     ids = [sid for sid, _, _ in near]
     groups = {g for _, _, g in near if g is not None}
     group = min([sample.id, *ids, *groups])
     # Usually the neighbours are already in one group named by its smallest id: nothing to merge.
     if any(g != group for _, _, g in near):
         members = or_(Sample.id.in_(ids), Sample.dup_group.in_(groups)) if groups else Sample.id.in_(ids)
-        changed = session.scalars(select(Sample).where(
-            members, or_(Sample.dup_group.is_(None), Sample.dup_group != group)).order_by(Sample.id)).all()
+        changed = session.scalars(
+            select(Sample)
+            .where(members, or_(Sample.dup_group.is_(None), Sample.dup_group != group))
+            .order_by(Sample.id)
+        ).all()
         for other_sample in changed:
-            audit(session, principal, "sample.dup_group", "sample", other_sample.id, sample_id=other_sample.id,
-                  before={"dup_group": other_sample.dup_group}, after={"dup_group": group})
+            audit(
+                session,
+                principal,
+                "sample.dup_group",
+                "sample",
+                other_sample.id,
+                sample_id=other_sample.id,
+                before={"dup_group": other_sample.dup_group},
+                after={"dup_group": group},
+            )
             other_sample.dup_group = group
     sample.dup_group = group
     return ids
@@ -183,8 +204,9 @@ def linked_ids(session: Session, principal: Principal, sample_id: int) -> list[i
     return [sid for sid, _ in near_duplicates(session, principal, sample_id, check=False)]
 
 
-def near_duplicates(session: Session, principal: Principal, sample_id: int,
-                    check: bool = True) -> list[tuple[int, int]]:
+def near_duplicates(
+    session: Session, principal: Principal, sample_id: int, check: bool = True
+) -> list[tuple[int, int]]:
     """(other id, distance) of the visible samples linked to ``sample_id``, closest first."""
     if check:
         get_sample(session, principal, sample_id)
@@ -195,4 +217,3 @@ def near_duplicates(session: Session, principal: Principal, sample_id: int,
         .order_by(NearDuplicate.distance, NearDuplicate.other_id)
     ).all()
     return [(int(a), int(b)) for a, b in rows]
-

@@ -36,10 +36,18 @@ def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
 
 
 def apply_filters(session: Session, query: Select[Any], f: SampleFilter) -> Select[Any]:
-    eq = {Sample.sector: f.sector, Sample.annotation_status: f.status, Sample.org_code: f.org,
-          Sample.scope: f.scope, Sample.site_id: f.site, Sample.camera_id: f.camera,
-          Sample.enterprise_id: f.enterprise, Sample.source: f.source,
-          Sample.inspection_record: f.inspection_record, Sample.dup_group: f.dup_group}
+    eq = {
+        Sample.sector: f.sector,
+        Sample.annotation_status: f.status,
+        Sample.org_code: f.org,
+        Sample.scope: f.scope,
+        Sample.site_id: f.site,
+        Sample.camera_id: f.camera,
+        Sample.enterprise_id: f.enterprise,
+        Sample.source: f.source,
+        Sample.inspection_record: f.inspection_record,
+        Sample.dup_group: f.dup_group,
+    }
     for col, value in eq.items():
         if value is not None:
             query = query.where(col == value)
@@ -71,8 +79,13 @@ def decode_cursor(cursor: str) -> int:
         raise Invalid("cursor is not one this service handed out", code="invalid_cursor") from None
 
 
-def search(session: Session, principal: Principal, filters: SampleFilter | None = None,
-           limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> tuple[list[Sample], str | None]:
+def search(
+    session: Session,
+    principal: Principal,
+    filters: SampleFilter | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[Sample], str | None]:
     """Visible samples, newest first, one page at a time. Keyset pagination over id (``id < last``)
     so that pages neither repeat nor skip rows while samples are being added, and page 1000 costs
     the same as page 1."""
@@ -85,4 +98,3 @@ def search(session: Session, principal: Principal, filters: SampleFilter | None 
     if len(rows) > limit:
         return rows[:limit], encode_cursor(rows[limit - 1].id)
     return rows, None
-

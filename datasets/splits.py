@@ -38,8 +38,9 @@ def _order_key(seed: int, group: str) -> str:
     return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
 
 
-def assign_splits(items: Iterable[SplitItem], ratios: Sequence[float] = (0.8, 0.1, 0.1),
-                  seed: int = 0) -> dict[Hashable, str]:
+def assign_splits(
+    items: Iterable[SplitItem], ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[Hashable, str]:
     """Map every sample id to 'train', 'val' or 'test'; one group never sits on two sides."""
     ratios = parse_ratios(ratios)
     groups: dict[str, list[SplitItem]] = defaultdict(list)
@@ -116,7 +117,7 @@ def near_duplicate_components(hashes: Sequence[int], max_distance: int) -> list[
     if n:
         arr = np.array([h & 0xFFFFFFFFFFFFFFFF for h in hashes], dtype=np.uint64)
         for i in range(n - 1):
-            x = np.bitwise_xor(arr[i + 1:], arr[i])
+            x = np.bitwise_xor(arr[i + 1 :], arr[i])
             dist = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
             for j in np.nonzero(dist <= max_distance)[0]:
                 a, b = find(i), find(i + 1 + int(j))

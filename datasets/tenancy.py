@@ -41,4 +41,3 @@ def get_sample(session: Session, principal: Principal, sample_id: int, include_d
     if sample is None:
         raise NotFound(f"no sample {sample_id}")
     return sample
-

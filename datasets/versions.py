@@ -62,8 +62,9 @@ def manifest_key(name: str, version_id: str) -> str:
 
 def canonical_json(content: Mapping[str, Any]) -> bytes:
     """The one serialisation the id is computed over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def content_id(content: Mapping[str, Any]) -> str:
@@ -73,9 +74,11 @@ def content_id(content: Mapping[str, Any]) -> str:
 def _check_name(name: str) -> str:
     name = (name or "").strip()
     if not _NAME_RE.match(name):
-        raise Invalid(f"dataset name {name!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
-                      f"letter or digit (it becomes part of storage keys and NAME@VERSION references)",
-                      code="invalid_name")
+        raise Invalid(
+            f"dataset name {name!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit (it becomes part of storage keys and NAME@VERSION references)",
+            code="invalid_name",
+        )
     return name
 
 
@@ -136,8 +139,13 @@ def _merge_groups(keys: Sequence[str], dup_groups: Sequence[str | None]) -> list
     return [find(k) for k in keys]
 
 
-def cross_split_near_duplicates(phashes: Sequence[int], splits: Sequence[str], ids: Sequence[int],
-                                max_distance: int, examples: int = MAX_PAIR_EXAMPLES) -> dict[str, Any]:
+def cross_split_near_duplicates(
+    phashes: Sequence[int],
+    splits: Sequence[str],
+    ids: Sequence[int],
+    max_distance: int,
+    examples: int = MAX_PAIR_EXAMPLES,
+) -> dict[str, Any]:
     """Pairs of samples in different splits whose perceptual hashes are within ``max_distance``
     bits. Blockwise over a uint64 matrix: 10,000 samples take about a second."""
     n = len(phashes)
@@ -147,7 +155,7 @@ def cross_split_near_duplicates(phashes: Sequence[int], splits: Sequence[str], i
     found: list[tuple[int, int, int]] = []
     block = max(1, min(1024, 4_000_000 // max(n, 1)))  # bounds the block matrix to ~32 MB
     for start in range(0, n, block):
-        rows = arr[start:start + block]
+        rows = arr[start : start + block]
         dist = np.bitwise_count(rows[:, None] ^ arr[None, start:])  # only pairs (i, j >= start)
         i_idx, j_rel = np.nonzero(dist <= max_distance)
         i_abs, j_abs = i_idx + start, j_rel + start
@@ -160,8 +168,9 @@ def cross_split_near_duplicates(phashes: Sequence[int], splits: Sequence[str], i
     return {
         "max_distance": max_distance,
         "cross_split_pairs": count,
-        "examples": [{"a": ids[i], "b": ids[j], "distance": d, "splits": [splits[i], splits[j]]}
-                     for i, j, d in found[:examples]],
+        "examples": [
+            {"a": ids[i], "b": ids[j], "distance": d, "splits": [splits[i], splits[j]]} for i, j, d in found[:examples]
+        ],
     }
 
 
@@ -214,8 +223,7 @@ def _check_classes(tax: Taxonomy, classes: Sequence[str] | None) -> list[str] | 
     return out
 
 
-def pin_splits(split_of: Mapping[int, str], unit_of: Mapping[int, str],
-               pinned: Mapping[int, str]) -> dict[int, str]:
+def pin_splits(split_of: Mapping[int, str], unit_of: Mapping[int, str], pinned: Mapping[int, str]) -> dict[int, str]:
     """``split_of`` with every sample of ``pinned`` in its pinned split, and every other sample of a
     unit that holds pinned samples in the split most of them had (ties: test, then val, then train,
     the side that keeps held-out data held out). Units without pinned samples keep their split."""
@@ -234,20 +242,37 @@ def pin_splits(split_of: Mapping[int, str], unit_of: Mapping[int, str],
     return out
 
 
-def create_version(ctx: Context, session: Session, principal: Principal, name: str, *,
-                   filters: SampleFilter | None = None, group_by: GroupBy | str = "camera",
-                   ratios: Sequence[float] | str = (0.8, 0.1, 0.1), seed: int = 0,
-                   classes: list[str] | None = None) -> DatasetVersion:
+def create_version(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    name: str,
+    *,
+    filters: SampleFilter | None = None,
+    group_by: GroupBy | str = "camera",
+    ratios: Sequence[float] | str = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    classes: list[str] | None = None,
+) -> DatasetVersion:
     """Freeze the approved labels of the matching samples into a version; see :func:`make_version`."""
-    return make_version(ctx, session, principal, name, filters=filters, group_by=group_by, ratios=ratios,
-                        seed=seed, classes=classes)[0]
+    return make_version(
+        ctx, session, principal, name, filters=filters, group_by=group_by, ratios=ratios, seed=seed, classes=classes
+    )[0]
 
 
-def make_version(ctx: Context, session: Session, principal: Principal, name: str, *,
-                 filters: SampleFilter | None = None, group_by: GroupBy | str = "camera",
-                 ratios: Sequence[float] | str = (0.8, 0.1, 0.1), seed: int = 0,
-                 classes: list[str] | None = None,
-                 keep_splits: DatasetVersion | None = None) -> tuple[DatasetVersion, bool]:
+def make_version(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    name: str,
+    *,
+    filters: SampleFilter | None = None,
+    group_by: GroupBy | str = "camera",
+    ratios: Sequence[float] | str = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    classes: list[str] | None = None,
+    keep_splits: DatasetVersion | None = None,
+) -> tuple[DatasetVersion, bool]:
     """Freeze the approved labels of the matching visible samples into a new version (or return
     the identical one made before; the flag says whether it is new). The caller's session commits;
     the manifest object is written first, so a failed commit leaves only an unreferenced object.
@@ -284,11 +309,17 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
     # Samples: visible to the caller, matching the filters (except class and state, which are
     # decided on the approved revision below), with an approved revision.
     base = filters.model_copy(update={"class_key": None, "status": None}) if filters is not None else SampleFilter()
-    query = (apply_filters(session, visible_samples(principal), base)
-             .join(AnnotationRevision, (AnnotationRevision.id == Sample.approved_revision_id)
-                   & (AnnotationRevision.sample_id == Sample.id) & (AnnotationRevision.status == "approved"))
-             .add_columns(AnnotationRevision.id, AnnotationRevision.boxes, AnnotationRevision.unlabeled_classes)
-             .order_by(Sample.id))
+    query = (
+        apply_filters(session, visible_samples(principal), base)
+        .join(
+            AnnotationRevision,
+            (AnnotationRevision.id == Sample.approved_revision_id)
+            & (AnnotationRevision.sample_id == Sample.id)
+            & (AnnotationRevision.status == "approved"),
+        )
+        .add_columns(AnnotationRevision.id, AnnotationRevision.boxes, AnnotationRevision.unlabeled_classes)
+        .order_by(Sample.id)
+    )
     allowed = set(wanted) if wanted is not None else set(active)
     dropped: Counter[str] = Counter()
     rows: list[tuple[Sample, int, list[dict[str, Any]]]] = []
@@ -302,10 +333,20 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
             if key not in allowed:
                 dropped[key] += 1
                 continue
-            boxes.append({"class_key": key, "x1": float(b["x1"]), "y1": float(b["y1"]),
-                          "x2": float(b["x2"]), "y2": float(b["y2"])})
-        if filters is not None and filters.class_key is not None and \
-                not any(b["class_key"] == filters.class_key for b in boxes):
+            boxes.append(
+                {
+                    "class_key": key,
+                    "x1": float(b["x1"]),
+                    "y1": float(b["y1"]),
+                    "x2": float(b["x2"]),
+                    "y2": float(b["y2"]),
+                }
+            )
+        if (
+            filters is not None
+            and filters.class_key is not None
+            and not any(b["class_key"] == filters.class_key for b in boxes)
+        ):
             continue
         rows.append((sample, int(rev_id), boxes))
     if not rows:
@@ -316,26 +357,55 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
 
     dup_names = dup_group_names([s for s, _, _ in rows])
     keys = [group_key(s, group_by, dup_names) for s, _, _ in rows]
-    units = _merge_groups(keys, [dup_names.get(s.dup_group) if s.dup_group is not None else None
-                                 for s, _, _ in rows])
+    units = _merge_groups(keys, [dup_names.get(s.dup_group) if s.dup_group is not None else None for s, _, _ in rows])
     split_of = assign_splits(
-        [SplitItem(s.id, unit, frozenset(b["class_key"] for b in boxes))
-         for (s, _, boxes), unit in zip(rows, units, strict=True)], ratios, seed)
+        [
+            SplitItem(s.id, unit, frozenset(b["class_key"] for b in boxes))
+            for (s, _, boxes), unit in zip(rows, units, strict=True)
+        ],
+        ratios,
+        seed,
+    )
     if keep_splits is not None:
-        split_of = pin_splits(split_of, {s.id: unit for (s, _, _), unit in zip(rows, units, strict=True)},
-                              {int(it["sample_id"]): str(it["split"])
-                               for it in load_manifest(ctx, keep_splits)["items"]})
-    items = [{"sample_id": s.id, "sha256": s.sha256, "revision_id": rev_id, "width": int(s.width),
-              "height": int(s.height), "format": s.format, "group": key, "split": split_of[s.id], "boxes": boxes}
-             | ({"unlabeled_classes": unlabeled_of[s.id]} if unlabeled_of.get(s.id) else {})
-             for (s, rev_id, boxes), key in zip(rows, keys, strict=True)]
+        split_of = pin_splits(
+            split_of,
+            {s.id: unit for (s, _, _), unit in zip(rows, units, strict=True)},
+            {int(it["sample_id"]): str(it["split"]) for it in load_manifest(ctx, keep_splits)["items"]},
+        )
+    items = [
+        {
+            "sample_id": s.id,
+            "sha256": s.sha256,
+            "revision_id": rev_id,
+            "width": int(s.width),
+            "height": int(s.height),
+            "format": s.format,
+            "group": key,
+            "split": split_of[s.id],
+            "boxes": boxes,
+        }
+        | ({"unlabeled_classes": unlabeled_of[s.id]} if unlabeled_of.get(s.id) else {})
+        for (s, rev_id, boxes), key in zip(rows, keys, strict=True)
+    ]
 
-    params = {"filters": filter_params(filters), "group_by": group_by, "ratios": list(ratios), "seed": seed,
-              "classes": wanted}
+    params = {
+        "filters": filter_params(filters),
+        "group_by": group_by,
+        "ratios": list(ratios),
+        "seed": seed,
+        "classes": wanted,
+    }
     if keep_splits is not None:
         params["keep_splits"] = keep_splits.id
-    content = {"format": MANIFEST_FORMAT, "name": name, "org_code": principal.org_code, "params": params,
-               "taxonomy_version": tax.version, "classes": class_list, "items": items}
+    content = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "org_code": principal.org_code,
+        "params": params,
+        "taxonomy_version": tax.version,
+        "classes": class_list,
+        "items": items,
+    }
     version_id = content_id(content)
     existing = session.get(DatasetVersion, version_id)
     if existing is not None:
@@ -345,18 +415,32 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
     stats["dropped_boxes"] = dict(sorted(dropped.items()))
     stats["merged_groups"] = len(set(keys)) - len(set(units))
     stats["near_duplicates"] = cross_split_near_duplicates(
-        [s.phash for s, _, _ in rows], [it["split"] for it in items], [it["sample_id"] for it in items],
-        ctx.settings.near_duplicate_distance)
-    stats["missing_in_split"] = {sp: [c for c in class_list if sp not in stats["classes"].get(c, {})]
-                                 for sp in SPLITS if ratios[SPLITS.index(sp)] > 0}
+        [s.phash for s, _, _ in rows],
+        [it["split"] for it in items],
+        [it["sample_id"] for it in items],
+        ctx.settings.near_duplicate_distance,
+    )
+    stats["missing_in_split"] = {
+        sp: [c for c in class_list if sp not in stats["classes"].get(c, {})]
+        for sp in SPLITS
+        if ratios[SPLITS.index(sp)] > 0
+    }
 
     key = manifest_key(name, version_id)
     body = {"id": version_id, **content, "stats": stats}
-    ctx.store.put(key, json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8"),
-                  content_type="application/json")
-    dv = DatasetVersion(id=version_id, name=name, manifest_key=key, classes=class_list,
-                        taxonomy_version=tax.version, params={**params, "org_code": principal.org_code},
-                        stats=stats, created_by=principal.user_id)
+    ctx.store.put(
+        key, json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8"), content_type="application/json"
+    )
+    dv = DatasetVersion(
+        id=version_id,
+        name=name,
+        manifest_key=key,
+        classes=class_list,
+        taxonomy_version=tax.version,
+        params={**params, "org_code": principal.org_code},
+        stats=stats,
+        created_by=principal.user_id,
+    )
     try:
         with session.begin_nested():  # losing a race to an identical create undoes only this insert
             session.add(dv)
@@ -366,13 +450,35 @@ def make_version(ctx: Context, session: Session, principal: Principal, name: str
         if winner is None:
             raise
         return winner, False
-    session.execute(insert(DatasetItem), [{"version_id": version_id, "sample_id": it["sample_id"],
-                                           "revision_id": it["revision_id"], "split": it["split"]} for it in items])
-    record(session, principal, "dataset.create", "dataset_version", version_id,
-           after={"name": name, "id": version_id, "classes": class_list, "params": params,
-                  "images": stats["images"], "instances": stats["instances"],
-                  "splits": {s: v["images"] for s, v in stats["splits"].items()},
-                  "cross_split_near_duplicates": stats["near_duplicates"]["cross_split_pairs"]})
+    session.execute(
+        insert(DatasetItem),
+        [
+            {
+                "version_id": version_id,
+                "sample_id": it["sample_id"],
+                "revision_id": it["revision_id"],
+                "split": it["split"],
+            }
+            for it in items
+        ],
+    )
+    record(
+        session,
+        principal,
+        "dataset.create",
+        "dataset_version",
+        version_id,
+        after={
+            "name": name,
+            "id": version_id,
+            "classes": class_list,
+            "params": params,
+            "images": stats["images"],
+            "instances": stats["instances"],
+            "splits": {s: v["images"] for s, v in stats["splits"].items()},
+            "cross_split_near_duplicates": stats["near_duplicates"]["cross_split_pairs"],
+        },
+    )
     session.flush()
     return dv, True
 
@@ -388,8 +494,9 @@ def _visible(dv: DatasetVersion, principal: Principal | None) -> bool:
     return principal is None or _org(dv) == principal.org_code
 
 
-def list_versions(session: Session, name: str | None = None,
-                  principal: Principal | None = None) -> list[DatasetVersion]:
+def list_versions(
+    session: Session, name: str | None = None, principal: Principal | None = None
+) -> list[DatasetVersion]:
     """Versions, oldest first per name (the order their numbers follow). With a principal, only
     those of its organisation."""
     if principal is not None:
@@ -419,20 +526,23 @@ def resolve(session: Session, spec: str, principal: Principal | None = None) -> 
     if not versions:
         raise NotFound(f"no dataset {name!r}", code="dataset_not_found")
     if principal is None and len({_org(v) for v in versions}) > 1 and (ref == "latest" or _ORDINAL_RE.match(ref)):
-        raise Conflict(f"dataset {name!r} exists in several organisations; use NAME@<id prefix>",
-                       code="ambiguous_dataset")
+        raise Conflict(
+            f"dataset {name!r} exists in several organisations; use NAME@<id prefix>", code="ambiguous_dataset"
+        )
     if ref.lower() == "latest":
         return versions[-1]
     ordinal = _ORDINAL_RE.match(ref.lower())
     if ordinal:
         n = int(ordinal.group(1))
         if not 1 <= n <= len(versions):
-            raise NotFound(f"dataset {name!r} has {len(versions)} version(s); there is no version {n}",
-                           code="dataset_not_found")
+            raise NotFound(
+                f"dataset {name!r} has {len(versions)} version(s); there is no version {n}", code="dataset_not_found"
+            )
         return versions[n - 1]
     if not _PREFIX_RE.match(ref.lower()):
-        raise Invalid(f"{ref!r} is not a version: use latest, a number, or 4+ hex digits of the id",
-                      code="invalid_version")
+        raise Invalid(
+            f"{ref!r} is not a version: use latest, a number, or 4+ hex digits of the id", code="invalid_version"
+        )
     matches = [v for v in versions if v.id.startswith(ref.lower())]
     if not matches:
         raise NotFound(f"dataset {name!r} has no version {ref!r}", code="dataset_not_found")
@@ -448,8 +558,10 @@ def load_manifest(ctx: Context, dv: DatasetVersion, *, verify: bool = True) -> d
     if verify:
         content = {k: v for k, v in body.items() if k not in ("id", "stats")}
         if content_id(content) != dv.id:
-            raise Conflict(f"manifest {dv.manifest_key} does not match version id {dv.id}: it was altered",
-                           code="manifest_mismatch")
+            raise Conflict(
+                f"manifest {dv.manifest_key} does not match version id {dv.id}: it was altered",
+                code="manifest_mismatch",
+            )
     return body
 
 
@@ -463,16 +575,39 @@ def version_dict(session: Session, dv: DatasetVersion) -> dict[str, Any]:
     creator = session.get(User, dv.created_by) if dv.created_by is not None else None
     params = dict(dv.params or {})
     return {
-        "id": dv.id, "name": dv.name, "number": version_number(session, dv),
-        "ref": f"{dv.name}@{dv.id[:12]}", "org_code": params.pop("org_code", None),
-        "classes": list(dv.classes), "taxonomy_version": dv.taxonomy_version, "params": params,
-        "stats": dv.stats, "manifest_key": dv.manifest_key,
+        "id": dv.id,
+        "name": dv.name,
+        "number": version_number(session, dv),
+        "ref": f"{dv.name}@{dv.id[:12]}",
+        "org_code": params.pop("org_code", None),
+        "classes": list(dv.classes),
+        "taxonomy_version": dv.taxonomy_version,
+        "params": params,
+        "stats": dv.stats,
+        "manifest_key": dv.manifest_key,
         "created_at": iso(dv.created_at),
         "created_by": creator.name if creator is not None else None,
     }
 
 
-__all__ = ["GROUP_BY", "MANIFEST_FORMAT", "canonical_json", "content_id", "create_version",
-           "cross_split_near_duplicates", "filter_from_params", "filter_params", "group_key", "list_versions",
-           "load_manifest", "make_version", "manifest_key", "parse_ref", "resolve", "split_stats", "version_dict",
-           "version_number", "version_public"]
+__all__ = [
+    "GROUP_BY",
+    "MANIFEST_FORMAT",
+    "canonical_json",
+    "content_id",
+    "create_version",
+    "cross_split_near_duplicates",
+    "filter_from_params",
+    "filter_params",
+    "group_key",
+    "list_versions",
+    "load_manifest",
+    "make_version",
+    "manifest_key",
+    "parse_ref",
+    "resolve",
+    "split_stats",
+    "version_dict",
+    "version_number",
+    "version_public",
+]

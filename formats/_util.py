@@ -23,6 +23,7 @@ SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "
 # values): clip it quietly instead of filling the report with noise.
 CLIP_REPORT_PX = 1.0
 
+
 def image_size(path: Path) -> tuple[int, int]:
     """Width and height of the EXIF-oriented image, read from the header only (no pixel decode),
     because boxes everywhere in hazardlens are in oriented pixels. Raises on unreadable files."""
@@ -69,8 +70,18 @@ def safe_relative(name: str) -> str | None:
     return "/".join(parts)
 
 
-def checked_box(report: ImportReport, record: ImportRecord | None, name: object, x1: float, y1: float,
-                x2: float, y2: float, width: int, height: int, where: str) -> Box | None:
+def checked_box(
+    report: ImportReport,
+    record: ImportRecord | None,
+    name: object,
+    x1: float,
+    y1: float,
+    x2: float,
+    y2: float,
+    width: int,
+    height: int,
+    where: str,
+) -> Box | None:
     """The one place a box is accepted, clipped or refused."""
 
     def refuse(kind: str, message: str) -> None:
@@ -95,8 +106,11 @@ def checked_box(report: ImportReport, record: ImportRecord | None, name: object,
         return None
     overshoot = max(-x1, -y1, x2 - width, y2 - height)
     if overshoot > CLIP_REPORT_PX:
-        report.repair("clipped", where, f"box clipped to image ({width}x{height}, was "
-                                        f"{fmt_num(x1)},{fmt_num(y1)},{fmt_num(x2)},{fmt_num(y2)})")
+        report.repair(
+            "clipped",
+            where,
+            f"box clipped to image ({width}x{height}, was {fmt_num(x1)},{fmt_num(y1)},{fmt_num(x2)},{fmt_num(y2)})",
+        )
     return Box(class_key, cx1, cy1, cx2, cy2)
 
 
@@ -115,8 +129,7 @@ def dedupe(report: ImportReport, record: ImportRecord) -> None:
     record.boxes = kept
 
 
-def check_size(report: ImportReport, record: ImportRecord, declared_w: object, declared_h: object,
-               where: str) -> None:
+def check_size(report: ImportReport, record: ImportRecord, declared_w: object, declared_h: object, where: str) -> None:
     """Compare the size a source declares with the real file; the file wins, because the boxes
     will be drawn on the file."""
     w, w_str = to_number(declared_w)
@@ -125,8 +138,9 @@ def check_size(report: ImportReport, record: ImportRecord, declared_w: object, d
         report.repair("size_from_file", where, "image size not given; read from the file")
         return
     if w is None or h is None or w <= 0 or h <= 0:
-        report.repair("size_from_file", where,
-                      f"image size {declared_w!r} x {declared_h!r} is not usable; read from the file")
+        report.repair(
+            "size_from_file", where, f"image size {declared_w!r} x {declared_h!r} is not usable; read from the file"
+        )
         return
     if w_str or h_str:
         report.repair("string_value", where, "image size given as string")
@@ -143,13 +157,13 @@ def list_images(folder: Path) -> list[Path]:
 
 
 # --- writers ------------------------------------------------------------------------------------
-def check_export(items: Iterable[ExportItem], class_names: list[str] | None,
-                 need_images: bool) -> list[ExportItem]:
+def check_export(items: Iterable[ExportItem], class_names: list[str] | None, need_images: bool) -> list[ExportItem]:
     """Validate everything before the first byte is written, so a failed export leaves nothing
     half-done behind."""
     items = list(items)
-    if class_names is not None and (len(set(class_names)) != len(class_names)
-                                    or any(not str(n).strip() for n in class_names)):
+    if class_names is not None and (
+        len(set(class_names)) != len(class_names) or any(not str(n).strip() for n in class_names)
+    ):
         raise Invalid("class_names must be unique, non-empty names")
     known = set(class_names) if class_names is not None else None
     unknown: set[str] = set()
@@ -175,8 +189,10 @@ def check_export(items: Iterable[ExportItem], class_names: list[str] | None,
     if unknown:
         problems.append("classes not in class_names: " + ", ".join(sorted(unknown)))
     if problems:
-        raise Invalid(f"cannot export: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1
-                                                          else ""), details=problems)
+        raise Invalid(
+            f"cannot export: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+            details=problems,
+        )
     return items
 
 

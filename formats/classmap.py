@@ -89,12 +89,19 @@ class ClassMap:
                 raise Invalid(f"{source}: {name!r} must map to a taxonomy key or '{IGNORE}'")
             mapping[name] = target.strip()
         unlabeled = data.get("unlabeled_classes") or []
-        if not isinstance(unlabeled, list) or len(unlabeled) > 100 or not all(
-                isinstance(k, str) and k.strip() and k != IGNORE and len(k) <= MAX_NAME_CHARS for k in unlabeled):
+        if (
+            not isinstance(unlabeled, list)
+            or len(unlabeled) > 100
+            or not all(isinstance(k, str) and k.strip() and k != IGNORE and len(k) <= MAX_NAME_CHARS for k in unlabeled)
+        ):
             raise Invalid(f"{source}: unlabeled_classes must be a list of taxonomy class keys")
-        return cls(mapping, _compile(data.get("camera_regex"), "camera_regex", source),
-                   _compile(data.get("site_regex"), "site_regex", source), source,
-                   tuple(sorted({k.strip() for k in unlabeled})))
+        return cls(
+            mapping,
+            _compile(data.get("camera_regex"), "camera_regex", source),
+            _compile(data.get("site_regex"), "site_regex", source),
+            source,
+            tuple(sorted({k.strip() for k in unlabeled})),
+        )
 
     @property
     def taxonomy_keys(self) -> set[str]:
@@ -110,19 +117,29 @@ class ClassMap:
         records = list(records)
         missing = self.unmapped(class_names(records))
         if missing:
-            raise Invalid(f"classes without a mapping in {self.source or 'the class map'}: {', '.join(missing)}",
-                          details={"unmapped": missing})
+            raise Invalid(
+                f"classes without a mapping in {self.source or 'the class map'}: {', '.join(missing)}",
+                details={"unmapped": missing},
+            )
         out: list[ImportRecord] = []
         for record in records:
-            boxes = [replace(b, class_key=self.mapping[b.class_key]) for b in record.boxes
-                     if self.mapping[b.class_key] != IGNORE]
+            boxes = [
+                replace(b, class_key=self.mapping[b.class_key])
+                for b in record.boxes
+                if self.mapping[b.class_key] != IGNORE
+            ]
             ignored = len(record.boxes) - len(boxes)
             problems = list(record.problems)
             if ignored and not boxes:
                 problems.append(f"all {ignored} boxes are of ignored classes; not a verified negative")
-            out.append(replace(
-                record, boxes=boxes, ignored_boxes=record.ignored_boxes + ignored, problems=problems,
-                camera_id=record.camera_id or extract_group(record.file_name, self.camera_regex),
-                site_id=record.site_id or extract_group(record.file_name, self.site_regex),
-            ))
+            out.append(
+                replace(
+                    record,
+                    boxes=boxes,
+                    ignored_boxes=record.ignored_boxes + ignored,
+                    problems=problems,
+                    camera_id=record.camera_id or extract_group(record.file_name, self.camera_regex),
+                    site_id=record.site_id or extract_group(record.file_name, self.site_regex),
+                )
+            )
         return out

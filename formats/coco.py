@@ -131,8 +131,9 @@ class _Images:
             if id_was_str:
                 self.report.repair("string_id", where, f"image id {im.get('id')!r} given as string")
             if iid in self.records or iid in self.refused_ids:
-                self.report.refuse_image("duplicate_id", where,
-                                         f"image id {iid} appears again ({im.get('file_name')!r}); first entry kept")
+                self.report.refuse_image(
+                    "duplicate_id", where, f"image id {iid} appears again ({im.get('file_name')!r}); first entry kept"
+                )
                 continue
             record = self._record(im, iid, where)
             if record is None:
@@ -147,8 +148,11 @@ class _Images:
         if rel is None:
             return None
         if rel in self.names_seen:
-            report.refuse_image("duplicate_file_name", where,
-                                f"file {rel!r} already listed as image {self.names_seen[rel]}; its boxes refused")
+            report.refuse_image(
+                "duplicate_file_name",
+                where,
+                f"file {rel!r} already listed as image {self.names_seen[rel]}; its boxes refused",
+            )
             return None
         self.names_seen[rel] = iid
         path = self.root / rel
@@ -199,15 +203,19 @@ def _bbox(ann: dict[str, Any], where: str, report: ImportReport) -> tuple[float,
     strings = [v for v, (_, s) in zip(bbox, parsed, strict=True) if s]
     if strings:
         shown = ", ".join(f'"{v}"' for v in strings)
-        report.repair("string_bbox", where, f"bbox value{'s' if len(strings) > 1 else ''} {shown} "
-                                            f"given as string{'s' if len(strings) > 1 else ''}")
+        report.repair(
+            "string_bbox",
+            where,
+            f"bbox value{'s' if len(strings) > 1 else ''} {shown} given as string{'s' if len(strings) > 1 else ''}",
+        )
     x, y, w, h = (n for n, _ in parsed)
     assert x is not None and y is not None and w is not None and h is not None
     return x, y, w, h
 
 
-def _read_annotations(data: dict[str, Any], categories: dict[IdKey, str], images: _Images,
-                      report: ImportReport) -> set[IdKey]:
+def _read_annotations(
+    data: dict[str, Any], categories: dict[IdKey, str], images: _Images, report: ImportReport
+) -> set[IdKey]:
     """Add each annotation's box to its image's record; returns the category ids used."""
     used_categories: set[IdKey] = set()
     ann_ids: set[IdKey] = set()
@@ -238,8 +246,14 @@ def _read_annotations(data: dict[str, Any], categories: dict[IdKey, str], images
     return used_categories
 
 
-def _annotation_box(ann: dict[str, Any], cid: IdKey | None, categories: dict[IdKey, str], record: ImportRecord,
-                    where: str, report: ImportReport) -> Box | None:
+def _annotation_box(
+    ann: dict[str, Any],
+    cid: IdKey | None,
+    categories: dict[IdKey, str],
+    record: ImportRecord,
+    where: str,
+    report: ImportReport,
+) -> Box | None:
     """The annotation's box, checked; None when it is refused (reported, and counted on the record)."""
     if cid is None or cid not in categories:
         report.refuse_box("unknown_category", where, f"category id {ann.get('category_id')!r} is not defined")
@@ -249,8 +263,18 @@ def _annotation_box(ann: dict[str, Any], cid: IdKey | None, categories: dict[IdK
         x, y, w, h = xywh
         assert record.width is not None and record.height is not None
         # checked_box reports (and counts) what it refuses itself
-        return checked_box(report, record, categories[cid], x, y, x + w, y + h, record.width, record.height,
-                           f"{where} ({record.file_name})")
+        return checked_box(
+            report,
+            record,
+            categories[cid],
+            x,
+            y,
+            x + w,
+            y + h,
+            record.width,
+            record.height,
+            f"{where} ({record.file_name})",
+        )
     record.refused_boxes += 1
     return None
 
@@ -285,8 +309,9 @@ def read_coco(annotations_json: Path | str, images_dir: Path | str | None = None
     return ReadResult(out, report)
 
 
-def write_coco(items: Iterable[ExportItem], out_path_or_dir: Path | str, class_names: list[str], *,
-               write_images: bool = True) -> ExportResult:
+def write_coco(
+    items: Iterable[ExportItem], out_path_or_dir: Path | str, class_names: list[str], *, write_images: bool = True
+) -> ExportResult:
     """Write one COCO json. A folder gets ``annotations.json`` plus ``images/``; a ``.json`` path
     gets its images in ``images/`` beside it. Category ids run from 1 in ``class_names`` order
     (0 is the conventional background/unused id)."""
@@ -310,10 +335,17 @@ def write_coco(items: Iterable[ExportItem], out_path_or_dir: Path | str, class_n
                 dropped += 1
                 continue
             w, h = clipped.x2 - clipped.x1, clipped.y2 - clipped.y1
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": cat_ids[clipped.class_key],
-                                "bbox": [round(clipped.x1, 2), round(clipped.y1, 2), round(w, 2), round(h, 2)],
-                                "area": round(w * h, 2), "iscrowd": 0, "segmentation": []})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_ids[clipped.class_key],
+                    "bbox": [round(clipped.x1, 2), round(clipped.y1, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h, 2),
+                    "iscrowd": 0,
+                    "segmentation": [],
+                }
+            )
         negatives += not item.boxes
         if write_images:
             write_image(item.image_bytes_path, images_dir / rel)

@@ -51,15 +51,18 @@ def _parse(path: Path) -> ET.Element:
     except FileNotFoundError as e:
         raise NotFound(f"{path}: no such file") from e
     if size > MAX_XML_BYTES:
-        raise TooLarge(f"{path.name} is {size:,} bytes; a CVAT file may hold at most {MAX_XML_BYTES:,}",
-                       code="file_too_large")
+        raise TooLarge(
+            f"{path.name} is {size:,} bytes; a CVAT file may hold at most {MAX_XML_BYTES:,}", code="file_too_large"
+        )
     try:
         top = fromstring(path.read_bytes(), forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except (ET.ParseError, DefusedXmlException, OSError, ValueError) as e:
         raise Invalid(f"{path.name}: not readable CVAT XML ({e})", code="invalid_format") from e
     if top.tag != "annotations":
-        raise Invalid(f"{path.name}: root element is <{top.tag}>, not <annotations>; not CVAT for images XML",
-                      code="invalid_format")
+        raise Invalid(
+            f"{path.name}: root element is <{top.tag}>, not <annotations>; not CVAT for images XML",
+            code="invalid_format",
+        )
     return top
 
 
@@ -118,8 +121,9 @@ def read_cvat(annotations_xml: Path | str, images_dir: Path | str | None = None)
     used: set[Path] = set()
     elements = top.findall("image")
     if len(elements) > MAX_IMAGES:
-        raise TooLarge(f"{path.name} lists {len(elements):,} images; at most {MAX_IMAGES:,} per file",
-                       code="file_too_large")
+        raise TooLarge(
+            f"{path.name} lists {len(elements):,} images; at most {MAX_IMAGES:,} per file", code="file_too_large"
+        )
     used_labels: set[str] = set()
     for el in elements:
         name = (el.get("name") or "").strip()
@@ -176,8 +180,11 @@ def read_cvat(annotations_xml: Path | str, images_dir: Path | str | None = None)
         report.warn("unused_category", name, f"label {name!r} is never used by any box")
     for image in list_images(root):
         if image not in used:
-            report.warn("unlisted_file", image.relative_to(root).as_posix(),
-                        "image is not listed in the CVAT file; not imported")
+            report.warn(
+                "unlisted_file",
+                image.relative_to(root).as_posix(),
+                "image is not listed in the CVAT file; not imported",
+            )
     report.finish(records)
     return ReadResult(records, report)
 
@@ -186,8 +193,9 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
-def write_cvat(items: Iterable[ExportItem], out_dir: Path | str, class_names: list[str], *,
-               task_name: str = "hazardlens export") -> ExportResult:
+def write_cvat(
+    items: Iterable[ExportItem], out_dir: Path | str, class_names: list[str], *, task_name: str = "hazardlens export"
+) -> ExportResult:
     """Write ``annotations.xml`` (CVAT for images 1.1) and ``images/``: zip the folder and import it
     into a CVAT task as "CVAT 1.1", or create the task from ``images/`` and upload the XML."""
     items = check_export(items, class_names, need_images=True)
@@ -217,9 +225,18 @@ def write_cvat(items: Iterable[ExportItem], out_dir: Path | str, class_names: li
             if clipped is None:
                 dropped += 1
                 continue
-            ET.SubElement(image, "box", label=clipped.class_key, source="manual", occluded="0",
-                          xtl=_fmt(clipped.x1), ytl=_fmt(clipped.y1), xbr=_fmt(clipped.x2), ybr=_fmt(clipped.y2),
-                          z_order="0")
+            ET.SubElement(
+                image,
+                "box",
+                label=clipped.class_key,
+                source="manual",
+                occluded="0",
+                xtl=_fmt(clipped.x1),
+                ytl=_fmt(clipped.y1),
+                xbr=_fmt(clipped.x2),
+                ybr=_fmt(clipped.y2),
+                z_order="0",
+            )
             boxes += 1
         negatives += not item.boxes
     ET.indent(top)

@@ -95,8 +95,12 @@ def _result_box(item: dict[str, Any], width: int, height: int) -> _Geometry:
         cos, sin = math.cos(a), math.sin(a)
         pts = [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        return _Geometry(label, (min(xs), min(ys), max(xs), max(ys)),
-                         f"rectangle rotated {rotation:g} degrees replaced by its axis-aligned hull", "rotated_box")
+        return _Geometry(
+            label,
+            (min(xs), min(ys), max(xs), max(ys)),
+            f"rectangle rotated {rotation:g} degrees replaced by its axis-aligned hull",
+            "rotated_box",
+        )
     if kind == "polygonlabels":
         points = value.get("points")
         if not isinstance(points, list) or len(points) < 3:
@@ -106,13 +110,15 @@ def _result_box(item: dict[str, Any], width: int, height: int) -> _Geometry:
             ys = [float(p[1]) / 100.0 * height for p in points]
         except (TypeError, ValueError, IndexError):
             return _Geometry(label, None, "polygon points are not numbers")
-        return _Geometry(label, (min(xs), min(ys), max(xs), max(ys)),
-                         "polygon replaced by its bounding box", "polygon_to_box")
+        return _Geometry(
+            label, (min(xs), min(ys), max(xs), max(ys)), "polygon replaced by its bounding box", "polygon_to_box"
+        )
     return _Geometry(label, None, f"result type {kind!r} is not a box")
 
 
-def result_boxes(results: object, width: int, height: int) -> tuple[list[tuple[str, tuple[float, float, float,
-                                                                                            float]]], list[str]]:
+def result_boxes(
+    results: object, width: int, height: int
+) -> tuple[list[tuple[str, tuple[float, float, float, float]]], list[str]]:
     """One annotation's ``result`` list as ``(label, pixel corners)`` pairs, and a message per result
     that is not a box (non-box results such as choices are skipped silently). What the Label Studio
     webhook stores; the same geometry rules as :func:`read_labelstudio`."""
@@ -212,8 +218,9 @@ def read_labelstudio(tasks_json: Path | str, images_dir: Path | str, *, image_ke
     return ReadResult(records, report)
 
 
-def labelstudio_results(boxes: list[Box], width: int, height: int, from_name: str = "label",
-                        to_name: str = "image", prefix: str = "r") -> tuple[list[dict[str, Any]], int]:
+def labelstudio_results(
+    boxes: list[Box], width: int, height: int, from_name: str = "label", to_name: str = "image", prefix: str = "r"
+) -> tuple[list[dict[str, Any]], int]:
     """Boxes as Label Studio ``rectanglelabels`` results (percent coordinates); also what the ML
     backend's /predict answers. Returns the results and how many boxes fell outside the image."""
     out: list[dict[str, Any]] = []
@@ -224,12 +231,21 @@ def labelstudio_results(boxes: list[Box], width: int, height: int, from_name: st
             dropped += 1
             continue
         result: dict[str, Any] = {
-            "id": f"{prefix}{len(out) + 1}", "type": "rectanglelabels", "from_name": from_name,
-            "to_name": to_name, "original_width": width, "original_height": height, "image_rotation": 0,
-            "value": {"x": clipped.x1 / width * 100.0, "y": clipped.y1 / height * 100.0,
-                      "width": (clipped.x2 - clipped.x1) / width * 100.0,
-                      "height": (clipped.y2 - clipped.y1) / height * 100.0,
-                      "rotation": 0, "rectanglelabels": [clipped.class_key]},
+            "id": f"{prefix}{len(out) + 1}",
+            "type": "rectanglelabels",
+            "from_name": from_name,
+            "to_name": to_name,
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {
+                "x": clipped.x1 / width * 100.0,
+                "y": clipped.y1 / height * 100.0,
+                "width": (clipped.x2 - clipped.x1) / width * 100.0,
+                "height": (clipped.y2 - clipped.y1) / height * 100.0,
+                "rotation": 0,
+                "rectanglelabels": [clipped.class_key],
+            },
         }
         if clipped.confidence is not None:
             result["score"] = float(clipped.confidence)
@@ -237,9 +253,15 @@ def labelstudio_results(boxes: list[Box], width: int, height: int, from_name: st
     return out, dropped
 
 
-def write_labelstudio(items: Iterable[ExportItem], out_path: Path | str, image_url_prefix: str, *,
-                      model_version: str = "hazardlens", from_name: str = "label",
-                      to_name: str = "image") -> ExportResult:
+def write_labelstudio(
+    items: Iterable[ExportItem],
+    out_path: Path | str,
+    image_url_prefix: str,
+    *,
+    model_version: str = "hazardlens",
+    from_name: str = "label",
+    to_name: str = "image",
+) -> ExportResult:
     """Write a tasks json for import into Label Studio. Images are not copied: Label Studio loads
     them from ``image_url_prefix + file_name`` (e.g. ``/data/local-files/?d=samples/``)."""
     items = check_export(items, None, need_images=False)

@@ -161,8 +161,14 @@ class ExportItem:
     def from_record(cls, record: ImportRecord, split: str | None = None) -> ExportItem:
         if record.width is None or record.height is None:
             raise ValueError(f"{record.file_name}: image size unknown")
-        return cls(record.file_name, record.image_path, record.width, record.height,
-                   list(record.boxes), split if split is not None else record.split)
+        return cls(
+            record.file_name,
+            record.image_path,
+            record.width,
+            record.height,
+            list(record.boxes),
+            split if split is not None else record.split,
+        )
 
 
 @dataclass(frozen=True, slots=True)

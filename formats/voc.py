@@ -94,8 +94,7 @@ def read_voc(directory: Path | str) -> ReadResult:
                 record.refused_boxes += 1
                 continue
             xmin, ymin, xmax, ymax = (c for c in corners if c is not None)
-            box = checked_box(report, record, name or "", xmin - 1, ymin - 1, xmax - 1, ymax - 1,
-                              width, height, owhere)
+            box = checked_box(report, record, name or "", xmin - 1, ymin - 1, xmax - 1, ymax - 1, width, height, owhere)
             if box is not None:
                 record.boxes.append(box)
         dedupe(report, record)
@@ -104,7 +103,10 @@ def read_voc(directory: Path | str) -> ReadResult:
     for folder in image_dirs[:-1] or image_dirs:
         for path in list_images(folder):
             if path not in used:
-                report.warn("unlisted_file", path.relative_to(root).as_posix(),
-                            "image has no xml; not imported (absence of an xml is not a negative)")
+                report.warn(
+                    "unlisted_file",
+                    path.relative_to(root).as_posix(),
+                    "image has no xml; not imported (absence of an xml is not a negative)",
+                )
     report.finish(records)
     return ReadResult(records, report)

@@ -39,8 +39,10 @@ _NAME_FILES = ("data.yaml", "dataset.yaml", "data.yml")
 def _short_names(values: Iterable[object], path: Path) -> list[str]:
     names = [short_scalar(v) for v in values]
     if any(n is None for n in names):
-        raise Invalid(f"{path.name}: class names must be scalars of at most {MAX_NAME_CHARS} characters; "
-                      "nothing was imported", code="invalid_yaml")
+        raise Invalid(
+            f"{path.name}: class names must be scalars of at most {MAX_NAME_CHARS} characters; nothing was imported",
+            code="invalid_yaml",
+        )
     return [n for n in names if n is not None]
 
 
@@ -75,8 +77,7 @@ def _names_from_yaml(path: Path, report: ImportReport) -> list[str] | None:
 
 def _class_names(root: Path, report: ImportReport) -> list[str] | None:
     from_yaml: list[str] | None = None
-    candidates = [root / n for n in _NAME_FILES] + sorted(p for p in root.glob("*.y*ml")
-                                                          if p.name not in _NAME_FILES)
+    candidates = [root / n for n in _NAME_FILES] + sorted(p for p in root.glob("*.y*ml") if p.name not in _NAME_FILES)
     for path in candidates:
         if path.is_file() and (from_yaml := _names_from_yaml(path, report)) is not None:
             break
@@ -84,8 +85,7 @@ def _class_names(root: Path, report: ImportReport) -> list[str] | None:
     for path in (root / "classes.txt", root / "labels" / "classes.txt"):
         if path.is_file():
             try:
-                from_txt = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()
-                            if line.strip()]
+                from_txt = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
             except (OSError, UnicodeDecodeError) as e:
                 report.warn("bad_names_file", path.name, f"not readable ({e}); ignored")
             break
@@ -104,8 +104,8 @@ def _locate(root: Path, image: Path) -> tuple[Path, str, str | None]:
     split: str | None = None
     if "images" in folders:
         k = len(folders) - 1 - folders[::-1].index("images")
-        label = root.joinpath(*parts[:k], "labels", *parts[k + 1:]).with_suffix(".txt")
-        inner = list(parts[k + 1:])
+        label = root.joinpath(*parts[:k], "labels", *parts[k + 1 :]).with_suffix(".txt")
+        inner = list(parts[k + 1 :])
         if k > 0 and parts[k - 1].lower() in SPLIT_ALIASES:  # train/images/x.jpg
             split = parts[k - 1]
         elif len(inner) > 1 and inner[0].lower() in SPLIT_ALIASES:  # images/train/x.jpg
@@ -135,8 +135,9 @@ def read_yolo(directory: Path | str, class_names: Sequence[str] | None = None) -
         label, file_name, split = _locate(root, image)
         rel_image = image.relative_to(root).as_posix()
         if file_name in file_names:
-            report.warn("duplicate_file_name", rel_image, f"{file_name!r} occurs in several folders; "
-                                                          "full path used as its name")
+            report.warn(
+                "duplicate_file_name", rel_image, f"{file_name!r} occurs in several folders; full path used as its name"
+            )
             file_name = rel_image
         file_names.add(file_name)
         try:
@@ -171,8 +172,9 @@ def read_yolo(directory: Path | str, class_names: Sequence[str] | None = None) -
     return ReadResult(records, report)
 
 
-def _parse_lines(report: ImportReport, record: ImportRecord, text: str, label_rel: str,
-                 names: list[str] | None, used_index: set[int]) -> None:
+def _parse_lines(
+    report: ImportReport, record: ImportRecord, text: str, label_rel: str, names: list[str] | None, used_index: set[int]
+) -> None:
     assert record.width is not None and record.height is not None
     for n, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -219,9 +221,18 @@ def _parse_lines(report: ImportReport, record: ImportRecord, text: str, label_re
             report.repair("float_class", where, f"line {n}: class {fields[0]!r} read as {index}")
         name = names[index] if names is not None else str(index)
         used_index.add(index)
-        box = checked_box(report, record, name, (cx - w / 2) * record.width, (cy - h / 2) * record.height,
-                          (cx + w / 2) * record.width, (cy + h / 2) * record.height,
-                          record.width, record.height, where)
+        box = checked_box(
+            report,
+            record,
+            name,
+            (cx - w / 2) * record.width,
+            (cy - h / 2) * record.height,
+            (cx + w / 2) * record.width,
+            (cy + h / 2) * record.height,
+            record.width,
+            record.height,
+            where,
+        )
         if box is not None:
             record.boxes.append(box)
 
@@ -230,13 +241,21 @@ def _parse_lines(report: ImportReport, record: ImportRecord, text: str, label_re
 #: looks for ``dataset.yaml`` unless told otherwise.
 YAML_NAMES = ("data.yaml", "dataset.yaml")
 
-_NO_VAL_NOTE = ("# No held-out split: 'val' names the training images so that Ultralytics trains on this\n"
-                "# export as is. Its validation scores measure fit, not generalisation; for held-out\n"
-                "# numbers build a dataset version (hazardlens datasets create/export) instead.\n")
+_NO_VAL_NOTE = (
+    "# No held-out split: 'val' names the training images so that Ultralytics trains on this\n"
+    "# export as is. Its validation scores measure fit, not generalisation; for held-out\n"
+    "# numbers build a dataset version (hazardlens datasets create/export) instead.\n"
+)
 
 
-def write_yolo(items: Iterable[ExportItem], out_dir: Path | str, class_names: list[str], *,
-               overwrite: bool = False, yaml_name: str = "data.yaml") -> ExportResult:
+def write_yolo(
+    items: Iterable[ExportItem],
+    out_dir: Path | str,
+    class_names: list[str],
+    *,
+    overwrite: bool = False,
+    yaml_name: str = "data.yaml",
+) -> ExportResult:
     """Write the Ultralytics layout ``images/<split>/``, ``labels/<split>/``, ``data.yaml``.
 
     Items without a split go to ``train``. Negatives get an empty label file, so that "no object"
@@ -246,8 +265,9 @@ def write_yolo(items: Iterable[ExportItem], out_dir: Path | str, class_names: li
     ``yaml_name`` ``dataset.yaml`` is the name FiftyOne's YOLOv5 reader looks for.
     """
     if yaml_name not in YAML_NAMES:
-        raise Invalid(f"the dataset file is named one of {', '.join(YAML_NAMES)}, not {yaml_name!r}",
-                      code="invalid_request")
+        raise Invalid(
+            f"the dataset file is named one of {', '.join(YAML_NAMES)}, not {yaml_name!r}", code="invalid_request"
+        )
     items = check_export(items, class_names, need_images=True)
     out = Path(out_dir)
     ours = [out / "images", out / "labels", *(out / n for n in YAML_NAMES)]

@@ -43,8 +43,9 @@ def match_count(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], thresh
     return int(sum(1 for r, c in zip(rows, cols, strict=True) if iou[r, c] >= threshold))
 
 
-def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], threshold: float = IOU_THRESHOLD
-            ) -> dict[str, Any]:
+def compare(
+    a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], threshold: float = IOU_THRESHOLD
+) -> dict[str, Any]:
     """Per-class and overall agreement of two box lists. Two empty lists agree fully (both say the
     photo shows nothing)."""
     per_class: dict[str, dict[str, Any]] = {}
@@ -54,20 +55,24 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], threshold:
         kb = [x for x in b if x["class_key"] == key]
         matched = match_count(ka, kb, threshold)
         only_a, only_b = len(ka) - matched, len(kb) - matched
-        per_class[key] = {"matched": matched, "only_a": only_a, "only_b": only_b,
-                          "agreement": round(matched / (matched + only_a + only_b), 4)}
+        per_class[key] = {
+            "matched": matched,
+            "only_a": only_a,
+            "only_b": only_b,
+            "agreement": round(matched / (matched + only_a + only_b), 4),
+        }
         totals = [totals[0] + matched, totals[1] + only_a, totals[2] + only_b]
     denominator = sum(totals)
     overall = round(totals[0] / denominator, 4) if denominator else 1.0
-    return {"per_class": per_class, "overall": overall, "matched": totals[0], "only_a": totals[1],
-            "only_b": totals[2]}
+    return {"per_class": per_class, "overall": overall, "matched": totals[0], "only_a": totals[1], "only_b": totals[2]}
 
 
 def _latest_per_author(session: Session, sample_id: int) -> list[AnnotationRevision]:
-    revs = session.scalars(select(AnnotationRevision)
-                           .where(AnnotationRevision.sample_id == sample_id,
-                                  AnnotationRevision.author_id.is_not(None))
-                           .order_by(AnnotationRevision.number))
+    revs = session.scalars(
+        select(AnnotationRevision)
+        .where(AnnotationRevision.sample_id == sample_id, AnnotationRevision.author_id.is_not(None))
+        .order_by(AnnotationRevision.number)
+    )
     latest: dict[int, AnnotationRevision] = {}
     for rev in revs:
         assert rev.author_id is not None
@@ -85,10 +90,23 @@ def _agreement(session: Session, sample_id: int) -> dict[str, Any]:
     revs = _latest_per_author(session, sample_id)
     ids = {r.author_id for r in revs}
     names = dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).tuples().all()) if ids else {}
-    authors = [{"user_id": r.author_id, "name": names.get(r.author_id or -1, "?"), "revision_id": r.id,
-                "revision_number": r.number} for r in revs]
-    result: dict[str, Any] = {"sample_id": sample_id, "authors": authors, "threshold": IOU_THRESHOLD,
-                              "pairs": [], "per_class": {}, "overall": None}
+    authors = [
+        {
+            "user_id": r.author_id,
+            "name": names.get(r.author_id or -1, "?"),
+            "revision_id": r.id,
+            "revision_number": r.number,
+        }
+        for r in revs
+    ]
+    result: dict[str, Any] = {
+        "sample_id": sample_id,
+        "authors": authors,
+        "threshold": IOU_THRESHOLD,
+        "pairs": [],
+        "per_class": {},
+        "overall": None,
+    }
     for (ia, ra), (ib, rb) in combinations(enumerate(revs), 2):
         pair = compare(ra.boxes, rb.boxes)
         result["pairs"].append({"a": authors[ia], "b": authors[ib], **pair})
@@ -115,28 +133,41 @@ def review_queue(session: Session, principal: Principal, limit: int = 50) -> lis
     review them."""
     principal.require("annotations:review")
     limit = max(1, min(int(limit), 1000))
-    rows = session.execute(
-        visible_samples(principal)
-        .with_only_columns(Sample.id, AnnotationRevision.id, AnnotationRevision.number,
-                           AnnotationRevision.author_id, AnnotationRevision.submitted_at)
-        .join(AnnotationRevision, AnnotationRevision.id == Sample.current_revision_id)
-        .where(Sample.annotation_status == "submitted", label_writable(principal))  # only the owner reviews
-    ).tuples().all()
+    rows = (
+        session.execute(
+            visible_samples(principal)
+            .with_only_columns(
+                Sample.id,
+                AnnotationRevision.id,
+                AnnotationRevision.number,
+                AnnotationRevision.author_id,
+                AnnotationRevision.submitted_at,
+            )
+            .join(AnnotationRevision, AnnotationRevision.id == Sample.current_revision_id)
+            .where(Sample.annotation_status == "submitted", label_writable(principal))  # only the owner reviews
+        )
+        .tuples()
+        .all()
+    )
     if principal.user_id is not None:
         rows = [r for r in rows if r[3] != principal.user_id]
     ids = [r[0] for r in rows]
     multi: set[int] = set()
     for chunk in range(0, len(ids), 500):
-        part = ids[chunk:chunk + 500]
-        multi |= set(session.scalars(
-            select(AnnotationRevision.sample_id)
-            .where(AnnotationRevision.sample_id.in_(part), AnnotationRevision.author_id.is_not(None))
-            .group_by(AnnotationRevision.sample_id)
-            .having(func.count(func.distinct(AnnotationRevision.author_id)) >= 2)))
+        part = ids[chunk : chunk + 500]
+        multi |= set(
+            session.scalars(
+                select(AnnotationRevision.sample_id)
+                .where(AnnotationRevision.sample_id.in_(part), AnnotationRevision.author_id.is_not(None))
+                .group_by(AnnotationRevision.sample_id)
+                .having(func.count(func.distinct(AnnotationRevision.author_id)) >= 2)
+            )
+        )
     scores = {sid: _agreement(session, sid)["overall"] for sid in multi}
     authors = {r[3] for r in rows if r[3] is not None}
-    names = (dict(session.execute(select(User.id, User.name).where(User.id.in_(authors))).tuples().all())
-             if authors else {})
+    names = (
+        dict(session.execute(select(User.id, User.name).where(User.id.in_(authors))).tuples().all()) if authors else {}
+    )
 
     def order(row: tuple[Any, ...]) -> tuple[Any, ...]:
         score = scores.get(row[0])
@@ -146,10 +177,17 @@ def review_queue(session: Session, principal: Principal, limit: int = 50) -> lis
 
     out = []
     for sid, rev_id, number, author_id, submitted_at in sorted(rows, key=order)[:limit]:
-        out.append({"sample_id": sid, "revision_id": rev_id, "revision_number": number,
-                    "author_id": author_id, "author": names.get(author_id) if author_id else "system",
-                    "submitted_at": iso(submitted_at),
-                    "agreement": scores.get(sid)})
+        out.append(
+            {
+                "sample_id": sid,
+                "revision_id": rev_id,
+                "revision_number": number,
+                "author_id": author_id,
+                "author": names.get(author_id) if author_id else "system",
+                "submitted_at": iso(submitted_at),
+                "agreement": scores.get(sid),
+            }
+        )
     return out
 
 

@@ -67,8 +67,9 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def validate_boxes(taxonomy: Taxonomy, sample: Sample, boxes: Sequence[Mapping[str, Any] | Box]
-                   ) -> tuple[list[Box], list[str]]:
+def validate_boxes(
+    taxonomy: Taxonomy, sample: Sample, boxes: Sequence[Mapping[str, Any] | Box]
+) -> tuple[list[Box], list[str]]:
     """Check boxes against the sample's oriented image and the active taxonomy.
 
     Coordinates a little outside the image (a drag past the edge) are clipped and reported, because
@@ -78,8 +79,7 @@ def validate_boxes(taxonomy: Taxonomy, sample: Sample, boxes: Sequence[Mapping[s
     if not isinstance(boxes, Sequence) or isinstance(boxes, str | bytes):
         raise Invalid("boxes must be a list", code="invalid_boxes")
     if len(boxes) > MAX_BOXES:
-        raise Invalid(f"{len(boxes)} boxes is more than the {MAX_BOXES} allowed on one sample",
-                      code="invalid_boxes")
+        raise Invalid(f"{len(boxes)} boxes is more than the {MAX_BOXES} allowed on one sample", code="invalid_boxes")
     width, height = float(sample.width), float(sample.height)
     out: list[Box] = []
     repairs: list[str] = []
@@ -113,19 +113,25 @@ def validate_boxes(taxonomy: Taxonomy, sample: Sample, boxes: Sequence[Mapping[s
         if len(errors) > bad:
             continue
         clipped = {
-            "x1": min(max(coords["x1"], 0.0), width), "x2": min(max(coords["x2"], 0.0), width),
-            "y1": min(max(coords["y1"], 0.0), height), "y2": min(max(coords["y2"], 0.0), height),
+            "x1": min(max(coords["x1"], 0.0), width),
+            "x2": min(max(coords["x2"], 0.0), width),
+            "y1": min(max(coords["y1"], 0.0), height),
+            "y2": min(max(coords["y2"], 0.0), height),
         }
         changed = [f"{n} {_fmt(coords[n])} -> {_fmt(clipped[n])}" for n in _COORDS if clipped[n] != coords[n]]
         if clipped["x2"] <= clipped["x1"] or clipped["y2"] <= clipped["y1"]:
             where = " after clipping to the image" if changed else ""
-            refuse(index, "zero_area",
-                   f"has no area{where} (x1={_fmt(clipped['x1'])}, y1={_fmt(clipped['y1'])}, "
-                   f"x2={_fmt(clipped['x2'])}, y2={_fmt(clipped['y2'])}); x2 must exceed x1 and y2 y1")
+            refuse(
+                index,
+                "zero_area",
+                f"has no area{where} (x1={_fmt(clipped['x1'])}, y1={_fmt(clipped['y1'])}, "
+                f"x2={_fmt(clipped['x2'])}, y2={_fmt(clipped['y2'])}); x2 must exceed x1 and y2 y1",
+            )
             continue
         if changed:
-            repairs.append(f"box {index} ({key}): clipped to the {sample.width}x{sample.height} image: "
-                           + ", ".join(changed))
+            repairs.append(
+                f"box {index} ({key}): clipped to the {sample.width}x{sample.height} image: " + ", ".join(changed)
+            )
         out.append(Box(str(key), clipped["x1"], clipped["y1"], clipped["x2"], clipped["y2"]))
     if errors:
         shown = "; ".join(e["message"] for e in errors[:10])
@@ -146,14 +152,23 @@ def _names(session: Session, ids: set[int | None]) -> dict[int, str]:
 
 def revision_dict(rev: AnnotationRevision, names: Mapping[int, str]) -> dict[str, Any]:
     return {
-        "id": rev.id, "sample_id": rev.sample_id, "number": rev.number, "status": rev.status,
-        "source": rev.source, "author_id": rev.author_id,
+        "id": rev.id,
+        "sample_id": rev.sample_id,
+        "number": rev.number,
+        "status": rev.status,
+        "source": rev.source,
+        "author_id": rev.author_id,
         "author": names.get(rev.author_id, "system") if rev.author_id is not None else "system",
-        "created_at": iso(rev.created_at), "submitted_at": iso(rev.submitted_at),
-        "reviewed_at": iso(rev.reviewed_at), "reviewer_id": rev.reviewer_id,
+        "created_at": iso(rev.created_at),
+        "submitted_at": iso(rev.submitted_at),
+        "reviewed_at": iso(rev.reviewed_at),
+        "reviewer_id": rev.reviewer_id,
         "reviewer": names.get(rev.reviewer_id) if rev.reviewer_id is not None else None,
-        "reason": rev.review_reason, "note": rev.note, "model_version": rev.model_version,
-        "parent_id": rev.parent_id, "boxes": list(rev.boxes),
+        "reason": rev.review_reason,
+        "note": rev.note,
+        "model_version": rev.model_version,
+        "parent_id": rev.parent_id,
+        "boxes": list(rev.boxes),
         "unlabeled_classes": list(rev.unlabeled_classes or []),
     }
 
@@ -162,8 +177,11 @@ def _current_dict(session: Session, sample: Sample) -> dict[str, Any]:
     rev = session.get(AnnotationRevision, sample.current_revision_id) if sample.current_revision_id else None
     names = _names(session, {rev.author_id, rev.reviewer_id}) if rev is not None else {}
     return {
-        "sample_id": sample.id, "status": sample.annotation_status, "width": sample.width,
-        "height": sample.height, "class_keys": list(sample.class_keys or []),
+        "sample_id": sample.id,
+        "status": sample.annotation_status,
+        "width": sample.width,
+        "height": sample.height,
+        "class_keys": list(sample.class_keys or []),
         "approved_revision_id": sample.approved_revision_id,
         "revision": revision_dict(rev, names) if rev is not None else None,
         "boxes": list(rev.boxes) if rev is not None else [],
@@ -180,8 +198,13 @@ def history(session: Session, principal: Principal, sample_id: int) -> list[dict
     """Every revision of the sample, oldest first: the archived trail (存档留痕) of its labels."""
     principal.require("samples:read")
     sample = get_sample(session, principal, sample_id)
-    revs = list(session.scalars(select(AnnotationRevision).where(AnnotationRevision.sample_id == sample.id)
-                                .order_by(AnnotationRevision.number)))
+    revs = list(
+        session.scalars(
+            select(AnnotationRevision)
+            .where(AnnotationRevision.sample_id == sample.id)
+            .order_by(AnnotationRevision.number)
+        )
+    )
     names = _names(session, {r.author_id for r in revs} | {r.reviewer_id for r in revs})
     return [revision_dict(r, names) for r in revs]
 
@@ -190,8 +213,12 @@ def history(session: Session, principal: Principal, sample_id: int) -> list[dict
 
 
 def _state(sample: Sample) -> dict[str, Any]:
-    return {"annotation_status": sample.annotation_status, "current_revision_id": sample.current_revision_id,
-            "approved_revision_id": sample.approved_revision_id, "class_keys": list(sample.class_keys or [])}
+    return {
+        "annotation_status": sample.annotation_status,
+        "current_revision_id": sample.current_revision_id,
+        "approved_revision_id": sample.approved_revision_id,
+        "class_keys": list(sample.class_keys or []),
+    }
 
 
 def may_write_labels(principal: Principal, sample: Sample) -> bool:
@@ -210,8 +237,11 @@ def label_writable(principal: Principal) -> ColumnElement[bool]:
 def require_label_write(principal: Principal, sample: Sample) -> None:
     """Forbidden ``not_owner`` (403) unless :func:`may_write_labels`; for a sample already found visible."""
     if not may_write_labels(principal, sample):
-        raise Forbidden(f"sample {sample.id} is shared by organisation {sample.org_code}: its labels are that "
-                        "organisation's to change", code="not_owner")
+        raise Forbidden(
+            f"sample {sample.id} is shared by organisation {sample.org_code}: its labels are that "
+            "organisation's to change",
+            code="not_owner",
+        )
 
 
 def writable_sample(session: Session, principal: Principal, sample_id: int) -> Sample:
@@ -231,22 +261,35 @@ def _close_assignments(session: Session, sample_id: int, user_id: int | None) ->
     """An assignment is done when its assignee submits the sample."""
     if user_id is None:
         return
-    for a in session.scalars(select(Assignment).where(Assignment.sample_id == sample_id,
-                                                      Assignment.assignee_id == user_id,
-                                                      Assignment.done_at.is_(None))):
+    for a in session.scalars(
+        select(Assignment).where(
+            Assignment.sample_id == sample_id, Assignment.assignee_id == user_id, Assignment.done_at.is_(None)
+        )
+    ):
         a.done_at = _now()
 
 
-def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
-          boxes: Sequence[Mapping[str, Any] | Box], *, source: str, note: str | None, status: str,
-          model_version: str | None,
-          unlabeled_classes: Sequence[str] | None = None) -> tuple[AnnotationRevision, list[str]]:
+def _save(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    sample_id: int,
+    boxes: Sequence[Mapping[str, Any] | Box],
+    *,
+    source: str,
+    note: str | None,
+    status: str,
+    model_version: str | None,
+    unlabeled_classes: Sequence[str] | None = None,
+) -> tuple[AnnotationRevision, list[str]]:
     if source not in REVISION_SOURCES:
-        raise Invalid(f"unknown revision source {source!r}; one of {', '.join(REVISION_SOURCES)}",
-                      code="invalid_source")
+        raise Invalid(
+            f"unknown revision source {source!r}; one of {', '.join(REVISION_SOURCES)}", code="invalid_source"
+        )
     if status not in SAVE_STATUSES:
-        raise Invalid(f"a revision is saved as one of {', '.join(SAVE_STATUSES)}, not {status!r}",
-                      code="invalid_status")
+        raise Invalid(
+            f"a revision is saved as one of {', '.join(SAVE_STATUSES)}, not {status!r}", code="invalid_status"
+        )
     # Manual work (and accepting a model's boxes) is a curator's job; imports need the import right;
     # the feedback loop is authorised by its caller (an inspector confirming a finding).
     if source in ("manual", "model"):
@@ -263,13 +306,23 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
     valid, repairs = validate_boxes(taxonomy, sample, boxes)
     unlabeled = _unlabeled_classes(taxonomy, session, sample, unlabeled_classes)
     before = _state(sample)
-    number = (session.scalar(select(func.max(AnnotationRevision.number))
-                             .where(AnnotationRevision.sample_id == sample.id)) or 0) + 1
+    number = (
+        session.scalar(select(func.max(AnnotationRevision.number)).where(AnnotationRevision.sample_id == sample.id))
+        or 0
+    ) + 1
     now = _now()
     rev = AnnotationRevision(
-        sample_id=sample.id, number=number, boxes=[b.as_dict() for b in valid], unlabeled_classes=unlabeled,
-        status=status, source=source, author_id=principal.user_id, parent_id=sample.current_revision_id,
-        model_version=model_version, note=note, created_at=now,
+        sample_id=sample.id,
+        number=number,
+        boxes=[b.as_dict() for b in valid],
+        unlabeled_classes=unlabeled,
+        status=status,
+        source=source,
+        author_id=principal.user_id,
+        parent_id=sample.current_revision_id,
+        model_version=model_version,
+        note=note,
+        created_at=now,
         submitted_at=now if status in ("submitted", "approved") else None,
         reviewer_id=principal.user_id if status == "approved" else None,
         reviewed_at=now if status == "approved" else None,
@@ -286,20 +339,35 @@ def _save(ctx: Context, session: Session, principal: Principal, sample_id: int,
     session.add_all(SampleClass(sample_id=sample.id, class_key=k) for k in keys)
     if status in ("submitted", "approved"):
         _close_assignments(session, sample.id, principal.user_id)
-    after = {**_state(sample), "revision_number": number, "source": source, "boxes": rev.boxes,
-             "model_version": model_version, "note": note}
+    after = {
+        **_state(sample),
+        "revision_number": number,
+        "source": source,
+        "boxes": rev.boxes,
+        "model_version": model_version,
+        "note": note,
+    }
     if unlabeled:
         after["unlabeled_classes"] = unlabeled
     if repairs:
         after["repairs"] = repairs
-    record(session, principal, "annotation.save", "annotation_revision", rev.id, sample_id=sample.id,
-           before=before, after=after)
+    record(
+        session,
+        principal,
+        "annotation.save",
+        "annotation_revision",
+        rev.id,
+        sample_id=sample.id,
+        before=before,
+        after=after,
+    )
     session.flush()
     return rev, repairs
 
 
-def _unlabeled_classes(taxonomy: Taxonomy, session: Session, sample: Sample,
-                       requested: Sequence[str] | None) -> list[str]:
+def _unlabeled_classes(
+    taxonomy: Taxonomy, session: Session, sample: Sample, requested: Sequence[str] | None
+) -> list[str]:
     """The classes a new revision leaves unlabeled: as requested, or (``None``) as the current
     revision said, so that a curator who fixes one box does not silently claim the whole image
     complete. Only taxonomy classes; an explicit ``[]`` declares the revision complete."""
@@ -311,31 +379,69 @@ def _unlabeled_classes(taxonomy: Taxonomy, session: Session, sample: Sample,
     active = set(taxonomy.class_keys())
     unknown = sorted({k for k in requested if k not in active}, key=str)
     if unknown:
-        raise Invalid(f"unlabeled_classes names unknown classes: {', '.join(map(str, unknown))}",
-                      code="invalid_unlabeled_classes", details={"unknown": unknown})
+        raise Invalid(
+            f"unlabeled_classes names unknown classes: {', '.join(map(str, unknown))}",
+            code="invalid_unlabeled_classes",
+            details={"unknown": unknown},
+        )
     return sorted(set(requested))
 
 
-def save_revision(ctx: Context, session: Session, principal: Principal, sample_id: int,
-                  boxes: Sequence[Mapping[str, Any] | Box], *, source: str = "manual", note: str | None = None,
-                  status: str = "in_progress", model_version: str | None = None,
-                  unlabeled_classes: Sequence[str] | None = None) -> AnnotationRevision:
+def save_revision(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    sample_id: int,
+    boxes: Sequence[Mapping[str, Any] | Box],
+    *,
+    source: str = "manual",
+    note: str | None = None,
+    status: str = "in_progress",
+    model_version: str | None = None,
+    unlabeled_classes: Sequence[str] | None = None,
+) -> AnnotationRevision:
     """Store a new full set of boxes for a sample (an empty list says "verified: nothing here", a
     negative sample). Importers pass ``status='submitted'`` or ``'approved'``, the feedback loop
     ``'submitted'``. Raises NotFound for a sample the caller cannot see, Forbidden (``not_owner``) for
     another organisation's shared sample (:func:`writable_sample`), Invalid for bad boxes."""
-    rev, _ = _save(ctx, session, principal, sample_id, boxes, source=source, note=note, status=status,
-                   model_version=model_version, unlabeled_classes=unlabeled_classes)
+    rev, _ = _save(
+        ctx,
+        session,
+        principal,
+        sample_id,
+        boxes,
+        source=source,
+        note=note,
+        status=status,
+        model_version=model_version,
+        unlabeled_classes=unlabeled_classes,
+    )
     return rev
 
 
-def put_annotations(ctx: Context, session: Session, principal: Principal, sample_id: int,
-                    boxes: Sequence[Mapping[str, Any] | Box], note: str | None = None,
-                    unlabeled_classes: Sequence[str] | None = None) -> dict[str, Any]:
+def put_annotations(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    sample_id: int,
+    boxes: Sequence[Mapping[str, Any] | Box],
+    note: str | None = None,
+    unlabeled_classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """A curator's manual save, answered with the new current state plus what was repaired, so the
     editor can show the curator that a box was clipped."""
-    rev, repairs = _save(ctx, session, principal, sample_id, boxes, source="manual", note=note,
-                         status="in_progress", model_version=None, unlabeled_classes=unlabeled_classes)
+    rev, repairs = _save(
+        ctx,
+        session,
+        principal,
+        sample_id,
+        boxes,
+        source="manual",
+        note=note,
+        status="in_progress",
+        model_version=None,
+        unlabeled_classes=unlabeled_classes,
+    )
     sample = session.get(Sample, rev.sample_id)
     assert sample is not None
     return {**_current_dict(session, sample), "repairs": repairs}
@@ -348,14 +454,19 @@ def _current_revision(session: Session, sample: Sample) -> AnnotationRevision | 
 
 
 def _illegal(sample: Sample, action: str, hint: str) -> Conflict:
-    return Conflict(f"cannot {action} sample {sample.id}: it is '{sample.annotation_status}'; {hint}",
-                    code="invalid_transition", details={"state": sample.annotation_status, "action": action})
+    return Conflict(
+        f"cannot {action} sample {sample.id}: it is '{sample.annotation_status}'; {hint}",
+        code="invalid_transition",
+        details={"state": sample.annotation_status, "action": action},
+    )
 
 
 def _check_not_own(principal: Principal, rev: AnnotationRevision, action: str) -> None:
     if principal.user_id is not None and rev.author_id == principal.user_id:
-        raise Forbidden(f"you cannot {action} your own revision (revision {rev.number}); another reviewer "
-                        f"must review it", code="own_work")
+        raise Forbidden(
+            f"you cannot {action} your own revision (revision {rev.number}); another reviewer must review it",
+            code="own_work",
+        )
 
 
 def submit(session: Session, principal: Principal, sample_id: int) -> dict[str, Any]:
@@ -366,29 +477,45 @@ def submit(session: Session, principal: Principal, sample_id: int) -> dict[str, 
     sample = writable_sample(session, principal, sample_id)
     rev = _current_revision(session, sample)
     if sample.annotation_status != "in_progress" or rev is None:
-        hints = {"unlabeled": "save a revision first", "rejected": "save a corrected revision first",
-                 "submitted": "it is already waiting for review",
-                 "approved": "it is approved; save a new revision to correct it"}
+        hints = {
+            "unlabeled": "save a revision first",
+            "rejected": "save a corrected revision first",
+            "submitted": "it is already waiting for review",
+            "approved": "it is approved; save a new revision to correct it",
+        }
         raise _illegal(sample, "submit", hints.get(sample.annotation_status, "save a revision first"))
     before = _state(sample)
     rev.status = "submitted"
     rev.submitted_at = _now()
     sample.annotation_status = "submitted"
     _close_assignments(session, sample.id, principal.user_id)
-    record(session, principal, "annotation.submit", "annotation_revision", rev.id, sample_id=sample.id,
-           before=before, after={**_state(sample), "revision_number": rev.number})
+    record(
+        session,
+        principal,
+        "annotation.submit",
+        "annotation_revision",
+        rev.id,
+        sample_id=sample.id,
+        before=before,
+        after={**_state(sample), "revision_number": rev.number},
+    )
     session.flush()
     return _current_dict(session, sample)
 
 
-def _reviewable(session: Session, principal: Principal, sample_id: int,
-                action: str) -> tuple[Sample, AnnotationRevision]:
+def _reviewable(
+    session: Session, principal: Principal, sample_id: int, action: str
+) -> tuple[Sample, AnnotationRevision]:
     principal.require("annotations:review")
     sample = writable_sample(session, principal, sample_id)
     rev = _current_revision(session, sample)
     if sample.annotation_status != "submitted" or rev is None:
-        hints = {"unlabeled": "nothing has been labelled yet", "in_progress": "it has not been submitted",
-                 "approved": "it is already approved", "rejected": "it was sent back and not resubmitted"}
+        hints = {
+            "unlabeled": "nothing has been labelled yet",
+            "in_progress": "it has not been submitted",
+            "approved": "it is already approved",
+            "rejected": "it was sent back and not resubmitted",
+        }
         raise _illegal(sample, action, hints.get(sample.annotation_status, "it is not submitted"))
     _check_not_own(principal, rev, action)
     return sample, rev
@@ -403,8 +530,16 @@ def approve(session: Session, principal: Principal, sample_id: int) -> dict[str,
     rev.reviewed_at = _now()
     sample.annotation_status = "approved"
     sample.approved_revision_id = rev.id
-    record(session, principal, "annotation.approve", "annotation_revision", rev.id, sample_id=sample.id,
-           before=before, after={**_state(sample), "revision_number": rev.number})
+    record(
+        session,
+        principal,
+        "annotation.approve",
+        "annotation_revision",
+        rev.id,
+        sample_id=sample.id,
+        before=before,
+        after={**_state(sample), "revision_number": rev.number},
+    )
     session.flush()
     return _current_dict(session, sample)
 
@@ -425,11 +560,20 @@ def reject(session: Session, principal: Principal, sample_id: int, reason: str) 
     rev.review_reason = reason
     sample.annotation_status = "rejected"
     if rev.author_id is not None:
-        for a in session.scalars(select(Assignment).where(Assignment.sample_id == sample.id,
-                                                          Assignment.assignee_id == rev.author_id)):
+        for a in session.scalars(
+            select(Assignment).where(Assignment.sample_id == sample.id, Assignment.assignee_id == rev.author_id)
+        ):
             a.done_at = None
-    record(session, principal, "annotation.reject", "annotation_revision", rev.id, sample_id=sample.id,
-           before=before, after={**_state(sample), "revision_number": rev.number, "reason": reason})
+    record(
+        session,
+        principal,
+        "annotation.reject",
+        "annotation_revision",
+        rev.id,
+        sample_id=sample.id,
+        before=before,
+        after={**_state(sample), "revision_number": rev.number, "reason": reason},
+    )
     session.flush()
     return _current_dict(session, sample)
 
@@ -446,7 +590,21 @@ def get_revision(session: Session, principal: Principal, revision_id: int) -> An
     return rev
 
 
-__all__ = ["REVISION_SOURCES", "SAVE_STATUSES", "approve", "current", "get_revision", "history", "label_writable",
-           "may_write_labels",
-           "put_annotations", "reject", "require_label_write", "revision_dict", "save_revision", "submit",
-           "validate_boxes", "writable_sample"]
+__all__ = [
+    "REVISION_SOURCES",
+    "SAVE_STATUSES",
+    "approve",
+    "current",
+    "get_revision",
+    "history",
+    "label_writable",
+    "may_write_labels",
+    "put_annotations",
+    "reject",
+    "require_label_write",
+    "revision_dict",
+    "save_revision",
+    "submit",
+    "validate_boxes",
+    "writable_sample",
+]

@@ -45,14 +45,14 @@ def resolve_class_map(spec: str | Path | ClassMap) -> ClassMap:
             raise Invalid(exc.message, code="invalid_class_map") from exc
         return ClassMap.from_dict(data, source="class map text")
     if not _MAP_NAME.match(text) or ".." in text:
-        raise Invalid(f"class map {text!r} is neither YAML text nor the name of a shipped class map",
-                      code="invalid_class_map")
+        raise Invalid(
+            f"class map {text!r} is neither YAML text nor the name of a shipped class map", code="invalid_class_map"
+        )
     maps = config_files("class_maps")
     stem = text.removesuffix(".yaml").removesuffix(".yml")
     if stem in maps:
         return ClassMap.load(maps[stem])
-    raise NotFound(f"no shipped class map {text!r}; shipped: {', '.join(maps) or 'none'}",
-                   code="unknown_class_map")
+    raise NotFound(f"no shipped class map {text!r}; shipped: {', '.join(maps) or 'none'}", code="unknown_class_map")
 
 
 def compile_regex(value: str | None, what: str) -> UserRegex | None:
@@ -66,9 +66,12 @@ def check_class_map(ctx: Context, class_map: ClassMap, records: list[ImportRecor
     the taxonomy does not have (or has, but not yet approved in legal review)."""
     missing = class_map.unmapped(class_names(records))
     if missing:
-        raise Invalid(f"{len(missing)} class name(s) in the source have no mapping in "
-                      f"{class_map.source or 'the class map'}: {', '.join(missing)}; nothing was imported",
-                      code="unmapped_classes", details={"unmapped": missing})
+        raise Invalid(
+            f"{len(missing)} class name(s) in the source have no mapping in "
+            f"{class_map.source or 'the class map'}: {', '.join(missing)}; nothing was imported",
+            code="unmapped_classes",
+            details={"unmapped": missing},
+        )
     taxonomy = ctx.taxonomy()
     bad: dict[str, str] = {}
     for key in sorted(class_map.taxonomy_keys):
@@ -77,7 +80,9 @@ def check_class_map(ctx: Context, class_map: ClassMap, records: list[ImportRecor
         except Invalid as exc:
             bad[key] = exc.message
     if bad:
-        raise Invalid(f"the class map names {len(bad)} class(es) the taxonomy cannot use: "
-                      f"{'; '.join(bad.values())}; nothing was imported",
-                      code="unknown_classes", details={"classes": bad})
-
+        raise Invalid(
+            f"the class map names {len(bad)} class(es) the taxonomy cannot use: "
+            f"{'; '.join(bad.values())}; nothing was imported",
+            code="unknown_classes",
+            details={"classes": bad},
+        )

@@ -70,10 +70,19 @@ class ExportResult:
     sample_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "status": self.status, "path": str(self.path), "images": self.images,
-                "boxes": self.boxes, "negatives": self.negatives, "dropped_boxes": self.dropped_boxes,
-                "reoriented": self.reoriented, "predictions": self.predictions, "classes": list(self.classes),
-                "sample_ids": list(self.sample_ids)}
+        return {
+            "format": self.format,
+            "status": self.status,
+            "path": str(self.path),
+            "images": self.images,
+            "boxes": self.boxes,
+            "negatives": self.negatives,
+            "dropped_boxes": self.dropped_boxes,
+            "reoriented": self.reoriented,
+            "predictions": self.predictions,
+            "classes": list(self.classes),
+            "sample_ids": list(self.sample_ids),
+        }
 
 
 def to_filter(filters: SampleFilter | Mapping[str, Any] | None) -> SampleFilter:
@@ -107,8 +116,11 @@ def _upright(data: bytes, sample: Sample) -> bytes | None:
         except Exception:
             upright = im
         if upright.size != (sample.width, sample.height):
-            raise Invalid(f"sample {sample.id}: upright image is {upright.size[0]}x{upright.size[1]}, the "
-                          f"catalogue says {sample.width}x{sample.height}", code="size_mismatch")
+            raise Invalid(
+                f"sample {sample.id}: upright image is {upright.size[0]}x{upright.size[1]}, the "
+                f"catalogue says {sample.width}x{sample.height}",
+                code="size_mismatch",
+            )
         buf = io.BytesIO()
         if sample.format in ("jpeg", "heic"):
             if upright.mode not in ("RGB", "L", "CMYK"):
@@ -140,12 +152,22 @@ class _Images:
 
 
 def _boxes(raw: list[Any]) -> list[Box]:
-    return [Box(str(b["class_key"]), float(b["x1"]), float(b["y1"]), float(b["x2"]), float(b["y2"]),
-                float(b["confidence"]) if b.get("confidence") is not None else None) for b in raw]
+    return [
+        Box(
+            str(b["class_key"]),
+            float(b["x1"]),
+            float(b["y1"]),
+            float(b["x2"]),
+            float(b["y2"]),
+            float(b["confidence"]) if b.get("confidence") is not None else None,
+        )
+        for b in raw
+    ]
 
 
-def select_labelled(session: Session, principal: Principal, status: str,
-                    filters: SampleFilter | Mapping[str, Any] | None = None) -> list[tuple[Sample, AnnotationRevision]]:
+def select_labelled(
+    session: Session, principal: Principal, status: str, filters: SampleFilter | Mapping[str, Any] | None = None
+) -> list[tuple[Sample, AnnotationRevision]]:
     """(sample, revision) pairs an export of ``status`` holds, oldest sample first. A class filter
     applies to the exported revision (not to the current one, which may be a newer draft)."""
     if status not in EXPORT_STATUSES:
@@ -157,7 +179,8 @@ def select_labelled(session: Session, principal: Principal, status: str,
         query = query.join(AnnotationRevision, AnnotationRevision.id == Sample.approved_revision_id)
     else:
         query = query.join(AnnotationRevision, AnnotationRevision.id == Sample.current_revision_id).where(
-            Sample.annotation_status == "submitted", AnnotationRevision.status == "submitted")
+            Sample.annotation_status == "submitted", AnnotationRevision.status == "submitted"
+        )
     rows = session.execute(query.add_columns(AnnotationRevision).order_by(Sample.id)).tuples().all()
     if class_key is not None:
         rows = [(s, r) for s, r in rows if any(b.get("class_key") == class_key for b in r.boxes)]
@@ -173,11 +196,20 @@ def _class_order(ctx: Context, session: Session, present: set[str], wanted: list
     return order + sorted(present - set(order))
 
 
-def export_library(ctx: Context, session: Session, principal: Principal, fmt: ExportFormat | str,
-                   out_dir: Path | str, *, status: str = "approved",
-                   filters: SampleFilter | Mapping[str, Any] | None = None, class_names: list[str] | None = None,
-                   image_url_prefix: str = LABELSTUDIO_PREFIX, sample_url_prefix: str | None = None,
-                   yaml_name: str = "data.yaml") -> ExportResult:
+def export_library(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    fmt: ExportFormat | str,
+    out_dir: Path | str,
+    *,
+    status: str = "approved",
+    filters: SampleFilter | Mapping[str, Any] | None = None,
+    class_names: list[str] | None = None,
+    image_url_prefix: str = LABELSTUDIO_PREFIX,
+    sample_url_prefix: str | None = None,
+    yaml_name: str = "data.yaml",
+) -> ExportResult:
     """Write the visible samples with a revision in ``status`` to ``out_dir`` (empty or new).
 
     ``class_names`` fixes the class order (YOLO indices, COCO ids); by default the taxonomy order of
@@ -189,8 +221,11 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
     dataset file as FiftyOne's YOLOv5 reader expects it. CVAT gets ``annotations.xml`` + ``images/``."""
     principal.require("labeling:export")
     if sample_url_prefix is not None and not _URL_PREFIX.fullmatch(sample_url_prefix):
-        raise Invalid("the image URL prefix is an http(s) URL (or a path starting with /) of at most 500 "
-                      f"characters, not {sample_url_prefix[:100]!r}", code="invalid_request")
+        raise Invalid(
+            "the image URL prefix is an http(s) URL (or a path starting with /) of at most 500 "
+            f"characters, not {sample_url_prefix[:100]!r}",
+            code="invalid_request",
+        )
     if fmt not in EXPORT_FORMATS:
         raise Invalid(f"unknown export format {fmt!r}; one of {', '.join(EXPORT_FORMATS)}", code="invalid_format")
     out = Path(out_dir)
@@ -198,15 +233,20 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
         raise Conflict(f"{out} exists and is not an empty folder; export into a new one", code="not_empty")
     rows = select_labelled(session, principal, status, filters)
     if not rows:
-        raise Invalid(f"no visible sample has a {status} revision matching the filters; nothing to export",
-                      code="nothing_to_export")
+        raise Invalid(
+            f"no visible sample has a {status} revision matching the filters; nothing to export",
+            code="nothing_to_export",
+        )
 
     suggestions: dict[int, Suggestion] = {}
     if fmt == "labelstudio":
         ids = [s.id for s, _ in rows]
         for i in range(0, len(ids), 500):
-            query = (select(Suggestion).where(Suggestion.sample_id.in_(ids[i:i + 500]), Suggestion.status == "open")
-                     .order_by(Suggestion.id))
+            query = (
+                select(Suggestion)
+                .where(Suggestion.sample_id.in_(ids[i : i + 500]), Suggestion.status == "open")
+                .order_by(Suggestion.id)
+            )
             for sug in session.scalars(query):
                 suggestions[sug.sample_id] = sug  # the newest wins
 
@@ -218,8 +258,18 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
         predictions = _boxes(list(suggestions[sample.id].boxes)) if sample.id in suggestions else None
         present.update(b.class_key for b in boxes)
         url = f"{sample_url_prefix}{sample.id}/image" if sample_url_prefix is not None else None
-        items.append(ExportItem(_file_name(sample), images.writer(sample), sample.width, sample.height, boxes,
-                                predictions=predictions, image_url=url, data={"sample_id": sample.id}))
+        items.append(
+            ExportItem(
+                _file_name(sample),
+                images.writer(sample),
+                sample.width,
+                sample.height,
+                boxes,
+                predictions=predictions,
+                image_url=url,
+                data={"sample_id": sample.id},
+            )
+        )
     names = _class_order(ctx, session, present, class_names)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -233,12 +283,29 @@ def export_library(ctx: Context, session: Session, principal: Principal, fmt: Ex
         result = write_labelstudio(items, out / "tasks.json", image_url_prefix)
         for item in items:
             write_image(item.image_bytes_path, out / "images" / item.file_name)
-    export = ExportResult(fmt, status, out, result.path, result.images, result.boxes, result.negatives,
-                          result.dropped_boxes, images.reoriented, len(suggestions), names,
-                          [s.id for s, _ in rows])
-    audit(session, principal, "labeling.export", "export", fmt,
-          after={k: v for k, v in export.as_dict().items() if k not in ("path", "sample_ids")}
-          | {"filters": {k: str(v) for k, v in to_filter(filters).params().items()}})
+    export = ExportResult(
+        fmt,
+        status,
+        out,
+        result.path,
+        result.images,
+        result.boxes,
+        result.negatives,
+        result.dropped_boxes,
+        images.reoriented,
+        len(suggestions),
+        names,
+        [s.id for s, _ in rows],
+    )
+    audit(
+        session,
+        principal,
+        "labeling.export",
+        "export",
+        fmt,
+        after={k: v for k, v in export.as_dict().items() if k not in ("path", "sample_ids")}
+        | {"filters": {k: str(v) for k, v in to_filter(filters).params().items()}},
+    )
     return export
 
 
@@ -250,9 +317,15 @@ def _drop_yaml_path(data_yaml: Path) -> None:
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def export_zip(ctx: Context, session: Session, principal: Principal, fmt: ExportFormat | str, *,
-               status: str = "approved", filters: SampleFilter | Mapping[str, Any] | None = None
-               ) -> tuple[Path, ExportResult]:
+def export_zip(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    fmt: ExportFormat | str,
+    *,
+    status: str = "approved",
+    filters: SampleFilter | Mapping[str, Any] | None = None,
+) -> tuple[Path, ExportResult]:
     """The export as one zip file (for the API), in a temporary folder the caller removes with
     ``shutil.rmtree(zip_path.parent)``. Paths inside are relative to the export folder, so the zip
     imports back as it is."""
@@ -275,5 +348,14 @@ def export_zip(ctx: Context, session: Session, principal: Principal, fmt: Export
         raise
 
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_STATUSES", "ExportFormat", "ExportResult", "LABELSTUDIO_PREFIX",
-           "export_library", "export_zip", "select_labelled", "to_filter"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_STATUSES",
+    "ExportFormat",
+    "ExportResult",
+    "LABELSTUDIO_PREFIX",
+    "export_library",
+    "export_zip",
+    "select_labelled",
+    "to_filter",
+]

@@ -30,8 +30,9 @@ ImportFormat = Literal["coco", "yolo", "voc", "labelstudio", "cvat"]
 FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "labelstudio", "cvat")
 
 
-def read_source(fmt: str, source: Path | str, images: Path | str | None = None) -> tuple[list[ImportRecord],
-                                                                                        ImportReport]:
+def read_source(
+    fmt: str, source: Path | str, images: Path | str | None = None
+) -> tuple[list[ImportRecord], ImportReport]:
     """Run the format's reader. COCO and Label Studio take a json plus an images folder (COCO
     defaults to the json's folder), CVAT its XML (images default to ``images/`` beside it); YOLO and
     VOC take the dataset folder."""
@@ -48,7 +49,6 @@ def read_source(fmt: str, source: Path | str, images: Path | str | None = None) 
     if fmt == "voc":
         return read_voc(source)
     raise Invalid(f"unknown import format {fmt!r}; one of {', '.join(FORMATS)}", code="invalid_format")
-
 
 
 def library_bytes(data: bytes, max_pixels: int) -> tuple[bytes, str | None]:
@@ -77,7 +77,6 @@ def library_bytes(data: bytes, max_pixels: int) -> tuple[bytes, str | None]:
     return buf.getvalue(), f"{fmt} converted to PNG (the library keeps JPEG, PNG, WebP and HEIC)"
 
 
-
 # --- zip uploads (API) -----------------------------------------------------------------------------
 
 
@@ -93,8 +92,9 @@ def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entr
     with zf:
         infos = zf.infolist()
         if len(infos) > max_entries:
-            raise TooLarge(f"archive holds {len(infos):,} entries; the limit is {max_entries:,}",
-                           code="archive_too_large")
+            raise TooLarge(
+                f"archive holds {len(infos):,} entries; the limit is {max_entries:,}", code="archive_too_large"
+            )
         planned: list[tuple[zipfile.ZipInfo, Path]] = []
         for info in infos:
             if info.is_dir() and info.filename.replace("\\", "/").strip("/") in ("", "."):
@@ -102,12 +102,16 @@ def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entr
             rel = safe_relative(info.filename)
             mode = info.external_attr >> 16
             if rel is None or (info.create_system == 3 and stat.S_ISLNK(mode)):
-                raise Invalid(f"archive entry {info.filename!r} escapes the archive folder; nothing was imported",
-                              code="unsafe_path")
+                raise Invalid(
+                    f"archive entry {info.filename!r} escapes the archive folder; nothing was imported",
+                    code="unsafe_path",
+                )
             target = (root / rel).resolve()
             if not target.is_relative_to(root):
-                raise Invalid(f"archive entry {info.filename!r} escapes the archive folder; nothing was imported",
-                              code="unsafe_path")
+                raise Invalid(
+                    f"archive entry {info.filename!r} escapes the archive folder; nothing was imported",
+                    code="unsafe_path",
+                )
             if info.flag_bits & 0x1:
                 raise Invalid(f"archive entry {info.filename!r} is encrypted", code="encrypted")
             planned.append((info, target))
@@ -130,8 +134,12 @@ def _unwrap(root: Path) -> Path:
     compressing a folder have; stop at dataset folders themselves."""
     while True:
         entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
-        if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in (
-                "images", "labels", "annotations", "jpegimages", "train", "val", "valid", "test"):
+        if (
+            len(entries) == 1
+            and entries[0].is_dir()
+            and entries[0].name.lower()
+            not in ("images", "labels", "annotations", "jpegimages", "train", "val", "valid", "test")
+        ):
             root = entries[0]
             continue
         return root
@@ -147,16 +155,19 @@ def locate_dataset(fmt: str, folder: Path) -> tuple[Path, Path | None]:
     if fmt not in FORMATS:
         raise Invalid(f"unknown import format {fmt!r}; one of {', '.join(FORMATS)}", code="invalid_format")
     kind = "xml" if fmt == "cvat" else "json"
-    jsons = sorted((p for p in root.rglob(f"*.{kind}") if "__MACOSX" not in p.parts and not p.name.startswith(".")),
-                   key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
+    jsons = sorted(
+        (p for p in root.rglob(f"*.{kind}") if "__MACOSX" not in p.parts and not p.name.startswith(".")),
+        key=lambda p: (len(p.relative_to(root).parts), p.as_posix()),
+    )
     if not jsons:
         raise Invalid(f"the archive holds no {fmt} {kind} file", code="no_annotations")
     top = [p for p in jsons if len(p.parts) == len(jsons[0].parts)]
     if len(top) > 1:
         names = ", ".join(p.relative_to(root).as_posix() for p in top)
-        raise Invalid(f"the archive holds several {kind} files ({names}); upload one dataset at a time",
-                      code="ambiguous_annotations")
+        raise Invalid(
+            f"the archive holds several {kind} files ({names}); upload one dataset at a time",
+            code="ambiguous_annotations",
+        )
     ann = top[0]
     images = ann.parent / "images"
     return ann, images if images.is_dir() else ann.parent
-

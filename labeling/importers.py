@@ -106,10 +106,14 @@ class ImportSummary:
         if outcome.duplicate_of is not None:
             first = outcome.duplicate_of
             same = _box_key(first.boxes) == _box_key(rec.boxes)
-            self.duplicates.append(Refusal(
-                rec.file_name, "duplicate_in_source",
-                f"same image bytes as {first.file_name}, with {'the same' if same else 'different'} labels; "
-                f"one sample, the labels of {first.file_name} kept"))
+            self.duplicates.append(
+                Refusal(
+                    rec.file_name,
+                    "duplicate_in_source",
+                    f"same image bytes as {first.file_name}, with {'the same' if same else 'different'} labels; "
+                    f"one sample, the labels of {first.file_name} kept",
+                )
+            )
             return "deduplicated"
         self.sample_ids.append(outcome.sample_id)
         if converted:
@@ -121,9 +125,14 @@ class ImportSummary:
         self.unchanged += outcome.unchanged
         self.tagged += outcome.tagged
         if outcome.foreign_org:
-            self.not_relabelled.append(Refusal(rec.file_name, "shared_sample",
-                                               f"already in the library as a shared sample of organisation "
-                                               f"{outcome.foreign_org}; its labels were left as they are"))
+            self.not_relabelled.append(
+                Refusal(
+                    rec.file_name,
+                    "shared_sample",
+                    f"already in the library as a shared sample of organisation "
+                    f"{outcome.foreign_org}; its labels were left as they are",
+                )
+            )
         if outcome.written is not None:
             self.revisions += 1
             self.boxes += len(outcome.written.boxes)
@@ -146,22 +155,36 @@ class ImportSummary:
 
     def as_dict(self, examples: int = 5) -> dict[str, Any]:
         return {
-            "format": self.format, "source": self.source, "org_code": self.org_code, "sector": self.sector,
-            "status": self.status, "images_read": self.images_read, "stored": self.stored,
-            "deduplicated": self.deduplicated, "refused": [r.to_dict() for r in self.refused],
-            "revisions": self.revisions, "unchanged": self.unchanged, "unlabeled": self.unlabeled,
+            "format": self.format,
+            "source": self.source,
+            "org_code": self.org_code,
+            "sector": self.sector,
+            "status": self.status,
+            "images_read": self.images_read,
+            "stored": self.stored,
+            "deduplicated": self.deduplicated,
+            "refused": [r.to_dict() for r in self.refused],
+            "revisions": self.revisions,
+            "unchanged": self.unchanged,
+            "unlabeled": self.unlabeled,
             "not_relabelled": [r.to_dict() for r in self.not_relabelled],
             "transcoded": [r.to_dict() for r in self.transcoded],
-            "duplicates": [r.to_dict() for r in self.duplicates], "boxes": self.boxes,
-            "negatives": self.negatives, "ignored_boxes": self.ignored_boxes,
-            "near_duplicates": self.near_duplicates, "tag": self.tag, "tagged": self.tagged,
+            "duplicates": [r.to_dict() for r in self.duplicates],
+            "boxes": self.boxes,
+            "negatives": self.negatives,
+            "ignored_boxes": self.ignored_boxes,
+            "near_duplicates": self.near_duplicates,
+            "tag": self.tag,
+            "tagged": self.tagged,
             "class_counts": dict(sorted(self.class_counts.items())),
-            "camera_ids": self.camera_ids, "repairs": self.repairs, "refused_boxes": self.refused_boxes,
-            "unused_categories": self.unused_categories, "elapsed_s": round(self.elapsed_s, 3),
+            "camera_ids": self.camera_ids,
+            "repairs": self.repairs,
+            "refused_boxes": self.refused_boxes,
+            "unused_categories": self.unused_categories,
+            "elapsed_s": round(self.elapsed_s, 3),
             "sample_ids": list(self.sample_ids),
             "reader": self.report.as_dict(examples) if self.report else None,
         }
-
 
 
 # --- the import -----------------------------------------------------------------------------------
@@ -173,7 +196,6 @@ def _box_key(boxes: list[Box] | list[dict[str, Any]]) -> Counter[tuple[str, floa
         d = b.as_dict() if isinstance(b, Box) else b
         out[(str(d["class_key"]), *(round(float(d[k]), _BOX_DECIMALS) for k in ("x1", "y1", "x2", "y2")))] += 1
     return out
-
 
 
 def _one_tag(tag: str | None) -> str | None:
@@ -206,12 +228,16 @@ def _check_caller(principal: Principal, org: str | None, approved: bool) -> str:
     principal.require("labeling:import")
     if approved and principal.role != "admin":
         # Importing as approved skips review entirely, so it is an administrator's decision.
-        raise Forbidden("only an administrator may import labels as approved; import them as submitted "
-                        "and let a reviewer approve them", code="forbidden")
+        raise Forbidden(
+            "only an administrator may import labels as approved; import them as submitted "
+            "and let a reviewer approve them",
+            code="forbidden",
+        )
     org = (org or principal.org_code).strip()
     if org != principal.org_code:
-        raise Forbidden(f"samples are imported into the caller's organisation ({principal.org_code}), "
-                        f"not {org}", code="forbidden")
+        raise Forbidden(
+            f"samples are imported into the caller's organisation ({principal.org_code}), not {org}", code="forbidden"
+        )
     return org
 
 
@@ -228,9 +254,18 @@ class _Outcome:
     duplicate_of: ImportRecord | None = None
 
 
-def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepared, rec: ImportRecord,
-           status: str, note: str, seen: dict[int, ImportRecord], unlabeled_classes: tuple[str, ...] = (),
-           tag: str | None = None) -> _Outcome:
+def _label(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    prepared: Prepared,
+    rec: ImportRecord,
+    status: str,
+    note: str,
+    seen: dict[int, ImportRecord],
+    unlabeled_classes: tuple[str, ...] = (),
+    tag: str | None = None,
+) -> _Outcome:
     """Record the sample and its labels in the caller's transaction (both or neither)."""
     result = record_sample(ctx, session, principal, prepared)
     sample = result.sample
@@ -242,8 +277,11 @@ def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepa
         return out
     seen[sample.id] = rec
     if (sample.width, sample.height) != (rec.width, rec.height):
-        raise Invalid(f"the library reads the image as {sample.width}x{sample.height} but the labels were "
-                      f"checked against {rec.width}x{rec.height}", code="size_mismatch")
+        raise Invalid(
+            f"the library reads the image as {sample.width}x{sample.height} but the labels were "
+            f"checked against {rec.width}x{rec.height}",
+            code="size_mismatch",
+        )
     if sample.org_code != principal.org_code:
         # Same bytes already shared by another organisation: their labels are theirs to change.
         out.foreign_org = sample.org_code
@@ -252,28 +290,61 @@ def _label(ctx: Context, session: Session, principal: Principal, prepared: Prepa
         # A sample held before this import (or before tags were given) gets the source's tag too.
         tags_before = list(sample.tags or [])
         sample.tags = normalise_tags([*tags_before, tag])
-        audit(session, principal, "sample.tag", "sample", sample.id, sample_id=sample.id,
-              before={"tags": tags_before}, after={"tags": list(sample.tags), "import": note})
+        audit(
+            session,
+            principal,
+            "sample.tag",
+            "sample",
+            sample.id,
+            sample_id=sample.id,
+            before={"tags": tags_before},
+            after={"tags": list(sample.tags), "import": note},
+        )
         out.tagged = True
     if not rec.boxes and not rec.is_negative:
         out.unlabeled = True  # every box refused or ignored: "nothing here" would be a false statement
         return out
     if sample.current_revision_id is not None:
         current = session.get(AnnotationRevision, sample.current_revision_id)
-        if (current is not None and _box_key(list(current.boxes)) == _box_key(rec.boxes)
-                and tuple(current.unlabeled_classes or ()) == unlabeled_classes):
+        if (
+            current is not None
+            and _box_key(list(current.boxes)) == _box_key(rec.boxes)
+            and tuple(current.unlabeled_classes or ()) == unlabeled_classes
+        ):
             out.unchanged = True
             return out
-    out.written = save_revision(ctx, session, principal, sample.id, rec.boxes, source="import", status=status,
-                                note=note, unlabeled_classes=list(unlabeled_classes))
+    out.written = save_revision(
+        ctx,
+        session,
+        principal,
+        sample.id,
+        rec.boxes,
+        source="import",
+        status=status,
+        note=note,
+        unlabeled_classes=list(unlabeled_classes),
+    )
     return out
 
 
-def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, source: Path | str,
-                   class_map: ClassMap | str | Path, *, images: Path | str | None = None, org: str | None = None,
-                   sector: str, scope: str = "private", approved: bool = False, camera_regex: str | None = None,
-                   site_regex: str | None = None, progress: Progress | None = None,
-                   workers: int | None = None, tag: str | None = None) -> ImportSummary:
+def import_dataset(
+    ctx: Context,
+    principal: Principal,
+    fmt: ImportFormat | str,
+    source: Path | str,
+    class_map: ClassMap | str | Path,
+    *,
+    images: Path | str | None = None,
+    org: str | None = None,
+    sector: str,
+    scope: str = "private",
+    approved: bool = False,
+    camera_regex: str | None = None,
+    site_regex: str | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    tag: str | None = None,
+) -> ImportSummary:
     """Import a labelled dataset into the caller's organisation; see the module docstring.
 
     ``camera_regex``/``site_regex`` override the class map's (capture groups are joined by ``.``).
@@ -287,8 +358,7 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
     org_code = _check_caller(principal, org, approved)
     taxonomy = ctx.taxonomy()
     if sector not in taxonomy.sectors:
-        raise Invalid(f"unknown sector {sector!r}; sectors are {', '.join(taxonomy.sectors)}",
-                      code="unknown_sector")
+        raise Invalid(f"unknown sector {sector!r}; sectors are {', '.join(taxonomy.sectors)}", code="unknown_sector")
     if scope not in SCOPES:
         raise Invalid(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}", code="invalid_scope")
     cmap = resolve_class_map(class_map)
@@ -300,11 +370,20 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
     records = cmap.apply(raw)
 
     status = "approved" if approved else "submitted"
-    summary = ImportSummary(format=fmt, source=str(source), org_code=org_code, sector=sector, status=status,
-                            images_read=len(records), report=report, tag=tag)
+    summary = ImportSummary(
+        format=fmt,
+        source=str(source),
+        org_code=org_code,
+        sector=sector,
+        status=status,
+        images_read=len(records),
+        report=report,
+        tag=tag,
+    )
     summary.refused.extend(Refusal(i.where, i.kind, i.message) for i in report.refused_images)
-    summary.refused.extend(Refusal(m, "missing_file", "listed in the source but not found")
-                           for m in report.missing_files)
+    summary.refused.extend(
+        Refusal(m, "missing_file", "listed in the source but not found") for m in report.missing_files
+    )
     summary.ignored_boxes = sum(r.ignored_boxes for r in records)
     summary.camera_ids = len({r.camera_id for r in records if r.camera_id})
     note = f"imported from {fmt} {Path(source).name}"
@@ -333,8 +412,9 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
             try:
                 prepared, converted = fut.result()
                 with ctx.db.session() as session:
-                    outcome = _label(ctx, session, principal, prepared, rec, status, note, seen,
-                                     cmap.unlabeled_classes, tag)
+                    outcome = _label(
+                        ctx, session, principal, prepared, rec, status, note, seen, cmap.unlabeled_classes, tag
+                    )
             except Exception as exc:  # one bad image never stops the rest
                 summary.refused.append(_refusal(rec, exc))
                 tick(rec.file_name, "refused")
@@ -344,15 +424,30 @@ def import_dataset(ctx: Context, principal: Principal, fmt: ImportFormat | str, 
     summary.elapsed_s = time.perf_counter() - started
     with ctx.db.session() as session:
         # Long lists (thousands of refusals) would bloat an append-only table: counts plus the first few.
-        after = {k: {"count": len(v), "first": v[:20]} if isinstance(v, list) and len(v) > 20 else v
-                 for k, v in summary.as_dict(examples=3).items() if k not in ("sample_ids", "reader")}
+        after = {
+            k: {"count": len(v), "first": v[:20]} if isinstance(v, list) and len(v) > 20 else v
+            for k, v in summary.as_dict(examples=3).items()
+            if k not in ("sample_ids", "reader")
+        }
         audit(session, principal, "labeling.import", "import", Path(source).name, after=after)
     return summary
 
 
-def import_zip(ctx: Context, principal: Principal, fmt: str, fileobj: IO[bytes], class_map: str | ClassMap, *,
-               sector: str, scope: str = "private", approved: bool = False, camera_regex: str | None = None,
-               site_regex: str | None = None, name: str = "upload.zip", tag: str | None = None) -> ImportSummary:
+def import_zip(
+    ctx: Context,
+    principal: Principal,
+    fmt: str,
+    fileobj: IO[bytes],
+    class_map: str | ClassMap,
+    *,
+    sector: str,
+    scope: str = "private",
+    approved: bool = False,
+    camera_regex: str | None = None,
+    site_regex: str | None = None,
+    name: str = "upload.zip",
+    tag: str | None = None,
+) -> ImportSummary:
     """Import a dataset uploaded as a zip (what the API receives). Everything the caller supplied
     is checked before the archive is unpacked, and the unpacked copy is removed afterwards."""
     if fmt not in FORMATS:
@@ -369,8 +464,20 @@ def import_zip(ctx: Context, principal: Principal, fmt: str, fileobj: IO[bytes],
     try:
         safe_extract_zip(fileobj, work, max_bytes=limit)
         source, images = locate_dataset(fmt, work)
-        summary = import_dataset(ctx, principal, fmt, source, cmap, images=images, sector=sector, scope=scope,
-                                 approved=approved, camera_regex=camera_regex, site_regex=site_regex, tag=tag)
+        summary = import_dataset(
+            ctx,
+            principal,
+            fmt,
+            source,
+            cmap,
+            images=images,
+            sector=sector,
+            scope=scope,
+            approved=approved,
+            camera_regex=camera_regex,
+            site_regex=site_regex,
+            tag=tag,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # Paths of a temporary folder mean nothing to the caller; name the upload instead.
@@ -378,5 +485,16 @@ def import_zip(ctx: Context, principal: Principal, fmt: str, fileobj: IO[bytes],
     return summary
 
 
-__all__ = ["FORMATS", "ImportFormat", "ImportSummary", "Progress", "check_class_map", "import_dataset",
-           "import_zip", "locate_dataset", "read_source", "resolve_class_map", "safe_extract_zip"]
+__all__ = [
+    "FORMATS",
+    "ImportFormat",
+    "ImportSummary",
+    "Progress",
+    "check_class_map",
+    "import_dataset",
+    "import_zip",
+    "locate_dataset",
+    "read_source",
+    "resolve_class_map",
+    "safe_extract_zip",
+]

@@ -100,8 +100,10 @@ def check_record_no(record_no: str) -> str:
     """Record numbers are issued by the enforcement system (e.g. 鄂应急检〔2026〕3号); kept verbatim."""
     value = (record_no or "").strip()
     if not value or len(value) > MAX_RECORD_NO or _CONTROL.search(value) or "/" in value:
-        raise Invalid(f"record number must be 1-{MAX_RECORD_NO} characters without '/' or control characters",
-                      code="invalid_record_no")
+        raise Invalid(
+            f"record number must be 1-{MAX_RECORD_NO} characters without '/' or control characters",
+            code="invalid_record_no",
+        )
     return value
 
 
@@ -137,18 +139,38 @@ def finding_dict(taxonomy: Taxonomy, f: Finding, rules: RuleSet | None = None) -
     removed, its evidence class's."""
     cls = taxonomy.classes.get(f.class_key)
     text = class_text(taxonomy, f.class_key)  # the same names, items and basis as the class's detections
-    out = {"id": f.id, "photo_id": f.photo_id, "sample_id": f.sample_id, "class_key": f.class_key,
-           "name_zh": text["name_zh"], "name_en": text["name_en"],
-           "confidence": round(float(f.confidence), 4), "box": dict(f.box),
-           "inspection_items": text["inspection_items"], "legal_basis": text["legal_basis"],
-           "severity": text["severity"],
-           "finding": cls.finding_zh if cls else "", "finding_en": cls.finding_en if cls else None,
-           "rule": f.rule, "model_version": f.model_version, "status": f.status, "review": f.review,
-           "revision_id": f.revision_id, "reviewed_at": _iso(f.reviewed_at)}
+    out = {
+        "id": f.id,
+        "photo_id": f.photo_id,
+        "sample_id": f.sample_id,
+        "class_key": f.class_key,
+        "name_zh": text["name_zh"],
+        "name_en": text["name_en"],
+        "confidence": round(float(f.confidence), 4),
+        "box": dict(f.box),
+        "inspection_items": text["inspection_items"],
+        "legal_basis": text["legal_basis"],
+        "severity": text["severity"],
+        "finding": cls.finding_zh if cls else "",
+        "finding_en": cls.finding_en if cls else None,
+        "rule": f.rule,
+        "model_version": f.model_version,
+        "status": f.status,
+        "review": f.review,
+        "revision_id": f.revision_id,
+        "reviewed_at": _iso(f.reviewed_at),
+    }
     rule = (rules if rules is not None else default_rules()).get(f.rule) if f.rule else None
     if rule is not None:
-        out.update({"inspection_items": list(rule.inspection_items or []), "legal_basis": list(rule.legal_basis or []),
-                    "severity": rule.severity, "finding": rule.finding_zh, "finding_en": rule.finding_en})
+        out.update(
+            {
+                "inspection_items": list(rule.inspection_items or []),
+                "legal_basis": list(rule.legal_basis or []),
+                "severity": rule.severity,
+                "finding": rule.finding_zh,
+                "finding_en": rule.finding_en,
+            }
+        )
     return out
 
 
@@ -156,23 +178,37 @@ def finding_dict(taxonomy: Taxonomy, f: Finding, rules: RuleSet | None = None) -
 
 
 def _existing(session: Session, org_code: str, key: str) -> InspectionPhoto | None:
-    return session.scalar(select(InspectionPhoto).where(InspectionPhoto.org_code == org_code,
-                                                        InspectionPhoto.idempotency_key == key))
+    return session.scalar(
+        select(InspectionPhoto).where(InspectionPhoto.org_code == org_code, InspectionPhoto.idempotency_key == key)
+    )
 
 
 def _replay(session: Session, photo: InspectionPhoto, record_no: str, sha256: str) -> dict[str, Any]:
     """The stored answer of the first call with this key, if this retry is the same request."""
     sample = session.get(Sample, photo.sample_id)
     if photo.record_no != record_no or (sample is not None and sample.sha256 != sha256):
-        raise Invalid("this Idempotency-Key was already used for a different photo or record; use a new key "
-                      "for a new upload", code="idempotency_key_reused")
+        raise Invalid(
+            "this Idempotency-Key was already used for a different photo or record; use a new key for a new upload",
+            code="idempotency_key_reused",
+        )
     return {**(photo.response or {}), "replayed": True}
 
 
-def record_photo(ctx: Context, session: Session, principal: Principal, record_no: str, data: bytes,
-                 meta: PhotoMeta, idempotency_key: str | None, detector: Detector, *,
-                 conf: float = DEFAULT_CONF, tiles: Tiling | None = None, timeout: float | None = None,
-                 rule_conf: float = 0.25) -> dict[str, Any]:
+def record_photo(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    record_no: str,
+    data: bytes,
+    meta: PhotoMeta,
+    idempotency_key: str | None,
+    detector: Detector,
+    *,
+    conf: float = DEFAULT_CONF,
+    tiles: Tiling | None = None,
+    timeout: float | None = None,
+    rule_conf: float = 0.25,
+) -> dict[str, Any]:
     """Store an inspection photo in the library, run the model (``detector``, at ``conf``, sliced with
     ``tiles``), and create its suggested findings.
 
@@ -198,9 +234,20 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     enterprise = (meta.enterprise_id or "").strip()
     if not enterprise:
         raise Invalid("enterprise_id is required", code="invalid_meta")
-    prepared = library.prepare(ctx, data, library.IngestMeta(
-        sector=meta.sector, scope="private", source="inspection", site_id=enterprise, enterprise_id=enterprise,
-        inspection_record=record_no, captured_at=meta.captured_at, original_name=meta.original_name))
+    prepared = library.prepare(
+        ctx,
+        data,
+        library.IngestMeta(
+            sector=meta.sector,
+            scope="private",
+            source="inspection",
+            site_id=enterprise,
+            enterprise_id=enterprise,
+            inspection_record=record_no,
+            captured_at=meta.captured_at,
+            original_name=meta.original_name,
+        ),
+    )
     inspector = (meta.inspector_id or "").strip() or None
     if len(enterprise) > 100 or (inspector is not None and len(inspector) > 100):
         raise Invalid("enterprise_id and inspector_id are at most 100 characters", code="invalid_meta")
@@ -210,8 +257,10 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     in_sector = {c.key for c in tax.active_classes(prepared.meta.sector)}
     active = relevant(tax, detected.detections)  # rules read context classes of any sector
     everything = active.to_boxes()
-    order = sorted((i for i, b in enumerate(everything) if b.class_key in in_sector),
-                   key=lambda i: -(everything[i].confidence or 0.0))  # most confident first
+    order = sorted(
+        (i for i, b in enumerate(everything) if b.class_key in in_sector),
+        key=lambda i: -(everything[i].confidence or 0.0),
+    )  # most confident first
     boxes = [everything[i] for i in order]
 
     # --- one catalogue transaction from here ---
@@ -224,10 +273,18 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
     result = library.record(ctx, session, principal, prepared, own_only=True)
     sample = result.sample
     now = utcnow()
-    photo = InspectionPhoto(record_no=record_no, org_code=principal.org_code, sample_id=sample.id,
-                            enterprise_id=enterprise, inspector_id=inspector, item_codes=items,
-                            captured_at=prepared.meta.captured_at, idempotency_key=key,
-                            created_by=principal.user_id, created_at=now)
+    photo = InspectionPhoto(
+        record_no=record_no,
+        org_code=principal.org_code,
+        sample_id=sample.id,
+        enterprise_id=enterprise,
+        inspector_id=inspector,
+        item_codes=items,
+        captured_at=prepared.meta.captured_at,
+        idempotency_key=key,
+        created_by=principal.user_id,
+        created_at=now,
+    )
     try:
         with session.begin_nested():  # losing a concurrent retry's race undoes only this insert
             session.add(photo)
@@ -240,9 +297,17 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
 
     version = str(model.get("version", ""))
     model_version = f"{model.get('name', '')}:{version}"
-    derived = [f for f in rules.apply(active, prepared.meta.sector, rule_conf, image_size=(int(size[0]), int(size[1])),
-                                      model_classes=_model_classes(session, model, detected.classes))
-               if f.evidence_class is not None]
+    derived = [
+        f
+        for f in rules.apply(
+            active,
+            prepared.meta.sector,
+            rule_conf,
+            image_size=(int(size[0]), int(size[1])),
+            model_classes=_model_classes(session, model, detected.classes),
+        )
+        if f.evidence_class is not None
+    ]
     # A detection a rule finding rests on as its evidence is that finding: no second, plain one.
     claimed = {f.inputs[0] for f in derived if f.inputs and everything[f.inputs[0]].class_key == f.evidence_class}
     findings: list[Finding] = []
@@ -250,30 +315,67 @@ def record_photo(ctx: Context, session: Session, principal: Principal, record_no
         box = everything[i]
         if not tax.classes[box.class_key].is_hazard or i in claimed:
             continue
-        findings.append(Finding(photo_id=photo.id, sample_id=sample.id, class_key=box.class_key,
-                                confidence=float(box.confidence or 0.0), box=_box(box),
-                                model_version=model_version, created_at=now))
-    findings += [Finding(photo_id=photo.id, sample_id=sample.id, class_key=f.evidence_class, rule=f.rule,
-                         confidence=float(f.confidence), box=f.box_dict(), model_version=model_version,
-                         created_at=now) for f in derived]
+        findings.append(
+            Finding(
+                photo_id=photo.id,
+                sample_id=sample.id,
+                class_key=box.class_key,
+                confidence=float(box.confidence or 0.0),
+                box=_box(box),
+                model_version=model_version,
+                created_at=now,
+            )
+        )
+    findings += [
+        Finding(
+            photo_id=photo.id,
+            sample_id=sample.id,
+            class_key=f.evidence_class,
+            rule=f.rule,
+            confidence=float(f.confidence),
+            box=f.box_dict(),
+            model_version=model_version,
+            created_at=now,
+        )
+        for f in derived
+    ]
     findings.sort(key=lambda f: -f.confidence)
     session.add_all(findings)
     session.flush()
     response = {
-        "record_no": record_no, "photo_id": photo.id, "sample_id": sample.id, "deduplicated": result.deduplicated,
-        "enterprise_id": enterprise, "inspector_id": inspector, "item_codes": items,
-        "captured_at": _iso(photo.captured_at), "created_at": _iso(now),
+        "record_no": record_no,
+        "photo_id": photo.id,
+        "sample_id": sample.id,
+        "deduplicated": result.deduplicated,
+        "enterprise_id": enterprise,
+        "inspector_id": inspector,
+        "item_codes": items,
+        "captured_at": _iso(photo.captured_at),
+        "created_at": _iso(now),
         "model": {"name": str(model.get("name", "")), "version": version},
         "image": {"width": int(size[0]), "height": int(size[1])},
         "findings": [finding_dict(tax, f, rules) for f in findings],
         "detections": [d.model_dump() for d in detections_public(tax, boxes)],
     }
     photo.response = response
-    audit(session, principal, "inspection.photo", "inspection_photo", photo.id, sample_id=sample.id,
-          after={"record_no": record_no, "sample_id": sample.id, "enterprise_id": enterprise,
-                 "idempotency_key": key, "model": response["model"],
-                 "findings": [{"id": f.id, "class_key": f.class_key, "rule": f.rule, "confidence": f.confidence}
-                              for f in findings]})
+    audit(
+        session,
+        principal,
+        "inspection.photo",
+        "inspection_photo",
+        photo.id,
+        sample_id=sample.id,
+        after={
+            "record_no": record_no,
+            "sample_id": sample.id,
+            "enterprise_id": enterprise,
+            "idempotency_key": key,
+            "model": response["model"],
+            "findings": [
+                {"id": f.id, "class_key": f.class_key, "rule": f.rule, "confidence": f.confidence} for f in findings
+            ],
+        },
+    )
     session.flush()
     return {**response, "replayed": False}
 
@@ -283,23 +385,36 @@ def _model_classes(session: Session, model: Mapping[str, Any], classes: Sequence
     them): a rule may only call a class missing if the model can see it."""
     if classes is not None:
         return [str(c) for c in classes]
-    classes = session.scalar(select(ModelVersion.classes).where(ModelVersion.name == str(model.get("name", "")),
-                                                                ModelVersion.version == str(model.get("version", ""))))
+    classes = session.scalar(
+        select(ModelVersion.classes).where(
+            ModelVersion.name == str(model.get("name", "")), ModelVersion.version == str(model.get("version", ""))
+        )
+    )
     return [str(c) for c in classes or []]
 
 
 # --- reading a record --------------------------------------------------------------------------
 
 
-def get_inspection(session: Session, principal: Principal, record_no: str, *,
-                   taxonomy: Taxonomy | None = None, rules: RuleSet | None = None) -> dict[str, Any]:
+def get_inspection(
+    session: Session,
+    principal: Principal,
+    record_no: str,
+    *,
+    taxonomy: Taxonomy | None = None,
+    rules: RuleSet | None = None,
+) -> dict[str, Any]:
     """The record's photos and findings, with each finding's current status. Records belong to the
     organisation that made them; another organisation's record is simply not found."""
     principal.require("inspections:read")
     record_no = check_record_no(record_no)
-    photos = list(session.scalars(select(InspectionPhoto).where(InspectionPhoto.org_code == principal.org_code,
-                                                                InspectionPhoto.record_no == record_no)
-                                  .order_by(InspectionPhoto.id)))
+    photos = list(
+        session.scalars(
+            select(InspectionPhoto)
+            .where(InspectionPhoto.org_code == principal.org_code, InspectionPhoto.record_no == record_no)
+            .order_by(InspectionPhoto.id)
+        )
+    )
     if not photos:
         raise NotFound(f"no inspection record {record_no}", code="record_not_found")
     if taxonomy is None:
@@ -315,12 +430,21 @@ def get_inspection(session: Session, principal: Principal, record_no: str, *,
         stored = p.response or {}
         for f in by_photo[p.id]:
             counts[f.status] = counts.get(f.status, 0) + 1
-        out.append({"photo_id": p.id, "sample_id": p.sample_id, "enterprise_id": p.enterprise_id,
-                    "inspector_id": p.inspector_id, "item_codes": list(p.item_codes or []),
-                    "captured_at": _iso(p.captured_at), "created_at": _iso(p.created_at),
-                    "model": stored.get("model"), "image": stored.get("image"),
-                    "findings": [finding_dict(taxonomy, f, rules) for f in by_photo[p.id]],
-                    "detections": stored.get("detections", [])})
+        out.append(
+            {
+                "photo_id": p.id,
+                "sample_id": p.sample_id,
+                "enterprise_id": p.enterprise_id,
+                "inspector_id": p.inspector_id,
+                "item_codes": list(p.item_codes or []),
+                "captured_at": _iso(p.captured_at),
+                "created_at": _iso(p.created_at),
+                "model": stored.get("model"),
+                "image": stored.get("image"),
+                "findings": [finding_dict(taxonomy, f, rules) for f in by_photo[p.id]],
+                "detections": stored.get("detections", []),
+            }
+        )
     return {"record_no": record_no, "photos": out, "summary": {"photos": len(photos), **counts}}
 
 
@@ -347,8 +471,15 @@ def _merge(current: Sequence[Mapping[str, Any]], box: Box) -> list[dict[str, Any
     return [*boxes, {"class_key": box.class_key, "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2}]
 
 
-def review_finding(ctx: Context, session: Session, principal: Principal, finding_id: int, decision: str,
-                   box: Mapping[str, Any] | None = None, class_key: str | None = None) -> dict[str, Any]:
+def review_finding(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    finding_id: int,
+    decision: str,
+    box: Mapping[str, Any] | None = None,
+    class_key: str | None = None,
+) -> dict[str, Any]:
     """Record the inspector's decision on a suggested finding (see the module docstring for what
     each decision does to the library). A finding is decided once: a second review is a Conflict."""
     principal.require("findings:review")
@@ -358,26 +489,40 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
         raise Invalid("a rejected finding takes no box or class; confirm it to correct it", code="invalid_review")
     finding, photo = _own_finding(session, principal, finding_id)
     if finding.status != "suggested":
-        raise Conflict(f"finding {finding_id} was already {finding.status}", code="already_reviewed",
-                       details={"status": finding.status})
+        raise Conflict(
+            f"finding {finding_id} was already {finding.status}",
+            code="already_reviewed",
+            details={"status": finding.status},
+        )
     tax = detection_taxonomy(ctx, session)  # this session may hold SQLite's write lock: a second one would wait on it
     sample = library.get_sample(session, principal, finding.sample_id)
     before = snapshot(finding, ["status", "class_key", "box", "review", "revision_id"])
     now = utcnow()
-    review: dict[str, Any] = {"decision": decision, "by": principal.name, "by_id": principal.user_id,
-                              "at": now.isoformat()}
+    review: dict[str, Any] = {
+        "decision": decision,
+        "by": principal.name,
+        "by_id": principal.user_id,
+        "at": now.isoformat(),
+    }
     revision: AnnotationRevision | None = None
     if decision == "confirmed":
         key = class_key.strip() if isinstance(class_key, str) and class_key.strip() else finding.class_key
         source = dict(box) if box is not None else dict(finding.box)
         (final,), _ = validate_boxes(tax, sample, [{**source, "class_key": key}])
-        review.update({"class_key": final.class_key, "box": _box(final),
-                       "corrected": final.class_key != finding.class_key or _box(final) != dict(finding.box)})
+        review.update(
+            {
+                "class_key": final.class_key,
+                "box": _box(final),
+                "corrected": final.class_key != finding.class_key or _box(final) != dict(finding.box),
+            }
+        )
     # Decide first, conditionally: of two concurrent reviews only one changes the row.
-    changed = session.execute(update(Finding).where(Finding.id == finding.id, Finding.status == "suggested")
-                              .values(status=decision, review=review, reviewed_by=principal.user_id,
-                                      reviewed_at=now)
-                              .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]  # DML: a CursorResult
+    changed = session.execute(
+        update(Finding)
+        .where(Finding.id == finding.id, Finding.status == "suggested")
+        .values(status=decision, review=review, reviewed_by=principal.user_id, reviewed_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]  # DML: a CursorResult
     if changed != 1:
         raise Conflict(f"finding {finding_id} was already reviewed", code="already_reviewed")
     session.refresh(finding)
@@ -385,26 +530,59 @@ def review_finding(ctx: Context, session: Session, principal: Principal, finding
     if decision == "confirmed" and writable:
         current = session.get(AnnotationRevision, sample.current_revision_id) if sample.current_revision_id else None
         boxes = _merge(current.boxes if current is not None else [], final)
-        revision = save_revision(ctx, session, principal, sample.id, boxes, source="feedback", status="submitted",
-                                 model_version=finding.model_version,
-                                 note=f"{photo.record_no}: finding {finding.id} confirmed by the inspector")
+        revision = save_revision(
+            ctx,
+            session,
+            principal,
+            sample.id,
+            boxes,
+            source="feedback",
+            status="submitted",
+            model_version=finding.model_version,
+            note=f"{photo.record_no}: finding {finding.id} confirmed by the inspector",
+        )
         finding.revision_id = revision.id
     # Another organisation's (shared) sample: the decision stays on the finding, in the inspector's
     # own records; that sample's labels and tags are its owner's to change (issue 13, item 4).
     elif decision == "rejected" and writable and HARD_NEGATIVE_TAG not in (sample.tags or []):
         tags_before = list(sample.tags or [])
         sample.tags = [*tags_before, HARD_NEGATIVE_TAG]
-        audit(session, principal, "sample.tag", "sample", sample.id, sample_id=sample.id,
-              before={"tags": tags_before}, after={"tags": list(sample.tags), "finding_id": finding.id})
+        audit(
+            session,
+            principal,
+            "sample.tag",
+            "sample",
+            sample.id,
+            sample_id=sample.id,
+            before={"tags": tags_before},
+            after={"tags": list(sample.tags), "finding_id": finding.id},
+        )
     session.flush()
-    audit(session, principal, "finding.review", "finding", finding.id, sample_id=sample.id, before=before,
-          after=snapshot(finding, ["status", "class_key", "box", "review", "revision_id"]))
+    audit(
+        session,
+        principal,
+        "finding.review",
+        "finding",
+        finding.id,
+        sample_id=sample.id,
+        before=before,
+        after=snapshot(finding, ["status", "class_key", "box", "review", "revision_id"]),
+    )
     out = finding_dict(tax, finding, default_rules(ctx))
     out["record_no"] = photo.record_no
-    out["revision"] = ({"id": revision.id, "number": revision.number, "status": revision.status}
-                       if revision is not None else None)
+    out["revision"] = (
+        {"id": revision.id, "number": revision.number, "status": revision.status} if revision is not None else None
+    )
     return out
 
 
-__all__ = ["DECISIONS", "HARD_NEGATIVE_TAG", "PhotoMeta", "check_record_no", "finding_dict", "get_inspection",
-           "record_photo", "review_finding"]
+__all__ = [
+    "DECISIONS",
+    "HARD_NEGATIVE_TAG",
+    "PhotoMeta",
+    "check_record_no",
+    "finding_dict",
+    "get_inspection",
+    "record_photo",
+    "review_finding",
+]

@@ -89,9 +89,14 @@ class LabelConfig:
         return _match_class(label, taxonomy)
 
     def public(self) -> dict[str, Any]:
-        return {"from_name": self.from_name, "to_name": self.to_name, "image_key": self.image_key,
-                "labels": dict(self.labels) if self.labels is not None else None,
-                "unknown_labels": list(self.unknown), "problems": list(self.problems)}
+        return {
+            "from_name": self.from_name,
+            "to_name": self.to_name,
+            "image_key": self.image_key,
+            "labels": dict(self.labels) if self.labels is not None else None,
+            "unknown_labels": list(self.unknown),
+            "problems": list(self.problems),
+        }
 
 
 def _match_class(label: str, taxonomy: Taxonomy) -> str | None:
@@ -102,8 +107,10 @@ def _match_class(label: str, taxonomy: Taxonomy) -> str | None:
         return text
     folded = " ".join(text.replace("_", " ").split()).casefold()
     for cls in taxonomy.classes.values():
-        if text == cls.name_zh or folded in (" ".join(cls.name_en.replace("_", " ").split()).casefold(),
-                                             cls.key.replace("_", " ").casefold()):
+        if text == cls.name_zh or folded in (
+            " ".join(cls.name_en.replace("_", " ").split()).casefold(),
+            cls.key.replace("_", " ").casefold(),
+        ):
             return cls.key
     return None
 
@@ -130,8 +137,12 @@ def parse_label_config(xml: str | None, taxonomy: Taxonomy) -> LabelConfig:
     images = {el.get("name"): el for el in elements if _local(el.tag) == "Image" and el.get("name")}
     rects = [el for el in elements if _local(el.tag) == "RectangleLabels" and el.get("name")]
     if not images or not rects:
-        return LabelConfig(problems=("the label config has no Image with a RectangleLabels on it; "
-                                     "predictions use from_name 'label' and to_name 'image'",))
+        return LabelConfig(
+            problems=(
+                "the label config has no Image with a RectangleLabels on it; "
+                "predictions use from_name 'label' and to_name 'image'",
+            )
+        )
     rect = next((r for r in rects if r.get("toName") in images), rects[0])
     to_name = rect.get("toName") if rect.get("toName") in images else next(iter(images))
     assert to_name is not None
@@ -150,8 +161,9 @@ def parse_label_config(xml: str | None, taxonomy: Taxonomy) -> LabelConfig:
             labels.setdefault(key, label)
     if unknown:
         log.warning("Label Studio labels that name no hazardlens class (not predicted): %s", ", ".join(unknown))
-    return LabelConfig(from_name=str(rect.get("name")), to_name=to_name, image_key=image_key, labels=labels,
-                       unknown=tuple(unknown))
+    return LabelConfig(
+        from_name=str(rect.get("name")), to_name=to_name, image_key=image_key, labels=labels, unknown=tuple(unknown)
+    )
 
 
 # --- tasks to samples ----------------------------------------------------------------------------
@@ -169,14 +181,20 @@ def _exported_sample(ref: str, local_prefixes: Sequence[str]) -> int | None:
             want = parse_qs(p.query).get("d", [""])[0]
             got = parse_qs(parsed.query).get("d", [""])[0]
         else:
-            want, got = "", unquote(parsed.path[len(p.path):])
-        if got.startswith(want) and (m := _EXPORTED_NAME.fullmatch(got[len(want):])):
+            want, got = "", unquote(parsed.path[len(p.path) :])
+        if got.startswith(want) and (m := _EXPORTED_NAME.fullmatch(got[len(want) :])):
             return int(m.group(1))
     return None
 
 
-def _image_bytes(ctx: Context, session: Session, principal: Principal, task: dict[str, Any],
-                 image_key: str, local_prefixes: Sequence[str]) -> bytes:
+def _image_bytes(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    task: dict[str, Any],
+    image_key: str,
+    local_prefixes: Sequence[str],
+) -> bytes:
     data = task.get("data") or {}
     if not isinstance(data, dict):
         raise Invalid("task 'data' must be an object", code="invalid_task")
@@ -192,8 +210,9 @@ def _image_bytes(ctx: Context, session: Session, principal: Principal, task: dic
     return ctx.store.get(blob_key(sample.sha256))
 
 
-def task_sample_id(task: Mapping[str, Any], image_key: str = "image",
-                   local_prefixes: Sequence[str] = (LABELSTUDIO_PREFIX,)) -> int:
+def task_sample_id(
+    task: Mapping[str, Any], image_key: str = "image", local_prefixes: Sequence[str] = (LABELSTUDIO_PREFIX,)
+) -> int:
     """The library sample a Label Studio task shows: ``data.sample_id``, else its image URL (ours,
     or the export's local-files URL under one of ``local_prefixes``)."""
     data = task.get("data")
@@ -201,8 +220,12 @@ def task_sample_id(task: Mapping[str, Any], image_key: str = "image",
         raise Invalid("task 'data' must be an object", code="invalid_task")
     sample_id = data.get("sample_id")
     if sample_id is not None:
-        if isinstance(sample_id, bool) or not isinstance(sample_id, int | str) or not str(sample_id).isdigit() \
-                or len(str(sample_id)) > 16:
+        if (
+            isinstance(sample_id, bool)
+            or not isinstance(sample_id, int | str)
+            or not str(sample_id).isdigit()
+            or len(str(sample_id)) > 16
+        ):
             raise Invalid(f"task {task.get('id')}: sample_id must be a number", code="invalid_task")
         return int(sample_id)
     ref = data.get(image_key, data.get("image"))
@@ -211,16 +234,19 @@ def task_sample_id(task: Mapping[str, Any], image_key: str = "image",
             return int(match.group(1))
         if (found := _exported_sample(ref, local_prefixes)) is not None:
             return found
-    raise Invalid(f"task {task.get('id')}: give data.sample_id, a /v1/samples/<id>/image URL, an exported "
-                  "local-files URL or a data: URI (this backend never fetches images from the network)",
-                  code="unresolvable_image")
+    raise Invalid(
+        f"task {task.get('id')}: give data.sample_id, a /v1/samples/<id>/image URL, an exported "
+        "local-files URL or a data: URI (this backend never fetches images from the network)",
+        code="unresolvable_image",
+    )
 
 
 # --- predict -------------------------------------------------------------------------------------
 
 
-def _prediction(ctx: Context, detector: Detector, data: bytes, config: LabelConfig, conf: float,
-                version: str | None) -> dict[str, Any]:
+def _prediction(
+    ctx: Context, detector: Detector, data: bytes, config: LabelConfig, conf: float, version: str | None
+) -> dict[str, Any]:
     result = detect_relevant(ctx, detector, data, conf=conf, version=version)
     (width, height) = result.image_size
     boxes: list[Box] = []
@@ -234,10 +260,17 @@ def _prediction(ctx: Context, detector: Detector, data: bytes, config: LabelConf
     return {"result": items, "score": score, "model_version": result.version}
 
 
-def predict_tasks(ctx: Context, principal: Principal, tasks: list[dict[str, Any]],
-                  detector: Detector, *, conf: float = DEFAULT_CONF, version: str | None = None,
-                  label_config: str | LabelConfig | None = None,
-                  local_prefixes: Sequence[str] = (LABELSTUDIO_PREFIX,)) -> dict[str, Any]:
+def predict_tasks(
+    ctx: Context,
+    principal: Principal,
+    tasks: list[dict[str, Any]],
+    detector: Detector,
+    *,
+    conf: float = DEFAULT_CONF,
+    version: str | None = None,
+    label_config: str | LabelConfig | None = None,
+    local_prefixes: Sequence[str] = (LABELSTUDIO_PREFIX,),
+) -> dict[str, Any]:
     """Answer Label Studio's /predict: one prediction (results in percent coordinates) per task, in
     task order, however many tasks (worked through :data:`CHUNK` at a time).
 
@@ -248,14 +281,16 @@ def predict_tasks(ctx: Context, principal: Principal, tasks: list[dict[str, Any]
         raise Invalid("'tasks' must be a non-empty list", code="invalid_request")
     if not all(isinstance(task, dict) for task in tasks):
         raise Invalid("each task must be an object", code="invalid_task")
-    config = label_config if isinstance(label_config, LabelConfig) else \
-        parse_label_config(label_config, detection_taxonomy(ctx))
+    config = (
+        label_config
+        if isinstance(label_config, LabelConfig)
+        else parse_label_config(label_config, detection_taxonomy(ctx))
+    )
     results: list[dict[str, Any]] = []
     for start in range(0, len(tasks), CHUNK):
-        chunk = tasks[start:start + CHUNK]
+        chunk = tasks[start : start + CHUNK]
         with ctx.db.session() as session:
-            images = [_image_bytes(ctx, session, principal, task, config.image_key, local_prefixes)
-                      for task in chunk]
+            images = [_image_bytes(ctx, session, principal, task, config.image_key, local_prefixes) for task in chunk]
         results.extend(_prediction(ctx, detector, data, config, conf, version) for data in images)
     return {"results": results}
 
@@ -273,8 +308,14 @@ class WebhookOutcome:
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "sample_id": self.sample_id, "revision_id": self.revision_id,
-                "revision_number": self.revision_number, "reason": self.reason, "problems": list(self.problems)}
+        return {
+            "status": self.status,
+            "sample_id": self.sample_id,
+            "revision_id": self.revision_id,
+            "revision_number": self.revision_number,
+            "reason": self.reason,
+            "problems": list(self.problems),
+        }
 
 
 def _same_boxes(rev: AnnotationRevision | None, boxes: list[Box]) -> bool:
@@ -282,14 +323,14 @@ def _same_boxes(rev: AnnotationRevision | None, boxes: list[Box]) -> bool:
         return False
 
     def key(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return sorted((str(b["class_key"]), *(round(float(b[k]), 2) for k in ("x1", "y1", "x2", "y2")))
-                      for b in items)
+        return sorted((str(b["class_key"]), *(round(float(b[k]), 2) for k in ("x1", "y1", "x2", "y2"))) for b in items)
 
     return key(list(rev.boxes)) == key([b.as_dict() for b in boxes])
 
 
-def receive_webhook(ctx: Context, principal: Principal, body: Mapping[str, Any],
-                    local_prefixes: Sequence[str] = (LABELSTUDIO_PREFIX,)) -> WebhookOutcome:
+def receive_webhook(
+    ctx: Context, principal: Principal, body: Mapping[str, Any], local_prefixes: Sequence[str] = (LABELSTUDIO_PREFIX,)
+) -> WebhookOutcome:
     """Store a Label Studio annotation (``ANNOTATION_CREATED``/``UPDATED``) as a submitted revision of
     the task's sample, authored by the caller (the API key Label Studio's webhook sends). Every other
     event is acknowledged and ignored. The same rules as any label write: only the owning
@@ -315,24 +356,37 @@ def receive_webhook(ctx: Context, principal: Principal, body: Mapping[str, Any],
         sample = get_sample(session, principal, sample_id)
         found, problems = result_boxes(annotation.get("result", []), sample.width, sample.height)
         if problems:
-            raise Invalid(f"the annotation holds results that are not boxes: {'; '.join(problems[:10])}",
-                          code="invalid_boxes", details={"problems": problems[:100]})
+            raise Invalid(
+                f"the annotation holds results that are not boxes: {'; '.join(problems[:10])}",
+                code="invalid_boxes",
+                details={"problems": problems[:100]},
+            )
         unknown = sorted({label for label, _ in found if config.class_of(label, taxonomy) is None})
         if unknown:
-            raise Invalid(f"labels that name no hazardlens class: {', '.join(unknown)}; map them in the "
-                          "project's label config (a class key, or its Chinese or English name)",
-                          code="unknown_class", details={"unknown_labels": unknown})
+            raise Invalid(
+                f"labels that name no hazardlens class: {', '.join(unknown)}; map them in the "
+                "project's label config (a class key, or its Chinese or English name)",
+                code="unknown_class",
+                details={"unknown_labels": unknown},
+            )
         boxes = [Box(str(config.class_of(label, taxonomy)), *corners) for label, corners in found]
         current = session.get(AnnotationRevision, sample.current_revision_id) if sample.current_revision_id else None
         if sample.annotation_status == "submitted" and _same_boxes(current, boxes):
-            return WebhookOutcome("unchanged", sample.id, current.id if current else None,
-                                  current.number if current else None)
-        note = (f"Label Studio annotation {str(annotation.get('id'))[:20]} of task {str(task.get('id'))[:20]}"
-                f" ({action})")
-        rev = save_revision(ctx, session, principal, sample.id, boxes, source="manual", status="submitted",
-                            note=note)
+            return WebhookOutcome(
+                "unchanged", sample.id, current.id if current else None, current.number if current else None
+            )
+        note = f"Label Studio annotation {str(annotation.get('id'))[:20]} of task {str(task.get('id'))[:20]} ({action})"
+        rev = save_revision(ctx, session, principal, sample.id, boxes, source="manual", status="submitted", note=note)
         return WebhookOutcome("stored", sample.id, rev.id, rev.number)
 
 
-__all__ = ["CHUNK", "WEBHOOK_ACTIONS", "LabelConfig", "WebhookOutcome", "parse_label_config", "predict_tasks",
-           "receive_webhook", "task_sample_id"]
+__all__ = [
+    "CHUNK",
+    "WEBHOOK_ACTIONS",
+    "LabelConfig",
+    "WebhookOutcome",
+    "parse_label_config",
+    "predict_tasks",
+    "receive_webhook",
+    "task_sample_id",
+]

@@ -48,8 +48,13 @@ def resolve_user(session: Session, principal: Principal, who: int | str, org_cod
     return user
 
 
-def assign(session: Session, principal: Principal, filters: SampleFilter | Mapping[str, Any] | None,
-           assignee: int | str, limit: int = 100) -> int:
+def assign(
+    session: Session,
+    principal: Principal,
+    filters: SampleFilter | Mapping[str, Any] | None,
+    assignee: int | str,
+    limit: int = 100,
+) -> int:
     """Assign up to ``limit`` matching samples (oldest first) to ``assignee``; returns how many were
     newly assigned. ``filters`` is the library's SampleFilter (or a mapping of its fields); a name
     is looked up in ``filters.org`` (default: the caller's organisation). Samples already assigned
@@ -61,39 +66,68 @@ def assign(session: Session, principal: Principal, filters: SampleFilter | Mappi
     user = resolve_user(session, principal, assignee, f.org)
     target = principal_of(user)
     if not target.can("annotations:write"):
-        raise Invalid(f"user {user.name!r} has role {user.role!r}, which cannot label; assign a curator",
-                      code="invalid_assignee")
+        raise Invalid(
+            f"user {user.name!r} has role {user.role!r}, which cannot label; assign a curator", code="invalid_assignee"
+        )
     already = select(Assignment.sample_id).where(Assignment.assignee_id == user.id)
     query = apply_filters(session, visible_samples(principal), f)
-    query = (query.where(visibility(target), Sample.id.not_in(already))
-             .with_only_columns(Sample.id).order_by(Sample.id).limit(limit))
+    query = (
+        query.where(visibility(target), Sample.id.not_in(already))
+        .with_only_columns(Sample.id)
+        .order_by(Sample.id)
+        .limit(limit)
+    )
     ids = list(session.scalars(query))
     session.add_all(Assignment(sample_id=i, assignee_id=user.id, assigned_by=principal.user_id) for i in ids)
-    record(session, principal, "labeling.assign", "user", user.id,
-           after={"assignee": user.name, "assignee_org": user.org_code, "count": len(ids),
-                  "filters": f.params(), "limit": limit, "sample_ids": ids})
+    record(
+        session,
+        principal,
+        "labeling.assign",
+        "user",
+        user.id,
+        after={
+            "assignee": user.name,
+            "assignee_org": user.org_code,
+            "count": len(ids),
+            "filters": f.params(),
+            "limit": limit,
+            "sample_ids": ids,
+        },
+    )
     session.flush()
     return len(ids)
 
 
 def _queue_query(principal: Principal, include_done: bool) -> Select[Assignment, Sample]:
-    query = (select(Assignment, Sample)
-             .join(Sample, Sample.id == Assignment.sample_id)
-             .where(Assignment.assignee_id == principal.user_id, visibility(principal)))
+    query = (
+        select(Assignment, Sample)
+        .join(Sample, Sample.id == Assignment.sample_id)
+        .where(Assignment.assignee_id == principal.user_id, visibility(principal))
+    )
     if not include_done:
         query = query.where(Assignment.done_at.is_(None))
     return query.order_by(Assignment.done_at.is_not(None), Assignment.id)
 
 
 def _item(a: Assignment, s: Sample) -> dict[str, Any]:
-    return {"assignment_id": a.id, "sample_id": s.id, "assigned_at": iso(a.created_at),
-            "assigned_by": a.assigned_by, "done_at": iso(a.done_at), "status": s.annotation_status,
-            "sector": s.sector, "org_code": s.org_code, "width": s.width, "height": s.height,
-            "original_name": s.original_name}
+    return {
+        "assignment_id": a.id,
+        "sample_id": s.id,
+        "assigned_at": iso(a.created_at),
+        "assigned_by": a.assigned_by,
+        "done_at": iso(a.done_at),
+        "status": s.annotation_status,
+        "sector": s.sector,
+        "org_code": s.org_code,
+        "width": s.width,
+        "height": s.height,
+        "original_name": s.original_name,
+    }
 
 
-def my_queue(session: Session, principal: Principal, limit: int = 50, include_done: bool = False
-             ) -> list[dict[str, Any]]:
+def my_queue(
+    session: Session, principal: Principal, limit: int = 50, include_done: bool = False
+) -> list[dict[str, Any]]:
     """The caller's assignments, open ones first in the order they were assigned."""
     if principal.user_id is None:
         return []

@@ -31,9 +31,15 @@ MAX_REQUEST = 100  # inference is slow on CPU; bigger batches belong in a backgr
 
 
 def suggestion_dict(s: Suggestion) -> dict[str, Any]:
-    return {"id": s.id, "sample_id": s.sample_id, "model_version": s.model_version, "status": s.status,
-            "boxes": list(s.boxes), "created_by": s.created_by,
-            "created_at": s.created_at.isoformat() if s.created_at else None}
+    return {
+        "id": s.id,
+        "sample_id": s.sample_id,
+        "model_version": s.model_version,
+        "status": s.status,
+        "boxes": list(s.boxes),
+        "created_by": s.created_by,
+        "created_at": s.created_at.isoformat() if s.created_at else None,
+    }
 
 
 def _clipped_boxes(sample: Sample, detections: Detections) -> list[dict[str, Any]]:
@@ -50,26 +56,45 @@ def _clipped_boxes(sample: Sample, detections: Detections) -> list[dict[str, Any
     return out
 
 
-def store_suggestions(session: Session, principal: Principal, sample_id: int, model_version: str,
-                      detections: Detections) -> Suggestion:
+def store_suggestions(
+    session: Session, principal: Principal, sample_id: int, model_version: str, detections: Detections
+) -> Suggestion:
     """Keep one model's boxes for a sample as an open suggestion."""
     principal.require("suggestions:request")
     if not isinstance(model_version, str) or not model_version.strip():
         raise Invalid("model_version must be a non-empty string", code="invalid_model_version")
     sample = get_sample(session, principal, sample_id)
     require_label_write(principal, sample)  # suggestions are labelling work on the sample: the owner's
-    row = Suggestion(sample_id=sample.id, model_version=model_version.strip()[:100],
-                     boxes=_clipped_boxes(sample, detections), created_by=principal.user_id)
+    row = Suggestion(
+        sample_id=sample.id,
+        model_version=model_version.strip()[:100],
+        boxes=_clipped_boxes(sample, detections),
+        created_by=principal.user_id,
+    )
     session.add(row)
     session.flush()
-    record(session, principal, "suggestion.create", "suggestion", row.id, sample_id=sample.id,
-           after={"model_version": row.model_version, "boxes": len(row.boxes)})
+    record(
+        session,
+        principal,
+        "suggestion.create",
+        "suggestion",
+        row.id,
+        sample_id=sample.id,
+        after={"model_version": row.model_version, "boxes": len(row.boxes)},
+    )
     return row
 
 
-def request_suggestions(ctx: Context, session: Session, principal: Principal, sample_ids: Iterable[int],
-                        detector: Detector, *, conf: float = DEFAULT_CONF, version: str | None = None
-                        ) -> list[Suggestion]:
+def request_suggestions(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    sample_ids: Iterable[int],
+    detector: Detector,
+    *,
+    conf: float = DEFAULT_CONF,
+    version: str | None = None,
+) -> list[Suggestion]:
     """Run ``detector`` (model ``version``, default production; threshold ``conf``) on each sample's
     original image and store the result. Every id is checked for visibility before any inference
     runs, so an invisible id fails the request without spending model time."""
@@ -89,8 +114,15 @@ def request_suggestions(ctx: Context, session: Session, principal: Principal, sa
     return out
 
 
-def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable[int], detector: Detector, *,
-                        conf: float = DEFAULT_CONF, version: str | None = None) -> list[dict[str, Any]]:
+def suggest_for_samples(
+    ctx: Context,
+    principal: Principal,
+    sample_ids: Iterable[int],
+    detector: Detector,
+    *,
+    conf: float = DEFAULT_CONF,
+    version: str | None = None,
+) -> list[dict[str, Any]]:
     """``request_suggestions`` for a server: the catalogue is read and written in two short sessions
     and the (slow) inference runs between them, holding no database lock (SQLite serialises writers,
     and the model manager itself reads the catalogue)."""
@@ -105,16 +137,18 @@ def suggest_for_samples(ctx: Context, principal: Principal, sample_ids: Iterable
         for sample in samples:  # every id checked before any inference runs
             require_label_write(principal, sample)
         shas = [(sample.id, sample.sha256) for sample in samples]
-    predicted = [(i, detect_relevant(ctx, detector, ctx.store.get(blob_key(sha)), conf=conf, version=version))
-                 for i, sha in shas]
+    predicted = [
+        (i, detect_relevant(ctx, detector, ctx.store.get(blob_key(sha)), conf=conf, version=version)) for i, sha in shas
+    ]
     with ctx.db.session() as session:
         rows = [store_suggestions(session, principal, i, r.version, r.detections) for i, r in predicted]
         session.flush()
         return [suggestion_dict(r) for r in rows]
 
 
-def list_suggestions(session: Session, principal: Principal, sample_id: int, include_closed: bool = False
-                     ) -> list[dict[str, Any]]:
+def list_suggestions(
+    session: Session, principal: Principal, sample_id: int, include_closed: bool = False
+) -> list[dict[str, Any]]:
     """A sample's suggestions, newest first; accepted and dismissed ones only on request."""
     principal.require("samples:read")
     sample = get_sample(session, principal, sample_id)
@@ -134,26 +168,49 @@ def _open(session: Session, principal: Principal, suggestion_id: int) -> Suggest
         raise NotFound(f"no suggestion {suggestion_id}") from exc
     require_label_write(principal, sample)  # accepting or dismissing changes the owner's labelling work
     if row.status != "open":
-        raise Conflict(f"suggestion {suggestion_id} is already {row.status}", code="invalid_transition",
-                       details={"state": row.status})
+        raise Conflict(
+            f"suggestion {suggestion_id} is already {row.status}",
+            code="invalid_transition",
+            details={"state": row.status},
+        )
     return row
 
 
-def accept(ctx: Context, session: Session, principal: Principal, suggestion_id: int,
-           boxes: Sequence[Mapping[str, Any] | Box] | None = None) -> dict[str, Any]:
+def accept(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    suggestion_id: int,
+    boxes: Sequence[Mapping[str, Any] | Box] | None = None,
+) -> dict[str, Any]:
     """Turn a suggestion (or the curator's edit of it) into a new revision; returns the revision.
     Confidence is dropped: an accepted box is a curator's statement, not a score."""
     principal.require("annotations:write")
     row = _open(session, principal, suggestion_id)
-    chosen: list[Any] = list(boxes) if boxes is not None else [
-        {k: v for k, v in b.items() if k != "confidence"} for b in row.boxes]
-    rev = save_revision(ctx, session, principal, row.sample_id, chosen, source="model",
-                        model_version=row.model_version,
-                        note=f"from suggestion {row.id}" + (" (edited)" if boxes is not None else ""))
+    chosen: list[Any] = (
+        list(boxes) if boxes is not None else [{k: v for k, v in b.items() if k != "confidence"} for b in row.boxes]
+    )
+    rev = save_revision(
+        ctx,
+        session,
+        principal,
+        row.sample_id,
+        chosen,
+        source="model",
+        model_version=row.model_version,
+        note=f"from suggestion {row.id}" + (" (edited)" if boxes is not None else ""),
+    )
     row.status = "accepted"
-    record(session, principal, "suggestion.accept", "suggestion", row.id, sample_id=row.sample_id,
-           before={"status": "open"}, after={"status": "accepted", "revision_id": rev.id,
-                                             "edited": boxes is not None})
+    record(
+        session,
+        principal,
+        "suggestion.accept",
+        "suggestion",
+        row.id,
+        sample_id=row.sample_id,
+        before={"status": "open"},
+        after={"status": "accepted", "revision_id": rev.id, "edited": boxes is not None},
+    )
     session.flush()
     names = {}
     if principal.user_id is not None:
@@ -167,11 +224,18 @@ def dismiss(session: Session, principal: Principal, suggestion_id: int) -> dict[
     principal.require("annotations:write")
     row = _open(session, principal, suggestion_id)
     row.status = "dismissed"
-    record(session, principal, "suggestion.dismiss", "suggestion", row.id, sample_id=row.sample_id,
-           before={"status": "open"}, after={"status": "dismissed"})
+    record(
+        session,
+        principal,
+        "suggestion.dismiss",
+        "suggestion",
+        row.id,
+        sample_id=row.sample_id,
+        before={"status": "open"},
+        after={"status": "dismissed"},
+    )
     session.flush()
     return suggestion_dict(row)
 
 
-__all__ = ["accept", "dismiss", "list_suggestions", "request_suggestions", "store_suggestions",
-           "suggestion_dict"]
+__all__ = ["accept", "dismiss", "list_suggestions", "request_suggestions", "store_suggestions", "suggestion_dict"]

@@ -19,8 +19,7 @@ from hazardlens.models.ultralytics_env import cjk_font_path
 from hazardlens.taxonomy import Taxonomy
 
 #: Colours by severity (RGB): a critical hazard must stand out from context classes.
-SEVERITY_COLOURS = {"critical": (220, 20, 60), "high": (255, 110, 0), "medium": (255, 200, 0),
-                    "low": (30, 144, 255)}
+SEVERITY_COLOURS = {"critical": (220, 20, 60), "high": (255, 110, 0), "medium": (255, 200, 0), "low": (30, 144, 255)}
 CONTEXT_COLOUR = (0, 170, 90)
 
 
@@ -29,8 +28,9 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(cjk_font_path()), size=size, index=0)
 
 
-def render_evidence(image_bgr: np.ndarray, detections: Detections, scale: float, taxonomy: Taxonomy,
-                    quality: int = 88) -> bytes:
+def render_evidence(
+    image_bgr: np.ndarray, detections: Detections, scale: float, taxonomy: Taxonomy, quality: int = 88
+) -> bytes:
     """JPEG of ``image_bgr`` with ``detections`` (original pixels, ``scale`` = image px per original px)."""
     image = Image.fromarray(np.ascontiguousarray(image_bgr[..., ::-1]))
     draw = ImageDraw.Draw(image)
@@ -40,7 +40,7 @@ def render_evidence(image_bgr: np.ndarray, detections: Detections, scale: float,
     line = max(2, round(min(w, h) / 300))
     for box in sorted(detections, key=lambda b: b.confidence or 0.0):  # most confident drawn last, on top
         cls = taxonomy.classes.get(box.class_key)
-        colour = (SEVERITY_COLOURS.get(cls.severity, CONTEXT_COLOUR) if cls and cls.is_hazard else CONTEXT_COLOUR)
+        colour = SEVERITY_COLOURS.get(cls.severity, CONTEXT_COLOUR) if cls and cls.is_hazard else CONTEXT_COLOUR
         x1, y1, x2, y2 = (v * scale for v in (box.x1, box.y1, box.x2, box.y2))
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
         name = cls.name_zh if cls else box.class_key

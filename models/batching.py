@@ -69,8 +69,9 @@ class MicroBatcher:
     def closed(self) -> bool:
         return self._closed
 
-    def submit(self, image: np.ndarray, conf: float = 0.25, iou: float = 0.45,
-               timeout: float | None = None) -> Detections:
+    def submit(
+        self, image: np.ndarray, conf: float = 0.25, iou: float = 0.45, timeout: float | None = None
+    ) -> Detections:
         """Detect on one BGR image; raises what the engine raised for this image.
 
         ``timeout`` (seconds) bounds the wait; a request that times out before it ran is dropped.
@@ -88,8 +89,9 @@ class MicroBatcher:
                 self._done(1)
             raise HazardError("inference timed out", code="timeout", status=504) from None
 
-    def submit_many(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45,
-                    timeout: float | None = None) -> list[Detections]:
+    def submit_many(
+        self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45, timeout: float | None = None
+    ) -> list[Detections]:
         """Detect on several images of one request (sliced inference) as one queue entry each, enqueued
         together so the worker batches them; ``timeout`` bounds the whole wait."""
         requests = [_Request(image, float(conf), float(iou)) for image in images]
@@ -101,8 +103,9 @@ class MicroBatcher:
                 self._queue.put(request)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return [r.future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                    for r in requests]
+            return [
+                r.future.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for r in requests
+            ]
         except FutureTimeout:
             self._done(sum(1 for r in requests if r.future.cancel()))
             raise HazardError("inference timed out", code="timeout", status=504) from None

@@ -52,8 +52,7 @@ class Engine(Protocol):
     class_keys: list[str]  # model class index -> taxonomy key
     imgsz: int
 
-    def predict(self, images: Sequence[np.ndarray], conf: float = 0.25,
-                iou: float = 0.45) -> list[Detections]: ...
+    def predict(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45) -> list[Detections]: ...
 
     def close(self) -> None: ...
 
@@ -98,8 +97,7 @@ def _onnx_providers(device: str) -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device.startswith("cuda") and not has_cuda:
-        raise Invalid("device 'cuda' requested but onnxruntime has no CUDAExecutionProvider "
-                      "(install onnxruntime-gpu)")
+        raise Invalid("device 'cuda' requested but onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
     if device not in {"auto"} and not device.startswith("cuda"):
         raise Invalid(f"unknown device {device!r}; use auto, cpu or cuda")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
@@ -114,14 +112,16 @@ def _precision_args(half: bool) -> dict[str, object]:
     return {"half": half}
 
 
-def nms_per_class(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float,
-                  max_det: int = MAX_DET) -> np.ndarray:
+def nms_per_class(
+    xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_det: int = MAX_DET
+) -> np.ndarray:
     """Indices kept by class-aware NMS, best score first (boxes of different classes never suppress)."""
     if len(xyxy) == 0:
         return np.zeros((0,), dtype=np.int64)
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float64)
-    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.astype(np.float64).tolist(),
-                                   classes.astype(np.int32).tolist(), -1.0, float(iou))
+    kept = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(), scores.astype(np.float64).tolist(), classes.astype(np.int32).tolist(), -1.0, float(iou)
+    )
     keep = np.asarray(kept, dtype=np.int64).reshape(-1)
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     return keep[:max_det]
@@ -145,9 +145,18 @@ class OnnxEngine:
 
     name = "onnx"
 
-    def __init__(self, onnx_path: Path | str, class_keys: Sequence[str], imgsz: int = 640,
-                 providers: Sequence[str] | None = None, *, version: str | None = None,
-                 max_det: int = MAX_DET, device: str = "auto", max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        onnx_path: Path | str,
+        class_keys: Sequence[str],
+        imgsz: int = 640,
+        providers: Sequence[str] | None = None,
+        *,
+        version: str | None = None,
+        max_det: int = MAX_DET,
+        device: str = "auto",
+        max_batch: int = 32,
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(onnx_path)
@@ -159,8 +168,9 @@ class OnnxEngine:
         # request needs (measured here: 255 ms -> 96 ms per 640 px image under load).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(path), sess_options=options,
-                                             providers=list(providers or _onnx_providers(device)))
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=list(providers or _onnx_providers(device))
+        )
         self.path = path
         self.class_keys = list(class_keys)
         self.version = version or sha256_file(path)[:12]
@@ -205,12 +215,12 @@ class OnnxEngine:
     def _run(self, tensor: np.ndarray) -> np.ndarray:
         chunks = []
         for start in range(0, len(tensor), self._batch):
-            part = tensor[start:start + self._batch]
+            part = tensor[start : start + self._batch]
             short = self._batch - len(part) if self._static_batch else 0
             if short:  # static batch export: pad with copies and drop their outputs
                 part = np.concatenate([part, np.repeat(part[-1:], short, axis=0)])
             out = self._session.run(None, {self._input_name: part})[0]
-            chunks.append(out[:len(out) - short] if short else out)
+            chunks.append(out[: len(out) - short] if short else out)
         return np.concatenate(chunks)
 
     def raw(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -264,9 +274,17 @@ class UltralyticsEngine:
 
     name = "ultralytics"
 
-    def __init__(self, pt_path: Path | str, class_keys: Sequence[str], imgsz: int = 640,
-                 device: str = "auto", *, version: str | None = None, max_det: int = MAX_DET,
-                 half: bool = False) -> None:
+    def __init__(
+        self,
+        pt_path: Path | str,
+        class_keys: Sequence[str],
+        imgsz: int = 640,
+        device: str = "auto",
+        *,
+        version: str | None = None,
+        max_det: int = MAX_DET,
+        half: bool = False,
+    ) -> None:
         path = Path(pt_path)
         if not path.is_file():
             raise NotFound(f"model weights {path} do not exist")
@@ -294,9 +312,21 @@ class UltralyticsEngine:
         keys = np.asarray(self.class_keys, dtype=object)
         with self._lock:
             # a list of Results (stream=False); Ultralytics' annotations also admit a Tensor
-            results = cast(list[Any], self._model.predict(list(images), conf=conf, iou=iou, imgsz=self.imgsz,
-                                                          device=self.device, max_det=self.max_det, verbose=False,
-                                                          save=False, stream=False, **self._precision))
+            results = cast(
+                list[Any],
+                self._model.predict(
+                    list(images),
+                    conf=conf,
+                    iou=iou,
+                    imgsz=self.imgsz,
+                    device=self.device,
+                    max_det=self.max_det,
+                    verbose=False,
+                    save=False,
+                    stream=False,
+                    **self._precision,
+                ),
+            )
         out = []
         for result in results:
             boxes = result.boxes
@@ -344,8 +374,14 @@ def _cached(out_path: Path, source_sha256: str, imgsz: int) -> bool:
     return out_path.is_file() and meta.get("source_sha256") == source_sha256 and meta.get("imgsz") == imgsz
 
 
-def export_onnx(pt_path: Path | str, out_path: Path | str, imgsz: int = 640, *, opset: int | None = None,
-                source_sha256: str | None = None) -> Path:
+def export_onnx(
+    pt_path: Path | str,
+    out_path: Path | str,
+    imgsz: int = 640,
+    *,
+    opset: int | None = None,
+    source_sha256: str | None = None,
+) -> Path:
     """Export ``pt_path`` to ONNX (dynamic batch and size) at ``out_path``, or reuse a previous export.
 
     A JSON file next to the ONNX records the sha256 of the ``.pt`` it came from, so retrained weights
@@ -372,17 +408,29 @@ def export_onnx(pt_path: Path | str, out_path: Path | str, imgsz: int = 640, *, 
             shutil.copyfile(pt_path, local_pt)
             try:
                 produced = YOLO(str(local_pt), task="detect").export(
-                    format="onnx", dynamic=True, simplify=False, imgsz=imgsz, opset=opset, nms=False,
-                    device="cpu", batch=1, verbose=False)
+                    format="onnx",
+                    dynamic=True,
+                    simplify=False,
+                    imgsz=imgsz,
+                    opset=opset,
+                    nms=False,
+                    device="cpu",
+                    batch=1,
+                    verbose=False,
+                )
             except Exception as exc:
-                raise HazardError(f"ONNX export of {pt_path.name} failed: {exc}", code="export_failed",
-                                  status=500) from exc
+                raise HazardError(
+                    f"ONNX export of {pt_path.name} failed: {exc}", code="export_failed", status=500
+                ) from exc
             if not produced or not Path(produced).is_file():
-                raise HazardError(f"ONNX export of {pt_path.name} produced no file", code="export_failed",
-                                  status=500)
+                raise HazardError(f"ONNX export of {pt_path.name} produced no file", code="export_failed", status=500)
             os.replace(produced, out_path)
-            meta = {"source": str(pt_path), "source_sha256": source_sha256, "imgsz": imgsz,
-                    "onnx_sha256": sha256_file(out_path)}
+            meta = {
+                "source": str(pt_path),
+                "source_sha256": source_sha256,
+                "imgsz": imgsz,
+                "onnx_sha256": sha256_file(out_path),
+            }
             tmp_meta = work / "meta.json"
             tmp_meta.write_text(json.dumps(meta, indent=2))
             os.replace(tmp_meta, _meta_path(out_path))  # written last: its presence means "complete"
@@ -392,8 +440,16 @@ def export_onnx(pt_path: Path | str, out_path: Path | str, imgsz: int = 640, *, 
     return out_path
 
 
-def load_engine(kind: EngineKind | str, weights_pt: Path | str, class_keys: Sequence[str], imgsz: int,
-                cache_dir: Path | str, *, device: str = "auto", version: str | None = None) -> Engine:
+def load_engine(
+    kind: EngineKind | str,
+    weights_pt: Path | str,
+    class_keys: Sequence[str],
+    imgsz: int,
+    cache_dir: Path | str,
+    *,
+    device: str = "auto",
+    version: str | None = None,
+) -> Engine:
     """Build the configured back-end for a registry model (``settings.engine`` / ``settings.device``).
 
     For ``onnx`` the ONNX file is derived from the ``.pt`` on first use and cached in ``cache_dir``

@@ -108,29 +108,38 @@ def default_loader(ctx: Context, mv: ModelVersion) -> Engine:
     s = ctx.settings
     weights = local_weights(ctx, mv)
     if s.engine.lower() != "onnx":
-        return load_engine(s.engine, weights, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device,
-                           version=mv.version)
+        return load_engine(
+            s.engine, weights, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device, version=mv.version
+        )
     onnx = s.cache_dir / "onnx" / f"{mv.weights_sha256[:16]}-{int(mv.imgsz)}.onnx"
     if not onnx.with_name(onnx.name + ".json").is_file():
         _export_in_child(ctx, weights, onnx, int(mv.imgsz), mv.weights_sha256)
     export_onnx(weights, onnx, int(mv.imgsz), source_sha256=mv.weights_sha256)  # a no-op once cached
-    return load_engine("onnx", onnx, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device,
-                       version=mv.version)
+    return load_engine("onnx", onnx, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device, version=mv.version)
 
 
 def _export_in_child(ctx: Context, weights: Path, onnx: Path, imgsz: int, sha256: str) -> None:
-    code = ("import sys; from hazardlens.models.engines import export_onnx; "
-            "export_onnx(sys.argv[1], sys.argv[2], int(sys.argv[3]), source_sha256=sys.argv[4])")
+    code = (
+        "import sys; from hazardlens.models.engines import export_onnx; "
+        "export_onnx(sys.argv[1], sys.argv[2], int(sys.argv[3]), source_sha256=sys.argv[4])"
+    )
     env = {**os.environ, "HAZARDLENS_HOME": str(ctx.settings.home.resolve())}
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(weights), str(onnx), str(imgsz), sha256], env=env,
-                              capture_output=True, text=True, timeout=1800, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(weights), str(onnx), str(imgsz), sha256],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("ONNX export in a child process failed (%s); exporting in this process", exc)
         return
     if done.returncode != 0:
-        log.warning("ONNX export in a child process failed; exporting in this process",
-                    extra={"stderr": done.stderr[-2000:]})
+        log.warning(
+            "ONNX export in a child process failed; exporting in this process", extra={"stderr": done.stderr[-2000:]}
+        )
 
 
 @dataclass(eq=False)
@@ -159,12 +168,23 @@ class LoadedModel:
     def info(self) -> dict[str, Any]:
         providers = getattr(self.engine, "providers", None)
         device = getattr(self.engine, "device", None) or (providers[0] if providers else None)
-        return {"name": self.spec.name, "version": self.spec.version, "stage": self.spec.stage, "role": self.role,
-                "engine": getattr(self.engine, "name", "?"), "device": device, "imgsz": self.spec.imgsz,
-                "classes": list(self.spec.classes), "loaded_at": self.loaded_at.isoformat(),
-                "load_seconds": round(self.load_seconds, 3), "in_flight": self.refs,
-                "queue_depth": self.batcher.queue_depth, "requests": self.served,
-                "batches_run": self.batcher.batches_run, "images_run": self.batcher.images_run}
+        return {
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "stage": self.spec.stage,
+            "role": self.role,
+            "engine": getattr(self.engine, "name", "?"),
+            "device": device,
+            "imgsz": self.spec.imgsz,
+            "classes": list(self.spec.classes),
+            "loaded_at": self.loaded_at.isoformat(),
+            "load_seconds": round(self.load_seconds, 3),
+            "in_flight": self.refs,
+            "queue_depth": self.batcher.queue_depth,
+            "requests": self.served,
+            "batches_run": self.batcher.batches_run,
+            "images_run": self.batcher.images_run,
+        }
 
 
 class ModelLease:
@@ -194,13 +214,15 @@ class ModelLease:
     def info(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version}
 
-    def predict(self, image_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.45,
-                timeout: float | None = None) -> Detections:
+    def predict(
+        self, image_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.45, timeout: float | None = None
+    ) -> Detections:
         """Detections in the pixels of ``image_bgr``, through the model's micro-batcher."""
         return self.predict_many([image_bgr], conf, iou, timeout=timeout)[0]
 
-    def predict_many(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45,
-                     timeout: float | None = None) -> list[Detections]:
+    def predict_many(
+        self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.45, timeout: float | None = None
+    ) -> list[Detections]:
         """Detections for the images of one request (one photo, or the windows of sliced inference),
         enqueued together so the micro-batcher runs them in as few forward passes as it can."""
         if self._released:
@@ -226,10 +248,19 @@ class ModelLease:
 class ModelManager:
     """The production model of one worker, plus pinned versions; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, name: str = DEFAULT_NAME, max_batch: int = 8,
-                 max_wait_ms: float = MAX_WAIT_MS, pinned_capacity: int = 2, poll_s: float | None = None,
-                 loader: EngineLoader | None = None, observer: InferenceObserver | None = None,
-                 warmup: bool = True) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        name: str = DEFAULT_NAME,
+        max_batch: int = 8,
+        max_wait_ms: float = MAX_WAIT_MS,
+        pinned_capacity: int = 2,
+        poll_s: float | None = None,
+        loader: EngineLoader | None = None,
+        observer: InferenceObserver | None = None,
+        warmup: bool = True,
+    ) -> None:
         self.ctx = ctx
         self.name = name
         self.max_batch = max_batch
@@ -339,14 +370,27 @@ class ModelManager:
                 mv = production_model(s, self.name)
                 want = ModelSpec.of(mv) if mv is not None else None
                 pinned = list(self._pinned)
-                stages = dict(s.execute(select(ModelVersion.version, ModelVersion.stage).where(
-                    ModelVersion.name == self.name, ModelVersion.version.in_(pinned))).tuples().all()) if pinned else {}
+                stages = (
+                    dict(
+                        s.execute(
+                            select(ModelVersion.version, ModelVersion.stage).where(
+                                ModelVersion.name == self.name, ModelVersion.version.in_(pinned)
+                            )
+                        )
+                        .tuples()
+                        .all()
+                    )
+                    if pinned
+                    else {}
+                )
             self._drop_retired_pins(stages)
             current = self._current
             if want is None:
                 if current is not None:
-                    log.warning("no production model in the catalogue any more; unloading",
-                                extra={"model": self.name, "version": current.spec.version})
+                    log.warning(
+                        "no production model in the catalogue any more; unloading",
+                        extra={"model": self.name, "version": current.spec.version},
+                    )
                     self._swap(None)
                     return True
                 return False
@@ -481,8 +525,10 @@ class ModelManager:
                     self._current.served += 1
                     return ModelLease(self, self._current)
         detail = f" ({self.last_error})" if self.last_error else ""
-        raise ModelUnavailable(f"no production model of '{self.name}' is loaded in this worker{detail}; "
-                               f"promote one with POST /v1/models/{{name}}/{{version}}/promote")
+        raise ModelUnavailable(
+            f"no production model of '{self.name}' is loaded in this worker{detail}; "
+            f"promote one with POST /v1/models/{{name}}/{{version}}/promote"
+        )
 
     def _lazy_refresh(self) -> None:
         self._initial_load()
@@ -505,8 +551,11 @@ class ModelManager:
         with self.ctx.db.session() as s:
             spec = ModelSpec.of(get_model(s, self.name, version))
         if spec.stage == "archived":
-            raise Conflict(f"model {self.name} {version} is archived (retired) and is not served; "
-                           f"roll back or promote it to use it again", code="model_retired")
+            raise Conflict(
+                f"model {self.name} {version} is archived (retired) and is not served; "
+                f"roll back or promote it to use it again",
+                code="model_retired",
+            )
         for _ in range(3):  # another thread may retire what we obtained before we hold it: try again
             model = self._obtain(spec, role="pinned")
             evicted: list[LoadedModel] = []
@@ -551,24 +600,49 @@ class ModelManager:
 
     # --- detection -------------------------------------------------------------------------
 
-    def detect(self, data: bytes, *, version: str | None = None, conf: float = DEFAULT_CONF,
-               iou: float = DEFAULT_IOU, max_pixels: int | None = None, timeout: float | None = None,
-               keep_image_side: int | None = None, tiles: Tiling | None = None) -> DetectResult:
+    def detect(
+        self,
+        data: bytes,
+        *,
+        version: str | None = None,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        max_pixels: int | None = None,
+        timeout: float | None = None,
+        keep_image_side: int | None = None,
+        tiles: Tiling | None = None,
+    ) -> DetectResult:
         """Decode once (reduced to what the model needs, EXIF-oriented), detect, and answer boxes in
         the pixels of the oriented original. ``keep_image_side`` keeps a decode of at least that long
         side in the result, for drawing an evidence image without decoding twice; ``tiles``
         ``(window, overlap)`` asks for sliced inference."""
         with self.get(version) as lease:
-            return detect_with(lease, data, conf=conf, iou=iou, max_pixels=max_pixels, timeout=timeout,
-                               keep_image_side=keep_image_side, tiles=tiles)
+            return detect_with(
+                lease,
+                data,
+                conf=conf,
+                iou=iou,
+                max_pixels=max_pixels,
+                timeout=timeout,
+                keep_image_side=keep_image_side,
+                tiles=tiles,
+            )
 
-    def detect_many(self, images: Sequence[bytes], *, version: str | None = None, conf: float = DEFAULT_CONF,
-                    iou: float = DEFAULT_IOU, max_pixels: int | None = None,
-                    timeout: float | None = None) -> tuple[dict[str, str], list[DetectResult | HazardError]]:
+    def detect_many(
+        self,
+        images: Sequence[bytes],
+        *,
+        version: str | None = None,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        max_pixels: int | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, str], list[DetectResult | HazardError]]:
         """Several images on one lease (one model version for all), submitted concurrently so the
         micro-batcher runs them as batched forward passes. A bad image yields its error in its slot;
         the others still get answers. Returns the model used and the results in input order."""
         with self.get(version) as lease:
+
             def one(data: bytes) -> DetectResult | HazardError:
                 try:
                     return detect_with(lease, data, conf=conf, iou=iou, max_pixels=max_pixels, timeout=timeout)
@@ -577,14 +651,23 @@ class ModelManager:
 
             if len(images) <= 1:
                 return lease.info, [one(d) for d in images]
-            with ThreadPoolExecutor(max_workers=min(len(images), self.max_batch),
-                                    thread_name_prefix="hazardlens-detect") as pool:
+            with ThreadPoolExecutor(
+                max_workers=min(len(images), self.max_batch), thread_name_prefix="hazardlens-detect"
+            ) as pool:
                 return lease.info, list(pool.map(one, images))
 
 
-def detect_with(lease: ModelLease, data: bytes, *, conf: float = 0.25, iou: float = 0.45,
-                max_pixels: int | None = None, timeout: float | None = None,
-                keep_image_side: int | None = None, tiles: Tiling | None = None) -> DetectResult:
+def detect_with(
+    lease: ModelLease,
+    data: bytes,
+    *,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_pixels: int | None = None,
+    timeout: float | None = None,
+    keep_image_side: int | None = None,
+    tiles: Tiling | None = None,
+) -> DetectResult:
     """``tiles`` (window, overlap) asks for sliced inference (models/tiling.py) on photos much larger
     than the model's training frames."""
     if not 0.0 <= conf <= 1.0:
@@ -592,30 +675,53 @@ def detect_with(lease: ModelLease, data: bytes, *, conf: float = 0.25, iou: floa
     start = time.perf_counter()
     if tiles is not None:
         check_tiling(*tiles)
-        image, size = decode_at_scale(data, lambda long: tile_scale(long, lease.imgsz, tiles[0]),
-                                      max_pixels=max_pixels)
+        image, size = decode_at_scale(data, lambda long: tile_scale(long, lease.imgsz, tiles[0]), max_pixels=max_pixels)
     else:
         image, size = decode_image(data, max(lease.imgsz, keep_image_side or 0), max_pixels=max_pixels)
     decoded = time.perf_counter()
     if tiles is not None:
-        dets = predict_tiled(lambda crops: lease.predict_many(crops, conf, iou, timeout=timeout), image,
-                             lease.imgsz, overlap=tiles[1], iou=iou)
+        dets = predict_tiled(
+            lambda crops: lease.predict_many(crops, conf, iou, timeout=timeout),
+            image,
+            lease.imgsz,
+            overlap=tiles[1],
+            iou=iou,
+        )
     else:
         dets = lease.predict(image, conf, iou, timeout=timeout)
     inferred = time.perf_counter()
     h, w = image.shape[:2]
     dets = scale_detections(dets, (w, h), size)
-    return DetectResult(model=lease.info, image_size=size, detections=dets, classes=lease.model.spec.classes,
-                        timing_ms={"decode": round((decoded - start) * 1000, 2),
-                                   "inference": round((inferred - decoded) * 1000, 2),
-                                   "total": round((time.perf_counter() - start) * 1000, 2)},
-                        image=image if keep_image_side else None, image_scale=w / size[0] if size[0] else 1.0)
+    return DetectResult(
+        model=lease.info,
+        image_size=size,
+        detections=dets,
+        classes=lease.model.spec.classes,
+        timing_ms={
+            "decode": round((decoded - start) * 1000, 2),
+            "inference": round((inferred - decoded) * 1000, 2),
+            "total": round((time.perf_counter() - start) * 1000, 2),
+        },
+        image=image if keep_image_side else None,
+        image_scale=w / size[0] if size[0] else 1.0,
+    )
 
 
 if TYPE_CHECKING:
+
     def _a_manager_is_a_detector(manager: ModelManager) -> Detector:  # checked by mypy
         return manager
 
 
-__all__ = ["DetectResult", "InferenceObserver", "LoadedModel", "ModelLease", "ModelManager", "ModelSpec",
-           "ModelUnavailable", "default_loader", "detect_with", "relevant"]
+__all__ = [
+    "DetectResult",
+    "InferenceObserver",
+    "LoadedModel",
+    "ModelLease",
+    "ModelManager",
+    "ModelSpec",
+    "ModelUnavailable",
+    "default_loader",
+    "detect_with",
+    "relevant",
+]

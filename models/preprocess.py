@@ -23,12 +23,17 @@ from hazardlens.errors import TooLarge, UnsupportedMedia
 from hazardlens.imagefiles import register_heif
 from hazardlens.images import sniff_format
 
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
-def letterbox(image_bgr: np.ndarray, size: int | tuple[int, int], stride: int = 32, auto: bool = False,
-              color: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:
+def letterbox(
+    image_bgr: np.ndarray, size: int | tuple[int, int], stride: int = 32, auto: bool = False, color: int = 114
+) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Resize keeping the aspect ratio and pad to ``size`` (an int or ``(height, width)``).
 
     Returns the padded image, the scale factor applied and the left/top padding in pixels, which is
@@ -47,13 +52,15 @@ def letterbox(image_bgr: np.ndarray, size: int | tuple[int, int], stride: int = 
     top, bottom = round(dh_half - 0.1), round(dh_half + 0.1)
     left, right = round(dw_half - 0.1), round(dw_half + 0.1)
     if top or bottom or left or right:
-        image_bgr = cv2.copyMakeBorder(image_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT,
-                                       value=(color, color, color))
+        image_bgr = cv2.copyMakeBorder(
+            image_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color, color, color)
+        )
     return image_bgr, ratio, (left, top)
 
 
-def boxes_to_original(xyxy: np.ndarray, ratio: float, pad: tuple[float, float],
-                      orig_size: tuple[int, int]) -> np.ndarray:
+def boxes_to_original(
+    xyxy: np.ndarray, ratio: float, pad: tuple[float, float], orig_size: tuple[int, int]
+) -> np.ndarray:
     """Undo :func:`letterbox` on ``(N, 4)`` boxes and clip them to ``orig_size`` ``(width, height)``."""
     out = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4).copy()
     out[:, [0, 2]] -= pad[0]
@@ -64,8 +71,7 @@ def boxes_to_original(xyxy: np.ndarray, ratio: float, pad: tuple[float, float],
     return out
 
 
-def scale_detections(detections: Detections, from_size: tuple[int, int],
-                     to_size: tuple[int, int]) -> Detections:
+def scale_detections(detections: Detections, from_size: tuple[int, int], to_size: tuple[int, int]) -> Detections:
     """Rescale boxes found on a reduced decode (``from_size``) to the original pixels (``to_size``)."""
     if tuple(from_size) == tuple(to_size) or len(detections) == 0:
         return detections
@@ -138,8 +144,9 @@ def _decode_with_pillow(data: bytes, factor: int, fmt: str) -> tuple[np.ndarray,
     return np.ascontiguousarray(rgb[..., ::-1]), (int(size[0]), int(size[1]))
 
 
-def decode_image(data: bytes, max_side: int | None = None, *,
-                 max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(
+    data: bytes, max_side: int | None = None, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to an EXIF-oriented BGR array, reduced when the original is far bigger than needed.
 
     ``max_side`` is the long side the caller needs (e.g. the model's imgsz); the decode is never
@@ -175,8 +182,9 @@ def decode_image(data: bytes, max_side: int | None = None, *,
     return image, (round(dw * factor), round(dh * factor))
 
 
-def decode_at_scale(data: bytes, scale_for: Callable[[int], float], *,
-                    max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_at_scale(
+    data: bytes, scale_for: Callable[[int], float], *, max_pixels: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to ``scale_for(long side)`` of the original size (never enlarged), EXIF-oriented BGR.
 
     Sliced inference needs the whole photo at a fixed scale rather than at a fixed long side; the

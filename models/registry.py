@@ -37,11 +37,22 @@ def weights_key(name: str, version: str) -> str:
 
 def model_public(mv: ModelVersion) -> ModelVersionPublic:
     """A registered version as the API, CLI and client see it."""
-    return ModelVersionPublic.model_validate({
-        "id": mv.id, "name": mv.name, "version": mv.version, "stage": mv.stage, "classes": list(mv.classes or []),
-        "imgsz": mv.imgsz, "weights_sha256": mv.weights_sha256, "dataset_version": mv.dataset_version_id,
-        "metrics": (mv.card or {}).get("metrics"), "card": mv.card,
-        "created_at": iso(mv.created_at), "stage_changed_at": iso(mv.stage_changed_at)})
+    return ModelVersionPublic.model_validate(
+        {
+            "id": mv.id,
+            "name": mv.name,
+            "version": mv.version,
+            "stage": mv.stage,
+            "classes": list(mv.classes or []),
+            "imgsz": mv.imgsz,
+            "weights_sha256": mv.weights_sha256,
+            "dataset_version": mv.dataset_version_id,
+            "metrics": (mv.card or {}).get("metrics"),
+            "card": mv.card,
+            "created_at": iso(mv.created_at),
+            "stage_changed_at": iso(mv.stage_changed_at),
+        }
+    )
 
 
 def model_dict(mv: ModelVersion) -> dict[str, Any]:
@@ -54,9 +65,20 @@ def _next_version(session: Session, name: str) -> str:
     return str(count + 1)
 
 
-def register_model(ctx: Context, session: Session, principal: Principal, weights: Path, *, classes: list[str],
-                   imgsz: int, card: dict[str, Any], name: str = DEFAULT_NAME, version: str | None = None,
-                   dataset_version_id: str | None = None, stage: str = "candidate") -> ModelVersion:
+def register_model(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    weights: Path,
+    *,
+    classes: list[str],
+    imgsz: int,
+    card: dict[str, Any],
+    name: str = DEFAULT_NAME,
+    version: str | None = None,
+    dataset_version_id: str | None = None,
+    stage: str = "candidate",
+) -> ModelVersion:
     """Store the weights and card and add a catalogue row; the same weights twice are refused. Any
     training administrator registers candidates; any other stage is a registry change for the system
     organisation (:func:`hazardlens.auth.require_system`)."""
@@ -73,26 +95,47 @@ def register_model(ctx: Context, session: Session, principal: Principal, weights
     if unknown:
         raise Invalid(f"model classes not in the taxonomy: {', '.join(unknown)}", code="unknown_class")
     digest = sha256_file(weights)
-    existing = session.scalar(select(ModelVersion).where(ModelVersion.name == name,
-                                                         ModelVersion.weights_sha256 == digest))
+    existing = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.weights_sha256 == digest)
+    )
     if existing is not None:
         raise Conflict(f"these weights are already registered as {name} {existing.version}", code="duplicate_model")
     version = version or _next_version(session, name)
     if session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)):
         raise Conflict(f"model {name} {version} already exists", code="duplicate_version")
     key = weights_key(name, version)
-    full_card = {**card, "name": name, "version": version, "classes": classes, "imgsz": imgsz,
-                 "taxonomy_version": card.get("taxonomy_version", tax.version),
-                 "dataset_version": dataset_version_id or card.get("dataset_version"),
-                 "hashes": {**card.get("hashes", {}), "weights_sha256": digest}}
+    full_card = {
+        **card,
+        "name": name,
+        "version": version,
+        "classes": classes,
+        "imgsz": imgsz,
+        "taxonomy_version": card.get("taxonomy_version", tax.version),
+        "dataset_version": dataset_version_id or card.get("dataset_version"),
+        "hashes": {**card.get("hashes", {}), "weights_sha256": digest},
+    }
     with open(weights, "rb") as f:
         ctx.store.put_stream(key, f, weights.stat().st_size, "application/octet-stream")
-    ctx.store.put(f"models/{name}/{version}/card.json",
-                  json.dumps(full_card, ensure_ascii=False, indent=2).encode(), "application/json")
+    ctx.store.put(
+        f"models/{name}/{version}/card.json",
+        json.dumps(full_card, ensure_ascii=False, indent=2).encode(),
+        "application/json",
+    )
     now = datetime.now(UTC)
-    mv = ModelVersion(name=name, version=version, stage=stage, weights_key=key, weights_sha256=digest,
-                      classes=classes, imgsz=imgsz, card=full_card, dataset_version_id=full_card["dataset_version"],
-                      created_at=now, stage_changed_at=now, promoted_at=now if stage == "production" else None)
+    mv = ModelVersion(
+        name=name,
+        version=version,
+        stage=stage,
+        weights_key=key,
+        weights_sha256=digest,
+        classes=classes,
+        imgsz=imgsz,
+        card=full_card,
+        dataset_version_id=full_card["dataset_version"],
+        created_at=now,
+        stage_changed_at=now,
+        promoted_at=now if stage == "production" else None,
+    )
     session.add(mv)
     session.flush()
     if stage == "production":
@@ -116,14 +159,20 @@ def get_model(session: Session, name: str, version: str) -> ModelVersion:
 
 
 def production_model(session: Session, name: str = DEFAULT_NAME) -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.stage == "production")
-                          .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc()).limit(1))
+    return session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.name == name, ModelVersion.stage == "production")
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    )
 
 
 def _retire_others(session: Session, principal: Principal, keep: ModelVersion) -> None:
-    others = session.scalars(select(ModelVersion).where(ModelVersion.name == keep.name,
-                                                        ModelVersion.stage == "production",
-                                                        ModelVersion.id != keep.id))
+    others = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.name == keep.name, ModelVersion.stage == "production", ModelVersion.id != keep.id
+        )
+    )
     for other in others:
         before = snapshot(other, _AUDITED)
         other.stage = "archived"
@@ -132,12 +181,14 @@ def _retire_others(session: Session, principal: Principal, keep: ModelVersion) -
 
 
 def _other_production(session: Session, mv: ModelVersion) -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(ModelVersion.name == mv.name, ModelVersion.stage == "production",
-                                                     ModelVersion.id != mv.id).limit(1))
+    return session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.name == mv.name, ModelVersion.stage == "production", ModelVersion.id != mv.id)
+        .limit(1)
+    )
 
 
-def promote(session: Session, principal: Principal, name: str, version: str,
-            stage: str = "production") -> ModelVersion:
+def promote(session: Session, principal: Principal, name: str, version: str, stage: str = "production") -> ModelVersion:
     """Move a version to a stage; promoting to production archives the one serving before it.
 
     The registry serves every organisation, so only the system organisation's administrators change
@@ -149,8 +200,11 @@ def promote(session: Session, principal: Principal, name: str, version: str,
         raise Invalid(f"unknown stage {stage!r}; stages are {', '.join(MODEL_STAGES)}", code="invalid_stage")
     mv = get_model(session, name, version)
     if mv.stage == "production" and stage != "production" and _other_production(session, mv) is None:
-        raise Conflict(f"{name} {version} is the only production version: detection would stop for every "
-                       "organisation; promote its replacement instead (that archives it)", code="last_production")
+        raise Conflict(
+            f"{name} {version} is the only production version: detection would stop for every "
+            "organisation; promote its replacement instead (that archives it)",
+            code="last_production",
+        )
     before = snapshot(mv, _AUDITED)
     now = datetime.now(UTC)
     mv.stage = stage
@@ -168,8 +222,9 @@ def rollback(session: Session, principal: Principal, name: str = DEFAULT_NAME) -
     principal.require("models:promote")
     require_system(principal, "rolling back the production model")
     current = production_model(session, name)
-    q = select(ModelVersion).where(ModelVersion.name == name, ModelVersion.promoted_at.is_not(None),
-                                   ModelVersion.stage != "production")
+    q = select(ModelVersion).where(
+        ModelVersion.name == name, ModelVersion.promoted_at.is_not(None), ModelVersion.stage != "production"
+    )
     if current is not None:
         q = q.where(ModelVersion.id != current.id)
     previous = session.scalar(q.order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc()).limit(1))
@@ -199,8 +254,14 @@ def export_model(ctx: Context, session: Session, name: str, version: str, out_di
     return out_dir
 
 
-def import_model(ctx: Context, session: Session, principal: Principal, folder: Path,
-                 stage: str = "candidate", version: str | None = None) -> ModelVersion:
+def import_model(
+    ctx: Context,
+    session: Session,
+    principal: Principal,
+    folder: Path,
+    stage: str = "candidate",
+    version: str | None = None,
+) -> ModelVersion:
     require_system(principal, "importing a model")
     card_path, weights = folder / "card.json", folder / "weights.pt"
     if not card_path.is_file() or not weights.is_file():
@@ -209,9 +270,19 @@ def import_model(ctx: Context, session: Session, principal: Principal, folder: P
     expected = (card.get("hashes") or {}).get("weights_sha256")
     if expected and expected != sha256_file(weights):
         raise Invalid("weights.pt does not match the hash in card.json", code="hash_mismatch")
-    return register_model(ctx, session, principal, weights, classes=list(card["classes"]), imgsz=int(card["imgsz"]),
-                          card=card, name=card.get("name", DEFAULT_NAME), version=version or card.get("version"),
-                          dataset_version_id=card.get("dataset_version"), stage=stage)
+    return register_model(
+        ctx,
+        session,
+        principal,
+        weights,
+        classes=list(card["classes"]),
+        imgsz=int(card["imgsz"]),
+        card=card,
+        name=card.get("name", DEFAULT_NAME),
+        version=version or card.get("version"),
+        dataset_version_id=card.get("dataset_version"),
+        stage=stage,
+    )
 
 
 def ensure_baseline(ctx: Context) -> ModelVersion | None:
@@ -223,6 +294,16 @@ def ensure_baseline(ctx: Context) -> ModelVersion | None:
         if session.scalar(select(ModelVersion).limit(1)) is not None:
             return production_model(session)
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        return register_model(ctx, session, SYSTEM, weights, classes=list(card["classes"]), imgsz=int(card["imgsz"]),
-                              card=card, name=card.get("name", DEFAULT_NAME), version=card.get("version", "baseline"),
-                              dataset_version_id=card.get("dataset_version"), stage="production")
+        return register_model(
+            ctx,
+            session,
+            SYSTEM,
+            weights,
+            classes=list(card["classes"]),
+            imgsz=int(card["imgsz"]),
+            card=card,
+            name=card.get("name", DEFAULT_NAME),
+            version=card.get("version", "baseline"),
+            dataset_version_id=card.get("dataset_version"),
+            stage="production",
+        )

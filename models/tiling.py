@@ -60,8 +60,11 @@ def tile_windows(width: int, height: int, tile: int, overlap: float = 0.25) -> l
     """
     if max(width, height) <= tile * 1.1:
         return []
-    return [(x, y, min(x + tile, width), min(y + tile, height))
-            for y in _starts(height, tile, overlap) for x in _starts(width, tile, overlap)]
+    return [
+        (x, y, min(x + tile, width), min(y + tile, height))
+        for y in _starts(height, tile, overlap)
+        for x in _starts(width, tile, overlap)
+    ]
 
 
 def _uncut(dets: Detections, window: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
@@ -89,8 +92,7 @@ def merge(parts: Sequence[Detections], iou: float, max_det: int) -> Detections:
         return Detections.empty(with_confidence=True)
     xyxy = np.concatenate([p.xyxy for p in parts])
     keys = np.concatenate([p.class_keys for p in parts])
-    conf = np.concatenate([p.confidence if p.confidence is not None else np.ones(len(p), np.float32)
-                           for p in parts])
+    conf = np.concatenate([p.confidence if p.confidence is not None else np.ones(len(p), np.float32) for p in parts])
     solid = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # clipping can leave flat boxes
     xyxy, keys, conf = xyxy[solid], keys[solid], conf[solid]
     if not len(xyxy):
@@ -100,8 +102,16 @@ def merge(parts: Sequence[Detections], iou: float, max_det: int) -> Detections:
     return Detections(xyxy[keep], keys[keep], conf[keep])
 
 
-def predict_tiled(predict: Predict, image: np.ndarray, tile: int, *, overlap: float = 0.25, iou: float = 0.45,
-                  max_det: int = 300, whole: bool = True) -> Detections:
+def predict_tiled(
+    predict: Predict,
+    image: np.ndarray,
+    tile: int,
+    *,
+    overlap: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+    whole: bool = True,
+) -> Detections:
     """Detections on ``image`` (BGR, already at tile scale) from the whole image plus its windows.
 
     ``predict`` answers one :class:`Detections` per image given, in that image's pixels (an engine's
@@ -115,8 +125,7 @@ def predict_tiled(predict: Predict, image: np.ndarray, tile: int, *, overlap: fl
     if len(answers) != len(crops):
         raise RuntimeError(f"predict answered {len(answers)} results for {len(crops)} images")
     parts = list(answers[: len(crops) - len(windows)])
-    for (x1, y1, x2, y2), dets in zip(windows, answers[len(crops) - len(windows):], strict=True):
+    for (x1, y1, x2, y2), dets in zip(windows, answers[len(crops) - len(windows) :], strict=True):
         dets = dets[_uncut(dets, (x1, y1, x2, y2), width, height)]
-        parts.append(Detections(dets.xyxy + np.array([x1, y1, x1, y1], np.float32), dets.class_keys,
-                                dets.confidence))
+        parts.append(Detections(dets.xyxy + np.array([x1, y1, x1, y1], np.float32), dets.class_keys, dets.confidence))
     return merge(parts, iou, max_det)

@@ -46,8 +46,16 @@ _SYSTEM_CJK_FONTS: tuple[str, ...] = (
 
 #: Ultralytics settings that would phone home or start third-party loggers.
 _OFFLINE_SETTINGS: dict[str, bool] = {
-    "sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False, "raytune": False,
-    "tensorboard": False, "wandb": False, "vscode_msg": False, "openvino_msg": False,
+    "sync": False,
+    "clearml": False,
+    "comet": False,
+    "dvc": False,
+    "mlflow": False,
+    "raytune": False,
+    "tensorboard": False,
+    "wandb": False,
+    "vscode_msg": False,
+    "openvino_msg": False,
 }
 
 _lock = threading.Lock()
@@ -113,7 +121,8 @@ def cjk_font_path() -> Path:
             return candidate
     raise FileNotFoundError(
         "no font with Chinese glyphs found; install the 'paperang-p2-fonts-cjk' package "
-        "or point HAZARDLENS_CJK_FONT at a .ttf/.ttc/.otf file")
+        "or point HAZARDLENS_CJK_FONT at a .ttf/.ttc/.otf file"
+    )
 
 
 def latin_font_path() -> Path:

@@ -30,13 +30,26 @@ log = logging.getLogger("hazardlens.http")
 #: Request fields whose refusal the domain has always answered with its own code.
 FIELD_ERROR_CODES = {"scope": "invalid_scope", "source": "invalid_source"}
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-               422: "invalid", 429: "too_many_requests", 500: "internal", 503: "unavailable", 504: "timeout"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+    500: "internal",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
@@ -67,8 +80,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             # Starlette names the methods of the first route on the path only; a path served by several
             # routes (GET and POST /v1/samples) allows all of theirs.
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "error"), message,
-                              headers=headers or None)
+        return error_response(
+            exc.status_code, _HTTP_CODES.get(exc.status_code, "error"), message, headers=headers or None
+        )
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
@@ -106,9 +120,16 @@ def _install_request_ids(app: FastAPI) -> None:
         finally:
             reset_request_id(token)
         response.headers["X-Request-ID"] = rid
-        log.info("request", extra={"request_id": rid, "method": request.method, "path": request.url.path,
-                                   "status": response.status_code,
-                                   "ms": round((time.perf_counter() - start) * 1000, 1)})
+        log.info(
+            "request",
+            extra={
+                "request_id": rid,
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - start) * 1000, 1),
+            },
+        )
         return response
 
 
@@ -137,8 +158,12 @@ def create_app(ctx: Context | None = None, *, start_background: bool = True) -> 
                 hook(app)
             ctx.close()
 
-    app = FastAPI(title="hazardlens", version=__version__, lifespan=lifespan,
-                  description="设备设施样本库 and hazard detection API for emergency-management enforcement.")
+    app = FastAPI(
+        title="hazardlens",
+        version=__version__,
+        lifespan=lifespan,
+        description="设备设施样本库 and hazard detection API for emergency-management enforcement.",
+    )
     app.state.ctx = ctx
     app.state.start_background = start_background
     app.state.startup_hooks = []

@@ -37,8 +37,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 class HazardLensError(Exception):
     """An error answer (``status``, ``code``, ``message``), or a transport failure (status 0)."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None,
-                 request_id: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: Any = None, request_id: str | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
         self.details, self.request_id = details, request_id
@@ -70,9 +71,17 @@ class Detection:
 
     @classmethod
     def of(cls, d: Mapping[str, Any]) -> Detection:
-        return cls(d["class_key"], d["name_zh"], d["name_en"], float(d["confidence"]), Box.of(d["box"]),
-                   tuple(d.get("inspection_items", ())), tuple(d.get("legal_basis", ())), d.get("severity"),
-                   bool(d.get("is_hazard", False)))
+        return cls(
+            d["class_key"],
+            d["name_zh"],
+            d["name_en"],
+            float(d["confidence"]),
+            Box.of(d["box"]),
+            tuple(d.get("inspection_items", ())),
+            tuple(d.get("legal_basis", ())),
+            d.get("severity"),
+            bool(d.get("is_hazard", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,14 @@ class DetectResult:
 
     @classmethod
     def of(cls, d: Mapping[str, Any]) -> DetectResult:
-        return cls(d["model"]["name"], d["model"]["version"], int(d["image"]["width"]), int(d["image"]["height"]),
-                   tuple(Detection.of(x) for x in d["detections"]), dict(d["timing_ms"]))
+        return cls(
+            d["model"]["name"],
+            d["model"]["version"],
+            int(d["image"]["width"]),
+            int(d["image"]["height"]),
+            tuple(Detection.of(x) for x in d["detections"]),
+            dict(d["timing_ms"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -109,9 +124,20 @@ class Finding:
 
     @classmethod
     def of(cls, d: Mapping[str, Any]) -> Finding:
-        return cls(int(d["id"]), d["class_key"], d["name_zh"], float(d["confidence"]), Box.of(d["box"]),
-                   tuple(d.get("inspection_items", ())), tuple(d.get("legal_basis", ())), d.get("severity"),
-                   d.get("finding", ""), d["status"], d.get("model_version", ""), d.get("revision_id"))
+        return cls(
+            int(d["id"]),
+            d["class_key"],
+            d["name_zh"],
+            float(d["confidence"]),
+            Box.of(d["box"]),
+            tuple(d.get("inspection_items", ())),
+            tuple(d.get("legal_basis", ())),
+            d.get("severity"),
+            d.get("finding", ""),
+            d["status"],
+            d.get("model_version", ""),
+            d.get("revision_id"),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,9 +155,18 @@ class PhotoRecord:
 
     @classmethod
     def of(cls, d: Mapping[str, Any], key: str | None = None) -> PhotoRecord:
-        return cls(d["record_no"], int(d["photo_id"]), int(d["sample_id"]), d["model"]["version"],
-                   int(d["image"]["width"]), int(d["image"]["height"]), tuple(Finding.of(f) for f in d["findings"]),
-                   tuple(Detection.of(x) for x in d["detections"]), bool(d.get("replayed", False)), key)
+        return cls(
+            d["record_no"],
+            int(d["photo_id"]),
+            int(d["sample_id"]),
+            d["model"]["version"],
+            int(d["image"]["width"]),
+            int(d["image"]["height"]),
+            tuple(Finding.of(f) for f in d["findings"]),
+            tuple(Detection.of(x) for x in d["detections"]),
+            bool(d.get("replayed", False)),
+            key,
+        )
 
 
 @dataclass(frozen=True)
@@ -151,9 +186,16 @@ class Inspection:
 
     @classmethod
     def of(cls, d: Mapping[str, Any]) -> Inspection:
-        photos = tuple(InspectionPhoto(int(p["photo_id"]), int(p["sample_id"]), p.get("enterprise_id"),
-                                       p.get("inspector_id"), tuple(Finding.of(f) for f in p["findings"]))
-                       for p in d["photos"])
+        photos = tuple(
+            InspectionPhoto(
+                int(p["photo_id"]),
+                int(p["sample_id"]),
+                p.get("enterprise_id"),
+                p.get("inspector_id"),
+                tuple(Finding.of(f) for f in p["findings"]),
+            )
+            for p in d["photos"]
+        )
         return cls(d["record_no"], photos, dict(d["summary"]))
 
 
@@ -177,11 +219,23 @@ def _image(image: bytes | str | Path, filename: str | None) -> tuple[str, bytes]
 
 
 class HazardLensClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 60.0, retries: int = 2,
-                 backoff_s: float = 0.5, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.retries, self.backoff_s = retries, backoff_s
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
-                                  headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -208,23 +262,45 @@ class HazardLensClient:
                     return response.json()
                 if last or response.status_code not in RETRY_STATUSES:
                     raise _error(response)
-            time.sleep(self.backoff_s * (2 ** attempt))
+            time.sleep(self.backoff_s * (2**attempt))
         raise AssertionError("unreachable")
 
     # --- API ----------------------------------------------------------------------------------
 
-    def detect(self, image: bytes | str | Path, *, conf: float | None = None, sector: str | None = None,
-               model: str | None = None, filename: str | None = None) -> DetectResult:
+    def detect(
+        self,
+        image: bytes | str | Path,
+        *,
+        conf: float | None = None,
+        sector: str | None = None,
+        model: str | None = None,
+        filename: str | None = None,
+    ) -> DetectResult:
         name, data = _image(image, filename)
         form = {k: str(v) for k, v in {"conf": conf, "sector": sector, "model": model}.items() if v is not None}
-        return DetectResult.of(self._send(
-            lambda: self._http.post("/v1/detect", data=form, files={"file": (name, data, "application/octet-stream")}),
-            retry=True))
+        return DetectResult.of(
+            self._send(
+                lambda: self._http.post(
+                    "/v1/detect", data=form, files={"file": (name, data, "application/octet-stream")}
+                ),
+                retry=True,
+            )
+        )
 
-    def record_photo(self, record_no: str, image: bytes | str | Path, *, enterprise_id: str, sector: str,
-                     inspector_id: str | None = None, captured_at: datetime | str | None = None,
-                     item_codes: Sequence[str] = (), idempotency_key: str | None = None,
-                     conf: float | None = None, filename: str | None = None) -> PhotoRecord:
+    def record_photo(
+        self,
+        record_no: str,
+        image: bytes | str | Path,
+        *,
+        enterprise_id: str,
+        sector: str,
+        inspector_id: str | None = None,
+        captured_at: datetime | str | None = None,
+        item_codes: Sequence[str] = (),
+        idempotency_key: str | None = None,
+        conf: float | None = None,
+        filename: str | None = None,
+    ) -> PhotoRecord:
         """Add a photo to the record; safe to call again with the same ``idempotency_key``."""
         name, data = _image(image, filename)
         key = idempotency_key or str(uuid.uuid4())
@@ -237,26 +313,39 @@ class HazardLensClient:
             form["item_codes"] = ",".join(item_codes)
         if conf is not None:
             form["conf"] = str(conf)
-        body = self._send(lambda: self._http.post(
-            f"/v1/inspections/{quote(record_no, safe='')}/photos", data=form,
-            files={"file": (name, data, "application/octet-stream")}, headers={"Idempotency-Key": key}), retry=True)
+        body = self._send(
+            lambda: self._http.post(
+                f"/v1/inspections/{quote(record_no, safe='')}/photos",
+                data=form,
+                files={"file": (name, data, "application/octet-stream")},
+                headers={"Idempotency-Key": key},
+            ),
+            retry=True,
+        )
         return PhotoRecord.of(body, key)
 
     def get_inspection(self, record_no: str) -> Inspection:
-        return Inspection.of(self._send(lambda: self._http.get(f"/v1/inspections/{quote(record_no, safe='')}"),
-                                        retry=True))
+        return Inspection.of(
+            self._send(lambda: self._http.get(f"/v1/inspections/{quote(record_no, safe='')}"), retry=True)
+        )
 
-    def review_finding(self, finding_id: int, decision: str, *, box: Box | Mapping[str, float] | None = None,
-                       class_key: str | None = None) -> ReviewResult:
+    def review_finding(
+        self,
+        finding_id: int,
+        decision: str,
+        *,
+        box: Box | Mapping[str, float] | None = None,
+        class_key: str | None = None,
+    ) -> ReviewResult:
         """``decision`` is ``confirmed`` or ``rejected``; ``box``/``class_key`` correct a confirmation."""
         payload: dict[str, Any] = {"decision": decision}
         if box is not None:
             payload["box"] = asdict(box) if isinstance(box, Box) else dict(box)
         if class_key is not None:
             payload["class_key"] = class_key
-        return ReviewResult.of(self._send(lambda: self._http.post(f"/v1/findings/{int(finding_id)}/review",
-                                                                  json=payload), retry=False))
-
+        return ReviewResult.of(
+            self._send(lambda: self._http.post(f"/v1/findings/{int(finding_id)}/review", json=payload), retry=False)
+        )
 
     # --- jobs, models, dataset versions (answers are the contract models of hazardlens.contracts) ---
 
@@ -266,11 +355,14 @@ class HazardLensClient:
         queue the job twice."""
         from hazardlens.contracts.jobs import JobPublic
 
-        body = params.model_dump(mode="json", by_alias=True, exclude_none=True) if hasattr(params, "model_dump") \
+        body = (
+            params.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if hasattr(params, "model_dump")
             else dict(params)
-        return JobPublic.model_validate(self._send(lambda: self._http.post("/v1/jobs", json={"kind": kind,
-                                                                                              "params": body}),
-                                                   retry=False))
+        )
+        return JobPublic.model_validate(
+            self._send(lambda: self._http.post("/v1/jobs", json={"kind": kind, "params": body}), retry=False)
+        )
 
     def get_job(self, job_id: int) -> JobPublic:
         from hazardlens.contracts.jobs import JobPublic
@@ -303,14 +395,16 @@ class HazardLensClient:
         from hazardlens.contracts.models import ModelVersionPublic
 
         path = f"/v1/models/{quote(name, safe='')}/{quote(version, safe='')}/promote"
-        return ModelVersionPublic.model_validate(self._send(lambda: self._http.post(path, json={"stage": stage}),
-                                                            retry=True))  # promoting twice changes nothing
+        return ModelVersionPublic.model_validate(
+            self._send(lambda: self._http.post(path, json={"stage": stage}), retry=True)
+        )  # promoting twice changes nothing
 
     def rollback_model(self, name: str = "hazardlens") -> ModelVersionPublic:
         from hazardlens.contracts.models import ModelVersionPublic
 
-        return ModelVersionPublic.model_validate(self._send(
-            lambda: self._http.post(f"/v1/models/{quote(name, safe='')}/rollback"), retry=False))
+        return ModelVersionPublic.model_validate(
+            self._send(lambda: self._http.post(f"/v1/models/{quote(name, safe='')}/rollback"), retry=False)
+        )
 
     def create_dataset(self, body: Mapping[str, Any] | Any) -> DatasetVersionPublic:
         """Create a dataset version (``body``: a mapping or :class:`~hazardlens.contracts.datasets.DatasetCreate`);
@@ -318,15 +412,15 @@ class HazardLensClient:
         from hazardlens.contracts.datasets import DatasetVersionPublic
 
         payload = body.model_dump(mode="json", exclude_defaults=True) if hasattr(body, "model_dump") else dict(body)
-        return DatasetVersionPublic.model_validate(self._send(lambda: self._http.post("/v1/datasets", json=payload),
-                                                              retry=True))  # same inputs, same version
+        return DatasetVersionPublic.model_validate(
+            self._send(lambda: self._http.post("/v1/datasets", json=payload), retry=True)
+        )  # same inputs, same version
 
     def list_datasets(self, name: str | None = None) -> DatasetPage:
         from hazardlens.contracts.datasets import DatasetPage
 
         query = {"name": name} if name else {}
-        return DatasetPage.model_validate(self._send(lambda: self._http.get("/v1/datasets", params=query),
-                                                     retry=True))
+        return DatasetPage.model_validate(self._send(lambda: self._http.get("/v1/datasets", params=query), retry=True))
 
     def get_dataset(self, name: str, version: str = "latest") -> DatasetVersionDetail:
         from hazardlens.contracts.datasets import DatasetVersionDetail
@@ -334,15 +428,27 @@ class HazardLensClient:
         path = f"/v1/datasets/{quote(name, safe='')}/{quote(str(version), safe='')}"
         return DatasetVersionDetail.model_validate(self._send(lambda: self._http.get(path), retry=True))
 
+
 def _error(response: httpx.Response) -> HazardLensError:
     rid = response.headers.get("x-request-id")
     try:
         err = response.json()["error"]
-        return HazardLensError(response.status_code, err.get("code", "error"), err.get("message", ""),
-                               err.get("details"), rid)
+        return HazardLensError(
+            response.status_code, err.get("code", "error"), err.get("message", ""), err.get("details"), rid
+        )
     except Exception:
         return HazardLensError(response.status_code, "http_error", response.text[:500], None, rid)
 
 
-__all__ = ["Box", "DetectResult", "Detection", "Finding", "HazardLensClient", "HazardLensError", "Inspection",
-           "InspectionPhoto", "PhotoRecord", "ReviewResult"]
+__all__ = [
+    "Box",
+    "DetectResult",
+    "Detection",
+    "Finding",
+    "HazardLensClient",
+    "HazardLensError",
+    "Inspection",
+    "InspectionPhoto",
+    "PhotoRecord",
+    "ReviewResult",
+]

@@ -28,11 +28,20 @@ from hazardlens.context import Context
 
 ENUM_MARKER = "x-hazardlens-enum"
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-_SECURITY = {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key (hazardlens keys create)"},
-             "basic": {"type": "http", "scheme": "basic",
-                       "description": "any user name, the API key as password (how Label Studio calls an ML backend)"}}
-_SHARED = {400: "the body could not be parsed", 408: "request body stalled",
-           413: "file, body or image too large", 504: "timed out"}
+_SECURITY = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (hazardlens keys create)"},
+    "basic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "any user name, the API key as password (how Label Studio calls an ML backend)",
+    },
+}
+_SHARED = {
+    400: "the body could not be parsed",
+    408: "request body stalled",
+    413: "file, body or image too large",
+    504: "timed out",
+}
 
 
 def leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
@@ -119,8 +128,9 @@ def refine(app: FastAPI, document: dict[str, Any], enums: dict[str, list[str]]) 
                 operation["security"] = [{"bearer": []}, {"basic": []}]
                 shared.append(401)
             for status in shared:
-                responses.setdefault(str(status), {"description": _SHARED.get(status, "missing or invalid API key"),
-                                                   "content": error})
+                responses.setdefault(
+                    str(status), {"description": _SHARED.get(status, "missing or invalid API key"), "content": error}
+                )
             for media, content in (body or {}).get("content", {}).items():
                 if media not in _FORM_TYPES:
                     continue

@@ -48,9 +48,17 @@ _background: set[asyncio.Task[None]] = set()
 
 async def send_error(send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -67,9 +75,13 @@ class GuardMiddleware:
     """Pure ASGI (BaseHTTPMiddleware cannot stop a running route), installed innermost so that the
     request-id and metrics middlewares see its answers."""
 
-    def __init__(self, app: ASGIApp, settings: Callable[[], Settings],
-                 limits: Mapping[str, Callable[[Settings], int]] | None = None,
-                 body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Callable[[], Settings],
+        limits: Mapping[str, Callable[[Settings], int]] | None = None,
+        body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.limits = dict(limits or {})  # path -> body limit (without the envelope)
@@ -87,8 +99,9 @@ class GuardMiddleware:
         limit = self.body_limit(scope.get("path", ""), settings)
         length = _content_length(scope)
         if length is not None and length > limit:
-            await send_error(send, 413, "too_large",
-                             f"request body of {length:,} bytes is over the limit of {limit:,} bytes")
+            await send_error(
+                send, 413, "too_large", f"request body of {length:,} bytes is over the limit of {limit:,} bytes"
+            )
             return
         state = _Request()
         idle = min(self.body_idle_timeout_s, settings.request_timeout_s / 2)  # stalls show as 408, not 504
@@ -99,8 +112,7 @@ class GuardMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), idle)
             except TimeoutError:
-                state.rejection = (408, "body_timeout", f"no request body data for {idle:g} s; the upload was "
-                                                        f"cut off")
+                state.rejection = (408, "body_timeout", f"no request body data for {idle:g} s; the upload was cut off")
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 state.received += len(message.get("body", b""))
@@ -131,8 +143,12 @@ class GuardMiddleware:
             task.add_done_callback(_forget)
             log.warning("request timed out", extra={"path": scope.get("path"), "limit_s": settings.request_timeout_s})
             if not state.started:
-                await send_error(send, 504, "timeout",
-                                 f"the request took longer than {settings.request_timeout_s:g} s and was abandoned")
+                await send_error(
+                    send,
+                    504,
+                    "timeout",
+                    f"the request took longer than {settings.request_timeout_s:g} s and was abandoned",
+                )
             return
         error = None if task.cancelled() else task.exception()
         if state.rejection is not None:

@@ -18,8 +18,12 @@ from typing import Any
 from hazardlens.audit import current_request_id
 
 #: LogRecord attributes that are not ``extra=`` fields.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName",
-                                                                     "color_message"}  # uvicorn ANSI copy
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}  # uvicorn ANSI copy
 
 
 class JsonFormatter(logging.Formatter):

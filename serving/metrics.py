@@ -27,13 +27,19 @@ class _ModelsCollector(Collector):
         self._models = models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("hazardlens_batch_queue_depth",
-                                  "Images submitted to a model's micro-batcher and not yet answered",
-                                  labels=["model", "version"])
-        in_flight = GaugeMetricFamily("hazardlens_model_in_flight", "Requests holding a lease on a model",
-                                      labels=["model", "version"])
-        loaded = GaugeMetricFamily("hazardlens_model_loaded", "Models loaded in this worker (1 per model)",
-                                   labels=["model", "version", "role", "engine"])
+        depth = GaugeMetricFamily(
+            "hazardlens_batch_queue_depth",
+            "Images submitted to a model's micro-batcher and not yet answered",
+            labels=["model", "version"],
+        )
+        in_flight = GaugeMetricFamily(
+            "hazardlens_model_in_flight", "Requests holding a lease on a model", labels=["model", "version"]
+        )
+        loaded = GaugeMetricFamily(
+            "hazardlens_model_loaded",
+            "Models loaded in this worker (1 per model)",
+            labels=["model", "version", "role", "engine"],
+        )
         manager = self._models()
         for m in manager.loaded() if manager is not None else []:
             labels = [m["name"], m["version"]]
@@ -51,16 +57,28 @@ class Metrics:
     def __init__(self, models: Callable[[], Any]) -> None:
         self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
-            "hazardlens_http_request_duration_seconds", "HTTP request latency by route template and status",
-            ["method", "route", "status"], registry=self.registry, buckets=_LATENCY_BUCKETS)
+            "hazardlens_http_request_duration_seconds",
+            "HTTP request latency by route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.inference_seconds = Histogram(
             "hazardlens_inference_duration_seconds",
             "Time from handing an image to a model until its detections are back (queue + batched forward pass)",
-            ["model", "version"], registry=self.registry, buckets=_LATENCY_BUCKETS)
-        self.model_requests = Counter("hazardlens_model_requests_total", "Images run through each model",
-                                      ["model", "version"], registry=self.registry)
-        self.model_swaps = Counter("hazardlens_model_swaps_total", "Production model changes in this worker",
-                                   ["model"], registry=self.registry)
+            ["model", "version"],
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.model_requests = Counter(
+            "hazardlens_model_requests_total",
+            "Images run through each model",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "hazardlens_model_swaps_total", "Production model changes in this worker", ["model"], registry=self.registry
+        )
         self.registry.register(_ModelsCollector(models))
 
     def inference(self, name: str, version: str, seconds: float, images: int) -> None:
@@ -101,7 +119,8 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request_seconds.labels(scope.get("method", ""), template, str(status)).observe(
-                time.perf_counter() - start)
+                time.perf_counter() - start
+            )
 
 
 __all__ = ["Metrics", "MetricsMiddleware"]

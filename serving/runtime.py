@@ -34,10 +34,12 @@ BATCH_PATH = "/v1/detect/batch"
 metrics_router = APIRouter(tags=["operations"])
 
 
-@metrics_router.get("/metrics", summary="Prometheus metrics of this worker (text exposition format)",
-                    response_class=Response,
-                    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
-                               **errors(401, 403)})
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics of this worker (text exposition format)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **errors(401, 403)},
+)
 def metrics(request: Request, _: Annotated[Principal, Depends(require("models:read"))]) -> Response:
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)
@@ -70,8 +72,7 @@ def _start_models(app: FastAPI) -> None:
     the model is loaded on the first request that needs it."""
     # ``app.state.model_loader`` (optional) replaces how an engine is built: tests use it to share one
     # ONNX export across many apps, or to slow an engine down.
-    manager = ModelManager(app.state.ctx, observer=app.state.metrics,
-                           loader=getattr(app.state, "model_loader", None))
+    manager = ModelManager(app.state.ctx, observer=app.state.metrics, loader=getattr(app.state, "model_loader", None))
     app.state.models = manager
     if app.state.start_background:
         manager.start_background()

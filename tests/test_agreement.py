@@ -19,9 +19,11 @@ def box(key: str, x1: float, y1: float, x2: float, y2: float) -> dict[str, Any]:
 
 def test_compare_matches_one_to_one_at_iou_half() -> None:
     a = [box("fire", 0, 0, 100, 100), box("fire", 200, 200, 300, 300), box("smoke", 0, 0, 50, 50)]
-    b = [box("fire", 5, 5, 105, 105),  # IoU ~0.82 with a[0]
-         box("fire", 250, 200, 350, 300),  # IoU 1/3 with a[1]: not a match
-         box("helmet", 0, 0, 50, 50)]  # same place, other class: no match
+    b = [
+        box("fire", 5, 5, 105, 105),  # IoU ~0.82 with a[0]
+        box("fire", 250, 200, 350, 300),  # IoU 1/3 with a[1]: not a match
+        box("helmet", 0, 0, 50, 50),
+    ]  # same place, other class: no match
     out = compare(a, b)
     assert out["per_class"]["fire"] == {"matched": 1, "only_a": 1, "only_b": 1, "agreement": round(1 / 3, 4)}
     assert out["per_class"]["smoke"] == {"matched": 0, "only_a": 1, "only_b": 0, "agreement": 0.0}
@@ -69,7 +71,8 @@ def test_agreement_uses_latest_revision_per_author(env: tuple[Context, Cast]) ->
     with ctx.db.session() as s:
         out = agreement(s, cast.curator, sid)
     assert out["overall"] == 1.0 and out["per_class"] == {
-        "smoke": {"matched": 1, "only_a": 0, "only_b": 0, "agreement": 1.0}}
+        "smoke": {"matched": 1, "only_a": 0, "only_b": 0, "agreement": 1.0}
+    }
     assert (out["a"]["name"], out["b"]["name"]) == ("curator-b", "curator-a")
     assert out["b"]["revision_number"] == 3
 
@@ -118,7 +121,12 @@ def test_review_queue_puts_disagreements_first(env: tuple[Context, Cast]) -> Non
     with ctx.db.session() as s:
         items = review_queue(s, cast.reviewer, limit=10)
         assert [(i["sample_id"], i["agreement"]) for i in items] == [
-            (split_bad, 0.0), (split_mild, round(2 / 3, 4)), (plain_old, None), (plain_new, None), (own, None)]
+            (split_bad, 0.0),
+            (split_mild, round(2 / 3, 4)),
+            (plain_old, None),
+            (plain_new, None),
+            (own, None),
+        ]
         assert items[0]["author"] == "curator-a"
         # the admin authored 'own' and cannot review it, so it is not in their queue
         assert own not in [i["sample_id"] for i in review_queue(s, cast.admin, limit=10)]

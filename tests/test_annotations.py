@@ -86,8 +86,9 @@ def test_empty_list_is_a_negative_sample(env: tuple[Context, Cast, int]) -> None
 def test_out_of_range_boxes_are_clipped_and_reported(env: tuple[Context, Cast, int]) -> None:
     ctx, cast, sid = env
     with ctx.db.session() as s:
-        out = ann.put_annotations(ctx, s, cast.curator, sid,
-                                  [{"class_key": "fire", "x1": -5, "y1": 10, "x2": 700, "y2": 100}])
+        out = ann.put_annotations(
+            ctx, s, cast.curator, sid, [{"class_key": "fire", "x1": -5, "y1": 10, "x2": 700, "y2": 100}]
+        )
     assert out["boxes"] == [{"class_key": "fire", "x1": 0.0, "y1": 10.0, "x2": 640.0, "y2": 100.0}]
     assert len(out["repairs"]) == 1
     assert "box 0" in out["repairs"][0] and "x1 -5 -> 0" in out["repairs"][0] and "x2 700 -> 640" in out["repairs"][0]
@@ -96,20 +97,24 @@ def test_out_of_range_boxes_are_clipped_and_reported(env: tuple[Context, Cast, i
     assert event.after is not None and event.after["repairs"] == out["repairs"]
 
 
-@pytest.mark.parametrize(("box", "code"), [
-    ({"class_key": "fire", "x1": 50, "y1": 10, "x2": 50, "y2": 100}, "zero_area"),
-    ({"class_key": "fire", "x1": 60, "y1": 10, "x2": 50, "y2": 100}, "zero_area"),
-    ({"class_key": "fire", "x1": 650, "y1": 10, "x2": 700, "y2": 100}, "zero_area"),  # entirely outside
-    ({"class_key": "fire", "x1": 0, "y1": -30, "x2": 10, "y2": -1}, "zero_area"),
-    ({"class_key": "flames", "x1": 0, "y1": 0, "x2": 10, "y2": 10}, "unknown_class"),
-    ({"class_key": "fire", "x1": "0", "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
-    ({"class_key": "fire", "x1": True, "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
-    ({"class_key": "fire", "x1": float("nan"), "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
-    ({"class_key": "fire", "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
-    ({"x1": 0, "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
-])
-def test_bad_boxes_are_refused_and_nothing_is_written(env: tuple[Context, Cast, int], box: dict[str, Any],
-                                                     code: str) -> None:
+@pytest.mark.parametrize(
+    ("box", "code"),
+    [
+        ({"class_key": "fire", "x1": 50, "y1": 10, "x2": 50, "y2": 100}, "zero_area"),
+        ({"class_key": "fire", "x1": 60, "y1": 10, "x2": 50, "y2": 100}, "zero_area"),
+        ({"class_key": "fire", "x1": 650, "y1": 10, "x2": 700, "y2": 100}, "zero_area"),  # entirely outside
+        ({"class_key": "fire", "x1": 0, "y1": -30, "x2": 10, "y2": -1}, "zero_area"),
+        ({"class_key": "flames", "x1": 0, "y1": 0, "x2": 10, "y2": 10}, "unknown_class"),
+        ({"class_key": "fire", "x1": "0", "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
+        ({"class_key": "fire", "x1": True, "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
+        ({"class_key": "fire", "x1": float("nan"), "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
+        ({"class_key": "fire", "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
+        ({"x1": 0, "y1": 0, "x2": 10, "y2": 10}, "invalid_box"),
+    ],
+)
+def test_bad_boxes_are_refused_and_nothing_is_written(
+    env: tuple[Context, Cast, int], box: dict[str, Any], code: str
+) -> None:
     ctx, cast, sid = env
     with pytest.raises(Invalid) as err:
         _save(ctx, cast.curator, sid, [DUST, box])
@@ -123,17 +128,33 @@ def test_bad_boxes_are_refused_and_nothing_is_written(env: tuple[Context, Cast, 
 def test_every_bad_box_is_reported_at_once(env: tuple[Context, Cast, int]) -> None:
     ctx, cast, sid = env
     with pytest.raises(Invalid) as err:
-        _save(ctx, cast.curator, sid, [{"class_key": "nope", "x1": 0, "y1": 0, "x2": 1, "y2": 1}, DUST,
-                                       {"class_key": "fire", "x1": 5, "y1": 5, "x2": 5, "y2": 9}])
+        _save(
+            ctx,
+            cast.curator,
+            sid,
+            [
+                {"class_key": "nope", "x1": 0, "y1": 0, "x2": 1, "y2": 1},
+                DUST,
+                {"class_key": "fire", "x1": 5, "y1": 5, "x2": 5, "y2": 9},
+            ],
+        )
     assert [d["index"] for d in err.value.details] == [0, 2]
     assert "2 box problem(s)" in err.value.message
 
 
 def test_inactive_class_is_refused(env: tuple[Context, Cast, int]) -> None:
     ctx, cast, sid = env
-    payload = {"key": "oil_leak", "name_zh": "漏油", "name_en": "oil leak", "sector": "general",
-               "inspection_items": [], "severity": "medium", "finding_zh": "设备漏油", "is_hazard": True,
-               "legal_basis": ["GB 30871-2022 4.1"]}
+    payload = {
+        "key": "oil_leak",
+        "name_zh": "漏油",
+        "name_en": "oil leak",
+        "sector": "general",
+        "inspection_items": [],
+        "severity": "medium",
+        "finding_zh": "设备漏油",
+        "is_hazard": True,
+        "legal_basis": ["GB 30871-2022 4.1"],
+    }
     with ctx.db.session() as s:
         s.add(TaxonomyAddition(kind="class", key="oil_leak", org_code="420000", payload=payload, status="pending"))
     ctx.invalidate_taxonomy()
@@ -169,8 +190,14 @@ def test_full_workflow_with_rejection(env: tuple[Context, Cast, int]) -> None:
     assert [(h["number"], h["status"]) for h in hist] == [(1, "rejected"), (2, "approved")]
     assert hist[0]["reason"].startswith("漏标了泄爆口") and hist[1]["reviewer"] == "reviewer-a"
     assert hist[1]["submitted_at"] is not None and hist[1]["reviewed_at"] is not None
-    assert _actions(ctx, sid) == ["annotation.save", "annotation.submit", "annotation.reject",
-                                  "annotation.save", "annotation.submit", "annotation.approve"]
+    assert _actions(ctx, sid) == [
+        "annotation.save",
+        "annotation.submit",
+        "annotation.reject",
+        "annotation.save",
+        "annotation.submit",
+        "annotation.approve",
+    ]
     with ctx.db.session() as s:
         events = audit.history(s, sample_id=sid, entity="annotation_revision")
     reject_event = events[2]
@@ -273,11 +300,13 @@ def test_other_orgs_private_sample_is_not_found(env: tuple[Context, Cast, int]) 
     ctx, cast, sid = env
     _save(ctx, cast.curator, sid, [DUST])
     _do(ctx, ann.submit, cast.curator, sid)
-    for call in (lambda s: ann.save_revision(ctx, s, cast.other_curator, sid, [DUST]),
-                 lambda s: ann.current(s, cast.other_curator, sid),
-                 lambda s: ann.history(s, cast.other_curator, sid),
-                 lambda s: ann.approve(s, cast.other_reviewer, sid),
-                 lambda s: ann.reject(s, cast.other_reviewer, sid, "no")):
+    for call in (
+        lambda s: ann.save_revision(ctx, s, cast.other_curator, sid, [DUST]),
+        lambda s: ann.current(s, cast.other_curator, sid),
+        lambda s: ann.history(s, cast.other_curator, sid),
+        lambda s: ann.approve(s, cast.other_reviewer, sid),
+        lambda s: ann.reject(s, cast.other_reviewer, sid, "no"),
+    ):
         with pytest.raises(NotFound), ctx.db.session() as s:
             call(s)
     assert _sample(ctx, sid).annotation_status == "submitted"

@@ -44,9 +44,11 @@ def test_put_get_history_and_repairs(client: Any, ctx: Context, keys: dict[str, 
     url = f"/v1/samples/{sid}/annotations"
     r = client.get(url, headers=keys["curator"])
     assert r.status_code == 200 and r.json()["status"] == "unlabeled" and r.json()["revision"] is None
-    r = client.put(url, headers=keys["curator"],
-                   json={"boxes": [DUST, {"class_key": "fire", "x1": 600, "y1": 0, "x2": 700.5, "y2": 50}],
-                         "note": "first pass"})
+    r = client.put(
+        url,
+        headers=keys["curator"],
+        json={"boxes": [DUST, {"class_key": "fire", "x1": 600, "y1": 0, "x2": 700.5, "y2": 50}], "note": "first pass"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "in_progress" and body["revision"]["number"] == 1
@@ -61,16 +63,20 @@ def test_put_get_history_and_repairs(client: Any, ctx: Context, keys: dict[str, 
     assert hist["revisions"][0]["note"] == "first pass" and hist["revisions"][0]["author"] == "cur-a"
 
 
-@pytest.mark.parametrize("payload", [
-    {"boxes": [{"class_key": "fire", "x1": 0, "y1": 0, "x2": 10}]},
-    {"boxes": [{"class_key": "fire", "x1": "0", "y1": 0, "x2": 10, "y2": 10}]},
-    {"boxes": [{"class_key": "fire", "x1": 0, "y1": 0, "x2": 10, "y2": 10, "colour": "red"}]},
-    {"boxes": "none"},
-    {"note": "no boxes"},
-    [1, 2],
-])
-def test_malformed_payload_is_422_in_the_error_shape(client: Any, ctx: Context, keys: dict[str, dict[str, str]],
-                                                     payload: Any) -> None:
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"boxes": [{"class_key": "fire", "x1": 0, "y1": 0, "x2": 10}]},
+        {"boxes": [{"class_key": "fire", "x1": "0", "y1": 0, "x2": 10, "y2": 10}]},
+        {"boxes": [{"class_key": "fire", "x1": 0, "y1": 0, "x2": 10, "y2": 10, "colour": "red"}]},
+        {"boxes": "none"},
+        {"note": "no boxes"},
+        [1, 2],
+    ],
+)
+def test_malformed_payload_is_422_in_the_error_shape(
+    client: Any, ctx: Context, keys: dict[str, dict[str, str]], payload: Any
+) -> None:
     sid = add_sample(ctx)
     err = _error(client.put(f"/v1/samples/{sid}/annotations", headers=keys["curator"], json=payload), 422, "invalid")
     assert isinstance(err["details"], list) and err["details"]
@@ -79,9 +85,17 @@ def test_malformed_payload_is_422_in_the_error_shape(client: Any, ctx: Context, 
 
 def test_box_rules_are_422_with_details_per_box(client: Any, ctx: Context, keys: dict[str, dict[str, str]]) -> None:
     sid = add_sample(ctx)
-    r = client.put(f"/v1/samples/{sid}/annotations", headers=keys["curator"],
-                   json={"boxes": [DUST, {"class_key": "flamez", "x1": 0, "y1": 0, "x2": 5, "y2": 5},
-                                   {"class_key": "fire", "x1": 9, "y1": 0, "x2": 9, "y2": 5}]})
+    r = client.put(
+        f"/v1/samples/{sid}/annotations",
+        headers=keys["curator"],
+        json={
+            "boxes": [
+                DUST,
+                {"class_key": "flamez", "x1": 0, "y1": 0, "x2": 5, "y2": 5},
+                {"class_key": "fire", "x1": 9, "y1": 0, "x2": 9, "y2": 5},
+            ]
+        },
+    )
     err = _error(r, 422, "invalid_boxes")
     assert [(d["index"], d["code"]) for d in err["details"]] == [(1, "unknown_class"), (2, "zero_area")]
 
@@ -122,12 +136,20 @@ def test_unauthenticated_and_other_org(client: Any, ctx: Context, keys: dict[str
 
 def test_queue_agreement_and_review_queue(client: Any, ctx: Context, keys: dict[str, dict[str, str]]) -> None:
     ids = [add_sample(ctx) for _ in range(3)]
-    r = client.post("/v1/labeling/assign", headers=keys["reviewer"],
-                    json={"filters": {"status": "unlabeled"}, "assignee": "cur-a", "limit": 2})
+    r = client.post(
+        "/v1/labeling/assign",
+        headers=keys["reviewer"],
+        json={"filters": {"status": "unlabeled"}, "assignee": "cur-a", "limit": 2},
+    )
     assert r.status_code == 200 and r.json()["assigned"] == 2
     _error(client.post("/v1/labeling/assign", headers=keys["curator"], json={"assignee": "cur-a"}), 403)
-    _error(client.post("/v1/labeling/assign", headers=keys["reviewer"],
-                       json={"filters": {"colour": "red"}, "assignee": "cur-a"}), 422, "invalid")
+    _error(
+        client.post(
+            "/v1/labeling/assign", headers=keys["reviewer"], json={"filters": {"colour": "red"}, "assignee": "cur-a"}
+        ),
+        422,
+        "invalid",
+    )
     _error(client.post("/v1/labeling/assign", headers=keys["reviewer"], json={"assignee": "nobody"}), 404)
     queue = client.get("/v1/labeling/queue", headers=keys["curator"]).json()["items"]
     assert [q["sample_id"] for q in queue] == ids[:2]
@@ -135,16 +157,20 @@ def test_queue_agreement_and_review_queue(client: Any, ctx: Context, keys: dict[
     # two curators label the first sample differently
     first = ids[0]
     client.put(f"/v1/samples/{first}/annotations", headers=keys["curator2"], json={"boxes": [DUST]})
-    client.put(f"/v1/samples/{first}/annotations", headers=keys["curator"],
-               json={"boxes": [DUST, {"class_key": "fire", "x1": 300, "y1": 10, "x2": 350, "y2": 60}]})
+    client.put(
+        f"/v1/samples/{first}/annotations",
+        headers=keys["curator"],
+        json={"boxes": [DUST, {"class_key": "fire", "x1": 300, "y1": 10, "x2": 350, "y2": 60}]},
+    )
     client.post(f"/v1/samples/{first}/annotations/submit", headers=keys["curator"])
     agreement = client.get(f"/v1/samples/{first}/annotations/agreement", headers=keys["reviewer"]).json()
     assert agreement["overall"] == 0.5
     assert agreement["per_class"]["fire"] == {"matched": 0, "only_a": 0, "only_b": 1, "agreement": 0.0}
     _error(client.get(f"/v1/samples/{first}/annotations/agreement", headers=keys["inspector"]), 403)
     # the submitting curator's assignment is done, so the queue moves on
-    assert [q["sample_id"] for q in client.get("/v1/labeling/queue", headers=keys["curator"]).json()["items"]] \
-        == [ids[1]]
+    assert [q["sample_id"] for q in client.get("/v1/labeling/queue", headers=keys["curator"]).json()["items"]] == [
+        ids[1]
+    ]
     done = client.get("/v1/labeling/queue?include_done=true", headers=keys["curator"]).json()["items"]
     assert [q["sample_id"] for q in done] == [ids[1], first] and done[1]["done_at"] is not None
     client.put(f"/v1/samples/{ids[2]}/annotations", headers=keys["curator"], json={"boxes": []})
@@ -156,8 +182,11 @@ def test_queue_agreement_and_review_queue(client: Any, ctx: Context, keys: dict[
 
 def test_suggestions_endpoints(client: Any, ctx: Context, keys: dict[str, dict[str, str]]) -> None:
     sid = add_sample(ctx)
-    dets = Detections(np.array([[10, 20, 110, 220], [5, 5, 50, 50]], np.float32),
-                      np.array(["accumulated_dust", "fire"], object), np.array([0.9, 0.4], np.float32))
+    dets = Detections(
+        np.array([[10, 20, 110, 220], [5, 5, 50, 50]], np.float32),
+        np.array(["accumulated_dust", "fire"], object),
+        np.array([0.9, 0.4], np.float32),
+    )
     with ctx.db.session() as s:
         admin = Principal(user_id=None, name="system", org_code="420000", role="admin")
         first = store_suggestions(s, admin, sid, "yolo-dust-1.0", dets).id
@@ -167,8 +196,7 @@ def test_suggestions_endpoints(client: Any, ctx: Context, keys: dict[str, dict[s
     _error(client.get(f"/v1/samples/{sid}/suggestions", headers=keys["other"]), 404)
     _error(client.post(f"/v1/suggestions/{first}/accept", headers=keys["other"]), 404)
     _error(client.post(f"/v1/suggestions/{first}/accept", headers=keys["reviewer"]), 403)
-    r = client.post(f"/v1/suggestions/{first}/accept", headers=keys["curator"],
-                    json={"boxes": [DUST]})
+    r = client.post(f"/v1/suggestions/{first}/accept", headers=keys["curator"], json={"boxes": [DUST]})
     assert r.status_code == 200, r.text
     rev = r.json()["revision"]
     assert rev["source"] == "model" and rev["model_version"] == "yolo-dust-1.0"

@@ -54,8 +54,14 @@ def test_shipped_pipelines_load(name: str) -> None:
 
 def test_inspection_pipeline_models_site_conditions() -> None:
     pipeline = load_pipeline(CONFIG_DIR / "inspection.yaml")
-    assert {"MotionBlur", "ImageCompression", "RandomBrightnessContrast", "RandomGamma", "RandomFog",
-            "RandomSunFlare"} <= _names(pipeline)
+    assert {
+        "MotionBlur",
+        "ImageCompression",
+        "RandomBrightnessContrast",
+        "RandomGamma",
+        "RandomFog",
+        "RandomSunFlare",
+    } <= _names(pipeline)
     lo, hi = _find(pipeline, "ImageCompression").quality_range
     assert 10 <= lo < hi <= 40
     assert min(_find(pipeline, "RandomGamma").gamma_limit) > 100  # gamma above 1 darkens
@@ -157,11 +163,26 @@ def _dataset(folder: Path):  # type: ignore[no-untyped-def]
     from ultralytics.utils import DEFAULT_CFG
 
     # Every random Ultralytics augmentation off, so only ours can change what __getitem__ returns.
-    off = dict(mosaic=0.0, mixup=0.0, cutmix=0.0, copy_paste=0.0, fliplr=0.0, flipud=0.0, hsv_h=0.0, hsv_s=0.0,
-               hsv_v=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0)
+    off = dict(
+        mosaic=0.0,
+        mixup=0.0,
+        cutmix=0.0,
+        copy_paste=0.0,
+        fliplr=0.0,
+        flipud=0.0,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.0,
+        degrees=0.0,
+        translate=0.0,
+        scale=0.0,
+        shear=0.0,
+        perspective=0.0,
+    )
     cfg = get_cfg(DEFAULT_CFG, overrides=dict(imgsz=96, workers=0, **off))
-    return cfg, build_yolo_dataset(cfg, str(folder / "images" / "train"), 1,
-                                   {"names": {0: "fire"}, "nc": 1, "channels": 3}, mode="train")
+    return cfg, build_yolo_dataset(
+        cfg, str(folder / "images" / "train"), 1, {"names": {0: "fire"}, "nc": 1, "channels": 3}, mode="train"
+    )
 
 
 def test_ultralytics_dataset_really_applies_our_pipeline(ultralytics_ready: Path, yolo_folder: Path) -> None:
@@ -185,7 +206,7 @@ def test_ultralytics_dataset_really_applies_our_pipeline(ultralytics_ready: Path
     size = img.shape[1]
     x1, x2 = round((fx - fw / 2) * size), round((fx + fw / 2) * size)
     y1, y2 = round((fy - fh / 2) * size), round((fy + fh / 2) * size)
-    patch = img[y1 + 2:y2 - 2, x1 + 2:x2 - 2].reshape(-1, 3).mean(0)
+    patch = img[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].reshape(-1, 3).mean(0)
     assert patch[1] > 200 and patch[0] < 50
 
     # Ultralytics rebuilds the transforms when it closes mosaic: ours must survive that.
@@ -197,8 +218,11 @@ def test_colour_transforms_see_rgb(ultralytics_ready: Path, yolo_folder: Path) -
     _, plain = _dataset(yolo_folder)
     install_in_dataset(plain, pipeline_from_dict({"transforms": [{"name": "NoOp", "p": 1}]}))
     _, shifted = _dataset(yolo_folder)
-    red = {"name": "RGBShift", "p": 1, "params": {"r_shift_limit": [40, 40], "g_shift_limit": [0, 0],
-                                                  "b_shift_limit": [0, 0]}}
+    red = {
+        "name": "RGBShift",
+        "p": 1,
+        "params": {"r_shift_limit": [40, 40], "g_shift_limit": [0, 0], "b_shift_limit": [0, 0]},
+    }
     install_in_dataset(shifted, pipeline_from_dict({"transforms": [red]}))
     a = plain[0]["img"].numpy().astype(int)  # Format hands out RGB
     b = shifted[0]["img"].numpy().astype(int)
@@ -210,14 +234,21 @@ def test_colour_transforms_see_rgb(ultralytics_ready: Path, yolo_folder: Path) -
 def test_wrapper_drops_boxes_pushed_out_and_keeps_classes_aligned(ultralytics_ready: Path) -> None:
     from ultralytics.utils.instance import Instances
 
-    crop = pipeline_from_dict({"bbox": {"min_visibility": 0.5},
-                               "transforms": [{"name": "Crop", "p": 1, "params": {"x_min": 0, "y_min": 0,
-                                                                                   "x_max": 50, "y_max": 64}}]})
+    crop = pipeline_from_dict(
+        {
+            "bbox": {"min_visibility": 0.5},
+            "transforms": [{"name": "Crop", "p": 1, "params": {"x_min": 0, "y_min": 0, "x_max": 50, "y_max": 64}}],
+        }
+    )
     step = UltralyticsAlbumentations(crop)
     boxes = np.array([[10, 10, 30, 30], [60, 10, 90, 30], [40, 40, 70, 60]], np.float32)  # xyxy pixels
-    labels = {"img": np.zeros((64, 100, 3), np.uint8), "cls": np.array([[0.0], [1.0], [2.0]]),
-              "instances": Instances(boxes, segments=np.zeros((0, 1000, 2), np.float32), bbox_format="xyxy",
-                                     normalized=False)}
+    labels = {
+        "img": np.zeros((64, 100, 3), np.uint8),
+        "cls": np.array([[0.0], [1.0], [2.0]]),
+        "instances": Instances(
+            boxes, segments=np.zeros((0, 1000, 2), np.float32), bbox_format="xyxy", normalized=False
+        ),
+    }
     out = step(labels)
     assert out["img"].shape == (64, 50, 3)
     assert out["cls"].tolist() == [[0.0]]  # box 1 is outside, box 2 is 1/3 visible (< 0.5)
@@ -232,7 +263,8 @@ def test_validation_datasets_are_refused(ultralytics_ready: Path, yolo_folder: P
     from ultralytics.utils import DEFAULT_CFG
 
     cfg = get_cfg(DEFAULT_CFG, overrides={"imgsz": 96, "workers": 0})
-    val = build_yolo_dataset(cfg, str(yolo_folder / "images" / "train"), 1,
-                             {"names": {0: "fire"}, "nc": 1, "channels": 3}, mode="val")
+    val = build_yolo_dataset(
+        cfg, str(yolo_folder / "images" / "train"), 1, {"names": {0: "fire"}, "nc": 1, "channels": 3}, mode="val"
+    )
     with pytest.raises(Invalid, match="albumentations step"):
         install_in_dataset(val, load_pipeline(CONFIG_DIR / "default.yaml"))

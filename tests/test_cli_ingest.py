@@ -40,8 +40,21 @@ def test_folder_and_zip_then_again_adds_none(home: Path, tmp_path: Path) -> None
         zf.writestr("../../escape.jpg", make_image(64, 48, seed=5))
         zf.writestr("__MACOSX/x/._c.webp", b"\0\5\26\7")
 
-    code, out = run("ingest", str(folder), str(archive), "--sector", "dust", "--org", "420000",
-                    "--camera", "cam-1", "--tag", "积尘", "--tag", "line-2")
+    code, out = run(
+        "ingest",
+        str(folder),
+        str(archive),
+        "--sector",
+        "dust",
+        "--org",
+        "420000",
+        "--camera",
+        "cam-1",
+        "--tag",
+        "积尘",
+        "--tag",
+        "line-2",
+    )
     assert code == 1, out  # something was refused
     assert "stored 3, deduplicated 1, near-duplicates 0, refused 2, skipped 3" in out
     assert "truncated_image" in out and "unsafe_path" in out and "escape.jpg" in out

@@ -46,12 +46,19 @@ def test_detect_record_read_review(server, make_key) -> None:
         assert result.detections and all(isinstance(d.box, Box) for d in result.detections)
         assert {d.class_key for d in result.detections} <= {"head", "person"}
 
-        rec = hl.record_photo(RECORD, photo(seed=2), enterprise_id="91420100MA4K", sector="general",
-                              inspector_id="42010001", item_codes=["YX-04"])
+        rec = hl.record_photo(
+            RECORD,
+            photo(seed=2),
+            enterprise_id="91420100MA4K",
+            sector="general",
+            inspector_id="42010001",
+            item_codes=["YX-04"],
+        )
         assert rec.record_no == RECORD and rec.findings and not rec.replayed and rec.idempotency_key
         assert all(f.status == "suggested" and f.class_key == "head" and f.finding for f in rec.findings)
-        again = hl.record_photo(RECORD, photo(seed=2), enterprise_id="91420100MA4K", sector="general",
-                                idempotency_key=rec.idempotency_key)
+        again = hl.record_photo(
+            RECORD, photo(seed=2), enterprise_id="91420100MA4K", sector="general", idempotency_key=rec.idempotency_key
+        )
         assert again.replayed and again.photo_id == rec.photo_id and again.findings == rec.findings
 
         inspection = hl.get_inspection(RECORD)

@@ -36,8 +36,12 @@ def test_console_is_served_offline_ready(client: Any) -> None:
 
 
 def test_console_files_stay_inside_the_console_folder(client: Any) -> None:
-    for path in ("/console/../routes/console.py", "/console/%2e%2e/app.py", "/console/nothing.js",
-                 "/console/pages/../../deps.py"):
+    for path in (
+        "/console/../routes/console.py",
+        "/console/%2e%2e/app.py",
+        "/console/nothing.js",
+        "/console/pages/../../deps.py",
+    ):
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
@@ -50,8 +54,8 @@ def test_every_string_exists_in_both_languages() -> None:
     from hazardlens.serving.routes.console import CONSOLE_DIR
 
     text = (CONSOLE_DIR / "i18n.js").read_text(encoding="utf-8")
-    zh = set(re.findall(r'^\s*"([^"]+)":', text[text.index("const zh"):text.index("const en")], re.M))
-    en = set(re.findall(r'^\s*"([^"]+)":', text[text.index("const en"):text.index("export const messages")], re.M))
+    zh = set(re.findall(r'^\s*"([^"]+)":', text[text.index("const zh") : text.index("const en")], re.M))
+    en = set(re.findall(r'^\s*"([^"]+)":', text[text.index("const en") : text.index("export const messages")], re.M))
     assert zh == en
     used: set[str] = set()
     for path in Path(CONSOLE_DIR).rglob("*.js"):

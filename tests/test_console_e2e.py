@@ -223,11 +223,13 @@ def test_upload_photos_and_a_zip_with_progress(console_page: Any, console_world:
     login(page, world, world.keys["curator"])
     page.get_by_test_id("upload-open").click()
     page.get_by_test_id("upload-sector").select_option("dust")
-    page.get_by_test_id("upload-input").set_input_files([
-        {"name": "p1.jpg", "mimeType": "image/jpeg", "buffer": make_image(320, 240, seed=900)},
-        {"name": "photos.zip", "mimeType": "application/zip", "buffer": archive.getvalue()},
-        {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a jpeg"},
-    ])
+    page.get_by_test_id("upload-input").set_input_files(
+        [
+            {"name": "p1.jpg", "mimeType": "image/jpeg", "buffer": make_image(320, 240, seed=900)},
+            {"name": "photos.zip", "mimeType": "application/zip", "buffer": archive.getvalue()},
+            {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a jpeg"},
+        ]
+    )
     page.locator('dialog button[value="go"]').click()
     rows = page.get_by_test_id("upload-list").locator("li")
     expect(rows.nth(0)).to_contain_text("已入库 #")
@@ -251,9 +253,18 @@ def test_accept_and_edit_a_model_suggestion(console_page: Any, console_world: Co
     sample = world.samples["s3"]
     model = Principal(user_id=None, name="model", org_code="420000", role="admin")
     with world.ctx.db.session() as s:
-        suggestion = store_suggestions(s, model, sample, "hazard-yolo 3", Detections.from_boxes([
-            Box("accumulated_dust", 40, 300, 300, 380, confidence=0.91),
-            Box("fire", 400, 100, 460, 180, confidence=0.34)])).id
+        suggestion = store_suggestions(
+            s,
+            model,
+            sample,
+            "hazard-yolo 3",
+            Detections.from_boxes(
+                [
+                    Box("accumulated_dust", 40, 300, 300, 380, confidence=0.91),
+                    Box("fire", 400, 100, 460, 180, confidence=0.34),
+                ]
+            ),
+        ).id
 
     login(page, world, world.keys["curator"])
     open_annotator(page, world, sample)
@@ -314,8 +325,10 @@ def test_curator_cannot_review(console_page: Any, console_world: ConsoleWorld) -
     page, world = console_page, console_world
     sample = world.samples["s1"]
     with httpx.Client(base_url=world.url, headers={"Authorization": f"Bearer {world.keys['admin']}"}) as admin:
-        admin.put(f"/v1/samples/{sample}/annotations",
-                  json={"boxes": [{"class_key": "fire", "x1": 10, "y1": 10, "x2": 60, "y2": 50}]}).raise_for_status()
+        admin.put(
+            f"/v1/samples/{sample}/annotations",
+            json={"boxes": [{"class_key": "fire", "x1": 10, "y1": 10, "x2": 60, "y2": 50}]},
+        ).raise_for_status()
         admin.post(f"/v1/samples/{sample}/annotations/submit").raise_for_status()
 
     login(page, world, world.keys["curator"])
@@ -362,8 +375,9 @@ def test_touch_pinch_zoom_then_draw_a_small_box(chromium: Any, console_world: Co
     is stored in image pixels, so a box drawn large on a zoomed screen is small in the image."""
     world = console_world
     sample = world.samples["s2"]
-    context = chromium.new_context(viewport={"width": 820, "height": 1180}, has_touch=True, is_mobile=True,
-                                   locale="zh-CN")
+    context = chromium.new_context(
+        viewport={"width": 820, "height": 1180}, has_touch=True, is_mobile=True, locale="zh-CN"
+    )
     try:
         page = context.new_page()
         problems: list[str] = []
@@ -376,8 +390,10 @@ def test_touch_pinch_zoom_then_draw_a_small_box(chromium: Any, console_world: Co
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
         def touch(kind: str, *points: tuple[float, float]) -> None:
-            cdp.send("Input.dispatchTouchEvent", {
-                "type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]})
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]},
+            )
 
         zoom_before = int(page.get_by_test_id("zoom").inner_text().rstrip("%"))
         touch("touchStart", (cx - 40, cy), (cx + 40, cy))

@@ -44,8 +44,12 @@ def _app():  # type: ignore[no-untyped-def]
 def test_job_parameters_are_one_model_per_kind() -> None:
     job = parse_job("train", {"dataset": " ppe@latest ", "config": "baseline.yaml", "register": False})
     assert isinstance(job.params, TrainJobParams)
-    assert job.params.model_dump(by_alias=True) == {"dataset": "ppe@latest", "config": "baseline.yaml",
-                                                    "resume": False, "register": False}
+    assert job.params.model_dump(by_alias=True) == {
+        "dataset": "ppe@latest",
+        "config": "baseline.yaml",
+        "resume": False,
+        "register": False,
+    }
     export = parse_job("dataset_export", DatasetExportJobParams(dataset="ppe@3", train_caps={}))
     assert export.params.model_dump(exclude_none=True) == {"dataset": "ppe@3", "format": "yolo"}
     refusals = [
@@ -66,11 +70,36 @@ def test_job_parameters_are_one_model_per_kind() -> None:
 
 def test_jobs_from_the_cli_use_the_same_contract(ctx: Context, cli: CliRunner, tiny_dataset: TinyDataset) -> None:
     org = tiny_dataset.principal.org_code
-    bad = cli.invoke(_app(), ["jobs", "submit", "train", "--param", f"dataset={tiny_dataset.ref}",
-                              "--param", "config=tiny", "--param", "epochs=3", "--org", org])
+    bad = cli.invoke(
+        _app(),
+        [
+            "jobs",
+            "submit",
+            "train",
+            "--param",
+            f"dataset={tiny_dataset.ref}",
+            "--param",
+            "config=tiny",
+            "--param",
+            "epochs=3",
+            "--org",
+            org,
+        ],
+    )
     assert bad.exit_code == 2 and "unknown train parameter(s) epochs" in bad.output
-    res = cli.invoke(_app(), ["jobs", "submit", "dataset_export", "--params", json.dumps({"dataset": tiny_dataset.ref}),
-                              "--org", org, "--json"])
+    res = cli.invoke(
+        _app(),
+        [
+            "jobs",
+            "submit",
+            "dataset_export",
+            "--params",
+            json.dumps({"dataset": tiny_dataset.ref}),
+            "--org",
+            org,
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     job = JobPublic.model_validate_json(res.stdout)
     assert job.status == "queued" and job.params == {"dataset": tiny_dataset.ref, "format": "yolo"}
@@ -83,16 +112,20 @@ def test_jobs_from_the_cli_use_the_same_contract(ctx: Context, cli: CliRunner, t
     assert [j.id for j in page.items] == [job.id]
 
 
-def test_typed_answers_of_jobs_models_and_datasets(ctx: Context, client: Any, make_key: Any,
-                                                    tiny_dataset: TinyDataset) -> None:
+def test_typed_answers_of_jobs_models_and_datasets(
+    ctx: Context, client: Any, make_key: Any, tiny_dataset: TinyDataset
+) -> None:
     admin = make_key("420000", "admin")
     params = {"dataset": tiny_dataset.ref, "format": "coco", "train_caps": {"fire": 2}}
     r = client.post("/v1/jobs", json={"kind": "dataset_export", "params": params}, headers=auth(admin))
     assert r.status_code == 202, r.text
     job = JobPublic.model_validate(r.json())
     assert job.params == {"dataset": tiny_dataset.ref, "format": "coco", "train_caps": {"fire": 2}}
-    r = client.post("/v1/jobs", json={"kind": "dataset_export", "params": {"dataset": tiny_dataset.ref,
-                                                                           "format": "voc"}}, headers=auth(admin))
+    r = client.post(
+        "/v1/jobs",
+        json={"kind": "dataset_export", "params": {"dataset": tiny_dataset.ref, "format": "voc"}},
+        headers=auth(admin),
+    )
     assert r.status_code == 422 and "format" in r.json()["error"]["message"]
     assert client.get("/v1/jobs/0", headers=auth(admin)).status_code == 422
     assert client.get("/v1/jobs?kind=reindex", headers=auth(admin)).status_code == 422
@@ -108,8 +141,9 @@ def test_typed_answers_of_jobs_models_and_datasets(ctx: Context, client: Any, ma
     assert [d.id for d in page.datasets] == [tiny_dataset.version_id]
     one = DatasetVersionDetail.model_validate(client.get(f"/v1/datasets/{name}/latest", headers=auth(admin)).json())
     assert one.manifest.verified and one.stats.images == one.manifest.items
-    again = client.post("/v1/datasets", json={"name": name, "ratios": [0.5, 0.25, 0.25], "seed": 0},
-                        headers=auth(admin))
+    again = client.post(
+        "/v1/datasets", json={"name": name, "ratios": [0.5, 0.25, 0.25], "seed": 0}, headers=auth(admin)
+    )
     assert again.status_code == 200, again.text  # the same inputs made this version: it is returned
     assert client.post("/v1/datasets", json={"name": "a/b"}, headers=auth(admin)).status_code == 422
 
@@ -121,14 +155,33 @@ def test_model_versions_keep_their_card_as_registered(ctx: Context, tmp_path: An
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"weights")
     with ctx.db.session() as s:
-        mv = register_model(ctx, s, SYSTEM, weights, classes=["fire"], imgsz=640,
-                            card={"metrics": {"val": {"map50": 0.5}}, "notes": "kept"})
+        mv = register_model(
+            ctx,
+            s,
+            SYSTEM,
+            weights,
+            classes=["fire"],
+            imgsz=640,
+            card={"metrics": {"val": {"map50": 0.5}}, "notes": "kept"},
+        )
         public, plain = model_public(mv), model_dict(mv)
     assert isinstance(public, ModelVersionPublic) and public.card is not None
     assert public.metrics == {"val": {"map50": 0.5}} and plain["card"]["notes"] == "kept"
     assert "kind" not in plain["card"]  # keys a card does not have are not invented
-    assert set(plain) == {"id", "name", "version", "stage", "classes", "imgsz", "weights_sha256", "dataset_version",
-                          "metrics", "card", "created_at", "stage_changed_at"}
+    assert set(plain) == {
+        "id",
+        "name",
+        "version",
+        "stage",
+        "classes",
+        "imgsz",
+        "weights_sha256",
+        "dataset_version",
+        "metrics",
+        "card",
+        "created_at",
+        "stage_changed_at",
+    }
 
 
 def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
@@ -143,19 +196,23 @@ def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
     assert "register" in schemas["TrainJobParams"]["properties"]
     assert schemas["DatasetExportJobParams"]["properties"]["format"]["enum"] == ["yolo", "coco"]
 
-    typed = {("/v1/jobs", "post", "202"): "JobPublic", ("/v1/jobs", "get", "200"): "JobPage",
-             ("/v1/jobs/{job_id}", "get", "200"): "JobPublic", ("/v1/models", "get", "200"): "ModelsResponse",
-             ("/v1/models/{name}/{version}/promote", "post", "200"): "ModelVersionPublic",
-             ("/v1/models/{name}/rollback", "post", "200"): "ModelVersionPublic",
-             ("/v1/datasets", "post", "201"): "DatasetVersionPublic",
-             ("/v1/datasets", "post", "200"): "DatasetVersionPublic",
-             ("/v1/datasets", "get", "200"): "DatasetPage",
-             ("/v1/datasets/{name}/{version}", "get", "200"): "DatasetVersionDetail",
-             ("/v1/imports", "post", "200"): "ImportSummaryPublic",
-             ("/v1/suggestions/request", "post", "200"): "Suggestions",
-             ("/labelstudio/health", "get", "200"): "LsHealth",
-             ("/labelstudio/setup", "post", "200"): "LsSetup",
-             ("/labelstudio/predict", "post", "200"): "LsPredictions"}
+    typed = {
+        ("/v1/jobs", "post", "202"): "JobPublic",
+        ("/v1/jobs", "get", "200"): "JobPage",
+        ("/v1/jobs/{job_id}", "get", "200"): "JobPublic",
+        ("/v1/models", "get", "200"): "ModelsResponse",
+        ("/v1/models/{name}/{version}/promote", "post", "200"): "ModelVersionPublic",
+        ("/v1/models/{name}/rollback", "post", "200"): "ModelVersionPublic",
+        ("/v1/datasets", "post", "201"): "DatasetVersionPublic",
+        ("/v1/datasets", "post", "200"): "DatasetVersionPublic",
+        ("/v1/datasets", "get", "200"): "DatasetPage",
+        ("/v1/datasets/{name}/{version}", "get", "200"): "DatasetVersionDetail",
+        ("/v1/imports", "post", "200"): "ImportSummaryPublic",
+        ("/v1/suggestions/request", "post", "200"): "Suggestions",
+        ("/labelstudio/health", "get", "200"): "LsHealth",
+        ("/labelstudio/setup", "post", "200"): "LsSetup",
+        ("/labelstudio/predict", "post", "200"): "LsPredictions",
+    }
     for (path, method, status), name in typed.items():
         schema = paths[path][method]["responses"][status]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith(f"/{name}"), (path, method, status, schema)
@@ -175,8 +232,9 @@ def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
     assert schemas["ExportIn"]["properties"]["format"]["enum"] == ["yolo", "coco", "labelstudio"]
 
 
-def test_the_python_client_answers_the_contract_models(ctx: Context, client: Any, make_key: Any,
-                                                       tiny_dataset: TinyDataset) -> None:
+def test_the_python_client_answers_the_contract_models(
+    ctx: Context, client: Any, make_key: Any, tiny_dataset: TinyDataset
+) -> None:
     from hazardlens.serving.client import HazardLensClient, HazardLensError
 
     admin = make_key("420000", "admin")

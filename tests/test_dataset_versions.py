@@ -59,8 +59,9 @@ def test_only_approved_revisions_go_in(catalogue_ctx: Context) -> None:
     assert {it["group"] for it in manifest["items"]} == {"c1", "c4", "c5"}
     with ctx.db.session() as s:
         rows = s.scalars(select(DatasetItem).where(DatasetItem.version_id == dv.id)).all()
-        assert {(r.sample_id, r.revision_id, r.split) for r in rows} == \
-            {(sid, it["revision_id"], it["split"]) for sid, it in items.items()}
+        assert {(r.sample_id, r.revision_id, r.split) for r in rows} == {
+            (sid, it["revision_id"], it["split"]) for sid, it in items.items()
+        }
     assert dv.stats["images"] == 3 and dv.stats["instances"] == 2
 
 

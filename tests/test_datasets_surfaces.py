@@ -56,13 +56,37 @@ def test_cli_create_export_list_preview(home: Path, tmp_path: Path) -> None:
     _seed(ctx, 6)
     ctx.close()
 
-    code, out = run("datasets", "create", "fs", "--org", "420000", "--split", "0.5,0.25,0.25", "--seed", "2",
-                    "--classes", "fire,smoke", "--json")
+    code, out = run(
+        "datasets",
+        "create",
+        "fs",
+        "--org",
+        "420000",
+        "--split",
+        "0.5,0.25,0.25",
+        "--seed",
+        "2",
+        "--classes",
+        "fire,smoke",
+        "--json",
+    )
     assert code == 0, out
     first = json.loads(out.strip().splitlines()[-1])
     assert first["created"] and first["classes"] == ["fire", "smoke"] and first["stats"]["images"] == 6
-    code, out = run("datasets", "create", "fs", "--org", "420000", "--split", "0.5,0.25,0.25", "--seed", "2",
-                    "--classes", "fire,smoke", "--json")
+    code, out = run(
+        "datasets",
+        "create",
+        "fs",
+        "--org",
+        "420000",
+        "--split",
+        "0.5,0.25,0.25",
+        "--seed",
+        "2",
+        "--classes",
+        "fire,smoke",
+        "--json",
+    )
     assert json.loads(out.strip().splitlines()[-1]) == {**first, "created": False}
 
     code, out = run("datasets", "list", "--json")
@@ -78,8 +102,18 @@ def test_cli_create_export_list_preview(home: Path, tmp_path: Path) -> None:
     assert code == 2 and "invalid_format" in out
 
     sheet = tmp_path / "sheet.png"
-    code, out = run("augment", "preview", "--config", str(config_path("augment/inspection.yaml")),
-                    "--dataset", "fs@latest", "--out", str(sheet), "--n", "4")
+    code, out = run(
+        "augment",
+        "preview",
+        "--config",
+        str(config_path("augment/inspection.yaml")),
+        "--dataset",
+        "fs@latest",
+        "--out",
+        str(sheet),
+        "--n",
+        "4",
+    )
     assert code == 0, out
     with Image.open(sheet) as im:
         assert im.size == (512, 512)  # 2 x 2 tiles of 256

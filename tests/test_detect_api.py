@@ -14,9 +14,13 @@ from tests.fixtures.serving import photo
 
 
 def _post(api, key, data=None, params=None, form=None, headers=None, name="site.jpg"):  # type: ignore[no-untyped-def]
-    return api.post("/v1/detect", params=params or {}, data=form or {},
-                    files={"file": (name, data if data is not None else photo(seed=1), "image/jpeg")},
-                    headers={**auth(key), **(headers or {})})
+    return api.post(
+        "/v1/detect",
+        params=params or {},
+        data=form or {},
+        files={"file": (name, data if data is not None else photo(seed=1), "image/jpeg")},
+        headers={**auth(key), **(headers or {})},
+    )
 
 
 def test_detect_answers_the_documented_shape_in_oriented_pixels(api, make_key) -> None:
@@ -30,8 +34,16 @@ def test_detect_answers_the_documented_shape_in_oriented_pixels(api, make_key) -
     assert body["detections"], "the tiny model finds boxes on textured photos"
     for d in body["detections"]:
         assert d["class_key"] in {"head", "person"}
-        assert set(d) >= {"class_key", "name_zh", "name_en", "confidence", "box", "inspection_items",
-                          "legal_basis", "severity"}
+        assert set(d) >= {
+            "class_key",
+            "name_zh",
+            "name_en",
+            "confidence",
+            "box",
+            "inspection_items",
+            "legal_basis",
+            "severity",
+        }
         b = d["box"]
         assert 0 <= b["x1"] < b["x2"] <= 160 and 0 <= b["y1"] < b["y2"] <= 120
     head = next(d for d in body["detections"] if d["class_key"] == "head")
@@ -111,9 +123,11 @@ def test_cjk_labels_render_with_real_glyphs() -> None:
 
 def test_batch_answers_each_file_in_its_slot(api, make_key) -> None:
     key = make_key("420000", "service")
-    files = [("files", ("a.jpg", photo(seed=4), "image/jpeg")),
-             ("files", ("notes.txt", b"not an image at all", "text/plain")),
-             ("files", ("c.png", photo(seed=5, fmt="PNG"), "image/png"))]
+    files = [
+        ("files", ("a.jpg", photo(seed=4), "image/jpeg")),
+        ("files", ("notes.txt", b"not an image at all", "text/plain")),
+        ("files", ("c.png", photo(seed=5, fmt="PNG"), "image/png")),
+    ]
     r = api.post("/v1/detect/batch", files=files, data={"sector": "general"}, headers=auth(key))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -129,8 +143,9 @@ def test_batch_answers_each_file_in_its_slot(api, make_key) -> None:
 def test_batch_over_sixteen_files_is_refused(api, make_key) -> None:
     key = make_key("420000", "service")
     one = photo(32, 32, seed=6)
-    r = api.post("/v1/detect/batch", files=[("files", (f"{i}.jpg", one, "image/jpeg")) for i in range(17)],
-                 headers=auth(key))
+    r = api.post(
+        "/v1/detect/batch", files=[("files", (f"{i}.jpg", one, "image/jpeg")) for i in range(17)], headers=auth(key)
+    )
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "too_many_files"
 
@@ -167,8 +182,14 @@ def test_json_logs_carry_the_request_id() -> None:
 
 def test_openapi_is_served_and_written(api, tmp_path) -> None:
     spec = api.get("/openapi.json").json()
-    for path in ("/v1/detect", "/v1/detect/batch", "/v1/inspections/{record_no}/photos", "/v1/models",
-                 "/v1/findings/{finding_id}/review", "/metrics"):
+    for path in (
+        "/v1/detect",
+        "/v1/detect/batch",
+        "/v1/inspections/{record_no}/photos",
+        "/v1/models",
+        "/v1/findings/{finding_id}/review",
+        "/metrics",
+    ):
         assert path in spec["paths"]
     from hazardlens.serving.openapi import main
 

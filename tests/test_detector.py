@@ -28,15 +28,28 @@ APPROVED, PENDING = "oil_leak", "oil_puddle"
 
 
 def _addition(key: str, status: str) -> TaxonomyAddition:
-    payload = {"key": key, "name_zh": "设备漏油", "name_en": "oil leak", "sector": "general", "inspection_items": [],
-               "severity": "medium", "finding_zh": "设备漏油", "is_hazard": True, "legal_basis": ["GB 30871-2022 4.1"]}
+    payload = {
+        "key": key,
+        "name_zh": "设备漏油",
+        "name_en": "oil leak",
+        "sector": "general",
+        "inspection_items": [],
+        "severity": "medium",
+        "finding_zh": "设备漏油",
+        "is_hazard": True,
+        "legal_basis": ["GB 30871-2022 4.1"],
+    }
     return TaxonomyAddition(kind="class", key=key, org_code="420000", payload=payload, status=status)
 
 
 def _script(w: int, h: int) -> list[Row]:
     """A bare head, an approved provincial class, a pending one, and a key the taxonomy does not know."""
-    return [("head", 0.1 * w, 0.1 * h, 0.3 * w, 0.4 * h, 0.9), (APPROVED, 0.5 * w, 0.5 * h, 0.9 * w, 0.9 * h, 0.8),
-            (PENDING, 0.2 * w, 0.6 * h, 0.4 * w, 0.9 * h, 0.8), ("not_a_class", 0, 0, 10, 10, 0.7)]
+    return [
+        ("head", 0.1 * w, 0.1 * h, 0.3 * w, 0.4 * h, 0.9),
+        (APPROVED, 0.5 * w, 0.5 * h, 0.9 * w, 0.9 * h, 0.8),
+        (PENDING, 0.2 * w, 0.6 * h, 0.4 * w, 0.9 * h, 0.8),
+        ("not_a_class", 0, 0, 10, 10, 0.7),
+    ]
 
 
 @pytest.fixture
@@ -88,17 +101,38 @@ def test_labeling_callers_take_the_detector_and_share_the_taxonomy(env: tuple[Co
 
     meta = inspections.PhotoMeta(enterprise_id="91420100MA4K", sector="general")
     with ctx.db.session() as s:
-        out = inspections.record_photo(ctx, s, cast.inspector, "鄂应急检〔2026〕9号", make_image(320, 240, seed=2),
-                                       meta, None, fake, conf=0.3, timeout=5.0, tiles=(640, 0.2))
+        out = inspections.record_photo(
+            ctx,
+            s,
+            cast.inspector,
+            "鄂应急检〔2026〕9号",
+            make_image(320, 240, seed=2),
+            meta,
+            None,
+            fake,
+            conf=0.3,
+            timeout=5.0,
+            tiles=(640, 0.2),
+        )
     assert {d["class_key"] for d in out["detections"]} == kept
     assert {f["class_key"] for f in out["findings"]} == kept  # both are hazard classes
     assert out["model"] == {"name": "fake", "version": "fake-1"} and out["image"] == {"width": 320, "height": 240}
 
     limit = ctx.settings.max_pixels
     assert [(c["conf"], c["version"], c["max_pixels"]) for c in fake.calls[:4]] == [
-        (0.25, None, limit), (0.5, "7", limit), (0.25, None, limit), (0.25, None, limit)]
-    assert fake.calls[4] == {"bytes": fake.calls[4]["bytes"], "version": None, "conf": 0.3, "max_pixels": limit,
-                             "timeout": 5.0, "tiles": (640, 0.2)}
+        (0.25, None, limit),
+        (0.5, "7", limit),
+        (0.25, None, limit),
+        (0.25, None, limit),
+    ]
+    assert fake.calls[4] == {
+        "bytes": fake.calls[4]["bytes"],
+        "version": None,
+        "conf": 0.3,
+        "max_pixels": limit,
+        "timeout": 5.0,
+        "tiles": (640, 0.2),
+    }
     with ctx.db.session() as s:
         assert len(list_suggestions(s, cast.curator, sid)) == 2
 
@@ -117,8 +151,9 @@ def faked_api(env: tuple[Context, Cast], serving_app: Any) -> Iterator[tuple[Any
             client.app.state.models = manager
 
 
-def test_detect_and_prelabel_agree_on_provincial_additions(env: tuple[Context, Cast], faked_api: Any,
-                                                           make_key: Any) -> None:
+def test_detect_and_prelabel_agree_on_provincial_additions(
+    env: tuple[Context, Cast], faked_api: Any, make_key: Any
+) -> None:
     ctx, _ = env
     api, fake = faked_api
     kept = {"head", APPROVED}
@@ -147,8 +182,12 @@ def test_detect_and_prelabel_agree_on_provincial_additions(env: tuple[Context, C
     assert {r["value"]["rectanglelabels"][0] for r in ls.json()["results"][0]["result"]} == kept
 
     url = f"/v1/inspections/{quote('鄂应急检〔2026〕8号', safe='')}/photos"
-    recorded = api.post(url, headers=auth(service), data={"enterprise_id": "91420100MA4K", "sector": "general"},
-                        files={"file": ("现场.jpg", make_image(320, 240, seed=4), "image/jpeg")})
+    recorded = api.post(
+        url,
+        headers=auth(service),
+        data={"enterprise_id": "91420100MA4K", "sector": "general"},
+        files={"file": ("现场.jpg", make_image(320, 240, seed=4), "image/jpeg")},
+    )
     assert recorded.status_code == 201, recorded.text
     assert {d["class_key"] for d in recorded.json()["detections"]} == kept
 

@@ -22,9 +22,16 @@ from tests.fixtures.engines import TINY_CLASS_KEYS, TINY_IMGSZ, textured_image
 # --- preprocessing -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("shape", "size", "auto"), [((50, 100), 64, False), ((90, 37), 64, False),
-                                                    ((50, 100), 64, True), ((64, 64), 64, False),
-                                                    ((33, 47), (64, 96), False)])
+@pytest.mark.parametrize(
+    ("shape", "size", "auto"),
+    [
+        ((50, 100), 64, False),
+        ((90, 37), 64, False),
+        ((50, 100), 64, True),
+        ((64, 64), 64, False),
+        ((33, 47), (64, 96), False),
+    ],
+)
 def test_letterbox_matches_ultralytics(shape: tuple[int, int], size: int | tuple[int, int], auto: bool) -> None:
     from ultralytics.data.augment import LetterBox
 
@@ -104,8 +111,14 @@ def test_decode_rejects_garbage_and_bombs() -> None:
 
 def _inside(det: Detections, width: int, height: int) -> bool:
     x = det.xyxy
-    return bool((x[:, [0, 2]] >= 0).all() and (x[:, [0, 2]] <= width).all() and (x[:, [1, 3]] >= 0).all()
-                and (x[:, [1, 3]] <= height).all() and (x[:, 2] >= x[:, 0]).all() and (x[:, 3] >= x[:, 1]).all())
+    return bool(
+        (x[:, [0, 2]] >= 0).all()
+        and (x[:, [0, 2]] <= width).all()
+        and (x[:, [1, 3]] >= 0).all()
+        and (x[:, [1, 3]] <= height).all()
+        and (x[:, 2] >= x[:, 0]).all()
+        and (x[:, 3] >= x[:, 1]).all()
+    )
 
 
 @pytest.mark.parametrize("engine_fixture", ["onnx_engine", "ultralytics_engine"])
@@ -150,7 +163,7 @@ def test_onnx_and_ultralytics_agree(onnx_engine: OnnxEngine, ultralytics_engine:
     assert a.confidence is not None and b.confidence is not None
     for i in range(min(5, len(a))):
         same_class = b.class_keys == a.class_keys[i]
-        ious = box_iou(a.xyxy[i:i + 1], b.xyxy)[0] * same_class
+        ious = box_iou(a.xyxy[i : i + 1], b.xyxy)[0] * same_class
         j = int(ious.argmax())
         assert ious[j] > 0.98
         assert abs(float(a.confidence[i]) - float(b.confidence[j])) < 2e-3
@@ -341,8 +354,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return attempts
 
 
-def test_export_and_predict_fully_offline(no_network: list[object], tiny_yolo_pt: Path, tmp_path: Path,
-                                          ultralytics_ready: Path) -> None:
+def test_export_and_predict_fully_offline(
+    no_network: list[object], tiny_yolo_pt: Path, tmp_path: Path, ultralytics_ready: Path
+) -> None:
     pt = tmp_path / "fresh.pt"
     shutil.copyfile(tiny_yolo_pt, pt)  # a new path and cache dir force a real export
     image = textured_image(80, 48, seed=9)

@@ -11,9 +11,16 @@ from hazardlens.error_codes import ERROR_CODES, markdown
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("core", "formats", "datasets", "labeling", "training", "models", "serving", "cli")
 #: HazardError and its subclasses in hazardlens.errors: name -> (default status, default code).
-BASE = {"HazardError": (400, "bad_request"), "NotFound": (404, "not_found"), "Conflict": (409, "conflict"),
-        "Invalid": (422, "invalid"), "Unauthorized": (401, "unauthorized"), "Forbidden": (403, "forbidden"),
-        "TooLarge": (413, "too_large"), "UnsupportedMedia": (415, "unsupported_media_type")}
+BASE = {
+    "HazardError": (400, "bad_request"),
+    "NotFound": (404, "not_found"),
+    "Conflict": (409, "conflict"),
+    "Invalid": (422, "invalid"),
+    "Unauthorized": (401, "unauthorized"),
+    "Forbidden": (403, "forbidden"),
+    "TooLarge": (413, "too_large"),
+    "UnsupportedMedia": (415, "unsupported_media_type"),
+}
 
 
 def _sources() -> list[tuple[Path, ast.Module]]:
@@ -42,8 +49,12 @@ def _error_classes(trees: list[tuple[Path, ast.Module]]) -> dict[str, tuple[int,
             status, code = parent
             for stmt in node.body:
                 if isinstance(stmt, ast.Assign):
-                    targets = [n.id for t in stmt.targets for n in (t.elts if isinstance(t, ast.Tuple) else [t])
-                               if isinstance(n, ast.Name)]
+                    targets = [
+                        n.id
+                        for t in stmt.targets
+                        for n in (t.elts if isinstance(t, ast.Tuple) else [t])
+                        if isinstance(n, ast.Name)
+                    ]
                     values = stmt.value.elts if isinstance(stmt.value, ast.Tuple) else [stmt.value]
                     for target, value in zip(targets, values, strict=False):
                         if target == "status":
@@ -75,14 +86,25 @@ def used_codes() -> list[tuple[str, int | None, str]]:
                 args = node.args[1:] if _name(node.func) == "send_error" else node.args
                 if len(args) >= 2 and isinstance(_const(args[0]), int) and isinstance(_const(args[1]), str):
                     found.append((_const(args[1]), _const(args[0]), where))
-            elif (isinstance(node, ast.Tuple) and len(node.elts) == 3 and isinstance(_const(node.elts[0]), int)
-                  and isinstance(_const(node.elts[1]), str) and 400 <= _const(node.elts[0]) < 600):
+            elif (
+                isinstance(node, ast.Tuple)
+                and len(node.elts) == 3
+                and isinstance(_const(node.elts[0]), int)
+                and isinstance(_const(node.elts[1]), str)
+                and 400 <= _const(node.elts[0]) < 600
+            ):
                 found.append((_const(node.elts[1]), _const(node.elts[0]), where))  # (status, code, message)
             elif isinstance(node, ast.Assign) and any(_name(t) == "_HTTP_CODES" for t in node.targets):
-                found += [(_const(v), _const(k), where) for k, v in zip(node.value.keys, node.value.values,
-                                                                        strict=True)]
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                  and len(node.args) == 2 and _name(node.func.value) == "_HTTP_CODES"):
+                found += [
+                    (_const(v), _const(k), where) for k, v in zip(node.value.keys, node.value.values, strict=True)
+                ]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and len(node.args) == 2
+                and _name(node.func.value) == "_HTTP_CODES"
+            ):
                 found.append((_const(node.args[1]), None, where))  # the fallback code, for any status
             elif isinstance(node, ast.Assign) and any(_name(t) == "FIELD_ERROR_CODES" for t in node.targets):
                 found += [(_const(v), 422, where) for v in node.value.values]
@@ -92,9 +114,13 @@ def used_codes() -> list[tuple[str, int | None, str]]:
 def test_every_code_raised_is_registered_with_its_status() -> None:
     missing = sorted({f"{code} ({where})" for code, _, where in used_codes() if code not in ERROR_CODES})
     assert not missing, f"error codes missing from hazardlens.error_codes.ERROR_CODES: {', '.join(missing)}"
-    wrong = sorted({f"{code}: raised with {status} at {where}, registered as {ERROR_CODES[code].statuses}"
-                    for code, status, where in used_codes()
-                    if status is not None and status not in ERROR_CODES[code].statuses})
+    wrong = sorted(
+        {
+            f"{code}: raised with {status} at {where}, registered as {ERROR_CODES[code].statuses}"
+            for code, status, where in used_codes()
+            if status is not None and status not in ERROR_CODES[code].statuses
+        }
+    )
     assert not wrong, "\n".join(wrong)
 
 

@@ -53,8 +53,12 @@ def _batch(drop_person_of_b: bool = False) -> tuple[list[dict[str, Any]], dict[s
     def xywhn(x1: float, y1: float, x2: float, y2: float) -> list[float]:
         return [(x1 + x2) / 200, (y1 + y2) / 200, (x2 - x1) / 100, (y2 - y1) / 100]
 
-    labels = [(0, 0, (10, 10, 40, 90)), (0, 1, (15, 5, 35, 20)),  # (image, class, box)
-              (1, 0, (50, 10, 80, 90)), (1, 1, (55, 5, 75, 20))]
+    labels = [
+        (0, 0, (10, 10, 40, 90)),
+        (0, 1, (15, 5, 35, 20)),  # (image, class, box)
+        (1, 0, (50, 10, 80, 90)),
+        (1, 1, (55, 5, 75, 20)),
+    ]
     preds = [
         [((11, 11, 40, 89), 0.9, 0), ((15, 6, 35, 20), 0.8, 1)],
         [((2, 2, 30, 60), 0.95, 0), ((50, 12, 80, 88), 0.7, 0), ((55, 5, 74, 21), 0.6, 1)],
@@ -63,26 +67,36 @@ def _batch(drop_person_of_b: bool = False) -> tuple[list[dict[str, Any]], dict[s
         labels = [lab for lab in labels if not (lab[0] == 1 and lab[1] == 0)]
         preds[1] = [p for p in preds[1] if p[2] != 0]
     batch = {
-        "img": torch.zeros(2, 3, 100, 100), "im_file": ["/x/a.jpg", "/x/b.jpg"],
-        "ori_shape": [(100, 100), (100, 100)], "ratio_pad": [((1.0, 1.0), (0.0, 0.0))] * 2,
+        "img": torch.zeros(2, 3, 100, 100),
+        "im_file": ["/x/a.jpg", "/x/b.jpg"],
+        "ori_shape": [(100, 100), (100, 100)],
+        "ratio_pad": [((1.0, 1.0), (0.0, 0.0))] * 2,
         "batch_idx": torch.tensor([float(i) for i, _, _ in labels]),
         "cls": torch.tensor([[float(c)] for _, c, _ in labels]),
         "bboxes": torch.tensor([xywhn(*b) for _, _, b in labels]).reshape(-1, 4),
     }
     out = []
     for image in preds:
-        out.append({"bboxes": torch.tensor([p[0] for p in image], dtype=torch.float32).reshape(-1, 4),
-                    "conf": torch.tensor([p[1] for p in image]), "cls": torch.tensor([float(p[2]) for p in image]),
-                    "extra": torch.zeros(len(image), 0)})
+        out.append(
+            {
+                "bboxes": torch.tensor([p[0] for p in image], dtype=torch.float32).reshape(-1, 4),
+                "conf": torch.tensor([p[1] for p in image]),
+                "cls": torch.tensor([float(p[2]) for p in image]),
+                "extra": torch.zeros(len(image), 0),
+            }
+        )
     return out, batch
 
 
 def _figures(v: Any) -> dict[str, Any]:
     v.metrics.process(plot=False)
     m = v.metrics
-    return {"nt": m.nt_per_class.tolist(), "classes": list(m.ap_class_index),
-            "per_class": [tuple(round(float(x), 6) for x in m.class_result(i)) for i in range(len(m.ap_class_index))],
-            "mean": [round(float(x), 6) for x in m.mean_results()]}
+    return {
+        "nt": m.nt_per_class.tolist(),
+        "classes": list(m.ap_class_index),
+        "per_class": [tuple(round(float(x), 6) for x in m.class_result(i)) for i in range(len(m.ap_class_index))],
+        "mean": [round(float(x), 6) for x in m.mean_results()],
+    }
 
 
 def test_the_validator_drops_declared_classes_per_image(tmp_path: Path) -> None:
@@ -149,8 +163,9 @@ class _HeadRules:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def apply(self, dets: Any, sector: Any = None, conf: float = 0.0, *, image_size: Any = None,
-              model_classes: Any = None) -> list[_Finding]:
+    def apply(
+        self, dets: Any, sector: Any = None, conf: float = 0.0, *, image_size: Any = None, model_classes: Any = None
+    ) -> list[_Finding]:
         self.calls.append((len(dets), sector, image_size, tuple(model_classes or ())))
         out = []
         for box in dets:
@@ -164,25 +179,40 @@ def test_rules_are_scored_per_rule_and_per_source() -> None:
     person = MODEL_CLASSES.index("person")
     predictions = {
         # a: one head found (0.9), one missed; a low-confidence head below the detection threshold
-        "a.jpg": {"xyxy": np.array([[10, 10, 20, 20], [50, 50, 60, 60], [80, 80, 90, 90]], np.float32),
-                  "conf": np.array([0.9, 0.1, 0.5], np.float32), "cls": np.array([head, head, person])},
+        "a.jpg": {
+            "xyxy": np.array([[10, 10, 20, 20], [50, 50, 60, 60], [80, 80, 90, 90]], np.float32),
+            "conf": np.array([0.9, 0.1, 0.5], np.float32),
+            "cls": np.array([head, head, person]),
+        },
         # b: a false head (0.8)
-        "b.jpg": {"xyxy": np.array([[0, 0, 5, 5]], np.float32), "conf": np.array([0.8], np.float32),
-                  "cls": np.array([head])},
+        "b.jpg": {
+            "xyxy": np.array([[0, 0, 5, 5]], np.float32),
+            "conf": np.array([0.8], np.float32),
+            "cls": np.array([head]),
+        },
         # c: declares heads unlabelled: its head finding is not scored
-        "c.jpg": {"xyxy": np.array([[0, 0, 5, 5]], np.float32), "conf": np.array([0.8], np.float32),
-                  "cls": np.array([head])},
+        "c.jpg": {
+            "xyxy": np.array([[0, 0, 5, 5]], np.float32),
+            "conf": np.array([0.8], np.float32),
+            "cls": np.array([head]),
+        },
     }
 
     def item(boxes: list[tuple[str, int, int, int, int]], unlabeled: list[str] | None = None) -> dict[str, Any]:
-        it: dict[str, Any] = {"width": 100, "height": 100, "boxes": [
-            {"class_key": k, "x1": x1, "y1": y1, "x2": x2, "y2": y2} for k, x1, y1, x2, y2 in boxes]}
+        it: dict[str, Any] = {
+            "width": 100,
+            "height": 100,
+            "boxes": [{"class_key": k, "x1": x1, "y1": y1, "x2": x2, "y2": y2} for k, x1, y1, x2, y2 in boxes],
+        }
         if unlabeled:
             it["unlabeled_classes"] = unlabeled
         return it
 
-    items = {"a.jpg": item([("head", 11, 11, 21, 21), ("head", 50, 50, 60, 60)]), "b.jpg": item([]),
-             "c.jpg": item([("helmet", 0, 0, 5, 5)], ["head"])}
+    items = {
+        "a.jpg": item([("head", 11, 11, 21, 21), ("head", 50, 50, 60, 60)]),
+        "b.jpg": item([]),
+        "c.jpg": item([("helmet", 0, 0, 5, 5)], ["head"]),
+    }
     rules = _HeadRules()
     rows = score_rules(rules, predictions, items, MODEL_CLASSES, {"src-a": ["a.jpg"], "src-b": ["b.jpg", "c.jpg"]})
     # the rule set saw only detections >= 0.25, with the image size and the model's classes
@@ -191,12 +221,20 @@ def test_rules_are_scored_per_rule_and_per_source() -> None:
     by = {(r["rule"], r["tag"]): r for r in rows}
     assert set(by) == {("no_helmet", None), ("no_helmet", "src-a"), ("no_helmet", "src-b")}  # fire: not labelled
     everything = by[("no_helmet", None)]
-    assert (everything["images"], everything["n_gt"], everything["tp"], everything["fp"], everything["fn"]) == \
-        (2, 2, 1, 1, 1)
+    assert (everything["images"], everything["n_gt"], everything["tp"], everything["fp"], everything["fn"]) == (
+        2,
+        2,
+        1,
+        1,
+        1,
+    )
     assert everything["precision"] == 0.5 and everything["recall"] == 0.5 and everything["min_confidence"] == 0.3
     assert (by[("no_helmet", "src-a")]["tp"], by[("no_helmet", "src-a")]["fp"]) == (1, 0)
-    assert (by[("no_helmet", "src-b")]["images"], by[("no_helmet", "src-b")]["fp"],
-            by[("no_helmet", "src-b")]["n_gt"]) == (1, 1, 0)
+    assert (
+        by[("no_helmet", "src-b")]["images"],
+        by[("no_helmet", "src-b")]["fp"],
+        by[("no_helmet", "src-b")]["n_gt"],
+    ) == (1, 1, 0)
 
 
 # ---- end to end with the shipped detector ------------------------------------------------------
@@ -253,14 +291,29 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Any:
         source = "src-a" if i < 8 else "src-b"
         data, boxes = cartoon(500 + i, helmet=i % 3 != 0, person_labelled=source == "src-a" or i in (8, 9))
         with ctx.db.session() as s:
-            sample = ingest(ctx, s, principal, data, IngestMeta(sector="general", camera_id=f"cam-{i}",
-                                                                tags=(source,))).sample
-            save_revision(ctx, s, principal, sample.id, boxes, status="approved",
-                          unlabeled_classes=["person"] if source == "src-b" else None)
+            sample = ingest(
+                ctx, s, principal, data, IngestMeta(sector="general", camera_id=f"cam-{i}", tags=(source,))
+            ).sample
+            save_revision(
+                ctx,
+                s,
+                principal,
+                sample.id,
+                boxes,
+                status="approved",
+                unlabeled_classes=["person"] if source == "src-b" else None,
+            )
     with ctx.db.session() as s:
         dv_all = create_version(ctx, s, principal, "all", ratios=(0, 0, 1), classes=list(MODEL_CLASSES))
-        dv_a = create_version(ctx, s, principal, "only_a", ratios=(0, 0, 1), classes=list(MODEL_CLASSES),
-                              filters=SampleFilter(tag="src-a"))
+        dv_a = create_version(
+            ctx,
+            s,
+            principal,
+            "only_a",
+            ratios=(0, 0, 1),
+            classes=list(MODEL_CLASSES),
+            filters=SampleFilter(tag="src-a"),
+        )
         refs = f"all@{dv_all.id[:12]}", f"only_a@{dv_a.id[:12]}"
     yield Story(ctx, principal, refs[0], refs[1], tmp)
     ctx.close()
@@ -269,8 +322,17 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def _evaluate(story: Story, ref: str, name: str, **kw: Any) -> EvalReport:
     from hazardlens.training.evaluate import evaluate
 
-    return evaluate(story.ctx, str(BASELINE), ref, "test", imgsz=320, out_dir=story.tmp / name,
-                    principal=story.principal, device="cpu", **kw)
+    return evaluate(
+        story.ctx,
+        str(BASELINE),
+        ref,
+        "test",
+        imgsz=320,
+        out_dir=story.tmp / name,
+        principal=story.principal,
+        device="cpu",
+        **kw,
+    )
 
 
 def _plain_val(story: Story, ref: str, name: str) -> Any:
@@ -286,14 +348,28 @@ def _plain_val(story: Story, ref: str, name: str) -> Any:
     data.write_text(yaml.safe_dump({**spec, "train": spec["test"], "val": spec["test"]}), encoding="utf-8")
     model = YOLO(str(BASELINE), task="detect")
     model.add_callback("on_val_start", lambda _: torch.set_num_threads(os.cpu_count() or 1))
-    return model.val(data=str(data), split="test", imgsz=320, conf=0.001, batch=16,
-                     device="cpu", workers=0, plots=False, save_json=False, verbose=False,
-                     project=str(story.tmp), name=name, exist_ok=True)
+    return model.val(
+        data=str(data),
+        split="test",
+        imgsz=320,
+        conf=0.001,
+        batch=16,
+        device="cpu",
+        workers=0,
+        plots=False,
+        save_json=False,
+        verbose=False,
+        project=str(story.tmp),
+        name=name,
+        exist_ok=True,
+    )
 
 
 def _rows(metrics: Any) -> dict[str, tuple[float, ...]]:
-    return {MODEL_CLASSES[int(c)]: tuple(round(float(x), 5) for x in metrics.class_result(i))
-            for i, c in enumerate(metrics.ap_class_index)}
+    return {
+        MODEL_CLASSES[int(c)]: tuple(round(float(x), 5) for x in metrics.class_result(i))
+        for i, c in enumerate(metrics.ap_class_index)
+    }
 
 
 def _report_rows(rows: Any) -> dict[str, tuple[float, ...]]:
@@ -307,10 +383,15 @@ def test_same_figures_as_plain_val_when_no_image_declares_anything(story: Story)
     assert report.partial_labels == {}
     assert _report_rows(report.per_class) == _rows(plain)
     mp, mr, m50, m = (round(float(v), 5) for v in plain.mean_results())
-    assert (report.overall["precision"], report.overall["recall"], report.overall["map50"],
-            report.overall["map50_95"]) == (mp, mr, m50, m)
+    assert (
+        report.overall["precision"],
+        report.overall["recall"],
+        report.overall["map50"],
+        report.overall["map50_95"],
+    ) == (mp, mr, m50, m)
     assert {c.key: c.instances for c in report.per_class} == {
-        MODEL_CLASSES[i]: int(n) for i, n in enumerate(plain.nt_per_class) if n}
+        MODEL_CLASSES[i]: int(n) for i, n in enumerate(plain.nt_per_class) if n
+    }
     # the one source holding every image: its group is the whole
     (group,) = report.per_tag
     assert group.tag == "src-a" and group.overall == report.overall
@@ -378,9 +459,26 @@ def test_cli_by_tag(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(story.tmp)  # a relative --out, as people type it
     get_settings.cache_clear()
     try:
-        res = CliRunner().invoke(app, ["evaluate", str(BASELINE), "--dataset", story.ref_all, "--split", "test",
-                                       "--imgsz", "320", "--by-tag", "--tags", "src-b", "--out", "cli",
-                                       "--org", "420000"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "evaluate",
+                str(BASELINE),
+                "--dataset",
+                story.ref_all,
+                "--split",
+                "test",
+                "--imgsz",
+                "320",
+                "--by-tag",
+                "--tags",
+                "src-b",
+                "--out",
+                "cli",
+                "--org",
+                "420000",
+            ],
+        )
     finally:
         get_settings.cache_clear()
     assert res.exit_code == 0, res.output

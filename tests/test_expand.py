@@ -82,8 +82,9 @@ def test_train_from_a_registered_model_adds_a_class(tmp_path: Path) -> None:
     ctx.init()
     tiny = make_tiny_dataset(ctx)
     with ctx.db.session() as s:
-        fire_only = create_version(ctx, s, tiny.principal, "fireonly", group_by="camera", ratios=(0.5, 0.25, 0.25),
-                                   seed=0, classes=["fire"])
+        fire_only = create_version(
+            ctx, s, tiny.principal, "fireonly", group_by="camera", ratios=(0.5, 0.25, 0.25), seed=0, classes=["fire"]
+        )
     config = write_config(tmp_path / "one.yaml", epochs=1)
     with no_network():
         first = train(ctx, f"fireonly@{fire_only.id[:12]}", config, principal=tiny.principal)

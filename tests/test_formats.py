@@ -50,8 +50,7 @@ def _by_name(records: list[ImportRecord]) -> dict[str, ImportRecord]:
 
 def _corners(record: ImportRecord) -> list[tuple[str, float, float, float, float]]:
     """Sorted boxes, rounded so that float noise from percent/normalised maths compares equal."""
-    return sorted((b.class_key, round(b.x1, 3), round(b.y1, 3), round(b.x2, 3), round(b.y2, 3))
-                  for b in record.boxes)
+    return sorted((b.class_key, round(b.x1, 3), round(b.y1, 3), round(b.x2, 3), round(b.y2, 3)) for b in record.boxes)
 
 
 def _kinds(issues: list[Issue]) -> list[str]:
@@ -86,8 +85,18 @@ def test_coco_reader_repairs_and_refuses_messy_file(fmt_coco_messy: tuple[Path, 
     assert any('"30", "40" given as strings' in i.message for i in report.repaired if i.kind == "string_bbox")
     assert report.count("clipped") == 1 and report.count("string_id") == 1
     assert report.count("duplicate_box") == 1 and report.count("path_stripped") == 1
-    assert _kinds(report.refused_boxes) == sorted(["zero_area", "missing_image", "image_refused", "unknown_category",
-                                                   "bad_bbox", "crowd", "outside", "image_refused"])
+    assert _kinds(report.refused_boxes) == sorted(
+        [
+            "zero_area",
+            "missing_image",
+            "image_refused",
+            "unknown_category",
+            "bad_bbox",
+            "crowd",
+            "outside",
+            "image_refused",
+        ]
+    )
     assert _kinds(report.refused_images) == ["bad_image", "duplicate_file_name", "duplicate_id"]
     assert sorted(report.missing_files) == ["missing.jpg", "passwd"]
     assert report.unused_categories == ["objects"]
@@ -112,8 +121,10 @@ def test_coco_round_trip(fmt_coco_messy: tuple[Path, Path], tmp_path: Path) -> N
     result = write_coco([ExportItem.from_record(r) for r in records], tmp_path / "out", ["person", "helmet"])
     doc = json.loads(result.path.read_text(encoding="utf-8"))
     assert [im["id"] for im in doc["images"]] == [1, 2, 3]
-    assert doc["categories"][:2] == [{"id": 1, "name": "person", "supercategory": "none"},
-                                     {"id": 2, "name": "helmet", "supercategory": "none"}]
+    assert doc["categories"][:2] == [
+        {"id": 1, "name": "person", "supercategory": "none"},
+        {"id": 2, "name": "helmet", "supercategory": "none"},
+    ]
     ann = next(a for a in doc["annotations"] if a["category_id"] == 1)
     assert ann["bbox"] == [10, 20, 30, 40] and ann["area"] == 1200 and ann["iscrowd"] == 0
     assert (result.images, result.boxes, result.negatives) == (3, 3, 1)
@@ -127,16 +138,23 @@ def test_yolo_reader_messy_dataset(fmt_yolo_messy: Path) -> None:
     records, report = read_yolo(fmt_yolo_messy)
     recs = _by_name(records)
     assert sorted(recs) == ["a.jpg", "b.png", "empty.jpg", "neg.jpg"]
-    assert _corners(recs["a.jpg"]) == [("helmet", 20, 10, 60, 30), ("helmet", 170, 40, 200, 60),
-                                                     ("person", 80, 30, 120, 70)]
+    assert _corners(recs["a.jpg"]) == [
+        ("helmet", 20, 10, 60, 30),
+        ("helmet", 170, 40, 200, 60),
+        ("person", 80, 30, 120, 70),
+    ]
     assert _corners(recs["b.png"]) == [("helmet", 16, 16, 48, 48)]
     assert recs["a.jpg"].split == "train" and recs["b.png"].split == "val"
     assert recs["neg.jpg"].is_negative and recs["empty.jpg"].is_negative
     assert (report.images, report.boxes, report.negatives) == (4, 4, 2)
     refused = {i.where: i.kind for i in report.refused_boxes}
-    assert refused == {"labels/train/a.txt:2": "malformed_line", "labels/train/a.txt:3": "unknown_class",
-                       "labels/train/a.txt:6": "zero_area", "labels/train/a.txt:7": "malformed_line",
-                       "labels/train/a.txt:9": "not_normalised"}
+    assert refused == {
+        "labels/train/a.txt:2": "malformed_line",
+        "labels/train/a.txt:3": "unknown_class",
+        "labels/train/a.txt:6": "zero_area",
+        "labels/train/a.txt:7": "malformed_line",
+        "labels/train/a.txt:9": "not_normalised",
+    }
     for issue in report.refused_boxes:  # a curator can find each refused line by its number
         if issue.kind != "zero_area":
             assert issue.message.startswith(f"line {issue.where.rsplit(':', 1)[1]}:")
@@ -241,8 +259,14 @@ def test_labelstudio_writer_percent_coordinates(tmp_path: Path) -> None:
     write_image(images / "n.jpg", 50, 50)
     write_image(images / "u.jpg", 50, 50)
     items = [
-        ExportItem("cam 1/a.jpg", None, 200, 100, [Box("helmet", 20, 10, 70, 60)],
-                   predictions=[Box("helmet", 22, 12, 72, 62, 0.9), Box("head", 0, 0, 10, 10, 0.5)]),
+        ExportItem(
+            "cam 1/a.jpg",
+            None,
+            200,
+            100,
+            [Box("helmet", 20, 10, 70, 60)],
+            predictions=[Box("helmet", 22, 12, 72, 62, 0.9), Box("head", 0, 0, 10, 10, 0.5)],
+        ),
         ExportItem("n.jpg", None, 50, 50, []),  # verified negative
         ExportItem("u.jpg", None, 50, 50, None, predictions=[]),  # not labelled yet
     ]
@@ -270,8 +294,11 @@ def test_labelstudio_writer_percent_coordinates(tmp_path: Path) -> None:
 # --- class maps ------------------------------------------------------------------------------
 def test_class_map_unmapped_and_apply(tmp_path: Path) -> None:
     path = tmp_path / "map.yaml"
-    path.write_text("mapping:\n  hat: helmet\n  blur: ignore\n  0: fire\n"
-                    "camera_regex: 'cam(\\d+)-(\\d+)'\nsite_regex: '^([a-z]+)/'\n", encoding="utf-8")
+    path.write_text(
+        "mapping:\n  hat: helmet\n  blur: ignore\n  0: fire\n"
+        "camera_regex: 'cam(\\d+)-(\\d+)'\nsite_regex: '^([a-z]+)/'\n",
+        encoding="utf-8",
+    )
     cmap = ClassMap.load(path)
     records = [
         ImportRecord(Path("x"), "plant/cam3-7_001.jpg", 10, 10, [Box("hat", 0, 0, 5, 5), Box("blur", 1, 1, 2, 2)]),
@@ -291,8 +318,12 @@ def test_class_map_unmapped_and_apply(tmp_path: Path) -> None:
 
 
 def test_class_map_load_errors(tmp_path: Path) -> None:
-    for text in ("mapping: [a, b]\n", "mapping:\n  a: helmet\ncamera_regex: '('\n",
-                 "mapping:\n  a: helmet\ncolour: red\n", "mapping:\n  a: 3\n"):
+    for text in (
+        "mapping: [a, b]\n",
+        "mapping:\n  a: helmet\ncamera_regex: '('\n",
+        "mapping:\n  a: helmet\ncolour: red\n",
+        "mapping:\n  a: 3\n",
+    ):
         (tmp_path / "m.yaml").write_text(text, encoding="utf-8")
         with pytest.raises(Invalid):
             ClassMap.load(tmp_path / "m.yaml")
@@ -362,13 +393,30 @@ def test_readers_never_crash_on_garbage_values(tmp_path: Path) -> None:
                 (tmp_path / "c.json").write_text(json.dumps(doc), encoding="utf-8")
                 _, report = read_coco(tmp_path / "c.json", tmp_path)
                 assert report.boxes + len(report.refused_boxes) == 1, (key, junk)  # never dropped silently
-    (tmp_path / "a.txt").write_text("\n".join(
-        ["0 nan 0.5 0.1 0.1", "0 inf 0.5 0.1 0.1", "-1 0.5 0.5 0.1 0.1", "1e9 0.5 0.5 0.1 0.1", "0 0.5 0.5 0.1 0.1 0.9",
-         "0 1 2 3 4 5 6", "\x00\x01", "0 0.5 0.5 -0.1 0.1", "0 0.5 0.5 0.1 0.1"]), encoding="utf-8")
+    (tmp_path / "a.txt").write_text(
+        "\n".join(
+            [
+                "0 nan 0.5 0.1 0.1",
+                "0 inf 0.5 0.1 0.1",
+                "-1 0.5 0.5 0.1 0.1",
+                "1e9 0.5 0.5 0.1 0.1",
+                "0 0.5 0.5 0.1 0.1 0.9",
+                "0 1 2 3 4 5 6",
+                "\x00\x01",
+                "0 0.5 0.5 -0.1 0.1",
+                "0 0.5 0.5 0.1 0.1",
+            ]
+        ),
+        encoding="utf-8",
+    )
     records, report = read_yolo(tmp_path, class_names=["person"])
     assert report.boxes == 1 and records[0].refused_boxes == 8
-    rect = {"type": "rectanglelabels", "original_width": 40, "original_height": 30,
-            "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rotation": 0, "rectanglelabels": ["person"]}}
+    rect = {
+        "type": "rectanglelabels",
+        "original_width": 40,
+        "original_height": 30,
+        "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rotation": 0, "rectanglelabels": ["person"]},
+    }
     for key in ["type", "original_width", "value"]:
         for junk in GARBAGE:
             for where in ("result", "value"):
@@ -377,7 +425,10 @@ def test_readers_never_crash_on_garbage_values(tmp_path: Path) -> None:
                     item["value"]["x"] = junk
                 else:
                     item[key] = junk
-                tasks = [{"data": {"image": "a.jpg"}, "annotations": [{"result": [item]}]},
-                         {"data": junk, "annotations": junk}, junk]
+                tasks = [
+                    {"data": {"image": "a.jpg"}, "annotations": [{"result": [item]}]},
+                    {"data": junk, "annotations": junk},
+                    junk,
+                ]
                 (tmp_path / "t.json").write_text(json.dumps(tasks), encoding="utf-8")
                 read_labelstudio(tmp_path / "t.json", tmp_path)

@@ -23,9 +23,14 @@ from tests.fixtures.core import make_image
 MP = 100_000_000
 
 
-def _exif_jpeg(orientation: int | None = None, when: str | None = None, offset: str | None = None,
-               gps: tuple[str, tuple[float, ...], str, tuple[float, ...]] | None = None,
-               width: int = 64, height: int = 48) -> bytes:
+def _exif_jpeg(
+    orientation: int | None = None,
+    when: str | None = None,
+    offset: str | None = None,
+    gps: tuple[str, tuple[float, ...], str, tuple[float, ...]] | None = None,
+    width: int = 64,
+    height: int = 48,
+) -> bytes:
     img = Image.open(io.BytesIO(make_image(width, height, seed=5)))
     exif = Image.Exif()
     if orientation is not None:
@@ -52,10 +57,15 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize(("fmt", "name", "mime"), [
-    ("JPEG", "jpeg", "image/jpeg"), ("PNG", "png", "image/png"), ("WEBP", "webp", "image/webp"),
-    ("HEIF", "heic", "image/heic"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "name", "mime"),
+    [
+        ("JPEG", "jpeg", "image/jpeg"),
+        ("PNG", "png", "image/png"),
+        ("WEBP", "webp", "image/webp"),
+        ("HEIF", "heic", "image/heic"),
+    ],
+)
 def test_supported_formats(fmt: str, name: str, mime: str) -> None:
     data = make_image(400, 300, fmt=fmt, seed=1)
     info = inspect_image(data, MP, 128)
@@ -130,8 +140,9 @@ def test_exif_capture_time_and_gps() -> None:
 
 
 def test_exif_offset_and_southern_western_refs() -> None:
-    data = _exif_jpeg(when="2023:12:31 23:00:00", offset="-03:00",
-                      gps=("S", (33.0, 52.0, 12.0), "W", (70.0, 30.0, 0.0)))
+    data = _exif_jpeg(
+        when="2023:12:31 23:00:00", offset="-03:00", gps=("S", (33.0, 52.0, 12.0), "W", (70.0, 30.0, 0.0))
+    )
     info = inspect_image(data, MP, 64)
     assert info.captured_at == datetime(2024, 1, 1, 2, 0, tzinfo=UTC)
     assert info.gps_lat == pytest.approx(-33.87) and info.gps_lon == pytest.approx(-70.5)

@@ -35,29 +35,47 @@ def test_real_datasets_import_and_export(ctx: Context, tmp_path: Path) -> None:
     sfchd = SHARED / "sfchd-ppe"
 
     started = time.perf_counter()
-    ppe = import_dataset(ctx, admin, "coco", sfchd / "annotations.coco.json", MAPS / "sfchd.yaml",
-                         images=sfchd / "images", sector="general", approved=True)
+    ppe = import_dataset(
+        ctx,
+        admin,
+        "coco",
+        sfchd / "annotations.coco.json",
+        MAPS / "sfchd.yaml",
+        images=sfchd / "images",
+        sector="general",
+        approved=True,
+    )
     seconds = time.perf_counter() - started
-    print(f"\nsfchd-ppe import: {ppe.stored} images, {ppe.boxes} boxes in {seconds:.1f} s "
-          f"({ppe.stored / seconds:.1f} images/s)")
+    print(
+        f"\nsfchd-ppe import: {ppe.stored} images, {ppe.boxes} boxes in {seconds:.1f} s "
+        f"({ppe.stored / seconds:.1f} images/s)"
+    )
     assert (ppe.images_read, ppe.stored, len(ppe.refused)) == (656, 656, 0)
     assert ppe.boxes == 2779 - 52 - 46  # blur_head and blur_clothes mapped to 'ignore'
     assert ppe.ignored_boxes == 52 + 46 and ppe.camera_ids == 20
     assert ppe.repairs == {"string_bbox": 26} and ppe.unused_categories == ["objects"]
     with ctx.db.session() as s:
         assert s.scalar(select(func.count(func.distinct(Sample.camera_id)))) == 20
-        assert s.scalar(select(func.count()).select_from(AnnotationRevision)
-                        .where(AnnotationRevision.status == "approved")) == ppe.revisions
+        assert (
+            s.scalar(
+                select(func.count()).select_from(AnnotationRevision).where(AnnotationRevision.status == "approved")
+            )
+            == ppe.revisions
+        )
 
-    fire = import_dataset(ctx, admin, "yolo", SHARED / "fire-smoke", MAPS / "fire_smoke.yaml", sector="dust",
-                          approved=True)
+    fire = import_dataset(
+        ctx, admin, "yolo", SHARED / "fire-smoke", MAPS / "fire_smoke.yaml", sector="dust", approved=True
+    )
+
     def lines(name: str) -> int:
         path = (SHARED / "fire-smoke/labels" / name).with_suffix(".txt")
         return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else 0
 
     label_lines = sum(lines(p.name) for p in (SHARED / "fire-smoke/labels").glob("*.txt"))
-    print(f"fire-smoke import: {fire.stored} images ({len(fire.transcoded)} GIF/BMP converted to PNG, "
-          f"{len(fire.duplicates)} byte-identical copies), {fire.boxes} boxes in {fire.elapsed_s:.1f} s")
+    print(
+        f"fire-smoke import: {fire.stored} images ({len(fire.transcoded)} GIF/BMP converted to PNG, "
+        f"{len(fire.duplicates)} byte-identical copies), {fire.boxes} boxes in {fire.elapsed_s:.1f} s"
+    )
     # Two pairs of files are byte-identical (with different labels): one sample each, first labels kept.
     assert sorted(d.name for d in fire.duplicates) == ["fire-image_251.jpg", "fire-image_582.jpg"]
     assert (fire.stored + len(fire.duplicates), fire.negatives, len(fire.refused)) == (1000, 9, 0)
@@ -72,7 +90,11 @@ def test_real_datasets_import_and_export(ctx: Context, tmp_path: Path) -> None:
         negatives = summary.negatives
         for result in (yolo, coco):
             assert (result.images, result.boxes, result.negatives, result.dropped_boxes) == (
-                summary.stored, summary.boxes, negatives, 0), (name, result.format)
+                summary.stored,
+                summary.boxes,
+                negatives,
+                0,
+            ), (name, result.format)
         back_yolo = read_yolo(tmp_path / f"{name}-yolo").report
         back_coco = read_coco(coco.path, tmp_path / f"{name}-coco/images").report
         for report in (back_yolo, back_coco):

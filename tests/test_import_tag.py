@@ -18,8 +18,10 @@ from hazardlens.orm import AnnotationRevision, AuditEvent, Sample
 from tests.fixtures.formats import write_image
 from tests.fixtures.labeling import make_cast
 
-MAP = ClassMap.from_dict({"mapping": {"head": "head", "helmet": "helmet", "person": "person"},
-                          "unlabeled_classes": ["person"]}, source="test map")
+MAP = ClassMap.from_dict(
+    {"mapping": {"head": "head", "helmet": "helmet", "person": "person"}, "unlabeled_classes": ["person"]},
+    source="test map",
+)
 
 
 def _yolo_set(root: Path, n: int = 3) -> Path:
@@ -46,8 +48,9 @@ def test_tag_on_new_and_already_held_samples(ctx: Context, tmp_path: Path) -> No
         revisions_before = len(s.scalars(select(AnnotationRevision)).all())
 
     # the same export again, now with a tag: labels unchanged (no revision), every sample tagged
-    again = import_dataset(ctx, admin, "yolo", src, MAP, sector="general", approved=True, workers=1,
-                           tag=" hardhat-workers ")
+    again = import_dataset(
+        ctx, admin, "yolo", src, MAP, sector="general", approved=True, workers=1, tag=" hardhat-workers "
+    )
     assert (again.deduplicated, again.unchanged, again.revisions, again.tagged) == (3, 3, 0, 3)
     assert again.tag == "hardhat-workers" and again.as_dict()["tagged"] == 3
     assert all(t == ["hardhat-workers"] for t in _tags(ctx).values())
@@ -59,8 +62,9 @@ def test_tag_on_new_and_already_held_samples(ctx: Context, tmp_path: Path) -> No
         assert all(e.actor == admin.name for e in events)
 
     # a third time: nothing to add, nothing audited; a second tag keeps the first
-    third = import_dataset(ctx, admin, "yolo", src, MAP, sector="general", approved=True, workers=1,
-                           tag="hardhat-workers")
+    third = import_dataset(
+        ctx, admin, "yolo", src, MAP, sector="general", approved=True, workers=1, tag="hardhat-workers"
+    )
     assert third.tagged == 0 and third.unchanged == 3
     import_dataset(ctx, admin, "yolo", src, MAP, sector="general", approved=True, workers=1, tag="batch-2")
     assert all(t == ["hardhat-workers", "batch-2"] for t in _tags(ctx).values())
@@ -79,8 +83,7 @@ def test_tag_on_new_and_already_held_samples(ctx: Context, tmp_path: Path) -> No
 def test_one_tag_only(ctx: Context, tmp_path: Path) -> None:
     admin = make_cast(ctx).admin
     with pytest.raises(Invalid):
-        import_dataset(ctx, admin, "yolo", _yolo_set(tmp_path / "set"), MAP, sector="general", approved=True,
-                       tag="a,b")
+        import_dataset(ctx, admin, "yolo", _yolo_set(tmp_path / "set"), MAP, sector="general", approved=True, tag="a,b")
     assert _tags(ctx) == {}  # refused before anything was written
 
 
@@ -90,20 +93,36 @@ def test_cli_tag(ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     src = _yolo_set(tmp_path / "set", n=2)
     cmap = tmp_path / "map.yaml"
-    cmap.write_text("mapping: {head: head, helmet: helmet, person: person}\nunlabeled_classes: [person]\n",
-                    encoding="utf-8")
+    cmap.write_text(
+        "mapping: {head: head, helmet: helmet, person: person}\nunlabeled_classes: [person]\n", encoding="utf-8"
+    )
     monkeypatch.setenv("HAZARDLENS_HOME", str(ctx.settings.home))
     get_settings.cache_clear()
     try:
-        args = ["import", "yolo", str(src), "--class-map", str(cmap), "--org", "420000", "--sector", "general",
-                "--approved", "--json"]
+        args = [
+            "import",
+            "yolo",
+            str(src),
+            "--class-map",
+            str(cmap),
+            "--org",
+            "420000",
+            "--sector",
+            "general",
+            "--approved",
+            "--json",
+        ]
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
         res = CliRunner().invoke(app, [*args, "--tag", "hardhat-workers"])
         assert res.exit_code == 0, res.output
         summary = json.loads(res.stdout.strip().splitlines()[-1])
-        assert (summary["tag"], summary["tagged"], summary["unchanged"], summary["revisions"]) == \
-            ("hardhat-workers", 2, 2, 0)
+        assert (summary["tag"], summary["tagged"], summary["unchanged"], summary["revisions"]) == (
+            "hardhat-workers",
+            2,
+            2,
+            0,
+        )
         res = CliRunner().invoke(app, [a for a in args if a != "--json"] + ["--tag", "hardhat-workers"])
         assert res.exit_code == 0 and "tag 'hardhat-workers' added to samples already held" in res.output
     finally:

@@ -20,8 +20,9 @@ from hazardlens.orm import AnnotationRevision, AuditEvent, Sample, Suggestion
 from tests.fixtures.formats import write_image
 from tests.fixtures.labeling import Cast, make_cast
 
-PPE = ClassMap.from_dict({"mapping": {"person": "person", "helmet": "helmet", "head": "head",
-                                      "objects": "ignore"}}, source="test map")
+PPE = ClassMap.from_dict(
+    {"mapping": {"person": "person", "helmet": "helmet", "head": "head", "objects": "ignore"}}, source="test map"
+)
 
 
 @pytest.fixture
@@ -41,8 +42,13 @@ def _samples(ctx: Context) -> dict[str, Sample]:
 
 def _revisions(ctx: Context, sample_id: int) -> list[AnnotationRevision]:
     with ctx.db.session() as s:
-        return list(s.scalars(select(AnnotationRevision).where(AnnotationRevision.sample_id == sample_id)
-                              .order_by(AnnotationRevision.number)))
+        return list(
+            s.scalars(
+                select(AnnotationRevision)
+                .where(AnnotationRevision.sample_id == sample_id)
+                .order_by(AnnotationRevision.number)
+            )
+        )
 
 
 def _boxes_of(records: list[ImportRecord], strip_id: bool = False) -> dict[str, list[tuple[Any, ...]]]:
@@ -51,7 +57,8 @@ def _boxes_of(records: list[ImportRecord], strip_id: bool = False) -> dict[str, 
     for r in records:
         stem = Path(r.file_name).stem
         out[stem.split("_", 1)[1] if strip_id else stem] = sorted(
-            (b.class_key, b.x1, b.y1, b.x2, b.y2) for b in r.boxes)
+            (b.class_key, b.x1, b.y1, b.x2, b.y2) for b in r.boxes
+        )
     return out
 
 
@@ -81,8 +88,14 @@ def yolo_set(tmp_path: Path) -> Path:
         "cam03_site9_rot.jpg": (60, 40, 6, "0 0.25 0.5 0.3 0.2\n"),
     }
     for i, (name, (w, h, orient, labels)) in enumerate(files.items()):
-        write_image(root / "images" / name, w, h, fmt="PNG" if name.endswith(".png") else "JPEG", seed=10 + i,
-                    exif_orientation=orient)
+        write_image(
+            root / "images" / name,
+            w,
+            h,
+            fmt="PNG" if name.endswith(".png") else "JPEG",
+            seed=10 + i,
+            exif_orientation=orient,
+        )
         (root / "labels" / Path(name).with_suffix(".txt")).write_text(labels, encoding="utf-8")
     return root
 
@@ -95,8 +108,9 @@ def coco_set(tmp_path: Path) -> tuple[Path, Path]:
         write_image(root / name, w, h, seed=30 + i)  # Roboflow layout: images beside the json
     doc = {
         "categories": [{"id": 0, "name": "objects"}, {"id": 1, "name": "person"}, {"id": 2, "name": "helmet"}],
-        "images": [{"id": i + 1, "file_name": n, "width": w, "height": h}
-                   for i, (n, (w, h)) in enumerate(sizes.items())],
+        "images": [
+            {"id": i + 1, "file_name": n, "width": w, "height": h} for i, (n, (w, h)) in enumerate(sizes.items())
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.5, 20, 30, 40]},
             {"id": 2, "image_id": 1, "category_id": 2, "bbox": ["12", "22", "10", "8"]},  # strings: repaired
@@ -119,8 +133,7 @@ def _import(ctx: Context, who: Any, fmt: str, source: Any, cmap: Any = PPE, **kw
 def test_import_messy_coco_as_submitted(ctx: Context, cast: Cast, fmt_coco_messy: tuple[Path, Path]) -> None:
     ann_path, images = fmt_coco_messy
     progress: list[tuple[int, int, str, str]] = []
-    summary = _import(ctx, cast.curator, "coco", ann_path, images=images,
-                      progress=lambda *a: progress.append(a))
+    summary = _import(ctx, cast.curator, "coco", ann_path, images=images, progress=lambda *a: progress.append(a))
     assert (summary.images_read, summary.stored, summary.deduplicated) == (3, 3, 0)
     assert (summary.revisions, summary.boxes, summary.negatives) == (3, 3, 1)
     assert summary.status == "submitted" and summary.repairs["string_bbox"] == 1
@@ -149,8 +162,9 @@ def test_import_messy_coco_as_submitted(ctx: Context, cast: Cast, fmt_coco_messy
     assert actions[-1] == "labeling.import"
 
 
-def test_import_messy_yolo_as_approved_and_reimport_adds_nothing(ctx: Context, cast: Cast,
-                                                                  fmt_yolo_messy: Path) -> None:
+def test_import_messy_yolo_as_approved_and_reimport_adds_nothing(
+    ctx: Context, cast: Cast, fmt_yolo_messy: Path
+) -> None:
     first = _import(ctx, cast.admin, "yolo", fmt_yolo_messy, approved=True)
     assert (first.stored, first.revisions, first.boxes, first.negatives) == (4, 4, 4, 2)
     assert [r.code for r in first.refused] == ["unreadable", "missing_file"]
@@ -175,8 +189,9 @@ def test_import_messy_yolo_as_approved_and_reimport_adds_nothing(ctx: Context, c
     assert b.annotation_status == "submitted" and b.approved_revision_id == _revisions(ctx, b.id)[0].id
 
 
-def test_import_voc_and_labelstudio(ctx: Context, cast: Cast, fmt_voc_messy: Path,
-                                    fmt_labelstudio_messy: tuple[Path, Path]) -> None:
+def test_import_voc_and_labelstudio(
+    ctx: Context, cast: Cast, fmt_voc_messy: Path, fmt_labelstudio_messy: tuple[Path, Path]
+) -> None:
     voc = _import(ctx, cast.curator, "voc", fmt_voc_messy, sector="dust")
     assert (voc.stored, voc.revisions, voc.boxes, voc.negatives) == (3, 3, 3, 1)
     assert sorted(r.code for r in voc.refused) == ["bad_xml", "missing_file"]
@@ -189,12 +204,16 @@ def test_import_voc_and_labelstudio(ctx: Context, cast: Cast, fmt_voc_messy: Pat
         _import(ctx, cast.curator, "labelstudio", tasks)
 
 
-@pytest.mark.parametrize("mapping, code, detail", [
-    ({"person": "person", "objects": "ignore"}, "unmapped_classes", {"unmapped": ["helmet"]}),
-    ({"person": "persn", "helmet": "helmet", "objects": "ignore"}, "unknown_classes", "persn"),
-])
-def test_bad_class_map_stops_before_anything_is_written(ctx: Context, cast: Cast, coco_set: tuple[Path, Path],
-                                                        mapping: dict[str, str], code: str, detail: Any) -> None:
+@pytest.mark.parametrize(
+    "mapping, code, detail",
+    [
+        ({"person": "person", "objects": "ignore"}, "unmapped_classes", {"unmapped": ["helmet"]}),
+        ({"person": "persn", "helmet": "helmet", "objects": "ignore"}, "unknown_classes", "persn"),
+    ],
+)
+def test_bad_class_map_stops_before_anything_is_written(
+    ctx: Context, cast: Cast, coco_set: tuple[Path, Path], mapping: dict[str, str], code: str, detail: Any
+) -> None:
     with pytest.raises(Invalid) as err:
         _import(ctx, cast.admin, "coco", coco_set[0], ClassMap.from_dict({"mapping": mapping}), approved=True)
     assert err.value.code == code
@@ -211,10 +230,25 @@ def test_inactive_taxonomy_class_is_refused(ctx: Context, cast: Cast, coco_set: 
     from hazardlens.orm import TaxonomyAddition
 
     with ctx.db.session() as s:
-        s.add(TaxonomyAddition(kind="class", key="hard_hat_new", org_code="420000", status="pending", payload={
-            "key": "hard_hat_new", "name_zh": "新安全帽", "name_en": "new hard hat", "sector": "general",
-            "inspection_items": [], "severity": "low", "finding_zh": "x", "is_hazard": False,
-            "legal_basis": ["GB 2811-2019"]}))
+        s.add(
+            TaxonomyAddition(
+                kind="class",
+                key="hard_hat_new",
+                org_code="420000",
+                status="pending",
+                payload={
+                    "key": "hard_hat_new",
+                    "name_zh": "新安全帽",
+                    "name_en": "new hard hat",
+                    "sector": "general",
+                    "inspection_items": [],
+                    "severity": "low",
+                    "finding_zh": "x",
+                    "is_hazard": False,
+                    "legal_basis": ["GB 2811-2019"],
+                },
+            )
+        )
     ctx.invalidate_taxonomy()
     cmap = ClassMap.from_dict({"mapping": {"person": "person", "helmet": "hard_hat_new", "objects": "ignore"}})
     with pytest.raises(Invalid) as err:
@@ -234,8 +268,10 @@ def test_one_bad_image_never_stops_the_rest(ctx: Context, cast: Cast, yolo_set: 
     summary = _import(ctx, cast.curator, "yolo", yolo_set)
     assert summary.images_read == 7 and summary.stored == 6
     assert [(r.name, r.code) for r in summary.refused] == [("zz_cut.jpg", "truncated_image")]
-    assert sorted((r.name, r.message.split()[0]) for r in summary.transcoded) == [("zz_bitmap.bmp", "BMP"),
-                                                                                   ("zz_gif.jpg", "GIF")]
+    assert sorted((r.name, r.message.split()[0]) for r in summary.transcoded) == [
+        ("zz_bitmap.bmp", "BMP"),
+        ("zz_gif.jpg", "GIF"),
+    ]
     samples = _samples(ctx)
     assert samples["zz_bitmap.bmp"].format == "png" and samples["zz_bitmap.bmp"].class_keys == ["person"]
     assert _count(ctx, Sample) == 6 and _count(ctx, AnnotationRevision) == 6
@@ -286,8 +322,9 @@ def test_class_map_by_name_or_text() -> None:
         resolve_class_map("../../etc/passwd")
 
 
-def test_rejection_reason_shows_in_history_of_imported_sample(ctx: Context, cast: Cast,
-                                                               coco_set: tuple[Path, Path]) -> None:
+def test_rejection_reason_shows_in_history_of_imported_sample(
+    ctx: Context, cast: Cast, coco_set: tuple[Path, Path]
+) -> None:
     _import(ctx, cast.curator, "coco", coco_set[0])
     sid = _samples(ctx)["a.jpg"].id
     with ctx.db.session() as s:
@@ -333,15 +370,23 @@ def test_coco_round_trip(ctx: Context, cast: Cast, coco_set: tuple[Path, Path], 
     assert [r.file_name for r in back if r.is_negative] == [r.file_name for r in back if "_c." in r.file_name]
 
 
-def test_export_by_status_filters_and_tenancy(ctx: Context, cast: Cast, yolo_set: Path, coco_set: tuple[Path, Path],
-                                              tmp_path: Path) -> None:
+def test_export_by_status_filters_and_tenancy(
+    ctx: Context, cast: Cast, yolo_set: Path, coco_set: tuple[Path, Path], tmp_path: Path
+) -> None:
     _import(ctx, cast.admin, "yolo", yolo_set, approved=True)  # 4 approved
     _import(ctx, cast.curator, "coco", coco_set[0], sector="dust")  # 3 submitted
     with ctx.db.session() as s:
         assert export_library(ctx, s, cast.reviewer, "coco", tmp_path / "a").images == 4
         assert export_library(ctx, s, cast.reviewer, "coco", tmp_path / "s", status="submitted").images == 3
-        dust = export_library(ctx, s, cast.reviewer, "yolo", tmp_path / "d", status="submitted",
-                              filters={"sector": "dust", "class_key": "helmet"})
+        dust = export_library(
+            ctx,
+            s,
+            cast.reviewer,
+            "yolo",
+            tmp_path / "d",
+            status="submitted",
+            filters={"sector": "dust", "class_key": "helmet"},
+        )
         assert dust.images == 1
         with pytest.raises(Invalid, match="nothing to export"):
             export_library(ctx, s, cast.other_reviewer, "coco", tmp_path / "o")  # another org sees none
@@ -353,13 +398,20 @@ def test_export_by_status_filters_and_tenancy(ctx: Context, cast: Cast, yolo_set
             export_library(ctx, s, cast.inspector, "coco", tmp_path / "i")
 
 
-def test_labelstudio_export_with_predictions(ctx: Context, cast: Cast, coco_set: tuple[Path, Path],
-                                             tmp_path: Path) -> None:
+def test_labelstudio_export_with_predictions(
+    ctx: Context, cast: Cast, coco_set: tuple[Path, Path], tmp_path: Path
+) -> None:
     _import(ctx, cast.admin, "coco", coco_set[0], approved=True)
     sid = _samples(ctx)["b.jpg"].id
     with ctx.db.session() as s:
-        s.add(Suggestion(sample_id=sid, model_version="ppe-1.0", status="open",
-                         boxes=[{"class_key": "helmet", "x1": 8, "y1": 4, "x2": 40, "y2": 20, "confidence": 0.8}]))
+        s.add(
+            Suggestion(
+                sample_id=sid,
+                model_version="ppe-1.0",
+                status="open",
+                boxes=[{"class_key": "helmet", "x1": 8, "y1": 4, "x2": 40, "y2": 20, "confidence": 0.8}],
+            )
+        )
     with ctx.db.session() as s:
         result = export_library(ctx, s, cast.admin, "labelstudio", tmp_path / "ls")
     assert (result.images, result.predictions) == (3, 1)
@@ -387,8 +439,20 @@ def test_cli_import_and_export(ctx: Context, yolo_set: Path, tmp_path: Path, mon
     cmap = tmp_path / "map.yaml"
     cmap.write_text("mapping:\n  person: person\n  helmet: helmet\n  head: head\n", encoding="utf-8")
     runner = CliRunner()
-    args = ["import", "yolo", str(yolo_set), "--class-map", str(cmap), "--org", "420000", "--sector", "general",
-            "--approved", "--camera-regex", r"^(cam\d+)_"]
+    args = [
+        "import",
+        "yolo",
+        str(yolo_set),
+        "--class-map",
+        str(cmap),
+        "--org",
+        "420000",
+        "--sector",
+        "general",
+        "--approved",
+        "--camera-regex",
+        r"^(cam\d+)_",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "stored (new samples)" in result.output and "camera ids" in result.output
@@ -405,7 +469,6 @@ def test_cli_import_and_export(ctx: Context, yolo_set: Path, tmp_path: Path, mon
     assert bad.exit_code == 2 and "unmapped_classes" in bad.output
 
     out = tmp_path / "export"
-    result = runner.invoke(app, ["export", "--format", "coco", "--out", str(out), "--org", "420000",
-                                 "--class", "head"])
+    result = runner.invoke(app, ["export", "--format", "coco", "--out", str(out), "--org", "420000", "--class", "head"])
     assert result.exit_code == 0, result.output
     assert "exported 1 images" in result.output and (out / "annotations.json").is_file()

@@ -20,10 +20,14 @@ def _coco_zip(wrap: str = "") -> bytes:
     """A Roboflow-style COCO export (json beside the images), optionally inside a wrapping folder."""
     doc = {
         "categories": [{"id": 0, "name": "objects"}, {"id": 1, "name": "person"}, {"id": 2, "name": "helmet"}],
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 60},
-                   {"id": 2, "file_name": "b.jpg", "width": 64, "height": 48}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": ["5", 6, 30, 40]},
-                        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [8, 6, 10, 8]}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 80, "height": 60},
+            {"id": 2, "file_name": "b.jpg", "width": 64, "height": 48},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": ["5", 6, 30, 40]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [8, 6, 10, 8]},
+        ],
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -35,15 +39,19 @@ def _coco_zip(wrap: str = "") -> bytes:
 
 @pytest.fixture
 def keys(make_key: Callable[..., str]) -> dict[str, dict[str, str]]:
-    return {"admin": auth(make_key("420000", "admin", "adm")), "curator": auth(make_key("420000", "curator", "cur")),
-            "reviewer": auth(make_key("420000", "reviewer", "rev")),
-            "inspector": auth(make_key("420000", "inspector", "insp"))}
+    return {
+        "admin": auth(make_key("420000", "admin", "adm")),
+        "curator": auth(make_key("420000", "curator", "cur")),
+        "reviewer": auth(make_key("420000", "reviewer", "rev")),
+        "inspector": auth(make_key("420000", "inspector", "insp")),
+    }
 
 
 def _post_import(client: Any, headers: dict[str, str], data: bytes, **form: Any) -> Any:
     fields = {"format": "coco", "class_map": PPE_MAP, "sector": "general", **form}
-    return client.post("/v1/imports", headers=headers, data=fields,
-                       files={"file": ("export.zip", data, "application/zip")})
+    return client.post(
+        "/v1/imports", headers=headers, data=fields, files={"file": ("export.zip", data, "application/zip")}
+    )
 
 
 def test_import_zip_then_export_round_trip(client: Any, keys: dict[str, dict[str, str]]) -> None:
@@ -62,13 +70,15 @@ def test_import_zip_then_export_round_trip(client: Any, keys: dict[str, dict[str
     with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
         names = zf.namelist()
         doc = json.loads(zf.read("annotations.json"))
-    assert sorted(n for n in names if n.startswith("images/")) == sorted(f"images/{im['file_name']}"
-                                                                         for im in doc["images"])
+    assert sorted(n for n in names if n.startswith("images/")) == sorted(
+        f"images/{im['file_name']}" for im in doc["images"]
+    )
     assert sorted(a["bbox"] for a in doc["annotations"]) == [[5, 6, 30, 40], [8, 6, 10, 8]]
 
     # The exported YOLO zip imports back as it is: same bytes, same labels, so nothing changes.
-    yolo = client.post("/v1/exports", headers=keys["admin"], json={"format": "yolo",
-                                                                   "filters": {"class_key": "helmet"}})
+    yolo = client.post(
+        "/v1/exports", headers=keys["admin"], json={"format": "yolo", "filters": {"class_key": "helmet"}}
+    )
     assert yolo.status_code == 200 and yolo.headers["x-export-images"] == "1"
     with zipfile.ZipFile(io.BytesIO(yolo.content)) as zf:
         assert "path:" not in zf.read("data.yaml").decode()  # relative to data.yaml once unpacked
@@ -94,8 +104,9 @@ def test_import_roles_and_refusals(client: Any, keys: dict[str, dict[str, str]])
 
 
 @pytest.mark.parametrize("entry", ["../evil.jpg", "/abs/evil.jpg", "ok/../../evil.jpg", "C:/evil.jpg"])
-def test_zip_entries_that_escape_are_refused(client: Any, keys: dict[str, dict[str, str]], tmp_path: Path,
-                                             entry: str) -> None:
+def test_zip_entries_that_escape_are_refused(
+    client: Any, keys: dict[str, dict[str, str]], tmp_path: Path, entry: str
+) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("annotations.json", json.dumps({"images": [], "annotations": [], "categories": []}))
@@ -110,7 +121,7 @@ def test_zip_symlink_is_refused(client: Any, keys: dict[str, dict[str, str]]) ->
     with zipfile.ZipFile(buf, "w") as zf:
         info = zipfile.ZipInfo("images/link.jpg")
         info.create_system = 3
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc/passwd")
     resp = _post_import(client, keys["curator"], buf.getvalue())
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "unsafe_path"

@@ -23,8 +23,12 @@ def _url(record: str = RECORD) -> str:
 def _record(api, key, *, record=RECORD, seed=1, idem=None, sector="general", **form):  # type: ignore[no-untyped-def]
     headers = {**auth(key), **({"Idempotency-Key": idem} if idem else {})}
     data = {"enterprise_id": "91420100MA4K", "sector": sector, "inspector_id": "执法证42010001", **form}
-    return api.post(f"{_url(record)}/photos", data=data, headers=headers,
-                    files={"file": ("现场.jpg", photo(seed=seed), "image/jpeg")})
+    return api.post(
+        f"{_url(record)}/photos",
+        data=data,
+        headers=headers,
+        files={"file": ("现场.jpg", photo(seed=seed), "image/jpeg")},
+    )
 
 
 def test_chinese_record_number_photo_with_findings(api, make_key, ctx) -> None:
@@ -46,7 +50,8 @@ def test_chinese_record_number_photo_with_findings(api, make_key, ctx) -> None:
         assert sample.source == "inspection" and sample.scope == "private" and sample.org_code == "420000"
         assert sample.inspection_record == RECORD and sample.enterprise_id == "91420100MA4K"
         assert [e.action for e in history(s, entity="inspection_photo", entity_id=body["photo_id"])] == [
-            "inspection.photo"]
+            "inspection.photo"
+        ]
 
     got = api.get(_url(), headers=auth(key))
     assert got.status_code == 200, got.text
@@ -129,8 +134,10 @@ def test_confirmed_finding_becomes_a_submitted_feedback_revision(api, make_key, 
     with ctx.db.session() as s:
         rev2 = s.get(AnnotationRevision, r2.json()["revision"]["id"])
         assert rev2.number == rev.number + 1 and rev2.parent_id == rev.id
-        assert rev2.boxes == [{"class_key": "head", **first["box"]},
-                              {"class_key": "helmet", "x1": 10.0, "y1": 12.0, "x2": 50.5, "y2": 60.0}]
+        assert rev2.boxes == [
+            {"class_key": "head", **first["box"]},
+            {"class_key": "helmet", "x1": 10.0, "y1": 12.0, "x2": 50.5, "y2": 60.0},
+        ]
 
     again = api.post(f"/v1/findings/{first['id']}/review", json={"decision": "rejected"}, headers=auth(key))
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_reviewed"
@@ -140,8 +147,9 @@ def test_rejected_finding_is_kept_as_a_false_positive(api, make_key, ctx) -> Non
     key = make_key("420000", "inspector")
     body = _record(api, key).json()
     finding = body["findings"][0]
-    bad = api.post(f"/v1/findings/{finding['id']}/review", json={"decision": "rejected", "class_key": "fire"},
-                   headers=auth(key))
+    bad = api.post(
+        f"/v1/findings/{finding['id']}/review", json={"decision": "rejected", "class_key": "fire"}, headers=auth(key)
+    )
     assert bad.status_code == 422
     r = api.post(f"/v1/findings/{finding['id']}/review", json={"decision": "rejected"}, headers=auth(key))
     assert r.status_code == 200, r.text
@@ -153,8 +161,10 @@ def test_rejected_finding_is_kept_as_a_false_positive(api, make_key, ctx) -> Non
         assert "hard_negative" in sample.tags and sample.annotation_status == "unlabeled"
     photos = api.get(_url(), headers=auth(key)).json()
     assert photos["summary"]["rejected"] == 1
-    assert api.post(f"/v1/findings/{finding['id']}/review", json={"decision": "rejected"},
-                    headers=auth(key)).status_code == 409
+    assert (
+        api.post(f"/v1/findings/{finding['id']}/review", json={"decision": "rejected"}, headers=auth(key)).status_code
+        == 409
+    )
 
 
 def test_tenancy_roles_and_validation(api, make_key) -> None:
@@ -162,12 +172,14 @@ def test_tenancy_roles_and_validation(api, make_key) -> None:
     body = _record(api, key).json()
     fid = body["findings"][0]["id"]
     other = make_key("330000", "service")
-    assert api.post(f"/v1/findings/{fid}/review", json={"decision": "confirmed"},
-                    headers=auth(other)).status_code == 404
+    assert (
+        api.post(f"/v1/findings/{fid}/review", json={"decision": "confirmed"}, headers=auth(other)).status_code == 404
+    )
     curator = make_key("420000", "curator")
     assert _record(api, curator).status_code == 403
-    assert api.post(f"/v1/findings/{fid}/review", json={"decision": "confirmed"},
-                    headers=auth(curator)).status_code == 403
+    assert (
+        api.post(f"/v1/findings/{fid}/review", json={"decision": "confirmed"}, headers=auth(curator)).status_code == 403
+    )
     assert _record(api, key, item_codes="ZZ-99").json()["error"]["code"] == "unknown_item"
     assert _record(api, key, sector="mining").json()["error"]["code"] == "unknown_sector"
     assert api.post(f"/v1/findings/{fid}/review", json={"decision": "maybe"}, headers=auth(key)).status_code == 422

@@ -78,8 +78,20 @@ def test_ultralytics_trains_on_the_yolo_export_as_is(ctx: Context, tmp_path: Pat
     result = _export(ctx, "yolo", tmp_path / "export")
     with no_network() as attempts:
         model = YOLO("yolo11n.yaml")
-        model.train(data=str(result.path), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False,
-                    project=str(tmp_path / "runs"), name="one", exist_ok=True, amp=False, verbose=False)
+        model.train(
+            data=str(result.path),
+            epochs=1,
+            imgsz=64,
+            batch=2,
+            workers=0,
+            device="cpu",
+            plots=False,
+            project=str(tmp_path / "runs"),
+            name="one",
+            exist_ok=True,
+            amp=False,
+            verbose=False,
+        )
     assert attempts == []
     assert (tmp_path / "runs" / "one" / "weights" / "last.pt").is_file()
     assert model.trainer is not None and model.trainer.validator is not None  # val ran on the export
@@ -102,8 +114,9 @@ def test_pycocotools_reads_and_scores_our_coco_export(ctx: Context, tmp_path: Pa
         gt = COCO(str(result.path))
     assert len(gt.getImgIds()) == len(ids) and len(gt.getAnnIds()) == 2 * len(ids)
     for img in gt.loadImgs(gt.getImgIds()):
-        assert (result.path.parent / "images" / img["file_name"]).is_file() or \
-            (result.path.parent / img["file_name"]).is_file()
+        assert (result.path.parent / "images" / img["file_name"]).is_file() or (
+            result.path.parent / img["file_name"]
+        ).is_file()
     anns = gt.loadAnns(gt.getAnnIds())
 
     def ap(dets: list[dict[str, Any]]) -> float:
@@ -114,8 +127,10 @@ def test_pycocotools_reads_and_scores_our_coco_export(ctx: Context, tmp_path: Pa
             ev.summarize()
         return float(ev.stats[0])
 
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 0.9}
-               for a in anns]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 0.9}
+        for a in anns
+    ]
     assert ap(perfect) == pytest.approx(1.0)
     # One fire box of four moved right by its whole width: that box becomes a false positive and its
     # object a miss at every IoU threshold. Fire: 3 of 4 found, the wrong one ranked last -> AP
@@ -134,8 +149,10 @@ def test_pycocotools_reads_and_scores_our_coco_export(ctx: Context, tmp_path: Pa
 def _items(tmp_path: Path) -> list[ExportItem]:
     a = write_image(tmp_path / "src" / "a.jpg", 120, 80, seed=1)
     b = write_image(tmp_path / "src" / "b.jpg", 64, 48, seed=2)
-    return [ExportItem("a.jpg", a, 120, 80, [Box("fire", 10.25, 5.5, 60.75, 40.125), Box("smoke", 0, 0, 119.5, 80)]),
-            ExportItem("b.jpg", b, 64, 48, [])]
+    return [
+        ExportItem("a.jpg", a, 120, 80, [Box("fire", 10.25, 5.5, 60.75, 40.125), Box("smoke", 0, 0, 119.5, 80)]),
+        ExportItem("b.jpg", b, 64, 48, []),
+    ]
 
 
 def test_cvat_round_trip_within_one_pixel(tmp_path: Path) -> None:
@@ -156,7 +173,8 @@ def test_cvat_round_trip_within_one_pixel(tmp_path: Path) -> None:
 def test_cvat_reader_reports_what_it_cannot_take(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "sub" / "p.jpg", 100, 50, seed=3)
     write_image(tmp_path / "images" / "unlisted.jpg", 10, 10, seed=4)
-    (tmp_path / "annotations.xml").write_text("""<?xml version="1.0" encoding="utf-8"?>
+    (tmp_path / "annotations.xml").write_text(
+        """<?xml version="1.0" encoding="utf-8"?>
 <annotations><version>1.1</version>
  <meta><task><labels><label><name>fire</name></label><label><name>smoke</name></label></labels></task></meta>
  <image id="0" name="sub/p.jpg" width="100" height="50">
@@ -167,7 +185,9 @@ def test_cvat_reader_reports_what_it_cannot_take(tmp_path: Path) -> None:
   <box label="fire" xtl="x" ytl="2" xbr="30" ybr="40"/>
  </image>
  <image id="1" name="missing.jpg" width="1" height="1"/>
-</annotations>""", encoding="utf-8")
+</annotations>""",
+        encoding="utf-8",
+    )
     records, report = read_cvat(tmp_path / "annotations.xml")
     [rec] = records
     assert rec.file_name == "sub/p.jpg"
@@ -182,8 +202,11 @@ def test_cvat_reader_reports_what_it_cannot_take(tmp_path: Path) -> None:
 
 def test_cvat_reader_refuses_entities_and_foreign_roots(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.xml"
-    bomb.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;">]>'
-                    "<annotations>&y;</annotations>", encoding="utf-8")
+    bomb.write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;">]>'
+        "<annotations>&y;</annotations>",
+        encoding="utf-8",
+    )
     with pytest.raises(Invalid):
         read_cvat(bomb, tmp_path)
     other = tmp_path / "voc.xml"
@@ -259,8 +282,11 @@ def test_backend_honours_the_label_config_and_any_number_of_tasks(api, ctx, make
     assert cfg["labels"] == {"person": "person", "head": "Head", "helmet": "安全帽（已佩戴）"}
     assert cfg["unknown_labels"] == ["banana"]
 
-    kinds = [{"sample_id": sample}, {"picture": f"http://hl:8000/v1/samples/{sample}/image"},
-             {"picture": f"http://ls:8080/data/local-files/?d=images/{sample}_site_photo.jpg"}]
+    kinds = [
+        {"sample_id": sample},
+        {"picture": f"http://hl:8000/v1/samples/{sample}/image"},
+        {"picture": f"http://ls:8080/data/local-files/?d=images/{sample}_site_photo.jpg"},
+    ]
     tasks = [{"id": i, "data": kinds[i % 3]} for i in range(130)]  # more than one chunk of 64
     r = api.post("/labelstudio/predict", json={"tasks": tasks, "label_config": CONFIG}, headers=basic)
     assert r.status_code == 200, r.text
@@ -277,19 +303,34 @@ def test_backend_honours_the_label_config_and_any_number_of_tasks(api, ctx, make
     assert {(x["from_name"], x["to_name"]) for x in plain["result"]} <= {("label", "image")}
 
 
-def _event(sample: int | None, results: list[dict[str, Any]], action: str = "ANNOTATION_CREATED",
-           data: dict[str, Any] | None = None, config: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"action": action, "annotation": {"id": 41, "result": results, "was_cancelled": False},
-                            "task": {"id": 9, "data": data if data is not None else {"sample_id": sample}}}
+def _event(
+    sample: int | None,
+    results: list[dict[str, Any]],
+    action: str = "ANNOTATION_CREATED",
+    data: dict[str, Any] | None = None,
+    config: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": action,
+        "annotation": {"id": 41, "result": results, "was_cancelled": False},
+        "task": {"id": 9, "data": data if data is not None else {"sample_id": sample}},
+    }
     if config is not None:
         body["project"] = {"id": 7, "label_config": config}
     return body
 
 
 def _rect(label: str, x: float, y: float, w: float, h: float) -> dict[str, Any]:
-    return {"id": "a1", "type": "rectanglelabels", "from_name": "hazards", "to_name": "photo",
-            "original_width": 160, "original_height": 120, "image_rotation": 0,
-            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]}}
+    return {
+        "id": "a1",
+        "type": "rectanglelabels",
+        "from_name": "hazards",
+        "to_name": "photo",
+        "original_width": 160,
+        "original_height": 120,
+        "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]},
+    }
 
 
 def test_webhook_stores_annotations_as_submitted_revisions(api, ctx, make_key) -> None:  # type: ignore[no-untyped-def]
@@ -309,17 +350,23 @@ def test_webhook_stores_annotations_as_submitted_revisions(api, ctx, make_key) -
     again = api.post("/labelstudio/webhook", json=dict(body, action="ANNOTATION_UPDATED"), headers=auth(key))
     assert again.json()["status"] == "unchanged"
     # By our image URL, no config: labels are class keys or names.
-    moved = _event(None, [_rect("fire", 0, 0, 50, 50)], "ANNOTATION_UPDATED",
-                   data={"image": f"http://hl:8000/v1/samples/{sample}/image"})
+    moved = _event(
+        None,
+        [_rect("fire", 0, 0, 50, 50)],
+        "ANNOTATION_UPDATED",
+        data={"image": f"http://hl:8000/v1/samples/{sample}/image"},
+    )
     r = api.post("/labelstudio/webhook", json=moved, headers=auth(key))
     assert r.json()["status"] == "stored" and r.json()["revision_number"] == 2
 
-    unknown = api.post("/labelstudio/webhook", json=_event(sample, [_rect("banana", 0, 0, 5, 5)], config=CONFIG),
-                       headers=auth(key))
+    unknown = api.post(
+        "/labelstudio/webhook", json=_event(sample, [_rect("banana", 0, 0, 5, 5)], config=CONFIG), headers=auth(key)
+    )
     assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_class"
     assert "banana" in unknown.json()["error"]["message"]
-    ignored = api.post("/labelstudio/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}},
-                       headers=auth(key))
+    ignored = api.post(
+        "/labelstudio/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}, headers=auth(key)
+    )
     assert ignored.status_code == 200 and ignored.json()["status"] == "ignored"
     skipped = _event(sample, [])
     skipped["annotation"]["was_cancelled"] = True
@@ -338,8 +385,9 @@ def test_webhook_follows_the_label_write_rules(api, ctx, make_key) -> None:  # t
     assert api.post("/labelstudio/webhook", json=body, headers=auth(inspector)).status_code == 403
     assert api.post("/labelstudio/webhook", json=body).status_code == 401
     own = _photo_sample(ctx, seed=14)
-    r = api.post("/labelstudio/webhook", json=_event(own, [], data={"image": "http://elsewhere/x.jpg"}),
-                 headers=auth(curator))
+    r = api.post(
+        "/labelstudio/webhook", json=_event(own, [], data={"image": "http://elsewhere/x.jpg"}), headers=auth(curator)
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "unresolvable_image"
 
 

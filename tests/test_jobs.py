@@ -141,17 +141,24 @@ def test_jobs_api(ctx: Context, client, make_key, tiny_dataset: TinyDataset) -> 
     admin, curator = make_key("420000", "admin"), make_key("420000", "curator")
     inspector, other = make_key("420000", "inspector"), make_key("310000", "curator")
 
-    r = client.post("/v1/jobs", json={"kind": "train", "params": {"dataset": tiny_dataset.ref, "config": "tiny"}},
-                    headers=auth(curator))
+    r = client.post(
+        "/v1/jobs",
+        json={"kind": "train", "params": {"dataset": tiny_dataset.ref, "config": "tiny"}},
+        headers=auth(curator),
+    )
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     r = client.post("/v1/jobs", json={"kind": "fly", "params": {}}, headers=auth(admin))
     assert r.status_code == 422
-    r = client.post("/v1/jobs", json={"kind": "train", "params": {"dataset": tiny_dataset.ref, "config": "tiny",
-                                                                  "epochs": 3}}, headers=auth(admin))
+    r = client.post(
+        "/v1/jobs",
+        json={"kind": "train", "params": {"dataset": tiny_dataset.ref, "config": "tiny", "epochs": 3}},
+        headers=auth(admin),
+    )
     assert r.status_code == 422 and "epochs" in r.json()["error"]["message"]
 
-    r = client.post("/v1/jobs", json={"kind": "dataset_export", "params": {"dataset": tiny_dataset.ref}},
-                    headers=auth(curator))
+    r = client.post(
+        "/v1/jobs", json={"kind": "dataset_export", "params": {"dataset": tiny_dataset.ref}}, headers=auth(curator)
+    )
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] == "queued" and job["kind"] == "dataset_export"

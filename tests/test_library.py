@@ -52,8 +52,14 @@ def test_ingest_stores_bytes_thumbnail_row_and_audit(catalogue_ctx: Context) -> 
     res = ingest(ctx, who, data, camera_id="cam-1", tags=["钢铁", "ladle", "ladle", " "], original_name="a.jpg")
     assert not res.deduplicated and res.near_duplicates == []
     s = res.sample
-    assert (s.width, s.height, s.format, s.size_bytes, s.org_code, s.scope) == (320, 240, "jpeg", len(data),
-                                                                                  "420000", "private")
+    assert (s.width, s.height, s.format, s.size_bytes, s.org_code, s.scope) == (
+        320,
+        240,
+        "jpeg",
+        len(data),
+        "420000",
+        "private",
+    )
     assert s.tags == ["钢铁", "ladle"]
     assert ctx.store.get(blob_key(s.sha256)) == data
     assert Image.open(io.BytesIO(ctx.store.get(lib.thumbnail_key(s.sha256)))).format == "JPEG"
@@ -70,8 +76,12 @@ def test_ingest_stores_bytes_thumbnail_row_and_audit(catalogue_ctx: Context) -> 
 def test_unknown_sector_and_bad_meta_are_refused_with_nothing_stored(catalogue_ctx: Context) -> None:
     ctx = catalogue_ctx
     who = principal(ctx)
-    for meta, code in (({"sector": "bakery"}, "unknown_sector"), ({"scope": "public"}, "invalid_scope"),
-                       ({"source": "web"}, "invalid_source"), ({"site_id": "x" * 101}, "invalid_meta")):
+    for meta, code in (
+        ({"sector": "bakery"}, "unknown_sector"),
+        ({"scope": "public"}, "invalid_scope"),
+        ({"source": "web"}, "invalid_source"),
+        ({"site_id": "x" * 101}, "invalid_meta"),
+    ):
         with pytest.raises(Invalid) as err:
             ingest(ctx, who, make_image(seed=2), **meta)
         assert err.value.code == code
@@ -134,8 +144,12 @@ def test_near_duplicates_are_linked_and_grouped(catalogue_ctx: Context) -> None:
     with ctx.db.session() as s:
         groups = dict(s.execute(select(Sample.id, Sample.dup_group)).all())
         links = set(s.execute(select(NearDuplicate.sample_id, NearDuplicate.other_id)).all())
-        assert groups == {a.sample.id: a.sample.id, unrelated.sample.id: None, b.sample.id: a.sample.id,
-                          c.sample.id: a.sample.id}
+        assert groups == {
+            a.sample.id: a.sample.id,
+            unrelated.sample.id: None,
+            b.sample.id: a.sample.id,
+            c.sample.id: a.sample.id,
+        }
         ids = (a.sample.id, b.sample.id, c.sample.id)
         assert links == {(x, y) for x in ids for y in ids if x != y}
         assert {i for i, _ in lib.near_duplicates(s, who, a.sample.id)} == {b.sample.id, c.sample.id}
@@ -209,10 +223,30 @@ def test_search_filters(catalogue_ctx: Context) -> None:
     who = principal(ctx)
     other = principal(ctx, "430000")
     when = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-    a = ingest(ctx, who, make_image(seed=20), sector="dust", camera_id="c1", site_id="s1", enterprise_id="e1",
-               tags=["积尘", "vent"], captured_at=when, source="inspection").sample
-    b = ingest(ctx, who, make_image(seed=21), sector="steel", camera_id="c2", site_id="s1", enterprise_id="e2",
-               tags=["ladle"], captured_at=when + timedelta(days=3), scope="shared").sample
+    a = ingest(
+        ctx,
+        who,
+        make_image(seed=20),
+        sector="dust",
+        camera_id="c1",
+        site_id="s1",
+        enterprise_id="e1",
+        tags=["积尘", "vent"],
+        captured_at=when,
+        source="inspection",
+    ).sample
+    b = ingest(
+        ctx,
+        who,
+        make_image(seed=21),
+        sector="steel",
+        camera_id="c2",
+        site_id="s1",
+        enterprise_id="e2",
+        tags=["ladle"],
+        captured_at=when + timedelta(days=3),
+        scope="shared",
+    ).sample
     c = ingest(ctx, other, make_image(seed=22), sector="dust", scope="shared", tags=["vent"]).sample
     with ctx.db.session() as s:
         s.add(SampleClass(sample_id=a.id, class_key="dust_accumulation"))
@@ -238,8 +272,9 @@ def test_search_filters(catalogue_ctx: Context) -> None:
     assert ids(class_key="dust_accumulation") == {a.id}
     assert ids(captured_from=lib.parse_when("2024-05-02")) == {b.id}
     assert ids(captured_to=lib.parse_when("2024-05-01", end=True)) == {a.id}
-    assert ids(captured_from=lib.parse_when("2024-05-01T08:00:00Z"),
-               captured_to=lib.parse_when("2024-05-04T16:00:00+08:00")) == {a.id, b.id}
+    assert ids(
+        captured_from=lib.parse_when("2024-05-01T08:00:00Z"), captured_to=lib.parse_when("2024-05-04T16:00:00+08:00")
+    ) == {a.id, b.id}
     today = datetime.now(UTC).date().isoformat()
     assert ids(created_from=lib.parse_when(today), created_to=lib.parse_when(today, end=True)) == {a.id, b.id, c.id}
     assert ids(created_to=lib.parse_when("2000-01-01", end=True)) == set()

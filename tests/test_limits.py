@@ -26,8 +26,7 @@ TIMEOUT_S = 1.0  # only where a test wants a timeout; others keep a generous one
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS,
-                    request_timeout_s=30.0)
+    return Settings(home=tmp_path / "home", max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, request_timeout_s=30.0)
 
 
 @pytest.fixture
@@ -61,8 +60,11 @@ def test_keys_and_roles(limited, make_key) -> None:
     _error(client.get("/metrics"), 401)
     assert client.get("/healthz").status_code == 200  # the one endpoint without a key
     inspector = make_key("420000", "inspector")
-    _error(client.post("/v1/models/hazardlens/1/promote", json={"stage": "production"}, headers=auth(inspector)),
-           403, "forbidden")
+    _error(
+        client.post("/v1/models/hazardlens/1/promote", json={"stage": "production"}, headers=auth(inspector)),
+        403,
+        "forbidden",
+    )
     _error(client.post("/v1/models/hazardlens/rollback", headers=auth(make_key("420000", "service"))), 403)
 
 
@@ -83,16 +85,22 @@ def test_size_pixel_and_media_limits(limited, make_key) -> None:
     _error(_detect(client, key, b""), 415)
     _error(_detect(client, key, photo()[:200]), 415)  # a JPEG cut short by a dropped connection
     _error(client.post("/v1/detect", headers=auth(key)), 422, "invalid")  # no file at all
-    _error(client.post("/v1/detect", files={"file": ("a.jpg", photo(), "image/jpeg")}, data={"conf": "abc"},
-                       headers=auth(key)), 422, "invalid")
+    _error(
+        client.post(
+            "/v1/detect", files={"file": ("a.jpg", photo(), "image/jpeg")}, data={"conf": "abc"}, headers=auth(key)
+        ),
+        422,
+        "invalid",
+    )
 
 
 def test_oversized_bodies_are_refused_early(limited, make_key) -> None:
     client, _ = limited
     key = make_key("420000", "service")
     body = b"x" * (MAX_BYTES + 1_100_000)
-    err = _error(client.post("/v1/detect", content=body, headers={**auth(key), "Content-Type": "image/jpeg"}),
-                 413, "too_large")
+    err = _error(
+        client.post("/v1/detect", content=body, headers={**auth(key), "Content-Type": "image/jpeg"}), 413, "too_large"
+    )
     assert "limit" in err["message"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
@@ -133,15 +141,18 @@ def _raw(port: int, head: bytes, body: bytes = b"", wait: float = 10.0) -> tuple
     return data, time.monotonic() - start
 
 
-def test_stalled_upload_and_huge_content_length_on_a_real_server(ctx, serving_app, model_variants, live_server,
-                                                                   make_key) -> None:
+def test_stalled_upload_and_huge_content_length_on_a_real_server(
+    ctx, serving_app, model_variants, live_server, make_key
+) -> None:
     register(ctx, model_variants[0], "1")
     key = make_key("420000", "service")
     timeout = 4.0  # the stall cut-off is half of it; room for a loaded machine to start reading the body
     ctx.settings = ctx.settings.with_(request_timeout_s=timeout)
     with live_server(serving_app()) as server:
-        head = (f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-                f"Content-Type: multipart/form-data; boundary=b\r\n").encode()
+        head = (
+            f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n"
+        ).encode()
         # Refused from the header alone: the body is never sent.
         data, took = _raw(server.port, head + b"Content-Length: 999999999\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 413") and took < 2

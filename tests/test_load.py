@@ -69,8 +69,10 @@ def test_load_with_promotion(ctx, serving_app, model_variants, live_server, make
         elapsed = time.monotonic() - start
 
     total = sum(outcomes.values())
-    print(f"\nload: {total} requests in {elapsed:.1f} s ({total / elapsed:.1f}/s) at concurrency {CONCURRENCY}; "
-          f"outcomes {dict(outcomes)}; versions {dict(versions)}")
+    print(
+        f"\nload: {total} requests in {elapsed:.1f} s ({total / elapsed:.1f}/s) at concurrency {CONCURRENCY}; "
+        f"outcomes {dict(outcomes)}; versions {dict(versions)}"
+    )
     assert outcomes == Counter({"200": total}), outcomes
     assert total > CONCURRENCY * 10
     assert versions["1"] > 0 and versions["2"] > 0

@@ -91,8 +91,11 @@ def test_coco_export_one_file_per_split(ctx: Context, tmp_path: Path) -> None:
         assert len(doc["images"]) == len(items)
         names = {c["id"]: c["name"] for c in doc["categories"]}
         got = sorted((names[a["category_id"]], *a["bbox"]) for a in doc["annotations"])
-        want = sorted((b["class_key"], b["x1"], b["y1"], b["x2"] - b["x1"], b["y2"] - b["y1"])
-                      for it in items for b in it["boxes"])
+        want = sorted(
+            (b["class_key"], b["x1"], b["y1"], b["x2"] - b["x1"], b["y2"] - b["y1"])
+            for it in items
+            for b in it["boxes"]
+        )
         assert got == want
         for img in doc["images"]:
             assert (tmp_path / "coco" / "images" / img["file_name"]).is_file()
@@ -152,7 +155,7 @@ def test_exif_rotated_sample_is_exported_as_oriented_pixels(ctx: Context, tmp_pa
         assert pixels.shape[:2] == (64, 48)
         x1, x2 = round((cx - w / 2) * 48), round((cx + w / 2) * 48)
         y1, y2 = round((cy - h / 2) * 64), round((cy + h / 2) * 64)
-        inside = pixels[y1 + 2:y2 - 2, x1 + 2:x2 - 2].reshape(-1, 3).mean(0)
+        inside = pixels[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].reshape(-1, 3).mean(0)
         assert inside[0] > 200 and inside[2] < 80, inside  # the red patch is where the box says
 
     coco = export_version(ctx, dv, "coco", tmp_path / "c")  # re-encoded once, then cached
@@ -166,8 +169,9 @@ def test_stats_json_and_train_caps(ctx: Context, tmp_path: Path) -> None:
     for i in range(8):
         add_sample(ctx, admin, seed=i, camera=f"cam{i}", boxes=[box("fire", 10, 8, 50, 40)])
     for i in range(3):
-        add_sample(ctx, admin, seed=20 + i, camera=f"mix{i}", boxes=[box("fire", 1, 1, 9, 9),
-                                                                     box("person", 20, 10, 60, 60)])
+        add_sample(
+            ctx, admin, seed=20 + i, camera=f"mix{i}", boxes=[box("fire", 1, 1, 9, 9), box("person", 20, 10, 60, 60)]
+        )
     with ctx.db.session() as s:
         dv = create_version(ctx, s, admin, "caps", ratios=(1.0, 0.0, 0.0))
     result = export_version(ctx, dv, "yolo", tmp_path / "y", train_caps={"fire": 3})
@@ -186,8 +190,10 @@ def test_stats_json_and_train_caps(ctx: Context, tmp_path: Path) -> None:
 
 
 def test_train_caps_leave_val_and_test_alone() -> None:
-    items = [{"sample_id": i, "sha256": f"{i:064x}", "split": split, "boxes": [{"class_key": "fire"}]}
-             for i, split in enumerate(["train"] * 5 + ["val"] * 3 + ["test"] * 3)]
+    items = [
+        {"sample_id": i, "sha256": f"{i:064x}", "split": split, "boxes": [{"class_key": "fire"}]}
+        for i, split in enumerate(["train"] * 5 + ["val"] * 3 + ["test"] * 3)
+    ]
     items.append({"sample_id": 99, "sha256": "f" * 64, "split": "train", "boxes": []})
     kept, dropped = apply_train_caps(items, {"fire": 2})
     assert dropped == 3

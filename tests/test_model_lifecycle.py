@@ -24,8 +24,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _detect(client: TestClient, key: str, **params: str) -> Any:
-    return client.post("/v1/detect", params=params, headers=auth(key),
-                       files={"file": ("a.jpg", photo(64, 48, seed=1), "image/jpeg")})
+    return client.post(
+        "/v1/detect", params=params, headers=auth(key), files={"file": ("a.jpg", photo(64, 48, seed=1), "image/jpeg")}
+    )
 
 
 def _serving(client: TestClient, key: str) -> str | None:
@@ -73,8 +74,9 @@ def test_promotion_during_a_burst_drops_nothing(ctx, serving_app, model_variants
     assert new_engine_open
 
 
-def test_in_flight_request_finishes_on_the_engine_it_started_on(ctx, serving_app, model_variants, make_key,
-                                                               tracked) -> None:
+def test_in_flight_request_finishes_on_the_engine_it_started_on(
+    ctx, serving_app, model_variants, make_key, tracked
+) -> None:
     loader, engines, knobs = tracked
     knobs["delay"]["1"] = 1.5
     register(ctx, model_variants[0], "1")
@@ -112,8 +114,12 @@ def test_pinned_versions_and_retired_models(ctx, serving_app, model_variants, ma
         # The service role relays detections; it may not promote.
         denied = client.post("/v1/models/hazardlens/3/promote", json={"stage": "production"}, headers=auth(service))
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
-        assert client.post("/v1/models/hazardlens/3/promote", json={"stage": "production"},
-                           headers=auth(admin)).status_code == 200
+        assert (
+            client.post(
+                "/v1/models/hazardlens/3/promote", json={"stage": "production"}, headers=auth(admin)
+            ).status_code
+            == 200
+        )
         assert wait_for(lambda: _serving(client, service) == "3", 20)
         # Version 1 is archived now: neither served unpinned nor by pin.
         retired = _detect(client, service, model="1")

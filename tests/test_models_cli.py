@@ -35,8 +35,15 @@ def _register(ctx: Context, tmp_path: Path, n: int) -> None:
         weights = tmp_path / f"w{i}.pt"
         weights.write_bytes(f"weights {i}".encode())
         with ctx.db.session() as s:
-            register_model(ctx, s, SYSTEM, weights, classes=["fire", "smoke"], imgsz=640,
-                           card={"metrics": {"val": {"map50": 0.1 * i}}})
+            register_model(
+                ctx,
+                s,
+                SYSTEM,
+                weights,
+                classes=["fire", "smoke"],
+                imgsz=640,
+                card={"metrics": {"val": {"map50": 0.1 * i}}},
+            )
 
 
 def _stages(ctx: Context) -> dict[str, str]:
@@ -81,8 +88,9 @@ def test_rollback_without_history_fails_clearly(ctx: Context, cli: CliRunner, tm
     assert res.exit_code == 2 and "nothing_to_roll_back" in res.output
 
 
-def test_export_then_import_on_another_installation(ctx: Context, cli: CliRunner, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_then_import_on_another_installation(
+    ctx: Context, cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _register(ctx, tmp_path, 2)
     out = tmp_path / "bundle"
     res = cli.invoke(_app(), ["models", "export", "hazardlens", "2", "--out", str(out)])

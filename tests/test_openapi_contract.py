@@ -17,8 +17,10 @@ from hazardlens.serving.deps import get_principal
 from hazardlens.serving.document import api_routes
 
 #: Path parameters that name something the route makes or acts on without looking it up first.
-NO_LOOKUP = {"POST /v1/inspections/{record_no}/photos": "the first photo opens the record",
-             "POST /v1/models/{name}/rollback": "an unknown model has nothing to roll back to (409)"}
+NO_LOOKUP = {
+    "POST /v1/inspections/{record_no}/photos": "the first photo opens the record",
+    "POST /v1/models/{name}/rollback": "an unknown model has nothing to roll back to (409)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +58,11 @@ def test_every_route_is_typed_and_documents_its_errors(app: Any) -> None:
             operation = document["paths"][route.path_format][method.lower()]
             documented = set(operation["responses"])
             ok = str(route.status_code or 200)
-            json_route = route.response_class is None or getattr(route.response_class, "value", route.response_class) \
-                in (JSONResponse,) or route.response_class.__class__.__name__ == "DefaultPlaceholder"
+            json_route = (
+                route.response_class is None
+                or getattr(route.response_class, "value", route.response_class) in (JSONResponse,)
+                or route.response_class.__class__.__name__ == "DefaultPlaceholder"
+            )
             if route.response_model is None:
                 content = operation["responses"].get(ok, {}).get("content", {})
                 if json_route or not content or "application/json" in content:
@@ -83,9 +88,12 @@ def test_unsupported_methods_answer_405_with_every_allowed_method(app: Any) -> N
     from fastapi.testclient import TestClient
 
     with TestClient(app) as client:
-        for method, path, allowed in (("OPTIONS", "/v1/samples", "GET, POST"),
-                                      ("PATCH", "/v1/samples/1", "DELETE, GET"),
-                                      ("DELETE", "/v1/jobs", "GET, POST"), ("POST", "/healthz", "GET")):
+        for method, path, allowed in (
+            ("OPTIONS", "/v1/samples", "GET, POST"),
+            ("PATCH", "/v1/samples/1", "DELETE, GET"),
+            ("DELETE", "/v1/jobs", "GET, POST"),
+            ("POST", "/healthz", "GET"),
+        ):
             answer = client.request(method, path)
             assert answer.status_code == 405, (method, path)
             assert answer.headers["allow"] == allowed
@@ -109,7 +117,6 @@ def test_nothing_null_where_null_cannot_be_sent(app: Any) -> None:
 @given(st.from_regex(re.compile(CURSOR_PATTERN), fullmatch=True))
 def test_every_cursor_the_document_allows_is_one_the_server_reads(cursor: str) -> None:
     from hazardlens.datasets.search import decode_cursor, encode_cursor
-
 
     if cursor:  # reads as an id the catalogue can hold (leading zeros allowed)
         assert 0 <= decode_cursor(cursor) < 2**63

@@ -130,8 +130,16 @@ def _free_port() -> int:
 def _checkout_copy(dest: Path) -> Path:
     """The working tree as git sees it (tracked and untracked, not ignored), so the build neither
     writes into the checkout nor picks up build/, var/ or the venv."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         src = ROOT / name
         if src.is_file():
@@ -146,19 +154,37 @@ def test_wheel_installs_and_serves_outside_the_checkout(tmp_path: Path) -> None:
         pytest.skip("needs a git checkout")
     python = sys.executable
     src = _checkout_copy(tmp_path / "src")
-    subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("hazardlens-*.whl")
     site = tmp_path / "site"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
 
     override = tmp_path / "override"
     override.mkdir()
     taxonomy = (ROOT / "configs" / "taxonomy.yaml").read_text(encoding="utf-8")
     assert 'version: "2024.1"' in taxonomy
-    (override / "taxonomy.yaml").write_text(taxonomy.replace('version: "2024.1"', 'version: "override-test"'),
-                                            encoding="utf-8")
+    (override / "taxonomy.yaml").write_text(
+        taxonomy.replace('version: "2024.1"', 'version: "override-test"'), encoding="utf-8"
+    )
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     # The venv's editable finder would still answer for a module the wheel lacks (it maps hazardlens.*
@@ -168,10 +194,15 @@ def test_wheel_installs_and_serves_outside_the_checkout(tmp_path: Path) -> None:
     (guard / "sitecustomize.py").write_text(
         "import sys\n"
         "sys.meta_path[:] = [f for f in sys.meta_path if not str(f.__module__).startswith('__editable__')]\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAZARDLENS_")}
-    env.update(PYTHONPATH=os.pathsep.join([str(guard), str(site)]), HAZARDLENS_HOME=str(tmp_path / "home"),
-               YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path / "yolo"))
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(guard), str(site)]),
+        HAZARDLENS_HOME=str(tmp_path / "home"),
+        YOLO_OFFLINE="1",
+        YOLO_CONFIG_DIR=str(tmp_path / "yolo"),
+    )
     cli = [python, str(site / "bin" / "hazardlens")]
 
     def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -179,9 +210,11 @@ def test_wheel_installs_and_serves_outside_the_checkout(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         return done
 
-    probe = ("import sys, hazardlens, hazardlens.formats, hazardlens.settings as s; print(hazardlens.__file__); "
-             "print(s.shipped_configs()); print(s.config_path('taxonomy.yaml')); "
-             "print(all(not str(f.__module__).startswith('__editable__') for f in sys.meta_path))")
+    probe = (
+        "import sys, hazardlens, hazardlens.formats, hazardlens.settings as s; print(hazardlens.__file__); "
+        "print(s.shipped_configs()); print(s.config_path('taxonomy.yaml')); "
+        "print(all(not str(f.__module__).startswith('__editable__') for f in sys.meta_path))"
+    )
     where = run(python, "-c", probe, HAZARDLENS_CONFIG_DIR=str(override)).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in where[:2]), where
     assert where[2:] == [str(override / "taxonomy.yaml"), "True"]
@@ -192,8 +225,13 @@ def test_wheel_installs_and_serves_outside_the_checkout(tmp_path: Path) -> None:
 
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([*cli, "serve", "--port", str(port)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                              env={**env, "HAZARDLENS_CONFIG_DIR": str(override)})
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)],
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**env, "HAZARDLENS_CONFIG_DIR": str(override)},
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300

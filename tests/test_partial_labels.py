@@ -33,13 +33,20 @@ def test_class_map_declares_unlabeled_classes() -> None:
 
 
 def test_ignore_regions_are_appended_as_whole_image_boxes() -> None:
-    label = {"im_file": "/x/images/train/00000007_abc.jpg", "cls": np.array([[1.0]], np.float32),
-             "bboxes": np.array([[0.3, 0.3, 0.1, 0.1]], np.float32), "segments": []}
+    label = {
+        "im_file": "/x/images/train/00000007_abc.jpg",
+        "cls": np.array([[1.0]], np.float32),
+        "bboxes": np.array([[0.3, 0.3, 0.1, 0.1]], np.float32),
+        "segments": [],
+    }
     out = partial_labels.add_ignore_regions(label, {"00000007_abc.jpg": [0, 2]}, nc=3)
     assert out["cls"].reshape(-1).tolist() == [1.0, 3.0, 5.0]  # nc + class
     assert out["bboxes"][1:].tolist() == [[0.5, 0.5, 1.0, 1.0]] * 2
-    other = {"im_file": "/x/images/train/other.jpg", "cls": np.zeros((0, 1), np.float32),
-             "bboxes": np.zeros((0, 4), np.float32)}
+    other = {
+        "im_file": "/x/images/train/other.jpg",
+        "cls": np.zeros((0, 1), np.float32),
+        "bboxes": np.zeros((0, 4), np.float32),
+    }
     assert len(partial_labels.add_ignore_regions(other, {"00000007_abc.jpg": [0]}, nc=3)["cls"]) == 0
 
 
@@ -48,8 +55,7 @@ def test_region_mask_marks_anchors_inside_each_region_for_its_class() -> None:
 
     points = torch.tensor([[4.0, 4.0], [12.0, 4.0], [4.0, 12.0], [12.0, 12.0]])
     regions = torch.tensor([[0.0, 0.0, 8.0, 16.0], [8.0, 8.0, 16.0, 16.0]])  # left half; bottom-right
-    mask = partial_labels.region_mask(points, torch.tensor([0, 1]), torch.tensor([2, 0]), regions,
-                                      batch_size=2, nc=3)
+    mask = partial_labels.region_mask(points, torch.tensor([0, 1]), torch.tensor([2, 0]), regions, batch_size=2, nc=3)
     assert mask.shape == (2, 4, 3)
     assert mask[0, :, 2].tolist() == [True, False, True, False] and not mask[0, :, :2].any()
     assert mask[1, :, 0].tolist() == [False, False, False, True] and not mask[1, :, 1:].any()
@@ -75,9 +81,11 @@ def test_masked_loss_gives_the_unlabelled_class_no_negative_gradient_inside_its_
     img = torch.rand(2, 3, 64, 64)
     # Image 0: one real box of class 1 and an ignore region for class 0 ("person not labelled here").
     # Image 1: one real box of class 0; nothing declared.
-    batch = {"batch_idx": torch.tensor([0.0, 0.0, 1.0]),
-             "cls": torch.tensor([[1.0], [3.0 + 0.0], [0.0]]),
-             "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 1.0, 1.0], [0.3, 0.3, 0.3, 0.3]])}
+    batch = {
+        "batch_idx": torch.tensor([0.0, 0.0, 1.0]),
+        "cls": torch.tensor([[1.0], [3.0 + 0.0], [0.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 1.0, 1.0], [0.3, 0.3, 0.3, 0.3]]),
+    }
     preds = model(img)
     preds["scores"].retain_grad()
     total, items = loss_fn(preds, batch)
@@ -103,8 +111,11 @@ def test_positive_boxes_of_an_unlabelled_class_still_teach() -> None:
 
     loss_fn, model = _loss_and_model()
     img = torch.rand(1, 3, 64, 64)
-    batch = {"batch_idx": torch.tensor([0.0, 0.0]), "cls": torch.tensor([[0.0], [3.0]]),
-             "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])}
+    batch = {
+        "batch_idx": torch.tensor([0.0, 0.0]),
+        "cls": torch.tensor([[0.0], [3.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]),
+    }
     preds = model(img)
     preds["scores"].retain_grad()
     loss_fn(preds, batch)[0].sum().backward()
@@ -126,8 +137,16 @@ def test_declaration_travels_from_revision_to_the_yolo_export(ctx: Context) -> N
         # Re-import the first four as a source that does not label accumulated dust (a new revision).
         for sid in ids[:4]:
             data, boxes = scene(2000 + ids.index(sid))
-            save_revision(ctx, s, principal, sid, [b for b in boxes if b["class_key"] == "fire"], source="import",
-                          status="approved", unlabeled_classes=["accumulated_dust"])
+            save_revision(
+                ctx,
+                s,
+                principal,
+                sid,
+                [b for b in boxes if b["class_key"] == "fire"],
+                source="import",
+                status="approved",
+                unlabeled_classes=["accumulated_dust"],
+            )
         with pytest.raises(Invalid, match="unknown classes"):
             save_revision(ctx, s, principal, ids[5], [box("fire", 1, 1, 9, 9)], unlabeled_classes=["hardhat"])
     with ctx.db.session() as s:
@@ -164,8 +183,16 @@ def test_tiny_training_with_a_declared_unlabelled_class(tmp_path: Path) -> None:
         sid = add_sample(ctx, principal, seed=i, data=data, boxes=boxes, camera=f"cam-{i}", sector="general")
         if i % 2:
             with ctx.db.session() as s:
-                save_revision(ctx, s, principal, sid, [b for b in boxes if b["class_key"] == "fire"],
-                              source="import", status="approved", unlabeled_classes=["accumulated_dust"])
+                save_revision(
+                    ctx,
+                    s,
+                    principal,
+                    sid,
+                    [b for b in boxes if b["class_key"] == "fire"],
+                    source="import",
+                    status="approved",
+                    unlabeled_classes=["accumulated_dust"],
+                )
     with ctx.db.session() as s:
         dv = create_version(ctx, s, principal, "tinypartial", group_by="camera", ratios=(0.5, 0.25, 0.25), seed=0)
     seen: dict[str, object] = {}
@@ -178,8 +205,9 @@ def test_tiny_training_with_a_declared_unlabelled_class(tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp, no_network():
         mp.setattr(partial_labels, "use_masked_loss", spy)
-        result = train(ctx, f"tinypartial@{dv.id[:12]}", write_config(tmp_path / "one.yaml", epochs=1),
-                       principal=principal)
+        result = train(
+            ctx, f"tinypartial@{dv.id[:12]}", write_config(tmp_path / "one.yaml", epochs=1), principal=principal
+        )
     ctx.close()
     assert result.status == "completed" and result.model is not None
     assert seen == {"criterion": "MaskedDetectionLoss", "declared": 6}

@@ -33,8 +33,9 @@ def test_suggestions_for_a_sample_and_for_my_queue(api, ctx, make_key) -> None: 
     listed = api.get(f"/v1/samples/{first}/suggestions", headers=auth(curator)).json()["items"]
     assert [s["id"] for s in listed] == [item["id"]]
 
-    assigned = api.post("/v1/labeling/assign", json={"filters": {}, "assignee": "pre-curator", "limit": 10},
-                        headers=auth(reviewer))
+    assigned = api.post(
+        "/v1/labeling/assign", json={"filters": {}, "assignee": "pre-curator", "limit": 10}, headers=auth(reviewer)
+    )
     assert assigned.status_code == 200, assigned.text
     queued = api.post("/v1/suggestions/request", json={"queue": True, "conf": 0.0}, headers=auth(curator))
     assert queued.status_code == 200, queued.text
@@ -62,8 +63,7 @@ def test_label_studio_ml_backend_protocol(api, ctx, make_key) -> None:  # type: 
     assert setup.status_code == 200 and setup.json()["model_version"] == "1"
 
     inline = "data:image/jpeg;base64," + base64.b64encode(photo(seed=7)).decode()
-    tasks = [{"id": 1, "data": {"image": f"/data/x/v1/samples/{sample}/image"}},
-             {"id": 2, "data": {"image": inline}}]
+    tasks = [{"id": 1, "data": {"image": f"/data/x/v1/samples/{sample}/image"}}, {"id": 2, "data": {"image": inline}}]
     r = api.post("/labelstudio/predict", json={"tasks": tasks}, headers=basic)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
@@ -76,8 +76,9 @@ def test_label_studio_ml_backend_protocol(api, ctx, make_key) -> None:  # type: 
             assert 0 <= v["x"] <= 100 and 0 <= v["y"] <= 100 and v["x"] + v["width"] <= 100.0001
             assert v["rectanglelabels"][0] in {"person", "head"}
 
-    unresolvable = api.post("/labelstudio/predict", json={"tasks": [{"id": 3, "data": {"image": "http://x/y.jpg"}}]},
-                            headers=basic)
+    unresolvable = api.post(
+        "/labelstudio/predict", json={"tasks": [{"id": 3, "data": {"image": "http://x/y.jpg"}}]}, headers=basic
+    )
     assert unresolvable.status_code == 422
     assert unresolvable.json()["error"]["code"] == "unresolvable_image"
     assert api.post("/labelstudio/predict", json={"tasks": tasks}).status_code == 401

@@ -133,8 +133,9 @@ def test_cli_assign(env: tuple[Context, Cast], monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr("hazardlens.cli.labeling.context", lambda: ctx)
     runner = CliRunner()
-    result = runner.invoke(app, ["labeling", "assign", "--org", "420000", "--to", "curator-a",
-                                 "--sector", "dust", "--limit", "5"])
+    result = runner.invoke(
+        app, ["labeling", "assign", "--org", "420000", "--to", "curator-a", "--sector", "dust", "--limit", "5"]
+    )
     assert result.exit_code == 0, result.output
     assert "assigned 2 sample(s) to curator-a" in result.stdout
     assert len(_queue(ctx, cast.curator)) == 2

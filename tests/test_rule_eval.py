@@ -27,13 +27,13 @@ def test_a_hand_made_set() -> None:
     }
     findings = {
         "a.jpg": [
-            Finding("no_helmet", (11, 11, 21, 21), 0.9),        # IoU 0.68 with the first head: TP
-            Finding("no_helmet", (0, 0, 60, 60), 0.8),          # holds only the first head's centre, taken: FP
-            Finding("no_helmet", (10, 10, 20, 20), 0.7),        # the first head again, already taken: FP
+            Finding("no_helmet", (11, 11, 21, 21), 0.9),  # IoU 0.68 with the first head: TP
+            Finding("no_helmet", (0, 0, 60, 60), 0.8),  # holds only the first head's centre, taken: FP
+            Finding("no_helmet", (10, 10, 20, 20), 0.7),  # the first head again, already taken: FP
             Finding("no_helmet", (50, 50, 60, 60), 0.95, "helmet"),  # another evidence class: not scored
         ],
         "b.jpg": [Finding("no_helmet", (300, 300, 310, 310), 0.6)],  # far away: FP; the head is missed
-        "c.jpg": [Finding("no_helmet", (1, 1, 5, 5), 0.5)],          # nothing labelled: FP
+        "c.jpg": [Finding("no_helmet", (1, 1, 5, 5), 0.5)],  # nothing labelled: FP
     }
     # The 0.9 finding takes the head at (10,10); the 0.8 finding (0..60) holds no other head centre
     # ((105,105) is outside), so it is a FP; the 0.7 one is a duplicate of the first head: FP.

@@ -174,17 +174,32 @@ def test_ground_truth_without_confidences(rules: RuleSet) -> None:
 # ---- later rules with the same primitives ----------------------------------------------------
 
 
-LATER = {"version": 1, "rules": [
-    {"key": "confined_space_entry_unguarded", "finding_zh": "有限空间作业现场未安排专人监护",
-     "finding_en": "Confined-space entry without a dedicated guardian", "inspection_items": ["YX-03"],
-     "severity": "high", "sectors": ["confined_space"],
-     "subject": {"class": ["confined_space_entry_signed", "confined_space_entry_no_sign"]},
-     "require": [{"class": "person", "overlap": {"measure": "ioa", "min": 0.3}}],
-     "absent": [{"class": "person", "distance": 1.5}], "factor": 0.7, "finding_box": "subject"},
-    {"key": "person_under_suspended_ladle", "evidence_class": "person_under_ladle", "subject": {"class": "ladle"},
-     "region": {"x": [-0.25, 1.25], "y": [1.0, 4.0]},
-     "require": [{"class": "person", "overlap": {"measure": "ioa", "min": 0.3}}], "finding_box": "match"},
-]}
+LATER = {
+    "version": 1,
+    "rules": [
+        {
+            "key": "confined_space_entry_unguarded",
+            "finding_zh": "有限空间作业现场未安排专人监护",
+            "finding_en": "Confined-space entry without a dedicated guardian",
+            "inspection_items": ["YX-03"],
+            "severity": "high",
+            "sectors": ["confined_space"],
+            "subject": {"class": ["confined_space_entry_signed", "confined_space_entry_no_sign"]},
+            "require": [{"class": "person", "overlap": {"measure": "ioa", "min": 0.3}}],
+            "absent": [{"class": "person", "distance": 1.5}],
+            "factor": 0.7,
+            "finding_box": "subject",
+        },
+        {
+            "key": "person_under_suspended_ladle",
+            "evidence_class": "person_under_ladle",
+            "subject": {"class": "ladle"},
+            "region": {"x": [-0.25, 1.25], "y": [1.0, 4.0]},
+            "require": [{"class": "person", "overlap": {"measure": "ioa", "min": 0.3}}],
+            "finding_box": "match",
+        },
+    ],
+}
 
 
 def test_guardian_and_ladle_rules_declare_with_the_same_primitives(taxonomy: Taxonomy) -> None:
@@ -247,9 +262,12 @@ def test_structure_and_limits(raw_rules: dict, taxonomy: Taxonomy) -> None:
     assert any("duplicate rule key" in p for p in _problems(dup, taxonomy))
     top = _problems({"version": 2, "rules": [rule], "templates": {}}, taxonomy)
     assert any(p.startswith("rules.yaml: version:") for p in top) and any("templates" in p for p in top)
-    bad = {**copy.deepcopy(rule), "region": {"x": [0.5, 0.2]},
-           "absent": [{"class": "helmet", "overlap": {"min": 0.5}, "distance": 1.0}],
-           "evidence": {**rule["evidence"], "overlap": {"measure": "area", "min": 0.5}}}
+    bad = {
+        **copy.deepcopy(rule),
+        "region": {"x": [0.5, 0.2]},
+        "absent": [{"class": "helmet", "overlap": {"min": 0.5}, "distance": 1.0}],
+        "evidence": {**rule["evidence"], "overlap": {"measure": "area", "min": 0.5}},
+    }
     problems = "\n".join(_problems({"version": 1, "rules": [bad]}, taxonomy))
     assert "region.x: Value error, must be [low, high]" in problems
     assert "absent[0]: Value error, give exactly one of 'overlap' or 'distance'" in problems
@@ -259,8 +277,10 @@ def test_structure_and_limits(raw_rules: dict, taxonomy: Taxonomy) -> None:
     missing = "\n".join(_problems({"version": 1, "rules": [bare]}, taxonomy))
     for name in ("finding_zh", "finding_en", "legal_basis", "severity", "sectors"):
         assert f"'{name}' is missing" in missing
-    assert any("unknown inspection item 'ZZ-01'" in p for p in _problems(
-        {"version": 1, "rules": [{**copy.deepcopy(rule), "inspection_items": ["ZZ-01"]}]}, taxonomy))
+    assert any(
+        "unknown inspection item 'ZZ-01'" in p
+        for p in _problems({"version": 1, "rules": [{**copy.deepcopy(rule), "inspection_items": ["ZZ-01"]}]}, taxonomy)
+    )
 
 
 def test_load_reports_the_file(tmp_path: Path, taxonomy: Taxonomy, raw_rules: dict) -> None:
@@ -286,8 +306,9 @@ def test_default_rules_is_cached_and_describes_itself(ctx: Any) -> None:
     assert helmet["geometry"]["region"] == {"x": [0.0, 1.0], "y": [-0.05, 0.2]}
     d = dets(person(), ("head", 300, 10, 320, 34, 0.3))
     out = finding_dicts(rs.apply(d), d)
-    assert out[0]["inputs"] == [{"class_key": "person", "confidence": 0.9,
-                                 "box": {"x1": 100.0, "y1": 100.0, "x2": 160.0, "y2": 300.0}}]
+    assert out[0]["inputs"] == [
+        {"class_key": "person", "confidence": 0.9, "box": {"x1": 100.0, "y1": 100.0, "x2": 160.0, "y2": 300.0}}
+    ]
 
 
 # ---- the API ----------------------------------------------------------------------------------
@@ -316,10 +337,16 @@ class ScriptedEngine:
 PPE = ["person", "helmet", "head", "safety_clothes", "self_clothes"]
 # On a 640x480 photo: a tall worker with a bare head (one finding), a tall worker with a helmet (none),
 # and a tall worker with nothing detected on the head (a weaker finding on the head region).
-SCRIPT = [("person", 0.05, 0.1, 0.15, 0.9, 0.9), ("head", 0.08, 0.11, 0.12, 0.2, 0.7),
-          ("person", 0.4, 0.1, 0.5, 0.9, 0.85), ("helmet", 0.42, 0.1, 0.48, 0.18, 0.9),
-          ("safety_clothes", 0.05, 0.25, 0.15, 0.6, 0.8), ("safety_clothes", 0.4, 0.25, 0.5, 0.6, 0.8),
-          ("safety_clothes", 0.7, 0.25, 0.8, 0.6, 0.8), ("person", 0.7, 0.1, 0.8, 0.9, 0.8)]
+SCRIPT = [
+    ("person", 0.05, 0.1, 0.15, 0.9, 0.9),
+    ("head", 0.08, 0.11, 0.12, 0.2, 0.7),
+    ("person", 0.4, 0.1, 0.5, 0.9, 0.85),
+    ("helmet", 0.42, 0.1, 0.48, 0.18, 0.9),
+    ("safety_clothes", 0.05, 0.25, 0.15, 0.6, 0.8),
+    ("safety_clothes", 0.4, 0.25, 0.5, 0.6, 0.8),
+    ("safety_clothes", 0.7, 0.25, 0.8, 0.6, 0.8),
+    ("person", 0.7, 0.1, 0.8, 0.9, 0.8),
+]
 
 
 @pytest.fixture
@@ -344,8 +371,9 @@ def test_detect_returns_rule_findings(scripted_api: Any, make_key: Any) -> None:
 
     def post(url: str = "/v1/detect", **form: str) -> Any:
         field = "files" if url.endswith("batch") else "file"
-        r = scripted_api.post(url, data=form, headers=auth(key),
-                              files=[(field, ("a.jpg", photo(640, 480, seed=3), "image/jpeg"))])
+        r = scripted_api.post(
+            url, data=form, headers=auth(key), files=[(field, ("a.jpg", photo(640, 480, seed=3), "image/jpeg"))]
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -394,9 +422,12 @@ def test_inspection_rule_findings_supersede_plain_head_findings(scripted_api: An
 
     key = make_key("420000", "service")
     url = f"/v1/inspections/{quote('鄂应急检〔2026〕7号', safe='')}"
-    r = scripted_api.post(f"{url}/photos", headers=auth(key),
-                          data={"enterprise_id": "91420100MA4K", "sector": "general"},
-                          files={"file": ("现场.jpg", photo(640, 480, seed=3), "image/jpeg")})
+    r = scripted_api.post(
+        f"{url}/photos",
+        headers=auth(key),
+        data={"enterprise_id": "91420100MA4K", "sector": "general"},
+        files={"file": ("现场.jpg", photo(640, 480, seed=3), "image/jpeg")},
+    )
     assert r.status_code == 201, r.text
     findings = r.json()["findings"]
     # Two helmet findings (the head detection merged into its rule finding: one, not two).
@@ -420,8 +451,9 @@ def test_inspection_rule_findings_supersede_plain_head_findings(scripted_api: An
 def test_a_broken_rules_file_stops_the_start(ctx: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     override = tmp_path / "configs"
     override.mkdir()
-    (override / "rules.yaml").write_text("version: 1\nrules:\n  - key: x\n    subject: {class: persn}\n",
-                                         encoding="utf-8")
+    (override / "rules.yaml").write_text(
+        "version: 1\nrules:\n  - key: x\n    subject: {class: persn}\n", encoding="utf-8"
+    )
     monkeypatch.setenv("HAZARDLENS_CONFIG_DIR", str(override))
     with pytest.raises(Invalid) as exc:
         ctx.init()

@@ -29,8 +29,9 @@ def settings(tmp_path: Path) -> Settings:
 def upload(client: Any, key: str | None, data: bytes, name: str = "photo.jpg", **form: str) -> Any:
     form.setdefault("sector", "general")
     headers = auth(key) if key else {}
-    return client.post("/v1/samples", headers=headers, files={"file": (name, data, "application/octet-stream")},
-                       data=form)
+    return client.post(
+        "/v1/samples", headers=headers, files={"file": (name, data, "application/octet-stream")}, data=form
+    )
 
 
 def rows(ctx: Context) -> int:
@@ -55,8 +56,15 @@ def test_key_required(client: Any, make_key: Callable[..., str]) -> None:
 def test_upload_then_same_bytes_is_deduplicated(client: Any, ctx: Context, make_key: Callable[..., str]) -> None:
     key = make_key("420000", "inspector")
     data = make_image(320, 240, seed=1)
-    first = upload(client, key, data, camera_id="cam-7", tags="积尘, vent", inspection_record="JC-2024-001",
-                   captured_at="2024-05-01T08:30:00+08:00")
+    first = upload(
+        client,
+        key,
+        data,
+        camera_id="cam-7",
+        tags="积尘, vent",
+        inspection_record="JC-2024-001",
+        captured_at="2024-05-01T08:30:00+08:00",
+    )
     assert first.status_code == 201, first.text
     body = first.json()
     assert body["deduplicated"] is False and body["near_duplicates"] == []
@@ -96,8 +104,7 @@ def test_png_webp_heic_keep_their_content_type(client: Any, make_key: Callable[.
         assert img.headers["content-type"] == mime and img.content == data
 
 
-def test_bad_inputs_answer_an_error_and_leave_nothing(client: Any, ctx: Context,
-                                                      make_key: Callable[..., str]) -> None:
+def test_bad_inputs_answer_an_error_and_leave_nothing(client: Any, ctx: Context, make_key: Callable[..., str]) -> None:
     key = make_key()
     good = make_image(100, 80, seed=5)
     big = good + b"\0" * LIMIT  # a valid JPEG with trailing bytes: refused on size before decoding
@@ -145,8 +152,16 @@ def test_search_filters_and_pagination(client: Any, make_key: Callable[..., str]
     key = make_key()
     made = []
     for i in range(5):
-        made.append(upload(client, key, make_image(16, 16, seed=50 + i, pattern="flat"),
-                           sector="dust" if i % 2 else "steel", camera_id=f"c{i % 2}", tags=f"t{i}").json()["id"])
+        made.append(
+            upload(
+                client,
+                key,
+                make_image(16, 16, seed=50 + i, pattern="flat"),
+                sector="dust" if i % 2 else "steel",
+                camera_id=f"c{i % 2}",
+                tags=f"t{i}",
+            ).json()["id"]
+        )
     seen, cursor = [], None
     while True:
         params: dict[str, Any] = {"limit": 2}
@@ -160,16 +175,16 @@ def test_search_filters_and_pagination(client: Any, make_key: Callable[..., str]
     assert seen == sorted(made, reverse=True)
     dust = client.get("/v1/samples", headers=auth(key), params={"sector": "dust", "camera": "c1"}).json()
     assert {x["id"] for x in dust["items"]} == {made[1], made[3]}
-    assert [x["id"] for x in client.get("/v1/samples", headers=auth(key), params={"tag": "t4"}).json()["items"]] \
-        == [made[4]]
+    assert [x["id"] for x in client.get("/v1/samples", headers=auth(key), params={"tag": "t4"}).json()["items"]] == [
+        made[4]
+    ]
     assert client.get("/v1/samples", headers=auth(key), params={"class": "head"}).json()["items"] == []
     today = client.get(f"/v1/samples/{made[0]}", headers=auth(key)).json()["created_at"][:10]
     dated = client.get("/v1/samples", headers=auth(key), params={"created_from": today, "created_to": today})
     assert len(dated.json()["items"]) == 5
     assert error(client.get("/v1/samples", headers=auth(key), params={"limit": 1001}))[0] == 422
     assert error(client.get("/v1/samples", headers=auth(key), params={"cursor": "zzz"})) == (422, "invalid_cursor")
-    assert error(client.get("/v1/samples", headers=auth(key), params={"captured_from": "May"})) == (422,
-                                                                                                 "invalid_date")
+    assert error(client.get("/v1/samples", headers=auth(key), params={"captured_from": "May"})) == (422, "invalid_date")
     assert len(client.get("/v1/samples", headers=auth(key), params={"limit": 1000}).json()["items"]) == 5
 
 
@@ -206,19 +221,39 @@ def test_zip_archive_with_escaping_entries(client: Any, ctx: Context, make_key: 
         zf.writestr("notes.txt", b"hello")
         zf.writestr("broken.jpg", good[:100])
         zf.writestr("site/again.jpg", good)
-    resp = client.post("/v1/samples/archive", headers=auth(key), data={"sector": "general", "camera_id": "c1"},
-                       files={"file": ("batch.zip", buf.getvalue(), "application/zip")})
+    resp = client.post(
+        "/v1/samples/archive",
+        headers=auth(key),
+        data={"sector": "general", "camera_id": "c1"},
+        files={"file": ("batch.zip", buf.getvalue(), "application/zip")},
+    )
     assert resp.status_code == 200, resp.text
     summary = resp.json()
     assert (summary["stored"], summary["deduplicated"]) == (1, 1)
     refused = {r["name"].split("!", 1)[1]: r["code"] for r in summary["refused"]}
-    assert refused == {"../evil.jpg": "unsafe_path", "/etc/abs.jpg": "unsafe_path",
-                       "site/..\\..\\win.jpg": "unsafe_path", "broken.jpg": "truncated_image"}
+    assert refused == {
+        "../evil.jpg": "unsafe_path",
+        "/etc/abs.jpg": "unsafe_path",
+        "site/..\\..\\win.jpg": "unsafe_path",
+        "broken.jpg": "truncated_image",
+    }
     assert {r["name"].split("!", 1)[1] for r in summary["skipped"]} == {"__MACOSX/site/._a.jpg", "notes.txt"}
     assert rows(ctx) == 1
     sample = client.get(f"/v1/samples/{summary['sample_ids'][0]}", headers=auth(key)).json()
     assert sample["original_name"] == "site/a.jpg" and sample["camera_id"] == "c1"
-    assert error(client.post("/v1/samples/archive", headers=auth(key), data={"sector": "general"},
-                             files={"file": ("x.zip", b"not a zip", "application/zip")})) == (422, "bad_archive")
-    assert error(client.post("/v1/samples/archive", headers=auth(key), data={"sector": "nope"},
-                             files={"file": ("x.zip", buf.getvalue(), "application/zip")})) == (422, "unknown_sector")
+    assert error(
+        client.post(
+            "/v1/samples/archive",
+            headers=auth(key),
+            data={"sector": "general"},
+            files={"file": ("x.zip", b"not a zip", "application/zip")},
+        )
+    ) == (422, "bad_archive")
+    assert error(
+        client.post(
+            "/v1/samples/archive",
+            headers=auth(key),
+            data={"sector": "nope"},
+            files={"file": ("x.zip", buf.getvalue(), "application/zip")},
+        )
+    ) == (422, "unknown_sector")

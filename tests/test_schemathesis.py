@@ -45,38 +45,52 @@ DOMAIN_STATUSES: dict[tuple[str, str], tuple[list[str], str]] = {
     ("POST", "/v1/detect"): (["415", "413"], "the file part must be a decodable image, which no schema can say"),
     ("POST", "/v1/detect/batch"): (["415", "413"], "the file parts must be decodable images"),
     ("POST", "/v1/samples"): (["415", "413"], "the file part must be a decodable image"),
-    ("POST", "/v1/inspections/{record_no}/photos"): (["415", "413", "422"], "the file part must be a decodable "
-                                                     "image, and item_codes must name inspection items in force, "
-                                                     "provincial additions approved in the catalogue included"),
+    ("POST", "/v1/inspections/{record_no}/photos"): (
+        ["415", "413", "422"],
+        "the file part must be a decodable "
+        "image, and item_codes must name inspection items in force, "
+        "provincial additions approved in the catalogue included",
+    ),
     ("POST", "/v1/samples/archive"): (["422"], "the file part must be a zip archive of images (not_a_zip)"),
-    ("POST", "/v1/imports"): (["422"], "the zip must hold a dataset in the given format and the class map (a "
-                                       "name or YAML text) must parse; neither can be said in a schema"),
+    ("POST", "/v1/imports"): (
+        ["422"],
+        "the zip must hold a dataset in the given format and the class map (a "
+        "name or YAML text) must parse; neither can be said in a schema",
+    ),
     ("POST", "/v1/datasets"): (["422"], "a version needs approved samples matching the filters (empty_dataset)"),
     ("POST", "/v1/exports"): (["422"], "an export needs approved samples matching the filters (nothing_to_export)"),
-    ("POST", "/v1/jobs"): (["422"], "a train job's dataset must hold the config's classes; checked against the "
-                                    "catalogue when the job is submitted"),
-    ("POST", "/labelstudio/predict"): (["422"], "a task's image must resolve to a sample the caller can see or a "
-                                                "decodable data: URI (unresolvable_image)"),
+    ("POST", "/v1/jobs"): (
+        ["422"],
+        "a train job's dataset must hold the config's classes; checked against the catalogue when the job is submitted",
+    ),
+    ("POST", "/labelstudio/predict"): (
+        ["422"],
+        "a task's image must resolve to a sample the caller can see or a decodable data: URI (unresolvable_image)",
+    ),
     ("POST", "/v1/suggestions/request"): (["422"], "queue=true with an empty queue names no sample (no samples)"),
 }
 
 
 def _config(key: str) -> SchemathesisConfig:
     operations = [
-        {"include-name": f"{method} {path}",
-         "checks": {"positive_data_acceptance": {"expected-statuses": _DEFAULT_POSITIVE + extra}}}
+        {
+            "include-name": f"{method} {path}",
+            "checks": {"positive_data_acceptance": {"expected-statuses": _DEFAULT_POSITIVE + extra}},
+        }
         for (method, path), (extra, _why) in DOMAIN_STATUSES.items()
     ]
-    return SchemathesisConfig.from_dict({
-        "seed": 20260512,
-        "workers": 1,  # hypothesis' lambda descriptions are not thread-safe (an AST recursion error with 2)
-        "continue-on-failure": True,
-        "headers": {"Authorization": f"Bearer {key}"},
-        "request-timeout": 60,
-        "generation": {"max-examples": EXAMPLES, "deterministic": True, "no-shrink": True},
-        "checks": {"enabled": True},
-        "operations": operations,
-    })
+    return SchemathesisConfig.from_dict(
+        {
+            "seed": 20260512,
+            "workers": 1,  # hypothesis' lambda descriptions are not thread-safe (an AST recursion error with 2)
+            "continue-on-failure": True,
+            "headers": {"Authorization": f"Bearer {key}"},
+            "request-timeout": 60,
+            "generation": {"max-examples": EXAMPLES, "deterministic": True, "no-shrink": True},
+            "checks": {"enabled": True},
+            "operations": operations,
+        }
+    )
 
 
 def _collect(failures: dict[tuple[str, ...], list[Any]], label: str, check: Any, interaction: Any) -> None:
@@ -99,8 +113,9 @@ def _collect(failures: dict[tuple[str, ...], list[Any]], label: str, check: Any,
 
 
 def _report(failures: dict[tuple[str, ...], list[Any]]) -> str:
-    return "\n\n".join(f"{' | '.join(key)} (x{count}):\n{example}"
-                        for key, (count, example) in sorted(failures.items()))
+    return "\n\n".join(
+        f"{' | '.join(key)} (x{count}):\n{example}" for key, (count, example) in sorted(failures.items())
+    )
 
 
 def test_openapi_document_is_the_truth(ctx, serving_app, model_variants, live_server, make_key) -> None:  # type: ignore[no-untyped-def]
@@ -112,8 +127,7 @@ def test_openapi_document_is_the_truth(ctx, serving_app, model_variants, live_se
     skipped: dict[str, str] = {}
     started = time.monotonic()
     with live_server(serving_app()) as server:
-        schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=_config(key),
-                                               headers=auth(key))
+        schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=_config(key), headers=auth(key))
         schema.config.update(base_url=server.url)
         labels = {op.ok().label for op in schema.get_all_operations()}
         for event in engine_for(schema).execute():

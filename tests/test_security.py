@@ -24,6 +24,7 @@ MAX_PIXELS = 1_000_000  # 1 MP, as in the report
 def settings(tmp_path: Any) -> Settings:
     return Settings(home=tmp_path / "home", max_pixels=MAX_PIXELS)
 
+
 PPE_MAP = "mapping:\n  person: person\n  helmet: helmet\n"
 
 
@@ -46,11 +47,13 @@ def _yolo_zip(file_stem: str = "a", data_yaml: str | None = None, names: str = "
 
 def _post_import(client: Any, headers: dict[str, str], data: bytes, **form: Any) -> Any:
     fields = {"format": "yolo", "class_map": PPE_MAP, "sector": "general", **form}
-    return client.post("/v1/imports", headers=headers, data=fields,
-                       files={"file": ("export.zip", data, "application/zip")})
+    return client.post(
+        "/v1/imports", headers=headers, data=fields, files={"file": ("export.zip", data, "application/zip")}
+    )
 
 
 # -- item 1: a regular expression from a request froze the server ------------------------------------
+
 
 def test_catastrophic_regex_in_an_import_returns_at_once(client: Any, keys: dict[str, dict[str, str]]) -> None:
     # ^(a+)+$ against "aaa...a.jpg": Python's re backtracks 2^n ways (27 a's took 3.75 s, holding the
@@ -86,6 +89,7 @@ def test_shipped_class_map_regex_still_finds_the_camera() -> None:
 
 # -- item 2: a YAML alias bomb -----------------------------------------------------------------------
 
+
 def _alias_bomb(depth: int = 6) -> str:
     lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i in range(1, depth + 1):
@@ -114,8 +118,12 @@ def test_yaml_alias_bomb_in_a_class_map_is_refused(client: Any, keys: dict[str, 
 
 
 def test_only_short_scalar_class_names(client: Any, keys: dict[str, dict[str, str]]) -> None:
-    for names in ("names: [[person, person], helmet]\n", "names: {0: {a: b}, 1: helmet}\n",
-                  f"names: [{'p' * 201}, helmet]\n", "names: " + "[" * 20 + "a" + "]" * 20 + "\n"):
+    for names in (
+        "names: [[person, person], helmet]\n",
+        "names: {0: {a: b}, 1: helmet}\n",
+        f"names: [{'p' * 201}, helmet]\n",
+        "names: " + "[" * 20 + "a" + "]" * 20 + "\n",
+    ):
         resp = _post_import(client, keys["curator"], _yolo_zip(data_yaml=names))
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_yaml", (names, resp.text)
     huge = "names: [person, helmet]\n#" + "x" * 300_000 + "\n"
@@ -126,6 +134,7 @@ def test_only_short_scalar_class_names(client: Any, keys: dict[str, dict[str, st
 
 
 # -- item 3: the pixel limit was bypassed on detection (OpenCV decoded Radiance HDR at full size) ---
+
 
 def _hdr(side: int = 2000) -> bytes:
     import cv2
@@ -155,8 +164,12 @@ def test_hdr_is_not_decoded_on_any_detection_path(api: Any, make_key: Callable[.
     r = api.post("/labelstudio/predict", json={"tasks": [{"id": 1, "data": {"image": inline}}]}, headers=basic)
     assert r.status_code == 415, r.text[:300]
 
-    r = api.post("/v1/inspections/R-1/photos", data={"enterprise_id": "E1", "sector": "general"},
-                 files={"file": ("x.jpg", hdr, "image/jpeg")}, headers=auth(service))
+    r = api.post(
+        "/v1/inspections/R-1/photos",
+        data={"enterprise_id": "E1", "sector": "general"},
+        files={"file": ("x.jpg", hdr, "image/jpeg")},
+        headers=auth(service),
+    )
     assert r.status_code == 415, r.text[:300]
 
 
@@ -184,8 +197,14 @@ def test_decoder_takes_only_sniffed_formats_and_always_a_limit() -> None:
 
     for ext in (".hdr", ".pfm", ".bmp", ".tiff", ".ppm", ".exr"):
         try:
-            ok, buf = cv2.imencode(ext, np.full((40, 40, 3), 0.5 if ext in (".hdr", ".pfm", ".exr") else 100,
-                                                np.float32 if ext in (".hdr", ".pfm", ".exr") else np.uint8))
+            ok, buf = cv2.imencode(
+                ext,
+                np.full(
+                    (40, 40, 3),
+                    0.5 if ext in (".hdr", ".pfm", ".exr") else 100,
+                    np.float32 if ext in (".hdr", ".pfm", ".exr") else np.uint8,
+                ),
+            )
         except cv2.error:
             continue  # this OpenCV build lacks the encoder
         with pytest.raises(UnsupportedMedia):
@@ -206,11 +225,13 @@ FIRE = {"class_key": "fire", "x1": 30, "y1": 30, "x2": 90, "y2": 90}
 
 @pytest.fixture
 def two_orgs(make_key: Callable[..., str]) -> dict[str, dict[str, str]]:
-    return {"a_curator": auth(make_key("420000", "curator", "a-cur")),
-            "a_reviewer": auth(make_key("420000", "reviewer", "a-rev")),
-            "b_curator": auth(make_key("310000", "curator", "b-cur")),
-            "b_reviewer": auth(make_key("310000", "reviewer", "b-rev")),
-            "b_admin": auth(make_key("310000", "admin", "b-adm"))}
+    return {
+        "a_curator": auth(make_key("420000", "curator", "a-cur")),
+        "a_reviewer": auth(make_key("420000", "reviewer", "a-rev")),
+        "b_curator": auth(make_key("310000", "curator", "b-cur")),
+        "b_reviewer": auth(make_key("310000", "reviewer", "b-rev")),
+        "b_admin": auth(make_key("310000", "admin", "b-adm")),
+    }
 
 
 def _code(resp: Any) -> tuple[int, str]:
@@ -218,7 +239,8 @@ def _code(resp: Any) -> tuple[int, str]:
 
 
 def test_another_org_cannot_write_or_review_labels_of_a_shared_sample(
-        client: Any, ctx: Any, two_orgs: dict[str, dict[str, str]]) -> None:
+    client: Any, ctx: Any, two_orgs: dict[str, dict[str, str]]
+) -> None:
     from tests.fixtures.labeling import add_sample
 
     shared = add_sample(ctx, "420000", scope="shared")
@@ -231,8 +253,10 @@ def test_another_org_cannot_write_or_review_labels_of_a_shared_sample(
     assert _code(client.post(f"{base}/submit", headers=two_orgs["b_curator"])) == (403, "not_owner")
     assert client.post(f"{base}/submit", headers=two_orgs["a_curator"]).status_code == 200
     assert _code(client.post(f"{base}/approve", headers=two_orgs["b_reviewer"])) == (403, "not_owner")
-    assert _code(client.post(f"{base}/reject", headers=two_orgs["b_reviewer"],
-                             json={"reason": "no"})) == (403, "not_owner")
+    assert _code(client.post(f"{base}/reject", headers=two_orgs["b_reviewer"], json={"reason": "no"})) == (
+        403,
+        "not_owner",
+    )
     assert client.get("/v1/review/queue", headers=two_orgs["b_reviewer"]).json()["items"] == []
     # still readable by all: shared means that
     got = client.get(base, headers=two_orgs["b_curator"])
@@ -242,12 +266,17 @@ def test_another_org_cannot_write_or_review_labels_of_a_shared_sample(
     assert [r["author"] for r in history] == ["a-cur"] and history[0]["boxes"] == [DUST]
     # invisible stays 404, not 403 (which would confirm it exists)
     private = add_sample(ctx, "420000")
-    assert _code(client.put(f"/v1/samples/{private}/annotations", headers=two_orgs["b_curator"],
-                            json={"boxes": [FIRE]}))[0] == 404
+    assert (
+        _code(client.put(f"/v1/samples/{private}/annotations", headers=two_orgs["b_curator"], json={"boxes": [FIRE]}))[
+            0
+        ]
+        == 404
+    )
 
 
 def test_another_org_cannot_accept_or_dismiss_suggestions_on_a_shared_sample(
-        client: Any, ctx: Any, two_orgs: dict[str, dict[str, str]]) -> None:
+    client: Any, ctx: Any, two_orgs: dict[str, dict[str, str]]
+) -> None:
     import numpy as np
 
     from hazardlens.auth import Principal
@@ -256,8 +285,9 @@ def test_another_org_cannot_accept_or_dismiss_suggestions_on_a_shared_sample(
     from tests.fixtures.labeling import add_sample
 
     shared = add_sample(ctx, "420000", scope="shared")
-    dets = Detections(np.array([[10, 20, 110, 220]], np.float32), np.array(["fire"], object),
-                      np.array([0.9], np.float32))
+    dets = Detections(
+        np.array([[10, 20, 110, 220]], np.float32), np.array(["fire"], object), np.array([0.9], np.float32)
+    )
     with ctx.db.session() as s:
         owner = Principal(user_id=None, name="a", org_code="420000", role="curator")
         sid = store_suggestions(s, owner, shared, "hazardlens:1", dets).id
@@ -269,17 +299,24 @@ def test_another_org_cannot_accept_or_dismiss_suggestions_on_a_shared_sample(
     assert client.get(f"/v1/samples/{shared}/annotations", headers=two_orgs["a_curator"]).json()["revision"] is None
 
 
-def test_inspection_feedback_never_writes_another_orgs_sample(
-        api: Any, ctx: Any, make_key: Callable[..., str]) -> None:
+def test_inspection_feedback_never_writes_another_orgs_sample(api: Any, ctx: Any, make_key: Callable[..., str]) -> None:
     a_curator = auth(make_key("420000", "curator", "a-cur"))
     b_service = auth(make_key("310000", "service", "b-svc"))
     data = photo(seed=1)
-    up = api.post("/v1/samples", headers=a_curator, data={"sector": "general", "scope": "shared"},
-                  files={"file": ("a.jpg", data, "image/jpeg")})
+    up = api.post(
+        "/v1/samples",
+        headers=a_curator,
+        data={"sector": "general", "scope": "shared"},
+        files={"file": ("a.jpg", data, "image/jpeg")},
+    )
     assert up.status_code == 201, up.text
     a_sample = up.json()["id"]
-    r = api.post("/v1/inspections/B-1/photos", headers=b_service, data={"enterprise_id": "E-B", "sector": "general"},
-                 files={"file": ("b.jpg", data, "image/jpeg")})
+    r = api.post(
+        "/v1/inspections/B-1/photos",
+        headers=b_service,
+        data={"enterprise_id": "E-B", "sector": "general"},
+        files={"file": ("b.jpg", data, "image/jpeg")},
+    )
     assert r.status_code == 201, r.text
     finding = r.json()["findings"][0]
     r = api.post(f"/v1/findings/{finding['id']}/review", json={"decision": "confirmed"}, headers=b_service)
@@ -290,44 +327,59 @@ def test_inspection_feedback_never_writes_another_orgs_sample(
 
 # -- item 5: inspection metadata leaked onto another organisation's shared sample --------------------
 
+
 def test_inspection_photo_never_attaches_to_another_orgs_sample(
-        api: Any, ctx: Any, make_key: Callable[..., str]) -> None:
+    api: Any, ctx: Any, make_key: Callable[..., str]
+) -> None:
     a_curator = auth(make_key("420000", "curator", "a-cur"))
     b_service = auth(make_key("310000", "service", "b-svc"))
     data = photo(seed=2)
-    up = api.post("/v1/samples", headers=a_curator, data={"sector": "general", "scope": "shared"},
-                  files={"file": ("a.jpg", data, "image/jpeg")})
+    up = api.post(
+        "/v1/samples",
+        headers=a_curator,
+        data={"sector": "general", "scope": "shared"},
+        files={"file": ("a.jpg", data, "image/jpeg")},
+    )
     assert up.status_code == 201, up.text
     a_sample = up.json()["id"]
     secret = {"record": "沪应急检〔2026〕77号", "enterprise": "91310000SECRET", "key": "b-secret-idempotency-key"}
-    r = api.post(f"/v1/inspections/{secret['record']}/photos", data={"enterprise_id": secret["enterprise"],
-                                                                      "sector": "general", "inspector_id": "B-007"},
-                 headers={**b_service, "Idempotency-Key": secret["key"]},
-                 files={"file": ("b.jpg", data, "image/jpeg")})
+    r = api.post(
+        f"/v1/inspections/{secret['record']}/photos",
+        data={"enterprise_id": secret["enterprise"], "sector": "general", "inspector_id": "B-007"},
+        headers={**b_service, "Idempotency-Key": secret["key"]},
+        files={"file": ("b.jpg", data, "image/jpeg")},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["sample_id"] != a_sample and body["deduplicated"] is False  # was A's sample
     # A's sample and everything A reads about it carry nothing of B's record
-    for path in (f"/v1/samples/{a_sample}", f"/v1/samples/{a_sample}/history",
-                 f"/v1/samples/{a_sample}/annotations/history"):
+    for path in (
+        f"/v1/samples/{a_sample}",
+        f"/v1/samples/{a_sample}/history",
+        f"/v1/samples/{a_sample}/annotations/history",
+    ):
         got = api.get(path, headers=a_curator)
         assert got.status_code == 200, (path, got.text)
         for value in (*secret.values(), "B-007"):
             assert value not in got.text, (path, value)
     assert api.get(f"/v1/samples/{body['sample_id']}", headers=a_curator).status_code == 404  # B's, private
     # B's own record is whole, and a retry still replays
-    again = api.post(f"/v1/inspections/{secret['record']}/photos", data={"enterprise_id": secret["enterprise"],
-                                                                          "sector": "general"},
-                     headers={**b_service, "Idempotency-Key": secret["key"]},
-                     files={"file": ("b.jpg", data, "image/jpeg")})
+    again = api.post(
+        f"/v1/inspections/{secret['record']}/photos",
+        data={"enterprise_id": secret["enterprise"], "sector": "general"},
+        headers={**b_service, "Idempotency-Key": secret["key"]},
+        files={"file": ("b.jpg", data, "image/jpeg")},
+    )
     assert again.status_code in (200, 201) and again.json()["replayed"] is True
     assert again.json()["sample_id"] == body["sample_id"]
 
 
 # -- item 6: any organisation's admin controlled the one model registry ------------------------------
 
+
 def test_another_orgs_admin_cannot_take_detection_offline(
-        api: Any, ctx: Any, make_key: Callable[..., str], model_variants: list[Any]) -> None:
+    api: Any, ctx: Any, make_key: Callable[..., str], model_variants: list[Any]
+) -> None:
     from tests.fixtures.serving import register
 
     register(ctx, model_variants[1], "2", stage="candidate")
@@ -342,10 +394,16 @@ def test_another_orgs_admin_cannot_take_detection_offline(
     # even the system organisation cannot leave the registry without a production model
     r = api.post("/v1/models/hazardlens/1/promote", json={"stage": "archived"}, headers=system)
     assert _code(r) == (409, "last_production"), r.text
-    assert _code(api.post("/v1/models/hazardlens/1/promote", json={"stage": "staging"},
-                          headers=system)) == (409, "last_production")
-    assert api.post("/v1/detect", files={"file": ("p.jpg", photo(seed=1), "image/jpeg")},
-                    headers=service).json()["model"]["version"] == "1"
+    assert _code(api.post("/v1/models/hazardlens/1/promote", json={"stage": "staging"}, headers=system)) == (
+        409,
+        "last_production",
+    )
+    assert (
+        api.post("/v1/detect", files={"file": ("p.jpg", photo(seed=1), "image/jpeg")}, headers=service).json()["model"][
+            "version"
+        ]
+        == "1"
+    )
     # a replacement is the way: promoting it archives the old one
     r = api.post("/v1/models/hazardlens/2/promote", json={"stage": "production"}, headers=system)
     assert r.status_code == 200 and r.json()["stage"] == "production", r.text

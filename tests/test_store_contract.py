@@ -174,14 +174,33 @@ def test_url(store: ObjectStore) -> None:
     assert response.status_code == 200 and response.content == data
 
 
-@pytest.mark.parametrize("key", [
-    "", "/etc/passwd", "../outside", "a/../../b", "a\\b", "a//b", "a/", "./a", "a/./b",
-    ".hl-tmp-x", "a/\x00b", "x" * 1025,
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "/etc/passwd",
+        "../outside",
+        "a/../../b",
+        "a\\b",
+        "a//b",
+        "a/",
+        "./a",
+        "a/./b",
+        ".hl-tmp-x",
+        "a/\x00b",
+        "x" * 1025,
+    ],
+)
 def test_invalid_keys_are_refused(store: ObjectStore, key: str) -> None:
-    for call in (lambda: store.put(key, b"x"), lambda: store.get(key), lambda: store.stat(key),
-                 lambda: store.put_stream(key, io.BytesIO(b"x")), lambda: store.delete(key),
-                 lambda: store.url(key), lambda: store.open(key)):
+    for call in (
+        lambda: store.put(key, b"x"),
+        lambda: store.get(key),
+        lambda: store.stat(key),
+        lambda: store.put_stream(key, io.BytesIO(b"x")),
+        lambda: store.delete(key),
+        lambda: store.url(key),
+        lambda: store.open(key),
+    ):
         with pytest.raises(Invalid):
             call()
     assert list(store.list()) == []
@@ -329,8 +348,7 @@ def test_minio_bucket_creation_race(s3_server: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(late.client, "bucket_exists", lambda name: next(exists))
 
     def lost_race(name: str, location: str | None = None) -> None:
-        raise S3Error(None, "BucketAlreadyOwnedByYou", "already yours", f"/{name}", "r", "h",
-                      bucket_name=name)
+        raise S3Error(None, "BucketAlreadyOwnedByYou", "already yours", f"/{name}", "r", "h", bucket_name=name)
 
     monkeypatch.setattr(late.client, "make_bucket", lost_race)
     late.put("late", b"y")
@@ -386,8 +404,9 @@ class _FlakyHandler(BaseHTTPRequestHandler):
         for k, v in resp.getheaders():
             if k.lower() not in {"connection", "transfer-encoding", "content-length", "keep-alive"}:
                 self.send_header(k, v)
-        self.send_header("Content-Length", resp.headers.get("Content-Length", "0")
-                         if self.command == "HEAD" else str(len(data)))
+        self.send_header(
+            "Content-Length", resp.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        )
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -406,8 +425,9 @@ def flaky_proxy(s3_server: str) -> Iterator[_FlakyProxy]:
 
 
 def test_minio_retries_transient_503(flaky_proxy: _FlakyProxy) -> None:
-    st = MinioStore(flaky_proxy.endpoint, S3_ACCESS_KEY, S3_SECRET_KEY, unique_bucket(),
-                    region="us-east-1", part_size=MIN_PART_SIZE)
+    st = MinioStore(
+        flaky_proxy.endpoint, S3_ACCESS_KEY, S3_SECRET_KEY, unique_bucket(), region="us-east-1", part_size=MIN_PART_SIZE
+    )
     st.put("warm", b"up")  # bucket made without failures
 
     flaky_proxy.fail = 2

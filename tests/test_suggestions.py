@@ -24,8 +24,11 @@ def env(ctx: Context) -> tuple[Context, Cast]:
 
 
 def dets(rows: list[tuple[str, float, float, float, float, float]]) -> Detections:
-    return Detections(np.array([r[1:5] for r in rows], np.float32).reshape(-1, 4),
-                      np.array([r[0] for r in rows], object), np.array([r[5] for r in rows], np.float32))
+    return Detections(
+        np.array([r[1:5] for r in rows], np.float32).reshape(-1, 4),
+        np.array([r[0] for r in rows], object),
+        np.array([r[5] for r in rows], np.float32),
+    )
 
 
 class Halves(FakeDetector):
@@ -33,8 +36,9 @@ class Halves(FakeDetector):
     left half; ``sizes`` gets the byte count of every photo it is given."""
 
     def __init__(self, sizes: list[int]) -> None:
-        super().__init__(lambda w, h: [("fire", 0, 0, w / 2, h, 0.75), ("smoke", w - 4, 0, w + 20, 10, 0.3)],
-                         version="halves-0.1")
+        super().__init__(
+            lambda w, h: [("fire", 0, 0, w / 2, h, 0.75), ("smoke", w - 4, 0, w + 20, 10, 0.3)], version="halves-0.1"
+        )
         self.sizes = sizes
 
     def detect(self, data: bytes, **options: Any) -> Any:
@@ -87,8 +91,13 @@ def test_accept_as_is_creates_a_model_revision(env: tuple[Context, Cast]) -> Non
     ctx, cast = env
     sid = add_sample(ctx, width=64, height=48)
     with ctx.db.session() as s:
-        sug = store_suggestions(s, cast.reviewer, sid, "yolo-1.2",
-                                dets([("accumulated_dust", 1, 2, 30, 40, 0.81), ("fire", 5, 5, 5, 9, 0.5)]))
+        sug = store_suggestions(
+            s,
+            cast.reviewer,
+            sid,
+            "yolo-1.2",
+            dets([("accumulated_dust", 1, 2, 30, 40, 0.81), ("fire", 5, 5, 5, 9, 0.5)]),
+        )
     with ctx.db.session() as s:
         rev = accept(ctx, s, cast.curator, sug.id)
     assert rev["source"] == "model" and rev["model_version"] == "yolo-1.2" and rev["author"] == "curator-a"
@@ -125,10 +134,12 @@ def test_dismiss_and_tenancy(env: tuple[Context, Cast]) -> None:
     with ctx.db.session() as s:
         sug = store_suggestions(s, cast.curator, sid, "m", Detections.empty(with_confidence=True))
     with ctx.db.session() as s:
-        for fn in (lambda: dismiss(s, cast.other_curator, sug.id),
-                   lambda: accept(ctx, s, cast.other_curator, sug.id),
-                   lambda: list_suggestions(s, cast.other_curator, sid),
-                   lambda: store_suggestions(s, cast.other_reviewer, sid, "m", Detections.empty())):
+        for fn in (
+            lambda: dismiss(s, cast.other_curator, sug.id),
+            lambda: accept(ctx, s, cast.other_curator, sug.id),
+            lambda: list_suggestions(s, cast.other_curator, sid),
+            lambda: store_suggestions(s, cast.other_reviewer, sid, "m", Detections.empty()),
+        ):
             with pytest.raises(NotFound):
                 fn()
         with pytest.raises(Forbidden):

@@ -23,12 +23,26 @@ DATA_CLASSES = {"person", "helmet", "head", "safety_clothes", "self_clothes", "f
 
 # The visible classes that domain.md ('What a photo can show') asks for, by sector.
 SECTOR_VISIBLE = {
-    "dust": {"accumulated_dust", "explosion_vent", "non_ex_electrical_box", "non_ex_socket", "non_ex_lamp",
-             "rotary_airlock"},
+    "dust": {
+        "accumulated_dust",
+        "explosion_vent",
+        "non_ex_electrical_box",
+        "non_ex_socket",
+        "non_ex_lamp",
+        "rotary_airlock",
+    },
     "steel": {"ladle", "hook", "person_under_ladle", "standing_water_molten_metal", "co_alarm"},
     "aluminium": {"molten_metal_spill", "standing_water_molten_metal"},
-    "confined_space": {"confined_space_entry_no_sign", "confined_space_entry_signed", "ventilation_fan",
-                       "ventilation_duct", "gas_detector", "rescue_tripod", "harness", "respirator"},
+    "confined_space": {
+        "confined_space_entry_no_sign",
+        "confined_space_entry_signed",
+        "ventilation_fan",
+        "ventilation_duct",
+        "gas_detector",
+        "rescue_tripod",
+        "harness",
+        "respirator",
+    },
 }
 
 LEGAL = "某省安全生产条例（强制性条款）"
@@ -134,9 +148,17 @@ def test_default_taxonomy_follows_settings(tmp_path, write_taxonomy) -> None:
 def test_version_is_stable_across_runs(taxonomy: Taxonomy) -> None:
     assert load_taxonomy(SHIPPED_TAXONOMY).version == taxonomy.version
     other = subprocess.run(
-        [sys.executable, "-c", "from hazardlens.taxonomy import load_taxonomy; import sys; "
-                               "print(load_taxonomy(sys.argv[1]).version)", str(SHIPPED_TAXONOMY)],
-        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "12345"})
+        [
+            sys.executable,
+            "-c",
+            "from hazardlens.taxonomy import load_taxonomy; import sys; print(load_taxonomy(sys.argv[1]).version)",
+            str(SHIPPED_TAXONOMY),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "12345"},
+    )
     assert other.stdout.strip() == taxonomy.version
 
 
@@ -177,8 +199,9 @@ def test_unknown_sector_refused(write_taxonomy) -> None:
 
 
 def test_unknown_item_refused(write_taxonomy) -> None:
-    err = _broken(write_taxonomy,
-                  lambda raw: _find(raw["classes"], "key", "accumulated_dust").update(inspection_items=["FC-99"]))
+    err = _broken(
+        write_taxonomy, lambda raw: _find(raw["classes"], "key", "accumulated_dust").update(inspection_items=["FC-99"])
+    )
     assert "class accumulated_dust: unknown inspection item(s) FC-99" in err.message
 
 
@@ -227,17 +250,33 @@ def test_unreadable_file_refused(tmp_path) -> None:
 
 def _class_addition(status: str, key: str = "zj_forklift_in_dust_zone", **payload: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "key": key, "name_zh": "粉尘区域内燃叉车", "name_en": "Combustion forklift in a dust zone",
-        "sector": "dust", "inspection_items": [], "severity": "high", "is_hazard": True,
-        "finding_zh": "粉尘爆炸危险场所使用非防爆内燃叉车", "legal_basis": [LEGAL]}
+        "key": key,
+        "name_zh": "粉尘区域内燃叉车",
+        "name_en": "Combustion forklift in a dust zone",
+        "sector": "dust",
+        "inspection_items": [],
+        "severity": "high",
+        "is_hazard": True,
+        "finding_zh": "粉尘爆炸危险场所使用非防爆内燃叉车",
+        "legal_basis": [LEGAL],
+    }
     body.update(payload)
     return {"kind": "class", "org_code": "330000", "status": status, "payload": body}
 
 
 def _item_addition(status: str, code: str = "ZJ-FC-07") -> dict[str, Any]:
-    return {"kind": "item", "org_code": "330000", "status": status,
-            "payload": {"code": code, "sector": "dust", "title_zh": "粉尘区域车辆未防爆",
-                        "title_en": "Vehicles in dust zones not explosion-proof", "legal_basis": LEGAL}}
+    return {
+        "kind": "item",
+        "org_code": "330000",
+        "status": status,
+        "payload": {
+            "code": code,
+            "sector": "dust",
+            "title_zh": "粉尘区域车辆未防爆",
+            "title_en": "Vehicles in dust zones not explosion-proof",
+            "legal_basis": LEGAL,
+        },
+    }
 
 
 def test_pending_class_is_included_but_inactive(taxonomy: Taxonomy) -> None:
@@ -269,11 +308,14 @@ def test_rejected_class_stays_inactive(taxonomy: Taxonomy) -> None:
         extended.get_class("zj_forklift_in_dust_zone")
 
 
-@pytest.mark.parametrize("addition", [
-    _class_addition("approved", legal_basis=[]),
-    _class_addition("approved", legal_basis=None),
-    {**_item_addition("approved"), "payload": {**_item_addition("approved")["payload"], "legal_basis": ""}},
-])
+@pytest.mark.parametrize(
+    "addition",
+    [
+        _class_addition("approved", legal_basis=[]),
+        _class_addition("approved", legal_basis=None),
+        {**_item_addition("approved"), "payload": {**_item_addition("approved")["payload"], "legal_basis": ""}},
+    ],
+)
 def test_addition_without_legal_basis_refused(taxonomy: Taxonomy, addition: dict[str, Any]) -> None:
     with pytest.raises(Invalid, match="legal_basis"):
         taxonomy.with_additions([addition])
@@ -296,16 +338,19 @@ def test_approved_class_on_pending_item_stays_inactive(taxonomy: Taxonomy) -> No
     assert ready.get_item("ZJ-FC-07").org_code == "330000"
 
 
-@pytest.mark.parametrize(("addition", "message"), [
-    (_class_addition("approved", key="head"), "duplicate class key 'head'"),
-    (_item_addition("approved", code="GT-01"), "duplicate item code 'GT-01'"),
-    (_class_addition("approved", sector="mining"), "unknown sector 'mining'"),
-    (_class_addition("approved", inspection_items=["XX-01"]), "unknown inspection item"),
-    (_class_addition("approved", active=True), "'active' cannot be set"),
-    ({**_class_addition("approved"), "status": "maybe"}, "status 'maybe'"),
-    ({**_class_addition("approved"), "org_code": ""}, "org_code"),
-    ({**_class_addition("approved"), "kind": "sector"}, "kind 'sector'"),
-])
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        (_class_addition("approved", key="head"), "duplicate class key 'head'"),
+        (_item_addition("approved", code="GT-01"), "duplicate item code 'GT-01'"),
+        (_class_addition("approved", sector="mining"), "unknown sector 'mining'"),
+        (_class_addition("approved", inspection_items=["XX-01"]), "unknown inspection item"),
+        (_class_addition("approved", active=True), "'active' cannot be set"),
+        ({**_class_addition("approved"), "status": "maybe"}, "status 'maybe'"),
+        ({**_class_addition("approved"), "org_code": ""}, "org_code"),
+        ({**_class_addition("approved"), "kind": "sector"}, "kind 'sector'"),
+    ],
+)
 def test_bad_additions_refused(taxonomy: Taxonomy, addition: dict[str, Any], message: str) -> None:
     with pytest.raises(Invalid) as exc:
         validate_addition(taxonomy, addition)

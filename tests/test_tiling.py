@@ -33,22 +33,31 @@ def squares_detector(images: list[np.ndarray]) -> list[Detections]:
         small = cv2.resize(image, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
         mask = ((small[..., 2] > 150) & (small[..., 1] < 100)).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
-        boxes = [[x / r, y / r, (x + bw) / r, (y + bh) / r] for x, y, bw, bh, _ in stats[1:n]
-                 if bw >= MIN_SIDE and bh >= MIN_SIDE]
-        out.append(Detections(np.array(boxes, np.float32).reshape(-1, 4), ["helmet"] * len(boxes),
-                              np.full(len(boxes), 0.9, np.float32)))
+        boxes = [
+            [x / r, y / r, (x + bw) / r, (y + bh) / r]
+            for x, y, bw, bh, _ in stats[1:n]
+            if bw >= MIN_SIDE and bh >= MIN_SIDE
+        ]
+        out.append(
+            Detections(
+                np.array(boxes, np.float32).reshape(-1, 4),
+                ["helmet"] * len(boxes),
+                np.full(len(boxes), 0.9, np.float32),
+            )
+        )
     return out
 
 
 def scene(width: int, height: int, squares: list[tuple[int, int, int]]) -> np.ndarray:
     image = np.full((height, width, 3), 90, np.uint8)
     for x, y, s in squares:
-        image[y:y + s, x:x + s] = (0, 0, 255)  # BGR red
+        image[y : y + s, x : x + s] = (0, 0, 255)  # BGR red
     return image
 
 
-@pytest.mark.parametrize(("width", "height", "tile", "overlap"),
-                         [(1000, 600, 256, 0.25), (513, 257, 256, 0.0), (4000, 3000, 640, 0.2)])
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "overlap"), [(1000, 600, 256, 0.25), (513, 257, 256, 0.0), (4000, 3000, 640, 0.2)]
+)
 def test_windows_cover_the_image_with_the_asked_overlap(width: int, height: int, tile: int, overlap: float) -> None:
     windows = tile_windows(width, height, tile, overlap)
     covered = np.zeros((height, width), bool)
@@ -109,8 +118,9 @@ def test_detect_with_tiles_answers_boxes_in_the_original_pixels(api, ctx, make_k
     ctx.settings = ctx.settings.with_(tile_window=128)  # the tiny model runs at 64 px: 2 x 3 windows
     data = photo(320, 200, seed=4)
     plain = api.post("/v1/detect", files={"file": ("wide.jpg", data, "image/jpeg")}, headers=auth(key))
-    tiled = api.post("/v1/detect", params={"tiles": "true"}, files={"file": ("wide.jpg", data, "image/jpeg")},
-                     headers=auth(key))
+    tiled = api.post(
+        "/v1/detect", params={"tiles": "true"}, files={"file": ("wide.jpg", data, "image/jpeg")}, headers=auth(key)
+    )
     assert plain.status_code == tiled.status_code == 200, tiled.text
     body = tiled.json()
     assert body["image"] == {"width": 320, "height": 200}
@@ -127,9 +137,12 @@ def test_inspection_photo_with_tiles_stores_findings_in_original_pixels(api, ctx
 
     key = make_key("420000", "service")
     ctx.settings = ctx.settings.with_(tile_window=128)
-    r = api.post(f"/v1/inspections/{quote('鄂应急检〔2026〕9号', safe='')}/photos", headers=auth(key),
-                 data={"enterprise_id": "91420100MA4K", "sector": "general", "tiles": "true"},
-                 files={"file": ("wide.jpg", photo(320, 200, seed=4), "image/jpeg")})
+    r = api.post(
+        f"/v1/inspections/{quote('鄂应急检〔2026〕9号', safe='')}/photos",
+        headers=auth(key),
+        data={"enterprise_id": "91420100MA4K", "sector": "general", "tiles": "true"},
+        files={"file": ("wide.jpg", photo(320, 200, seed=4), "image/jpeg")},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["detections"]

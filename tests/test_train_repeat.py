@@ -82,8 +82,9 @@ def test_ultralytics_trains_on_the_repeated_list(ctx: Context) -> None:
     n_images = len(list((data_yaml.parent / "images" / "train").iterdir()))
     assert n_images > 0  # every tiny image holds a fire, so each is listed three times
 
-    dataset = YOLODataset(img_path=str(data_yaml.parent / data["train"]), data=data, imgsz=64, augment=False,
-                          cache=False, prefix="test: ")
+    dataset = YOLODataset(
+        img_path=str(data_yaml.parent / data["train"]), data=data, imgsz=64, augment=False, cache=False, prefix="test: "
+    )
     assert len(dataset) == 3 * n_images
     assert len(set(dataset.im_files)) == n_images
     assert all(len(label["cls"]) == 2 for label in dataset.labels)  # labels found for every repeat

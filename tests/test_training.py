@@ -91,16 +91,32 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
             with pytest.raises(Stop):
                 train(ctx, dataset.ref, config, principal=dataset.principal, progress=progress)
             (run_dir,) = (ctx.settings.home / "runs").iterdir()
-            interrupted = {"run": json.loads((run_dir / "run.json").read_text()),
-                           "epochs": json.loads((run_dir / "metrics.json").read_text())["epochs"],
-                           "last": (run_dir / "weights" / "last.pt").is_file()}
-            res = CliRunner().invoke(_cli(), ["train", "--dataset", dataset.ref, "--config", str(config), "--resume",
-                                              "--org", "420000"])
+            interrupted = {
+                "run": json.loads((run_dir / "run.json").read_text()),
+                "epochs": json.loads((run_dir / "metrics.json").read_text())["epochs"],
+                "last": (run_dir / "weights" / "last.pt").is_file(),
+            }
+            res = CliRunner().invoke(
+                _cli(), ["train", "--dataset", dataset.ref, "--config", str(config), "--resume", "--org", "420000"]
+            )
             assert res.exit_code == 0, res.output
             model_ref = res.stdout.strip().splitlines()[-1]
             best = run_dir / "weights" / "best.pt"
-            res2 = CliRunner().invoke(_cli(), ["evaluate", model_ref, "--dataset", dataset.ref, "--compare", str(best),
-                                               "--out", str(tmp / "cmp"), "--org", "420000"])
+            res2 = CliRunner().invoke(
+                _cli(),
+                [
+                    "evaluate",
+                    model_ref,
+                    "--dataset",
+                    dataset.ref,
+                    "--compare",
+                    str(best),
+                    "--out",
+                    str(tmp / "cmp"),
+                    "--org",
+                    "420000",
+                ],
+            )
             assert res2.exit_code == 0, res2.output
             name, version = model_ref.split(":")
             with ctx.db.session() as s:
@@ -109,8 +125,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         finally:
             get_settings.cache_clear()
     report = EvalReport.from_dict(json.loads((tmp / "cmp" / "model1" / "report.json").read_text()))
-    yield Trained(ctx, dataset, run_dir, model_ref, attempts, calls["n"], seen, interrupted, report, tmp / "cmp",
-                  onnx, res.output + res2.output)
+    yield Trained(
+        ctx,
+        dataset,
+        run_dir,
+        model_ref,
+        attempts,
+        calls["n"],
+        seen,
+        interrupted,
+        report,
+        tmp / "cmp",
+        onnx,
+        res.output + res2.output,
+    )
     ctx.close()
 
 
@@ -129,8 +157,16 @@ def test_nothing_touches_the_network(trained: Trained) -> None:
 def test_the_run_is_recorded_and_trains_with_our_augmentation(trained: Trained) -> None:
     run = trained.run_dir
     assert run.parent == trained.ctx.settings.home / "runs"
-    for name in ("config.yaml", "config.source.yaml", "dataset.json", "run.json", "metrics.json", "results.csv",
-                 "weights/best.pt", "weights/last.pt"):
+    for name in (
+        "config.yaml",
+        "config.source.yaml",
+        "dataset.json",
+        "run.json",
+        "metrics.json",
+        "results.csv",
+        "weights/best.pt",
+        "weights/last.pt",
+    ):
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "config.yaml").read_text())["augment"] == str(AUGMENT)
     assert json.loads((run / "dataset.json").read_text())["id"] == trained.dataset.version_id
@@ -155,8 +191,13 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(trained: Trained) -
     assert f"{info['model']['name']}:{info['model']['version']}" == trained.model_ref
     assert len(list(trained.run_dir.parent.iterdir())) == 1  # the same run folder, not a new run
     with pytest.raises(Conflict):  # a finished run cannot be resumed again
-        train(trained.ctx, trained.dataset.ref, trained.run_dir / "config.source.yaml",
-              principal=trained.dataset.principal, resume=True)
+        train(
+            trained.ctx,
+            trained.dataset.ref,
+            trained.run_dir / "config.source.yaml",
+            principal=trained.dataset.principal,
+            resume=True,
+        )
 
 
 @pytest.mark.slow
@@ -229,8 +270,11 @@ def test_config_is_checked_before_anything_runs(tmp_path: Path) -> None:
     assert (baseline.time, baseline.epochs, baseline.close_mosaic, baseline.cache) == (1.6, 60, 5, "ram")
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"model": "yolo11n.yaml", "epoch": 3, "imgsz": 50,
-                                   "ultralytics": {"amp": True, "data": "x", "nonsense": 1}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"model": "yolo11n.yaml", "epoch": 3, "imgsz": 50, "ultralytics": {"amp": True, "data": "x", "nonsense": 1}}
+        )
+    )
     with pytest.raises(Invalid) as err:
         load_config(bad)
     text = str(err.value.message)
@@ -243,16 +287,24 @@ def test_config_is_checked_before_anything_runs(tmp_path: Path) -> None:
 
 
 def _report(label: str, fire: float, dust: float) -> EvalReport:
-    rows = [ClassMetrics("fire", "general", 3, 4, 0.5, 0.5, fire, fire / 2),
-            ClassMetrics("accumulated_dust", "dust", 3, 6, 0.5, 0.5, dust, dust / 2)]
+    rows = [
+        ClassMetrics("fire", "general", 3, 4, 0.5, 0.5, fire, fire / 2),
+        ClassMetrics("accumulated_dust", "dust", 3, 6, 0.5, 0.5, dust, dust / 2),
+    ]
     name, version = label.split(":")
-    return EvalReport(model={"name": name, "version": version}, dataset={"ref": "d@1", "name": "d", "id": "abc"},
-                      split="test", imgsz=64, conf=0.001,
-                      overall={"images": 3, "instances": 10, "precision": 0.5, "recall": 0.5, "map50": 0.4,
-                               "map50_95": 0.2},
-                      per_class=rows, per_sector=[SectorMetrics("general", "通用", ["fire"], 4, 0.5, 0.5, fire, 0),
-                                                  SectorMetrics("dust", "粉尘涉爆", ["accumulated_dust"], 6, 0.5,
-                                                                0.5, dust, 0)])
+    return EvalReport(
+        model={"name": name, "version": version},
+        dataset={"ref": "d@1", "name": "d", "id": "abc"},
+        split="test",
+        imgsz=64,
+        conf=0.001,
+        overall={"images": 3, "instances": 10, "precision": 0.5, "recall": 0.5, "map50": 0.4, "map50_95": 0.2},
+        per_class=rows,
+        per_sector=[
+            SectorMetrics("general", "通用", ["fire"], 4, 0.5, 0.5, fire, 0),
+            SectorMetrics("dust", "粉尘涉爆", ["accumulated_dust"], 6, 0.5, 0.5, dust, 0),
+        ],
+    )
 
 
 def test_write_report_shows_per_class_deltas(tmp_path: Path) -> None:

@@ -123,6 +123,12 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-
-__all__ = ["CONFIG_KEYS", "MAX_REPEAT", "RESERVED_ULTRALYTICS", "TrainConfig", "config_from_dict", "load_config",
-           "resolve_device"]
+__all__ = [
+    "CONFIG_KEYS",
+    "MAX_REPEAT",
+    "RESERVED_ULTRALYTICS",
+    "TrainConfig",
+    "config_from_dict",
+    "load_config",
+    "resolve_device",
+]

@@ -27,14 +27,20 @@ from hazardlens.training.runs import read_json, write_json
 def dataset_provenance(session: Any, dv: DatasetVersion) -> dict[str, Any]:
     """What a model card says about the data: which version, how many samples per split, and where
     the samples came from (source sets and organisations), so a reviewer can tell what a model has seen."""
-    splits = dict(session.execute(select(DatasetItem.split, func.count()).where(DatasetItem.version_id == dv.id)
-                                  .group_by(DatasetItem.split)).all())
+    splits = dict(
+        session.execute(
+            select(DatasetItem.split, func.count()).where(DatasetItem.version_id == dv.id).group_by(DatasetItem.split)
+        ).all()
+    )
     sources: Counter[str] = Counter()
     orgs: Counter[str] = Counter()
     sectors: Counter[str] = Counter()
     tags: Counter[str] = Counter()
-    rows = session.execute(select(Sample.source, Sample.org_code, Sample.sector, Sample.tags).join(
-        DatasetItem, DatasetItem.sample_id == Sample.id).where(DatasetItem.version_id == dv.id))
+    rows = session.execute(
+        select(Sample.source, Sample.org_code, Sample.sector, Sample.tags)
+        .join(DatasetItem, DatasetItem.sample_id == Sample.id)
+        .where(DatasetItem.version_id == dv.id)
+    )
     for source, org, sector, sample_tags in rows:
         sources[source or "unknown"] += 1
         orgs[org] += 1
@@ -42,16 +48,25 @@ def dataset_provenance(session: Any, dv: DatasetVersion) -> dict[str, Any]:
         tags.update(t for t in sample_tags or [] if isinstance(t, str))
     # Curators mark where imported photos came from with tags (e.g. the public set's name); the 50
     # commonest are enough to tell the sets apart without copying every tag into every card.
-    return {"name": dv.name, "id": dv.id, "taxonomy_version": dv.taxonomy_version, "classes": list(dv.classes),
-            "samples_per_split": {k: int(v) for k, v in sorted(splits.items())},
-            "sources": dict(sources), "source_sets": dict(tags.most_common(50)), "organisations": dict(orgs),
-            "sectors": dict(sectors),
-            "params": dv.params, "manifest_key": dv.manifest_key,
-            "created_at": iso(dv.created_at)}
+    return {
+        "name": dv.name,
+        "id": dv.id,
+        "taxonomy_version": dv.taxonomy_version,
+        "classes": list(dv.classes),
+        "samples_per_split": {k: int(v) for k, v in sorted(splits.items())},
+        "sources": dict(sources),
+        "source_sets": dict(tags.most_common(50)),
+        "organisations": dict(orgs),
+        "sectors": dict(sectors),
+        "params": dv.params,
+        "manifest_key": dv.manifest_key,
+        "created_at": iso(dv.created_at),
+    }
 
 
-def resolve_dataset(ctx: Context, dataset_ref: str,
-                    principal: Principal | None = None) -> tuple[DatasetVersion, dict[str, Any]]:
+def resolve_dataset(
+    ctx: Context, dataset_ref: str, principal: Principal | None = None
+) -> tuple[DatasetVersion, dict[str, Any]]:
     """The version and its provenance. A user principal sees only its organisation's versions
     (the datasets' tenancy rule); the system principal sees all."""
     from hazardlens.datasets.versions import resolve
@@ -62,8 +77,12 @@ def resolve_dataset(ctx: Context, dataset_ref: str,
         return dv, dataset_provenance(session, dv)
 
 
-def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | None = None,
-                train_repeat: dict[str, int] | None = None) -> Path:
+def materialise(
+    ctx: Context,
+    dv: DatasetVersion,
+    train_caps: dict[str, int] | None = None,
+    train_repeat: dict[str, int] | None = None,
+) -> Path:
     """The version as a YOLO folder under ``<cache>/datasets``; returns its data.yaml.
 
     A version is immutable, so a folder once complete is reused as is (images are hard links into
@@ -92,8 +111,10 @@ def materialise(ctx: Context, dv: DatasetVersion, train_caps: dict[str, int] | N
         if train_repeat:
             data["train"] = write_train_list(tmp, data, train_repeat)
         data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        write_json(tmp / ".complete", {"version_id": dv.id, "train_caps": train_caps or {},
-                                        "train_repeat": train_repeat or {}, "at": now_iso()})
+        write_json(
+            tmp / ".complete",
+            {"version_id": dv.id, "train_caps": train_caps or {}, "train_repeat": train_repeat or {}, "at": now_iso()},
+        )
         if final.exists():  # an unfinished folder from a crash, or another process just won the race
             if (final / ".complete").is_file():
                 return final / "data.yaml"
@@ -129,8 +150,10 @@ def write_train_list(folder: Path, data: dict[str, Any], repeat: dict[str, int])
             repeated.update(boosted)
         lines += [f"./images/train/{image.name}"] * times
     (folder / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    write_json(folder / "train_repeat.json", {"repeat": repeat, "entries": len(lines),
-                                                "images": len(set(lines)), "images_with_class": dict(repeated)})
+    write_json(
+        folder / "train_repeat.json",
+        {"repeat": repeat, "entries": len(lines), "images": len(set(lines)), "images_with_class": dict(repeated)},
+    )
     return "train.txt"
 
 
@@ -138,8 +161,11 @@ def export_summary(data_yaml: Path) -> dict[str, Any]:
     """Images/instances per split as materialised (after train caps), from the export's stats.json:
     what training really saw, next to what the version holds."""
     stats = read_json(data_yaml.parent / "stats.json")
-    splits = {k: {f: v.get(f) for f in ("images", "instances", "negatives")}
-              for k, v in (stats.get("splits") or {}).items() if isinstance(v, dict)}
+    splits = {
+        k: {f: v.get(f) for f in ("images", "instances", "negatives")}
+        for k, v in (stats.get("splits") or {}).items()
+        if isinstance(v, dict)
+    }
     summary = {"splits": splits, "capped_images": stats.get("capped_images", 0)}
     repeat = data_yaml.parent / "train_repeat.json"
     if repeat.is_file():
@@ -157,5 +183,3 @@ def yaml_names(data: dict[str, Any]) -> list[str]:
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names, key=int)]
     return [str(n) for n in names or []]
-
-

@@ -117,22 +117,45 @@ class EvalReport:
         return f"{m['name']}:{m['version']}" if m.get("name") and m.get("version") else str(m.get("ref"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "dataset": self.dataset, "split": self.split, "imgsz": self.imgsz,
-                "conf": self.conf, "overall": self.overall, "per_class": [vars(c) for c in self.per_class],
-                "per_sector": [vars(s) for s in self.per_sector], "skipped_classes": self.skipped_classes,
-                "plots": self.plots, "out_dir": self.out_dir, "created_at": self.created_at,
-                "recorded_in_card": self.recorded_in_card, "partial_labels": self.partial_labels,
-                "per_tag": [g.to_dict() for g in self.per_tag], "rules": self.rules}
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "split": self.split,
+            "imgsz": self.imgsz,
+            "conf": self.conf,
+            "overall": self.overall,
+            "per_class": [vars(c) for c in self.per_class],
+            "per_sector": [vars(s) for s in self.per_sector],
+            "skipped_classes": self.skipped_classes,
+            "plots": self.plots,
+            "out_dir": self.out_dir,
+            "created_at": self.created_at,
+            "recorded_in_card": self.recorded_in_card,
+            "partial_labels": self.partial_labels,
+            "per_tag": [g.to_dict() for g in self.per_tag],
+            "rules": self.rules,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
-        return cls(model=d["model"], dataset=d["dataset"], split=d["split"], imgsz=d["imgsz"], conf=d["conf"],
-                   overall=d["overall"], per_class=[ClassMetrics(**c) for c in d["per_class"]],
-                   per_sector=[SectorMetrics(**s) for s in d["per_sector"]],
-                   skipped_classes=d.get("skipped_classes", []), plots=d.get("plots", {}),
-                   out_dir=d.get("out_dir", ""), created_at=d.get("created_at", ""),
-                   recorded_in_card=d.get("recorded_in_card", False), partial_labels=d.get("partial_labels", {}),
-                   per_tag=[GroupMetrics.from_dict(g) for g in d.get("per_tag", [])], rules=d.get("rules", []))
+        return cls(
+            model=d["model"],
+            dataset=d["dataset"],
+            split=d["split"],
+            imgsz=d["imgsz"],
+            conf=d["conf"],
+            overall=d["overall"],
+            per_class=[ClassMetrics(**c) for c in d["per_class"]],
+            per_sector=[SectorMetrics(**s) for s in d["per_sector"]],
+            skipped_classes=d.get("skipped_classes", []),
+            plots=d.get("plots", {}),
+            out_dir=d.get("out_dir", ""),
+            created_at=d.get("created_at", ""),
+            recorded_in_card=d.get("recorded_in_card", False),
+            partial_labels=d.get("partial_labels", {}),
+            per_tag=[GroupMetrics.from_dict(g) for g in d.get("per_tag", [])],
+            rules=d.get("rules", []),
+        )
 
 
 # ---- model references ---------------------------------------------------------------------------
@@ -155,8 +178,10 @@ def resolve_model(ctx: Context, ref: str) -> tuple[Path, dict[str, Any], int | N
     if ref == "production":
         name, version = DEFAULT_NAME, "production"
     if not name or not version:
-        raise Invalid(f"model reference {ref!r} must be NAME:VERSION, 'production', NAME:production or a .pt path",
-                      code="invalid_model_ref")
+        raise Invalid(
+            f"model reference {ref!r} must be NAME:VERSION, 'production', NAME:production or a .pt path",
+            code="invalid_model_ref",
+        )
     with ctx.db.session() as session:
         if version == "production":
             mv = production_model(session, name)
@@ -165,9 +190,16 @@ def resolve_model(ctx: Context, ref: str) -> tuple[Path, dict[str, Any], int | N
         else:
             mv = get_model(session, name, version)
         weights = local_weights(ctx, mv)
-        info = {"ref": ref, "name": mv.name, "version": mv.version, "stage": mv.stage,
-                "weights_sha256": mv.weights_sha256, "dataset_version": mv.dataset_version_id, "imgsz": mv.imgsz,
-                "classes": list(mv.classes)}
+        info = {
+            "ref": ref,
+            "name": mv.name,
+            "version": mv.version,
+            "stage": mv.stage,
+            "weights_sha256": mv.weights_sha256,
+            "dataset_version": mv.dataset_version_id,
+            "imgsz": mv.imgsz,
+            "classes": list(mv.classes),
+        }
         return weights, info, mv.id
 
 
@@ -202,8 +234,9 @@ def _label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _aligned_data(data_yaml: Path, split: str, model_classes: list[str],
-                  work: Path, private: bool = False) -> tuple[Path, list[str], dict[str, str]]:
+def _aligned_data(
+    data_yaml: Path, split: str, model_classes: list[str], work: Path, private: bool = False
+) -> tuple[Path, list[str], dict[str, str]]:
     """Ultralytics compares class indices, so a model whose class list differs from the dataset's
     (another order, fewer or more classes) is evaluated on a copy of the split whose labels are
     renumbered to the model's classes; boxes of classes the model does not know are left out and
@@ -245,9 +278,13 @@ def _aligned_data(data_yaml: Path, split: str, model_classes: list[str],
         (lbl_dir / f"{n:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
     aligned = work / "data.yaml"
     rel = f"images/{split}"
-    aligned.write_text(yaml.safe_dump({"path": str(work), "train": rel, "val": rel, split: rel,
-                                       "names": dict(enumerate(model_classes))}, allow_unicode=True),
-                       encoding="utf-8")
+    aligned.write_text(
+        yaml.safe_dump(
+            {"path": str(work), "train": rel, "val": rel, split: rel, "names": dict(enumerate(model_classes))},
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
     return aligned, sorted(skipped), renamed
 
 
@@ -270,8 +307,13 @@ def validator_class() -> type:
     from ultralytics.models.yolo.detect import DetectionValidator
 
     class PartialLabelValidator(DetectionValidator):  # type: ignore[misc]
-        def __init__(self, *args: Any, hl_unlabeled: dict[str, list[int]] | None = None,
-                     hl_keep_predictions: bool = False, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            hl_unlabeled: dict[str, list[int]] | None = None,
+            hl_keep_predictions: bool = False,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(*args, **kwargs)
             self.hl_unlabeled = {str(k): sorted({int(c) for c in v}) for k, v in (hl_unlabeled or {}).items() if v}
             self.hl_keep_predictions = hl_keep_predictions
@@ -286,9 +328,16 @@ def validator_class() -> type:
             from ultralytics.utils import nms
 
             outputs = nms.non_max_suppression(
-                preds, self.args.conf, self.args.iou, nc=0, multi_label=True,
-                agnostic=self.args.single_cls or self.args.agnostic_nms, max_det=self.args.max_det,
-                end2end=self.end2end, max_time_img=3600.0)
+                preds,
+                self.args.conf,
+                self.args.iou,
+                nc=0,
+                multi_label=True,
+                agnostic=self.args.single_cls or self.args.agnostic_nms,
+                max_det=self.args.max_det,
+                end2end=self.end2end,
+                max_time_img=3600.0,
+            )
             return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in outputs]
 
         def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
@@ -309,7 +358,8 @@ def validator_class() -> type:
                 self.hl_predictions[Path(batch["im_file"][si]).name] = {
                     "xyxy": scaled["bboxes"].detach().cpu().numpy().astype(np.float32),
                     "conf": pred["conf"].detach().cpu().numpy().astype(np.float32),
-                    "cls": pred["cls"].detach().cpu().numpy().astype(int)}
+                    "cls": pred["cls"].detach().cpu().numpy().astype(int),
+                }
 
         def _hl_drop(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
             """In place, so that the confusion matrix and the plotted batches agree with the figures."""
@@ -325,8 +375,10 @@ def validator_class() -> type:
                 drop = torch.isin(pred["cls"].long(), torch.tensor(ids, device=pred["cls"].device))
                 if bool(drop.any()):
                     self.hl_dropped["predictions"] += int(drop.sum())
-                    preds[si] = {k: v[~drop] if isinstance(v, torch.Tensor) and v.shape[:1] == drop.shape else v
-                                 for k, v in pred.items()}
+                    preds[si] = {
+                        k: v[~drop] if isinstance(v, torch.Tensor) and v.shape[:1] == drop.shape else v
+                        for k, v in pred.items()
+                    }
                 keep_gt &= ~((gt_img == si) & torch.isin(gt_cls, torch.tensor(ids, device=gt_cls.device)))
             if not bool(keep_gt.all()):
                 self.hl_dropped["labels"] += int((~keep_gt).sum())
@@ -346,17 +398,32 @@ def _class_rows(metrics: Any, model_classes: list[str], tax: Any) -> list[ClassM
         key = model_classes[c]
         p, r, ap50, ap = metrics.class_result(i)
         hc = tax.classes.get(key)
-        rows.append(ClassMetrics(key=key, sector=hc.sector if hc else "unknown", images=int(nt_image[c]),
-                                 instances=int(nt_class[c]), precision=round(float(p), 5), recall=round(float(r), 5),
-                                 map50=round(float(ap50), 5), map50_95=round(float(ap), 5)))
+        rows.append(
+            ClassMetrics(
+                key=key,
+                sector=hc.sector if hc else "unknown",
+                images=int(nt_image[c]),
+                instances=int(nt_class[c]),
+                precision=round(float(p), 5),
+                recall=round(float(r), 5),
+                map50=round(float(ap50), 5),
+                map50_95=round(float(ap), 5),
+            )
+        )
     return rows
 
 
 def _overall(metrics: Any, images: int) -> dict[str, float]:
     nt_class = metrics.nt_per_class if metrics.nt_per_class is not None else []
     mp, mr, map50, map_ = (float(v) for v in metrics.mean_results())
-    return {"images": images, "instances": int(sum(int(n) for n in nt_class)), "precision": round(mp, 5),
-            "recall": round(mr, 5), "map50": round(map50, 5), "map50_95": round(map_, 5)}
+    return {
+        "images": images,
+        "instances": int(sum(int(n) for n in nt_class)),
+        "precision": round(mp, 5),
+        "recall": round(mr, 5),
+        "map50": round(map50, 5),
+        "map50_95": round(map_, 5),
+    }
 
 
 def group_metrics(records: list[dict[str, Any]], names: dict[int, str]) -> Any:
@@ -379,8 +446,11 @@ def _split_items(ctx: Context, dv: Any, split: str) -> dict[str, dict[str, Any]]
     """The split's manifest items by exported image stem (materialize._file_name: sample id, hash)."""
     from hazardlens.datasets.versions import load_manifest
 
-    return {f"{int(it['sample_id']):08d}_{str(it['sha256'])[:12]}": it
-            for it in load_manifest(ctx, dv)["items"] if it.get("split") == split}
+    return {
+        f"{int(it['sample_id']):08d}_{str(it['sha256'])[:12]}": it
+        for it in load_manifest(ctx, dv)["items"]
+        if it.get("split") == split
+    }
 
 
 def _sample_tags(ctx: Context, dv: Any) -> dict[int, list[str]]:
@@ -388,8 +458,11 @@ def _sample_tags(ctx: Context, dv: Any) -> dict[int, list[str]]:
     from sqlalchemy import select
 
     with ctx.db.session() as s:
-        rows = s.execute(select(Sample.id, Sample.tags).join(DatasetItem, DatasetItem.sample_id == Sample.id)
-                         .where(DatasetItem.version_id == dv.id))
+        rows = s.execute(
+            select(Sample.id, Sample.tags)
+            .join(DatasetItem, DatasetItem.sample_id == Sample.id)
+            .where(DatasetItem.version_id == dv.id)
+        )
         return {int(i): [str(t) for t in tags or [] if isinstance(t, str)] for i, tags in rows}
 
 
@@ -409,9 +482,14 @@ def _rule_set(ctx: Context) -> Any:
     return default_rules(ctx)
 
 
-def score_rules(ruleset: Any, predictions: dict[str, dict[str, np.ndarray]], items: dict[str, dict[str, Any] | None],
-                model_classes: list[str], groups: dict[str, list[str]] | None = None,
-                det_conf: float = RULE_DETECTION_CONF) -> list[dict[str, Any]]:
+def score_rules(
+    ruleset: Any,
+    predictions: dict[str, dict[str, np.ndarray]],
+    items: dict[str, dict[str, Any] | None],
+    model_classes: list[str],
+    groups: dict[str, list[str]] | None = None,
+    det_conf: float = RULE_DETECTION_CONF,
+) -> list[dict[str, Any]]:
     """Each rule's findings on the model's predictions (image name -> ``xyxy``/``conf``/``cls`` in
     original pixels), scored against the labelled boxes of the rule's evidence class in ``items``
     (image name -> manifest item) by :func:`hazardlens.training.rule_eval.evaluate_rule_findings`:
@@ -428,9 +506,11 @@ def score_rules(ruleset: Any, predictions: dict[str, dict[str, np.ndarray]], ite
     findings_of: dict[str, list[Any]] = {}
     for name, pred in predictions.items():
         keep = pred["conf"] >= det_conf
-        dets = Detections(xyxy=pred["xyxy"][keep].reshape(-1, 4).astype(np.float32),
-                          class_keys=np.array([model_classes[int(c)] for c in pred["cls"][keep]], dtype=object),
-                          confidence=pred["conf"][keep].astype(np.float32))
+        dets = Detections(
+            xyxy=pred["xyxy"][keep].reshape(-1, 4).astype(np.float32),
+            class_keys=np.array([model_classes[int(c)] for c in pred["cls"][keep]], dtype=object),
+            confidence=pred["conf"][keep].astype(np.float32),
+        )
         it = items.get(name) or {}
         size = (int(it["width"]), int(it["height"])) if it.get("width") and it.get("height") else None
         findings_of[name] = ruleset.apply(dets, None, 0.0, image_size=size, model_classes=model_classes)
@@ -445,9 +525,16 @@ def score_rules(ruleset: Any, predictions: dict[str, dict[str, np.ndarray]], ite
         for tag, names in scopes:
             found = {n: [f for f in findings_of[n] if f.rule == rule.key] for n in names}
             gt = {n: (items.get(n) or {}).get("boxes", []) for n in names}
-            rows.append({"rule": rule.key, "tag": tag, "images": len(names), "min_confidence": rule.min_confidence,
-                         "detections_conf": det_conf,
-                         **evaluate_rule_findings(found, gt, evidence, conf=rule.min_confidence)})
+            rows.append(
+                {
+                    "rule": rule.key,
+                    "tag": tag,
+                    "images": len(names),
+                    "min_confidence": rule.min_confidence,
+                    "detections_conf": det_conf,
+                    **evaluate_rule_findings(found, gt, evidence, conf=rule.min_confidence),
+                }
+            )
     return rows
 
 
@@ -466,16 +553,34 @@ def per_sector(ctx: Context, rows: list[ClassMetrics]) -> list[SectorMetrics]:
         members = [r for r in rows if r.sector == key and r.instances > 0]
         if not members:
             continue
-        out.append(SectorMetrics(sector=key, name=sector.name_zh, classes=[r.key for r in members],
-                                 instances=sum(r.instances for r in members),
-                                 **{m: round(_weighted(members, m), 5) for m in _METRICS}))
+        out.append(
+            SectorMetrics(
+                sector=key,
+                name=sector.name_zh,
+                classes=[r.key for r in members],
+                instances=sum(r.instances for r in members),
+                **{m: round(_weighted(members, m), 5) for m in _METRICS},
+            )
+        )
     return out
 
 
-def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test", imgsz: int | None = None,
-             conf: float = 0.001, *, out_dir: Path | None = None, principal: Principal = SYSTEM,
-             record_in_card: bool = True, device: str | None = None, by_tag: bool = False,
-             tags: list[str] | None = None, rules: bool = True) -> EvalReport:
+def evaluate(
+    ctx: Context,
+    model_ref: str,
+    dataset_ref: str,
+    split: str = "test",
+    imgsz: int | None = None,
+    conf: float = 0.001,
+    *,
+    out_dir: Path | None = None,
+    principal: Principal = SYSTEM,
+    record_in_card: bool = True,
+    device: str | None = None,
+    by_tag: bool = False,
+    tags: list[str] | None = None,
+    rules: bool = True,
+) -> EvalReport:
     """Run Ultralytics' validation of ``model_ref`` on ``dataset_ref``'s ``split`` and report per class
     and per sector, with confusion-matrix and PR-curve plots in ``out_dir`` (default
     ``<home>/evals/<id>``). A registered model evaluated on its own dataset version's test split has
@@ -501,8 +606,12 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
     model = YOLO(str(weights), task="detect")
     names = model.names
     model_classes = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-    imgsz = int(imgsz or model_info.get("imgsz") or (getattr(model, "ckpt", None) or {}).get("train_args", {})
-                .get("imgsz") or 640)
+    imgsz = int(
+        imgsz
+        or model_info.get("imgsz")
+        or (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
+        or 640
+    )
     eid = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     out = (Path(out_dir) if out_dir else ctx.settings.home / "evals" / eid).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -514,8 +623,11 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
     item_of = {img.name: by_stem.get(Path(renamed.get(img.name, img.name)).stem) for img in split_images}
     if by_stem and sum(it is not None for it in item_of.values()) != len(by_stem):
         # per-image rules (unlabelled classes, sources) would silently not apply: refuse instead
-        raise Invalid(f"the {split} images found for {dv.name} ({len(split_images)}) do not match its "
-                      f"{len(by_stem)} {split} items", code="materialise_mismatch")
+        raise Invalid(
+            f"the {split} images found for {dv.name} ({len(split_images)}) do not match its "
+            f"{len(by_stem)} {split} items",
+            code="materialise_mismatch",
+        )
     model_index = {k: i for i, k in enumerate(model_classes)}
     unlabeled: dict[str, list[int]] = {}
     declared: dict[str, int] = {}
@@ -529,6 +641,7 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
 
     dev = resolve_device(device or ctx.settings.device)
     if dev == "cpu":
+
         def _threads(_: Any) -> None:  # Ultralytics pins cpu_count-1 on device selection
             import torch
 
@@ -542,9 +655,23 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
         made.append(validator_class()(**kwargs, hl_unlabeled=unlabeled, hl_keep_predictions=ruleset is not None))
         return made[-1]
 
-    metrics = model.val(validator=make_validator, data=str(data), split=split, imgsz=imgsz, conf=conf, batch=16,
-                        device=dev, workers=0 if dev == "cpu" else 2, plots=True, save_json=False, verbose=False,
-                        save_dir=str(out), project=str(out.parent), name=out.name, exist_ok=True)
+    metrics = model.val(
+        validator=make_validator,
+        data=str(data),
+        split=split,
+        imgsz=imgsz,
+        conf=conf,
+        batch=16,
+        device=dev,
+        workers=0 if dev == "cpu" else 2,
+        plots=True,
+        save_json=False,
+        verbose=False,
+        save_dir=str(out),
+        project=str(out.parent),
+        name=out.name,
+        exist_ok=True,
+    )
     validator = made[-1]
 
     tax = ctx.taxonomy()
@@ -552,10 +679,13 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
     overall = _overall(metrics, len(split_images))
     partial = {}
     if declared:
-        partial = {"images": sum(1 for it in item_of.values() if (it or {}).get("unlabeled_classes")),
-                   "classes": dict(sorted(declared.items())), "not_scored": dict(validator.hl_dropped),
-                   "rule": "predictions and labels of a class an image declares unlabelled are dropped for "
-                           "that image before matching"}
+        partial = {
+            "images": sum(1 for it in item_of.values() if (it or {}).get("unlabeled_classes")),
+            "classes": dict(sorted(declared.items())),
+            "not_scored": dict(validator.hl_dropped),
+            "rule": "predictions and labels of a class an image declares unlabelled are dropped for "
+            "that image before matching",
+        }
     per_tag: list[GroupMetrics] = []
     groups: dict[str, list[dict[str, Any]]] = {}
     if by_tag:
@@ -570,20 +700,46 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
                 groups.setdefault(g, []).append(rec)
         for g in sorted(groups, key=lambda g: (g == UNTAGGED, g)):
             gm = group_metrics(groups[g], metrics.names)
-            per_tag.append(GroupMetrics(tag=g, overall=_overall(gm, len(groups[g])),
-                                        per_class=_class_rows(gm, model_classes, tax)))
+            per_tag.append(
+                GroupMetrics(tag=g, overall=_overall(gm, len(groups[g])), per_class=_class_rows(gm, model_classes, tax))
+            )
         for g in sorted((wanted or set()) - set(groups)):
             per_tag.append(GroupMetrics(tag=g, overall=_overall(group_metrics([], metrics.names), 0), per_class=[]))
-    rule_rows = score_rules(ruleset, validator.hl_predictions, item_of, model_classes,
-                            {g: [r["im_name"] for r in recs] for g, recs in groups.items()}) if ruleset else []
+    rule_rows = (
+        score_rules(
+            ruleset,
+            validator.hl_predictions,
+            item_of,
+            model_classes,
+            {g: [r["im_name"] for r in recs] for g, recs in groups.items()},
+        )
+        if ruleset
+        else []
+    )
     plots = {p.name: str(p) for p in sorted(out.iterdir()) if p.suffix.lower() in (".png", ".jpg")}
-    report = EvalReport(model=model_info, dataset={"ref": dataset_ref, "name": dv.name, "id": dv.id,
-                                                   "taxonomy_version": dv.taxonomy_version,
-                                                   "samples_per_split": provenance.get("samples_per_split")},
-                        split=split, imgsz=imgsz, conf=conf, overall=overall, per_class=rows,
-                        per_sector=per_sector(ctx, rows), skipped_classes=skipped, plots=plots, out_dir=str(out),
-                        created_at=now_iso(), partial_labels=partial,
-                        per_tag=per_tag, rules=rule_rows)
+    report = EvalReport(
+        model=model_info,
+        dataset={
+            "ref": dataset_ref,
+            "name": dv.name,
+            "id": dv.id,
+            "taxonomy_version": dv.taxonomy_version,
+            "samples_per_split": provenance.get("samples_per_split"),
+        },
+        split=split,
+        imgsz=imgsz,
+        conf=conf,
+        overall=overall,
+        per_class=rows,
+        per_sector=per_sector(ctx, rows),
+        skipped_classes=skipped,
+        plots=plots,
+        out_dir=str(out),
+        created_at=now_iso(),
+        partial_labels=partial,
+        per_tag=per_tag,
+        rules=rule_rows,
+    )
     if record_in_card and model_id is not None and split == "test" and model_info.get("dataset_version") == dv.id:
         _record_in_card(ctx, principal, model_id, report)
         report.recorded_in_card = True
@@ -594,12 +750,16 @@ def evaluate(ctx: Context, model_ref: str, dataset_ref: str, split: str = "test"
 def _record_in_card(ctx: Context, principal: Principal, model_id: int, report: EvalReport) -> None:
     """The card keeps the test result of the model on the data it was made with; the card copy in the
     object store is rewritten too, so an exported model carries it."""
-    summary = {"split": report.split, "dataset_version": report.dataset["id"], "imgsz": report.imgsz,
-               "conf": report.conf, **report.overall,
-               "per_class": {c.key: {m: getattr(c, m) for m in ("instances", *_METRICS)} for c in report.per_class},
-               "per_sector": {s.sector: {m: getattr(s, m) for m in ("instances", *_METRICS)}
-                              for s in report.per_sector},
-               "evaluated_at": report.created_at}
+    summary = {
+        "split": report.split,
+        "dataset_version": report.dataset["id"],
+        "imgsz": report.imgsz,
+        "conf": report.conf,
+        **report.overall,
+        "per_class": {c.key: {m: getattr(c, m) for m in ("instances", *_METRICS)} for c in report.per_class},
+        "per_sector": {s.sector: {m: getattr(s, m) for m in ("instances", *_METRICS)} for s in report.per_sector},
+        "evaluated_at": report.created_at,
+    }
     with ctx.db.session() as session:
         mv = session.get(ModelVersion, model_id)
         if mv is None:
@@ -608,10 +768,20 @@ def _record_in_card(ctx: Context, principal: Principal, model_id: int, report: E
         card = dict(mv.card or {})
         card["metrics"] = {**card.get("metrics", {}), "test": summary}
         mv.card = card
-        ctx.store.put(f"models/{mv.name}/{mv.version}/card.json",
-                      json.dumps(card, ensure_ascii=False, indent=2).encode(), "application/json")
-        record(session, principal, "model.evaluate", "model", mv.id, before={"test": before},
-               after={"test": {k: v for k, v in summary.items() if k not in ("per_class", "per_sector")}})
+        ctx.store.put(
+            f"models/{mv.name}/{mv.version}/card.json",
+            json.dumps(card, ensure_ascii=False, indent=2).encode(),
+            "application/json",
+        )
+        record(
+            session,
+            principal,
+            "model.evaluate",
+            "model",
+            mv.id,
+            before={"test": before},
+            after={"test": {k: v for k, v in summary.items() if k not in ("per_class", "per_sector")}},
+        )
 
 
 # ---- comparison report --------------------------------------------------------------------------
@@ -622,17 +792,26 @@ def _rule_section(reports: list[EvalReport], lines: list[str]) -> None:
     if not rows:
         return
     det = rows[0][1].get("detections_conf")
-    lines.extend(["## Rules", "",
-                  f"Each rule run on the model's detections (confidence >= {det}) and scored against the labelled "
-                  "boxes of its evidence class: a finding is right when its box overlaps an unmatched labelled box "
-                  "(IoU >= 0.3) or holds its centre. Precision and recall at the rule's own minimum confidence; AP "
-                  "over the findings' confidences.", "",
-                  "| model | rule | source | evidence | images | labelled | findings | TP | FP | FN | precision | "
-                  "recall | AP |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"])
+    lines.extend(
+        [
+            "## Rules",
+            "",
+            f"Each rule run on the model's detections (confidence >= {det}) and scored against the labelled "
+            "boxes of its evidence class: a finding is right when its box overlaps an unmatched labelled box "
+            "(IoU >= 0.3) or holds its centre. Precision and recall at the rule's own minimum confidence; AP "
+            "over the findings' confidences.",
+            "",
+            "| model | rule | source | evidence | images | labelled | findings | TP | FP | FN | precision | "
+            "recall | AP |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    )
     for lab, row in rows:
-        lines.append(f"| `{lab}` | `{row['rule']}` | {row['tag'] or 'all'} | `{row['evidence_class']}` | "
-                     f"{row['images']} | {row['n_gt']} | {row['findings']} | {row['tp']} | {row['fp']} | {row['fn']} | "
-                     f"{_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['ap'])} |")
+        lines.append(
+            f"| `{lab}` | `{row['rule']}` | {row['tag'] or 'all'} | `{row['evidence_class']}` | "
+            f"{row['images']} | {row['n_gt']} | {row['findings']} | {row['tp']} | {row['fp']} | {row['fn']} | "
+            f"{_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['ap'])} |"
+        )
     lines.append("")
 
 
@@ -643,15 +822,26 @@ def _per_source_sections(reports: list[EvalReport], lines: list[str]) -> None:
     if not tags:
         return
     labels = [r.label for r in reports]
-    lines.extend(["## Per source", "",
-                  "Each source (sample tag) scored on its own images, from the same predictions; precision and "
-                  "recall at the confidence that maximises that group's mean F1.", ""])
+    lines.extend(
+        [
+            "## Per source",
+            "",
+            "Each source (sample tag) scored on its own images, from the same predictions; precision and "
+            "recall at the confidence that maximises that group's mean F1.",
+            "",
+        ]
+    )
     for tag in tags:
         groups = [next((g for g in r.per_tag if g.tag == tag), None) for r in reports]
         first = next(g for g in groups if g is not None)
-        lines.extend([f"### Source `{tag}`", "",
-                      f"images: {first.overall.get('images', 0)}, instances: {first.overall.get('instances', 0)}",
-                      ""])
+        lines.extend(
+            [
+                f"### Source `{tag}`",
+                "",
+                f"images: {first.overall.get('images', 0)}, instances: {first.overall.get('instances', 0)}",
+                "",
+            ]
+        )
         header = ["class", "images", "instances"]
         for i, lab in enumerate(labels):
             header += [f"{lab} P", f"{lab} R", f"{lab} mAP50", f"{lab} mAP50-95"] + (["Δ mAP50"] if i else [])
@@ -664,14 +854,22 @@ def _per_source_sections(reports: list[EvalReport], lines: list[str]) -> None:
             base = get(groups[0])
             for i, g in enumerate(groups):
                 row = get(g)
-                out += [_fmt(row and row["precision"]), _fmt(row and row["recall"]), _fmt(row and row["map50"]),
-                        _fmt(row and row["map50_95"])]
+                out += [
+                    _fmt(row and row["precision"]),
+                    _fmt(row and row["recall"]),
+                    _fmt(row and row["map50"]),
+                    _fmt(row and row["map50_95"]),
+                ]
                 if i:
                     out.append(_delta(base and base["map50"], row and row["map50"]))
             return out
 
-        lines.append("| all | " + f"{first.overall.get('images', 0)} | {first.overall.get('instances', 0)} | "
-                     + " | ".join(cells(lambda g: g.overall if g is not None else None)) + " |")
+        lines.append(
+            "| all | "
+            + f"{first.overall.get('images', 0)} | {first.overall.get('instances', 0)} | "
+            + " | ".join(cells(lambda g: g.overall if g is not None else None))
+            + " |"
+        )
         for key in keys:
             ref = next(c for g in groups if g is not None for c in g.per_class if c.key == key)
 
@@ -703,21 +901,27 @@ def write_report(reports: list[EvalReport], out: Path) -> Path:
     base = reports[0]
     for r in reports[1:]:
         if (r.dataset.get("id"), r.split) != (base.dataset.get("id"), base.split):
-            raise Invalid(f"{r.label} was evaluated on {r.dataset.get('ref')} {r.split}, the baseline on "
-                          f"{base.dataset.get('ref')} {base.split}: only results on the same split compare",
-                          code="incomparable_reports")
+            raise Invalid(
+                f"{r.label} was evaluated on {r.dataset.get('ref')} {r.split}, the baseline on "
+                f"{base.dataset.get('ref')} {base.split}: only results on the same split compare",
+                code="incomparable_reports",
+            )
     out = Path(out)
     if out.suffix.lower() != ".md":
         out = out / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     labels = [r.label for r in reports]
-    lines = [f"# Evaluation: {base.dataset.get('name')} ({base.split})", "",
-             f"- dataset version: `{base.dataset.get('ref')}` (id `{str(base.dataset.get('id'))[:16]}`)",
-             f"- images: {base.overall['images']}, instances: {base.overall['instances']}, "
-             f"imgsz {base.imgsz}, conf {base.conf}",
-             f"- models: {', '.join(f'`{lab}`' for lab in labels)}"
-             + (f" (Δ against `{labels[0]}`)" if len(reports) > 1 else ""),
-             "- sector rows average the per-class results weighted by instance count", ""]
+    lines = [
+        f"# Evaluation: {base.dataset.get('name')} ({base.split})",
+        "",
+        f"- dataset version: `{base.dataset.get('ref')}` (id `{str(base.dataset.get('id'))[:16]}`)",
+        f"- images: {base.overall['images']}, instances: {base.overall['instances']}, "
+        f"imgsz {base.imgsz}, conf {base.conf}",
+        f"- models: {', '.join(f'`{lab}`' for lab in labels)}"
+        + (f" (Δ against `{labels[0]}`)" if len(reports) > 1 else ""),
+        "- sector rows average the per-class results weighted by instance count",
+        "",
+    ]
 
     def table(title: str, keys: list[str], get: Any, first_cols: list[str], first: Any) -> None:
         lines.extend([f"## {title}", ""])
@@ -735,18 +939,28 @@ def write_report(reports: list[EvalReport], out: Path) -> Path:
                 row = get(r, key)
                 cells += [_fmt(row and row["map50"]), _fmt(row and row["map50_95"])]
                 if i:
-                    cells += [_delta(base_row and base_row["map50"], row and row["map50"]),
-                              _delta(base_row and base_row["map50_95"], row and row["map50_95"])]
+                    cells += [
+                        _delta(base_row and base_row["map50"], row and row["map50"]),
+                        _delta(base_row and base_row["map50_95"], row and row["map50_95"]),
+                    ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
 
-    lines.extend(["## Overall", "", "| model | precision | recall | mAP50 | mAP50-95 | Δ mAP50 | Δ mAP50-95 |",
-                  "|---|---|---|---|---|---|---|"])
+    lines.extend(
+        [
+            "## Overall",
+            "",
+            "| model | precision | recall | mAP50 | mAP50-95 | Δ mAP50 | Δ mAP50-95 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    )
     for i, r in enumerate(reports):
         o = r.overall
-        lines.append(f"| `{r.label}` | {_fmt(o['precision'])} | {_fmt(o['recall'])} | {_fmt(o['map50'])} | "
-                     f"{_fmt(o['map50_95'])} | {_delta(base.overall['map50'], o['map50']) if i else ''} | "
-                     f"{_delta(base.overall['map50_95'], o['map50_95']) if i else ''} |")
+        lines.append(
+            f"| `{r.label}` | {_fmt(o['precision'])} | {_fmt(o['recall'])} | {_fmt(o['map50'])} | "
+            f"{_fmt(o['map50_95'])} | {_delta(base.overall['map50'], o['map50']) if i else ''} | "
+            f"{_delta(base.overall['map50_95'], o['map50_95']) if i else ''} |"
+        )
     lines.append("")
 
     sectors: dict[str, SectorMetrics] = {}
@@ -758,8 +972,13 @@ def write_report(reports: list[EvalReport], out: Path) -> Path:
         s = next((s for s in r.per_sector if s.sector == key), None)
         return vars(s) if s else None
 
-    table("Per sector", list(sectors), sector_row, ["sector", "instances"],
-          lambda k: [f"{sectors[k].name} ({k})", str(sectors[k].instances)])
+    table(
+        "Per sector",
+        list(sectors),
+        sector_row,
+        ["sector", "instances"],
+        lambda k: [f"{sectors[k].name} ({k})", str(sectors[k].instances)],
+    )
 
     classes: dict[str, ClassMetrics] = {}
     for r in reports:
@@ -770,8 +989,13 @@ def write_report(reports: list[EvalReport], out: Path) -> Path:
         c = next((c for c in r.per_class if c.key == key), None)
         return vars(c) if c else None
 
-    table("Per class", sorted(classes, key=lambda k: (classes[k].sector, k)), class_row,
-          ["class", "sector", "instances"], lambda k: [f"`{k}`", classes[k].sector, str(classes[k].instances)])
+    table(
+        "Per class",
+        sorted(classes, key=lambda k: (classes[k].sector, k)),
+        class_row,
+        ["class", "sector", "instances"],
+        lambda k: [f"`{k}`", classes[k].sector, str(classes[k].instances)],
+    )
     _per_source_sections(reports, lines)
     _rule_section(reports, lines)
     partial = [(r.label, r.partial_labels) for r in reports if r.partial_labels]
@@ -779,16 +1003,26 @@ def write_report(reports: list[EvalReport], out: Path) -> Path:
         lab, info = partial[0]
         classes = ", ".join(f"`{k}` ({n} images)" for k, n in info.get("classes", {}).items())
         dropped = info.get("not_scored", {})
-        lines.extend(["## Partially labelled images", "",
-                      f"{info.get('images', 0)} image(s) declare classes their labels leave out: {classes}. "
-                      f"On those images, predictions and labels of those classes are not scored "
-                      f"(`{lab}`: {dropped.get('predictions', 0)} prediction(s) and {dropped.get('labels', 0)} "
-                      f"label(s) left out).", ""])
+        lines.extend(
+            [
+                "## Partially labelled images",
+                "",
+                f"{info.get('images', 0)} image(s) declare classes their labels leave out: {classes}. "
+                f"On those images, predictions and labels of those classes are not scored "
+                f"(`{lab}`: {dropped.get('predictions', 0)} prediction(s) and {dropped.get('labels', 0)} "
+                f"label(s) left out).",
+                "",
+            ]
+        )
     skipped = sorted({s for r in reports for s in r.skipped_classes})
     if skipped:
         lines.extend([f"Classes in the split that a model does not know (not scored): {', '.join(skipped)}", ""])
-    plots = [(r.label, name, path) for r in reports for name, path in r.plots.items()
-             if name in ("confusion_matrix_normalized.png", "BoxPR_curve.png")]
+    plots = [
+        (r.label, name, path)
+        for r in reports
+        for name, path in r.plots.items()
+        if name in ("confusion_matrix_normalized.png", "BoxPR_curve.png")
+    ]
     if plots:
         lines.extend(["## Plots", ""])
         for lab, name, path in plots:

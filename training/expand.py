@@ -61,16 +61,25 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
     old_names = _names(model)
     dropped = [n for n in old_names if n not in new_names]
     if dropped:
-        raise Invalid(f"the dataset lacks classes the model knows ({', '.join(dropped)}); adding classes keeps "
-                      f"the old ones: build the dataset with --classes listing them all", code="classes_dropped")
+        raise Invalid(
+            f"the dataset lacks classes the model knows ({', '.join(dropped)}); adding classes keeps "
+            f"the old ones: build the dataset with --classes listing them all",
+            code="classes_dropped",
+        )
     detect = model.model[-1]
     nc_new = len(new_names)
     strides = [float(s) for s in detect.stride]
     for branch in _cls_heads(detect):
         for i, seq in enumerate(branch):
             old = seq[-1]
-            new = torch.nn.Conv2d(old.in_channels, nc_new, kernel_size=old.kernel_size, stride=old.stride,
-                                  padding=old.padding, bias=old.bias is not None)
+            new = torch.nn.Conv2d(
+                old.in_channels,
+                nc_new,
+                kernel_size=old.kernel_size,
+                stride=old.stride,
+                padding=old.padding,
+                bias=old.bias is not None,
+            )
             with torch.no_grad():
                 torch.nn.init.normal_(new.weight, std=0.01)
                 if new.bias is not None:
@@ -89,9 +98,16 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
     model.nc = nc_new
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.half(), "train_args": dict(ckpt.get("train_args") or {}),
-                "date": datetime.now(UTC).isoformat(timespec="seconds"), "version": ckpt.get("version"),
-                "hazardlens_expanded_from": {"weights": str(weights), "classes": old_names}}, out)
+    torch.save(
+        {
+            "model": model.half(),
+            "train_args": dict(ckpt.get("train_args") or {}),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "version": ckpt.get("version"),
+            "hazardlens_expanded_from": {"weights": str(weights), "classes": old_names},
+        },
+        out,
+    )
     return out
 
 

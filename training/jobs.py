@@ -27,8 +27,7 @@ def _config_path(ctx: Context, value: Any) -> Path:
     the shipped configs/train/*.yaml, first wins. Only names, never paths, are accepted from a job: a
     job must not read arbitrary files on the server."""
     if not isinstance(value, str) or not value.strip():
-        raise Invalid("train job needs 'config': the name of a training config such as 'baseline'",
-                      code="invalid_job")
+        raise Invalid("train job needs 'config': the name of a training config such as 'baseline'", code="invalid_job")
     name = value.strip()
     if "/" in name or "\\" in name or name.startswith("."):
         raise Invalid(f"config {name!r} must be a config name (e.g. 'baseline'), not a path", code="invalid_job")
@@ -51,8 +50,15 @@ def run_train(ctx: Context, job: Job, principal: Principal, progress: jobs.Progr
     from hazardlens.training.train import train
 
     params = TrainJobParams.model_validate(job.params)
-    result = train(ctx, params.dataset, _config_path(ctx, params.config), progress=progress,
-                   resume=params.resume, register=params.register_model, principal=principal)
+    result = train(
+        ctx,
+        params.dataset,
+        _config_path(ctx, params.config),
+        progress=progress,
+        resume=params.resume,
+        register=params.register_model,
+        principal=principal,
+    )
     out = result.to_dict()
     out.pop("epochs", None)  # in the run folder's metrics.json; the row keeps the summary
     return out
@@ -70,5 +76,15 @@ register()
 #: kind -> handler, as registered (kept for callers of the former module).
 HANDLERS: dict[str, Handler] = {kind: t.handler for kind, t in jobs.registered().items()}
 
-__all__ = ["HANDLERS", "INTERRUPTED", "STATUSES", "JobRunner", "check_train", "job_dict", "job_public",
-           "job_summary", "register", "run_train"]
+__all__ = [
+    "HANDLERS",
+    "INTERRUPTED",
+    "STATUSES",
+    "JobRunner",
+    "check_train",
+    "job_dict",
+    "job_public",
+    "job_summary",
+    "register",
+    "run_train",
+]

@@ -55,8 +55,9 @@ def add_ignore_regions(label: dict[str, Any], unlabeled: Mapping[str, list[int]]
         return label  # polygon labels would need a polygon per region; hazardlens exports boxes only
     regions = np.tile(np.array([[0.5, 0.5, 1.0, 1.0]], dtype=np.float32), (len(ids), 1))
     label["bboxes"] = np.concatenate([np.asarray(label["bboxes"], dtype=np.float32).reshape(-1, 4), regions])
-    label["cls"] = np.concatenate([np.asarray(label["cls"], dtype=np.float32).reshape(-1, 1),
-                                   np.array([[nc + c] for c in ids], dtype=np.float32)])
+    label["cls"] = np.concatenate(
+        [np.asarray(label["cls"], dtype=np.float32).reshape(-1, 1), np.array([[nc + c] for c in ids], dtype=np.float32)]
+    )
     return label
 
 
@@ -80,8 +81,9 @@ def region_mask(points: Any, batch_idx: Any, classes: Any, boxes_xyxy: Any, batc
     if boxes_xyxy.shape[0] == 0:
         return mask
     x, y = points[:, 0][None], points[:, 1][None]  # (1, anchors)
-    inside = ((x >= boxes_xyxy[:, 0:1]) & (x <= boxes_xyxy[:, 2:3])
-              & (y >= boxes_xyxy[:, 1:2]) & (y <= boxes_xyxy[:, 3:4]))  # (regions, anchors)
+    inside = (
+        (x >= boxes_xyxy[:, 0:1]) & (x <= boxes_xyxy[:, 2:3]) & (y >= boxes_xyxy[:, 1:2]) & (y <= boxes_xyxy[:, 3:4])
+    )  # (regions, anchors)
     for r in range(boxes_xyxy.shape[0]):
         mask[int(batch_idx[r]), :, int(classes[r])] |= inside[r]
     return mask
@@ -126,11 +128,21 @@ def masked_loss_class() -> type:
                 h, w = (int(feats[0].shape[2] * stride), int(feats[0].shape[3] * stride))
                 scale = torch.tensor([w, h, w, h], device=self.device, dtype=torch.float32)
                 boxes = xywh2xyxy(batch["bboxes"][regions].to(self.device).float() * scale)
-                self._ignore = region_mask(anchors * strides, batch["batch_idx"].view(-1)[regions].long(),
-                                           (cls[regions] - self.nc).long(), boxes, preds["boxes"].shape[0], self.nc)
+                self._ignore = region_mask(
+                    anchors * strides,
+                    batch["batch_idx"].view(-1)[regions].long(),
+                    (cls[regions] - self.nc).long(),
+                    boxes,
+                    preds["boxes"].shape[0],
+                    self.nc,
+                )
                 keep = ~regions
-                batch = {**batch, "cls": batch["cls"][keep], "bboxes": batch["bboxes"][keep],
-                         "batch_idx": batch["batch_idx"][keep]}
+                batch = {
+                    **batch,
+                    "cls": batch["cls"][keep],
+                    "bboxes": batch["bboxes"][keep],
+                    "batch_idx": batch["batch_idx"][keep],
+                }
             try:
                 return super().loss(preds, batch)
             finally:
@@ -148,9 +160,18 @@ def use_masked_loss(trainer: Any) -> None:
 
     model = unwrap_model(trainer.model)
     model.criterion = masked_loss_class()(model)
-    LOGGER.info("partial labels: %d training images mask classes they do not label",
-             len(getattr(trainer, "hl_unlabeled", {}) or {}))
+    LOGGER.info(
+        "partial labels: %d training images mask classes they do not label",
+        len(getattr(trainer, "hl_unlabeled", {}) or {}),
+    )
 
 
-__all__ = ["UNLABELED_FILE", "add_ignore_regions", "install_in_dataset", "masked_loss_class", "read_unlabeled",
-           "region_mask", "use_masked_loss"]
+__all__ = [
+    "UNLABELED_FILE",
+    "add_ignore_regions",
+    "install_in_dataset",
+    "masked_loss_class",
+    "read_unlabeled",
+    "region_mask",
+    "use_masked_loss",
+]

@@ -75,9 +75,12 @@ def _iou(box: tuple[float, float, float, float], others: np.ndarray) -> np.ndarr
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def match_findings(findings_per_image: Mapping[Hashable, Iterable[Any]],
-                   gt_per_image: Mapping[Hashable, Iterable[Any]], evidence_class: str,
-                   iou: float = 0.3) -> tuple[np.ndarray, np.ndarray, int]:
+def match_findings(
+    findings_per_image: Mapping[Hashable, Iterable[Any]],
+    gt_per_image: Mapping[Hashable, Iterable[Any]],
+    evidence_class: str,
+    iou: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """(confidence, is_true_positive) of every finding of ``evidence_class``, most confident first,
     and the number of labelled boxes of that class. Findings that name another evidence class are
     left out; findings without one are taken to be about ``evidence_class``."""
@@ -137,9 +140,13 @@ def _average_precision(tp: np.ndarray, n_gt: int) -> float:
     return float(np.sum((mrec[1:] - mrec[:-1]) * mpre[1:]))
 
 
-def evaluate_rule_findings(findings_per_image: Mapping[Hashable, Iterable[Any]],
-                           gt_per_image: Mapping[Hashable, Iterable[Any]], evidence_class: str,
-                           iou: float = 0.3, conf: float = 0.0) -> dict[str, Any]:
+def evaluate_rule_findings(
+    findings_per_image: Mapping[Hashable, Iterable[Any]],
+    gt_per_image: Mapping[Hashable, Iterable[Any]],
+    evidence_class: str,
+    iou: float = 0.3,
+    conf: float = 0.0,
+) -> dict[str, Any]:
     """Precision, recall and AP of one rule's findings against the labelled ``evidence_class`` boxes.
 
     ``findings_per_image``: image key -> findings (objects or mappings with ``box`` (x1, y1, x2, y2
@@ -161,6 +168,17 @@ def evaluate_rule_findings(findings_per_image: Mapping[Hashable, Iterable[Any]],
     precision = n_tp / (n_tp + n_fp) if n_tp + n_fp else 0.0
     recall = n_tp / n_gt if n_gt else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"evidence_class": evidence_class, "iou": iou, "conf": conf, "precision": round(precision, 5),
-            "recall": round(recall, 5), "f1": round(f1, 5), "ap": round(_average_precision(tp, n_gt), 5),
-            "tp": n_tp, "fp": n_fp, "fn": n_gt - n_tp, "n_gt": n_gt, "findings": int(keep.sum())}
+    return {
+        "evidence_class": evidence_class,
+        "iou": iou,
+        "conf": conf,
+        "precision": round(precision, 5),
+        "recall": round(recall, 5),
+        "f1": round(f1, 5),
+        "ap": round(_average_precision(tp, n_gt), 5),
+        "tp": n_tp,
+        "fp": n_fp,
+        "fn": n_gt - n_tp,
+        "n_gt": n_gt,
+        "findings": int(keep.sum()),
+    }

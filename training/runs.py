@@ -38,10 +38,19 @@ class TrainResult:
     resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "run_dir": str(self.run_dir), "status": self.status, "dataset": self.dataset,
-                "device": self.device, "epochs": self.epochs, "metrics": self.metrics,
-                "best": str(self.best) if self.best else None, "last": str(self.last) if self.last else None,
-                "model": self.model, "resumed": self.resumed}
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "status": self.status,
+            "dataset": self.dataset,
+            "device": self.device,
+            "epochs": self.epochs,
+            "metrics": self.metrics,
+            "best": str(self.best) if self.best else None,
+            "last": str(self.last) if self.last else None,
+            "model": self.model,
+            "resumed": self.resumed,
+        }
 
 
 def runs_root(ctx: Context) -> Path:
@@ -78,9 +87,13 @@ def find_resumable(ctx: Context, dv: DatasetVersion, cfg: TrainConfig, run_id: s
         # Newest unfinished run of the same dataset version and config: "train --resume" after a crash.
         candidates = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime, reverse=True)
         candidates = [p.parent for p in candidates]
-        candidates = [d for d in candidates
-                      if (info := read_json(d / "run.json")).get("dataset", {}).get("id") == dv.id
-                      and info.get("config_sha256") == cfg.sha256() and info.get("status") != "completed"]
+        candidates = [
+            d
+            for d in candidates
+            if (info := read_json(d / "run.json")).get("dataset", {}).get("id") == dv.id
+            and info.get("config_sha256") == cfg.sha256()
+            and info.get("status") != "completed"
+        ]
         if not candidates:
             raise Conflict(f"no unfinished run of {dv.name} with this config to resume", code="nothing_to_resume")
     run_dir = candidates[0]
@@ -88,8 +101,10 @@ def find_resumable(ctx: Context, dv: DatasetVersion, cfg: TrainConfig, run_id: s
     if info.get("status") == "completed":
         raise Conflict(f"run {run_dir.name} already finished; start a new one", code="run_finished")
     if not (run_dir / "weights" / "last.pt").is_file():
-        raise Conflict(f"run {run_dir.name} saved no checkpoint (it stopped in its first epoch); start a new one",
-                       code="no_checkpoint")
+        raise Conflict(
+            f"run {run_dir.name} saved no checkpoint (it stopped in its first epoch); start a new one",
+            code="no_checkpoint",
+        )
     return run_dir
 
 
@@ -113,8 +128,12 @@ def read_epochs(results_csv: Path) -> list[dict[str, Any]]:
     return rows
 
 
-_METRIC_NAMES = {"metrics/precision(B)": "precision", "metrics/recall(B)": "recall", "metrics/mAP50(B)": "map50",
-                 "metrics/mAP50-95(B)": "map50_95"}
+_METRIC_NAMES = {
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+    "metrics/mAP50(B)": "map50",
+    "metrics/mAP50-95(B)": "map50_95",
+}
 
 
 def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -126,4 +145,3 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         except (TypeError, ValueError):
             continue
     return out
-

@@ -44,9 +44,19 @@ from hazardlens.training.trainer import Progress, Reporter, trainer_class, ultra
 
 log = logging.getLogger(__name__)
 
-def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: Progress | None = None,
-          resume: bool = False, register: bool = True, principal: Principal = SYSTEM,
-          run_id: str | None = None, start_from: str | None = None) -> TrainResult:
+
+def train(
+    ctx: Context,
+    dataset_ref: str,
+    config_path: Path | str,
+    *,
+    progress: Progress | None = None,
+    resume: bool = False,
+    register: bool = True,
+    principal: Principal = SYSTEM,
+    run_id: str | None = None,
+    start_from: str | None = None,
+) -> TrainResult:
     """Train on ``dataset_ref`` ('NAME@VERSION') with ``config_path``; register best.pt as a candidate.
 
     ``resume=True`` continues the newest unfinished run of the same dataset version and config (or
@@ -74,8 +84,11 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
     splits = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
     missing = [s for s in ("train", "val") if not splits.get(s)]
     if missing:
-        raise Invalid(f"dataset {dataset_ref} has no {' and no '.join(missing)} images; training needs both "
-                      f"(recreate the version with other split ratios)", code="empty_split")
+        raise Invalid(
+            f"dataset {dataset_ref} has no {' and no '.join(missing)} images; training needs both "
+            f"(recreate the version with other split ratios)",
+            code="empty_split",
+        )
     device = resolve_device(cfg.device)
 
     if resume:
@@ -89,15 +102,30 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
         run_dir.mkdir(parents=True)
         if cfg.source:
             shutil.copyfile(cfg.source, run_dir / "config.source.yaml")
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False),
-                                             encoding="utf-8")
-        write_json(run_dir / "dataset.json", {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps,
-                                               "train_repeat": cfg.train_repeat, "data_yaml": str(data_yaml),
-                                               "materialised_classes": classes,
-                                               "materialised": export_summary(data_yaml)})
-        info = {"run_id": run_dir.name, "status": "running", "started_at": now_iso(), "device": device,
-                "dataset": {"name": dv.name, "id": dv.id, "ref": dataset_ref}, "config_sha256": cfg.sha256(),
-                "config": str(cfg.source) if cfg.source else None}
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
+        write_json(
+            run_dir / "dataset.json",
+            {
+                **provenance,
+                "ref": dataset_ref,
+                "train_caps": cfg.train_caps,
+                "train_repeat": cfg.train_repeat,
+                "data_yaml": str(data_yaml),
+                "materialised_classes": classes,
+                "materialised": export_summary(data_yaml),
+            },
+        )
+        info = {
+            "run_id": run_dir.name,
+            "status": "running",
+            "started_at": now_iso(),
+            "device": device,
+            "dataset": {"name": dv.name, "id": dv.id, "ref": dataset_ref},
+            "config_sha256": cfg.sha256(),
+            "config": str(cfg.source) if cfg.source else None,
+        }
         if start_from is not None:
             start, info["started_from"] = _start_weights(ctx, start_from, classes, run_dir)
             cfg = cfg.model_copy(update={"model": str(start)})
@@ -111,8 +139,14 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
 
     args = ultralytics_args(cfg, data_yaml, run_dir, device)
     if resume:
-        args = {"data": str(data_yaml), "device": device, "resume": str(run_dir / "weights" / "last.pt"),
-                "workers": cfg.workers, "cache": cfg.cache, "save_dir": str(run_dir)}
+        args = {
+            "data": str(data_yaml),
+            "device": device,
+            "resume": str(run_dir / "weights" / "last.pt"),
+            "workers": cfg.workers,
+            "cache": cfg.cache,
+            "save_dir": str(run_dir),
+        }
     reporter = Reporter(run_dir, progress, cpu=device == "cpu")
     trainer = trainer_class()(overrides=args)
     trainer.hl_pipeline = pipeline
@@ -129,8 +163,11 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
     try:
         trainer.train()
     except BaseException as exc:
-        info.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", finished_at=now_iso(),
-                    error=f"{type(exc).__name__}: {exc}")
+        info.update(
+            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+            finished_at=now_iso(),
+            error=f"{type(exc).__name__}: {exc}",
+        )
         write_json(run_dir / "run.json", info)
         raise
 
@@ -139,22 +176,50 @@ def train(ctx: Context, dataset_ref: str, config_path: Path | str, *, progress: 
     final = clean_metrics(trainer.metrics or {})
     best = run_dir / "weights" / "best.pt"
     last = run_dir / "weights" / "last.pt"
-    info.update(status="completed", finished_at=now_iso(), duration_s=round(time.time() - started, 1),
-                epochs_completed=len(epochs), final_metrics=final)
+    info.update(
+        status="completed",
+        finished_at=now_iso(),
+        duration_s=round(time.time() - started, 1),
+        epochs_completed=len(epochs),
+        final_metrics=final,
+    )
     write_json(run_dir / "run.json", info)
 
     model = None
     if register and best.is_file():
-        model = _register(ctx, principal, cfg, dv, provenance, dataset_ref, run_dir, best, classes, epochs,
-                          final, device, bool(resume))
+        model = _register(
+            ctx,
+            principal,
+            cfg,
+            dv,
+            provenance,
+            dataset_ref,
+            run_dir,
+            best,
+            classes,
+            epochs,
+            final,
+            device,
+            bool(resume),
+        )
         info["model"] = {"name": model["name"], "version": model["version"]}
         write_json(run_dir / "run.json", info)
     if progress:
         done = f"registered {model['name']} {model['version']} as candidate" if model else "done"
         progress(1.0, done)
-    return TrainResult(run_id=run_dir.name, run_dir=run_dir, status="completed", dataset=info["dataset"],
-                       device=device, epochs=epochs, metrics=final, best=best if best.is_file() else None,
-                       last=last if last.is_file() else None, model=model, resumed=bool(resume))
+    return TrainResult(
+        run_id=run_dir.name,
+        run_dir=run_dir,
+        status="completed",
+        dataset=info["dataset"],
+        device=device,
+        epochs=epochs,
+        metrics=final,
+        best=best if best.is_file() else None,
+        last=last if last.is_file() else None,
+        model=model,
+        resumed=bool(resume),
+    )
 
 
 def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:
@@ -171,13 +236,30 @@ def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) ->
         expand_classes(weights, classes, start)
     else:
         shutil.copyfile(weights, start)
-    return start, {"ref": ref, "weights": str(weights), "weights_sha256": info.get("weights_sha256"),
-                   "model_classes": known, "added_classes": added}
+    return start, {
+        "ref": ref,
+        "weights": str(weights),
+        "weights_sha256": info.get("weights_sha256"),
+        "model_classes": known,
+        "added_classes": added,
+    }
 
 
-def _register(ctx: Context, principal: Principal, cfg: TrainConfig, dv: DatasetVersion, provenance: dict[str, Any],
-              dataset_ref: str, run_dir: Path, best: Path, classes: list[str], epochs: list[dict[str, Any]],
-              final: dict[str, float], device: str, resumed: bool) -> dict[str, Any]:
+def _register(
+    ctx: Context,
+    principal: Principal,
+    cfg: TrainConfig,
+    dv: DatasetVersion,
+    provenance: dict[str, Any],
+    dataset_ref: str,
+    run_dir: Path,
+    best: Path,
+    classes: list[str],
+    epochs: list[dict[str, Any]],
+    final: dict[str, float],
+    device: str,
+    resumed: bool,
+) -> dict[str, Any]:
     import torch
     import ultralytics
 
@@ -190,19 +272,44 @@ def _register(ctx: Context, principal: Principal, cfg: TrainConfig, dv: DatasetV
         "framework": {"ultralytics": ultralytics.__version__, "torch": torch.__version__},
         "taxonomy_version": dv.taxonomy_version,
         "dataset_version": dv.id,
-        "training_data": {**provenance, "ref": dataset_ref, "train_caps": cfg.train_caps,
-                          "train_repeat": cfg.train_repeat,
-                          "materialised": read_json(run_dir / "dataset.json").get("materialised")},
+        "training_data": {
+            **provenance,
+            "ref": dataset_ref,
+            "train_caps": cfg.train_caps,
+            "train_repeat": cfg.train_repeat,
+            "materialised": read_json(run_dir / "dataset.json").get("materialised"),
+        },
         "metrics": {"val": final, "epochs": len(epochs)},
         "config": cfg.to_dict(),
-        "hashes": {"config_sha256": cfg.sha256(), "dataset_version": dv.id,
-                   "last_sha256": sha256_file(run_dir / "weights" / "last.pt")
-                   if (run_dir / "weights" / "last.pt").is_file() else None},
-        "training": {"run_id": run_dir.name, "device": device, "started_at": info.get("started_at"),
-                     "finished_at": info.get("finished_at"), "duration_s": info.get("duration_s"),
-                     "seed": cfg.seed, "resumed": resumed, "started_from": info.get("started_from")},
+        "hashes": {
+            "config_sha256": cfg.sha256(),
+            "dataset_version": dv.id,
+            "last_sha256": sha256_file(run_dir / "weights" / "last.pt")
+            if (run_dir / "weights" / "last.pt").is_file()
+            else None,
+        },
+        "training": {
+            "run_id": run_dir.name,
+            "device": device,
+            "started_at": info.get("started_at"),
+            "finished_at": info.get("finished_at"),
+            "duration_s": info.get("duration_s"),
+            "seed": cfg.seed,
+            "resumed": resumed,
+            "started_from": info.get("started_from"),
+        },
     }
     with ctx.db.session() as session:
-        mv = register_model(ctx, session, principal, best, classes=classes, imgsz=cfg.imgsz, card=card,
-                            name=cfg.name or DEFAULT_NAME, dataset_version_id=dv.id, stage="candidate")
+        mv = register_model(
+            ctx,
+            session,
+            principal,
+            best,
+            classes=classes,
+            imgsz=cfg.imgsz,
+            card=card,
+            name=cfg.name or DEFAULT_NAME,
+            dataset_version_id=dv.id,
+            stage="candidate",
+        )
         return model_dict(mv)

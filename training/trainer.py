@@ -23,12 +23,16 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 #: Callbacks Ultralytics adds for its cloud platform and usage analytics: never run (air-gapped hosts).
-_VENDOR_CALLBACK_MODULES = ("ultralytics.utils.callbacks.platform", "ultralytics.utils.callbacks.hub",
-                            "ultralytics.utils.events")
+_VENDOR_CALLBACK_MODULES = (
+    "ultralytics.utils.callbacks.platform",
+    "ultralytics.utils.callbacks.hub",
+    "ultralytics.utils.events",
+)
 #: GPUs on which Ultralytics' own AMP check always disables AMP (NaN losses); copied so that our offline
 #: check makes the same decision without loading a downloaded model.
-_AMP_BAD_GPUS = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)",
-                           re.IGNORECASE)
+_AMP_BAD_GPUS = re.compile(
+    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
+)
 
 
 def _offline_check_amp(model: Any) -> bool:
@@ -144,8 +148,10 @@ class Reporter:
             return
         self.last_batch_report = now
         nb = max(len(trainer.train_loader), 1)
-        self._emit(self._fraction(trainer, trainer.epoch + self.batch / nb),
-                   f"epoch {trainer.epoch + 1}/{trainer.epochs}: batch {self.batch}/{nb}")
+        self._emit(
+            self._fraction(trainer, trainer.epoch + self.batch / nb),
+            f"epoch {trainer.epoch + 1}/{trainer.epochs}: batch {self.batch}/{nb}",
+        )
 
     def fit_epoch_end(self, trainer: Any) -> None:
         epochs = read_epochs(Path(trainer.csv))
@@ -154,8 +160,10 @@ class Reporter:
             return  # final_eval re-runs this callback for best.pt; reported at train end
         m = trainer.metrics or {}
         summary = ", ".join(f"{k.split('/')[-1]}={float(v):.4f}" for k, v in m.items() if "mAP" in k)
-        self._emit(self._fraction(trainer, trainer.epoch + 1),
-                   f"epoch {trainer.epoch + 1}/{trainer.epochs} done" + (f": {summary}" if summary else ""))
+        self._emit(
+            self._fraction(trainer, trainer.epoch + 1),
+            f"epoch {trainer.epoch + 1}/{trainer.epochs} done" + (f": {summary}" if summary else ""),
+        )
 
     def train_end(self, trainer: Any) -> None:
         self.final = True
@@ -164,10 +172,23 @@ class Reporter:
 
 def ultralytics_args(cfg: TrainConfig, data_yaml: Path, run_dir: Path, device: str) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "model": cfg.model, "data": str(data_yaml), "imgsz": cfg.imgsz, "epochs": cfg.epochs, "batch": cfg.batch,
-        "seed": cfg.seed, "deterministic": True, "patience": cfg.patience, "close_mosaic": cfg.close_mosaic,
-        "workers": cfg.workers, "cache": cfg.cache, "device": device, "project": str(run_dir.parent),
-        "name": run_dir.name, "save_dir": str(run_dir), "exist_ok": True, "verbose": False,
+        "model": cfg.model,
+        "data": str(data_yaml),
+        "imgsz": cfg.imgsz,
+        "epochs": cfg.epochs,
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "patience": cfg.patience,
+        "close_mosaic": cfg.close_mosaic,
+        "workers": cfg.workers,
+        "cache": cfg.cache,
+        "device": device,
+        "project": str(run_dir.parent),
+        "name": run_dir.name,
+        "save_dir": str(run_dir),
+        "exist_ok": True,
+        "verbose": False,
         # CPU: AMP does nothing useful. CUDA: AMP stays on; HazardTrainer swaps the downloading self-test.
         "amp": device != "cpu",
     }
@@ -175,4 +196,3 @@ def ultralytics_args(cfg: TrainConfig, data_yaml: Path, run_dir: Path, device: s
         args["time"] = cfg.time
     args.update(cfg.ultralytics)
     return args
-

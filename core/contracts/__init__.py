@@ -22,5 +22,18 @@ from hazardlens.contracts.common import (
 )
 from hazardlens.contracts.filters import SampleFilter
 
-__all__ = ["AnnotationState", "Contract", "ErrorBody", "ErrorResponse", "Key", "Message", "OrgCode", "Public",
-           "SampleFilter", "SampleSource", "Scope", "Text100", "Text200"]
+__all__ = [
+    "AnnotationState",
+    "Contract",
+    "ErrorBody",
+    "ErrorResponse",
+    "Key",
+    "Message",
+    "OrgCode",
+    "Public",
+    "SampleFilter",
+    "SampleSource",
+    "Scope",
+    "Text100",
+    "Text200",
+]

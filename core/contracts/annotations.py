@@ -31,8 +31,9 @@ class LabelBox(Public):
     y1: float
     x2: float
     y2: float
-    confidence: float | None = Field(None, exclude_if=lambda v: v is None,
-                                     description="model boxes only; absent on boxes a person drew")
+    confidence: float | None = Field(
+        None, exclude_if=lambda v: v is None, description="model boxes only; absent on boxes a person drew"
+    )
 
 
 class RevisionPublic(Public):
@@ -55,8 +56,12 @@ class RevisionPublic(Public):
     model_version: str | None
     parent_id: int | None
     boxes: list[LabelBox] = Field(description="[] is a verified negative: nothing to label")
-    unlabeled_classes: list[str] = Field(default_factory=list, description=(
-        "classes this revision does not label (a partially labelled source): their absence is not a negative"))
+    unlabeled_classes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "classes this revision does not label (a partially labelled source): their absence is not a negative"
+        ),
+    )
 
 
 class AnnotationStatePublic(Public):
@@ -176,7 +181,25 @@ class AcceptedSuggestion(Public):
     revision: RevisionPublic
 
 
-__all__ = ["AcceptedSuggestion", "AgreementPair", "AgreementPublic", "AnnotationStatePublic", "Assigned",
-           "AuthorRef", "BoxIn", "ClassAgreement", "Coord", "LabelBox", "Queue", "QueueItem", "QueueNext",
-           "ReviewQueue", "ReviewQueueItem", "RevisionHistory", "RevisionPublic", "RevisionSource",
-           "SuggestionPublic", "Suggestions"]
+__all__ = [
+    "AcceptedSuggestion",
+    "AgreementPair",
+    "AgreementPublic",
+    "AnnotationStatePublic",
+    "Assigned",
+    "AuthorRef",
+    "BoxIn",
+    "ClassAgreement",
+    "Coord",
+    "LabelBox",
+    "Queue",
+    "QueueItem",
+    "QueueNext",
+    "ReviewQueue",
+    "ReviewQueueItem",
+    "RevisionHistory",
+    "RevisionPublic",
+    "RevisionSource",
+    "SuggestionPublic",
+    "Suggestions",
+]

@@ -24,9 +24,14 @@ OrgCode = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=
 
 #: An ISO date (2024-05-01) or date-time (2024-05-01T08:30:00+08:00), as ``hazardlens.dates.parse_when``
 #: reads it; empty means none. For ``json_schema_extra`` of fields the domain parses itself (invalid_date).
-WHEN_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string", "format": "date"},
-                                         {"type": "string", "format": "date-time"},
-                                         {"type": "string", "maxLength": 0}], "maxLength": 40}
+WHEN_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "maxLength": 0},
+    ],
+    "maxLength": 40,
+}
 #: The sector of the taxonomy in force: the app's OpenAPI document lists them (serving.document).
 SECTOR_SCHEMA: dict[str, Any] = {"x-hazardlens-enum": "sectors"}
 
@@ -66,5 +71,19 @@ class Message(Public):
     message: str | None = None
 
 
-__all__ = ["SECTOR_SCHEMA", "WHEN_SCHEMA", "AnnotationState", "Contract", "ErrorBody", "ErrorResponse", "Key",
-           "Message", "OrgCode", "Public", "SampleSource", "Scope", "Text100", "Text200"]
+__all__ = [
+    "SECTOR_SCHEMA",
+    "WHEN_SCHEMA",
+    "AnnotationState",
+    "Contract",
+    "ErrorBody",
+    "ErrorResponse",
+    "Key",
+    "Message",
+    "OrgCode",
+    "Public",
+    "SampleSource",
+    "Scope",
+    "Text100",
+    "Text200",
+]

@@ -13,8 +13,15 @@ from hazardlens.contracts.samples import Timestamp
 Split = Literal["train", "val", "test"]
 GroupBy = Literal["camera", "site", "enterprise"]
 #: A dataset name: it becomes part of storage keys and of ``NAME@VERSION`` references.
-DatasetName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                                   description="letters, digits, '.', '_', '-', starting with a letter or digit")]
+DatasetName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="letters, digits, '.', '_', '-', starting with a letter or digit",
+    ),
+]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
@@ -24,11 +31,13 @@ class DatasetCreate(Contract):
     name: DatasetName
     filters: SampleFilter = Field(default_factory=SampleFilter)
     group_by: GroupBy = Field("camera", description="what never straddles two splits")
-    ratios: Annotated[list[Ratio], Field(min_length=3, max_length=3,
-                                         description="train, val, test fractions (sum 1)")] = [0.8, 0.1, 0.1]
+    ratios: Annotated[
+        list[Ratio], Field(min_length=3, max_length=3, description="train, val, test fractions (sum 1)")
+    ] = [0.8, 0.1, 0.1]
     seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="split seed: same inputs + seed = same version")] = 0
     classes: Annotated[list[Key], Field(min_length=1, max_length=500)] | None = Field(
-        None, description="fixed class list and order; default: the classes present, in taxonomy order")
+        None, description="fixed class list and order; default: the classes present, in taxonomy order"
+    )
 
 
 class SplitCounts(Public):
@@ -114,6 +123,18 @@ class DatasetPage(Public):
     datasets: list[DatasetVersionPublic]
 
 
-__all__ = ["ClassSplitCounts", "DatasetCreate", "DatasetName", "DatasetPage", "DatasetParams", "DatasetStats",
-           "DatasetVersionDetail", "DatasetVersionPublic", "GroupBy", "ManifestSummary", "NearDuplicateStats",
-           "Split", "SplitCounts"]
+__all__ = [
+    "ClassSplitCounts",
+    "DatasetCreate",
+    "DatasetName",
+    "DatasetPage",
+    "DatasetParams",
+    "DatasetStats",
+    "DatasetVersionDetail",
+    "DatasetVersionPublic",
+    "GroupBy",
+    "ManifestSummary",
+    "NearDuplicateStats",
+    "Split",
+    "SplitCounts",
+]

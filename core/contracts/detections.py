@@ -97,8 +97,9 @@ class DetectResponse(Answer):
     model: ModelRef
     image: ImageSize
     detections: list[Detection]
-    findings: list[DerivedFinding] = Field(default_factory=list, description=(
-        "rule findings derived from the detections (same conf and sector filters)"))
+    findings: list[DerivedFinding] = Field(
+        default_factory=list, description=("rule findings derived from the detections (same conf and sector filters)")
+    )
     timing_ms: Timing
 
 
@@ -132,8 +133,9 @@ class Finding(Answer):
     severity: str | None
     finding: str = Field(description="the finding text an inspector would write (疑似隐患 until confirmed)")
     finding_en: str | None = None
-    rule: str | None = Field(None, description="the rule (configs/rules.yaml) that derived it; null for a class "
-                                               "the model detected directly")
+    rule: str | None = Field(
+        None, description="the rule (configs/rules.yaml) that derived it; null for a class the model detected directly"
+    )
     model_version: str
     status: str = Field(description="suggested | confirmed | rejected")
     review: dict[str, Any] | None = None
@@ -155,8 +157,9 @@ class PhotoResponse(Answer):
     image: ImageSize
     findings: list[Finding] = Field(description="suggested findings (hazard classes only)")
     detections: list[Detection] = Field(description="everything detected that is relevant to the sector")
-    replayed: bool = Field(description="true when this is the stored answer to an earlier call with the same "
-                                       "Idempotency-Key")
+    replayed: bool = Field(
+        description="true when this is the stored answer to an earlier call with the same Idempotency-Key"
+    )
 
 
 class InspectionPhoto(Answer):
@@ -202,8 +205,9 @@ RuleFindingPublic = DerivedFinding
 
 def box_public(box: DetectedBox) -> Box:
     """A box as answered: pixels rounded to 0.1."""
-    return Box(x1=round(float(box.x1), 1), y1=round(float(box.y1), 1), x2=round(float(box.x2), 1),
-               y2=round(float(box.y2), 1))
+    return Box(
+        x1=round(float(box.x1), 1), y1=round(float(box.y1), 1), x2=round(float(box.x2), 1), y2=round(float(box.y2), 1)
+    )
 
 
 def class_text(taxonomy: Taxonomy, class_key: str) -> dict[str, Any]:
@@ -211,16 +215,32 @@ def class_text(taxonomy: Taxonomy, class_key: str) -> dict[str, Any]:
     is_hazard (the key itself as its name, and nothing else, for a class the taxonomy lacks)."""
     cls = taxonomy.classes.get(class_key)
     if cls is None:
-        return {"name_zh": class_key, "name_en": class_key, "inspection_items": [], "legal_basis": [],
-                "severity": None, "is_hazard": False}
-    return {"name_zh": cls.name_zh, "name_en": cls.name_en, "inspection_items": list(cls.inspection_items),
-            "legal_basis": list(cls.legal_basis), "severity": cls.severity, "is_hazard": bool(cls.is_hazard)}
+        return {
+            "name_zh": class_key,
+            "name_en": class_key,
+            "inspection_items": [],
+            "legal_basis": [],
+            "severity": None,
+            "is_hazard": False,
+        }
+    return {
+        "name_zh": cls.name_zh,
+        "name_en": cls.name_en,
+        "inspection_items": list(cls.inspection_items),
+        "legal_basis": list(cls.legal_basis),
+        "severity": cls.severity,
+        "is_hazard": bool(cls.is_hazard),
+    }
 
 
 def detection_public(taxonomy: Taxonomy, box: DetectedBox) -> Detection:
     """The one public form of a detection: pixels, plus what an inspector needs to act on it."""
-    return Detection(class_key=box.class_key, confidence=round(float(box.confidence or 0.0), 4),
-                     box=box_public(box), **class_text(taxonomy, box.class_key))
+    return Detection(
+        class_key=box.class_key,
+        confidence=round(float(box.confidence or 0.0), 4),
+        box=box_public(box),
+        **class_text(taxonomy, box.class_key),
+    )
 
 
 def detections_public(taxonomy: Taxonomy, detections: Detections | Iterable[DetectedBox]) -> list[Detection]:
@@ -232,13 +252,26 @@ def rule_finding_public(finding: RuleFinding, boxes: Sequence[DetectedBox]) -> D
     """A rule's finding as answered: the rule's text, items and basis, and its input detections
     themselves (class, confidence, box) rather than indices into a list a sector filter changes.
     ``boxes`` are the detections the rules were applied to, in that order."""
-    inputs = [RuleInput(class_key=boxes[i].class_key, confidence=round(float(boxes[i].confidence or 0.0), 4),
-                        box=box_public(boxes[i])) for i in finding.inputs]
-    return DerivedFinding(rule=finding.rule, evidence_class=finding.evidence_class,
-                          confidence=round(finding.confidence, 4), box=Box.model_validate(finding.box_dict()),
-                          finding_zh=finding.finding_zh, finding_en=finding.finding_en,
-                          inspection_items=list(finding.inspection_items), legal_basis=list(finding.legal_basis),
-                          severity=finding.severity, inputs=inputs)
+    inputs = [
+        RuleInput(
+            class_key=boxes[i].class_key,
+            confidence=round(float(boxes[i].confidence or 0.0), 4),
+            box=box_public(boxes[i]),
+        )
+        for i in finding.inputs
+    ]
+    return DerivedFinding(
+        rule=finding.rule,
+        evidence_class=finding.evidence_class,
+        confidence=round(finding.confidence, 4),
+        box=Box.model_validate(finding.box_dict()),
+        finding_zh=finding.finding_zh,
+        finding_en=finding.finding_en,
+        inspection_items=list(finding.inspection_items),
+        legal_basis=list(finding.legal_basis),
+        severity=finding.severity,
+        inputs=inputs,
+    )
 
 
 def rule_findings_public(findings: Iterable[RuleFinding], detections: Detections) -> list[DerivedFinding]:
@@ -247,8 +280,32 @@ def rule_findings_public(findings: Iterable[RuleFinding], detections: Detections
     return [rule_finding_public(f, boxes) for f in findings]
 
 
-__all__ = ["Answer", "BatchItem", "BatchResponse", "Box", "BoxOut", "DerivedFinding", "DetectResponse", "Detection",
-           "DetectionPublic", "Finding", "FindingPublic", "ImageSize", "InspectionPhoto", "InspectionResponse",
-           "ModelRef", "PhotoResponse", "ReviewResponse", "RevisionRef", "RuleFindingPublic", "RuleInput", "Timing",
-           "box_public", "class_text", "detection_public", "detections_public", "rule_finding_public",
-           "rule_findings_public"]
+__all__ = [
+    "Answer",
+    "BatchItem",
+    "BatchResponse",
+    "Box",
+    "BoxOut",
+    "DerivedFinding",
+    "DetectResponse",
+    "Detection",
+    "DetectionPublic",
+    "Finding",
+    "FindingPublic",
+    "ImageSize",
+    "InspectionPhoto",
+    "InspectionResponse",
+    "ModelRef",
+    "PhotoResponse",
+    "ReviewResponse",
+    "RevisionRef",
+    "RuleFindingPublic",
+    "RuleInput",
+    "Timing",
+    "box_public",
+    "class_text",
+    "detection_public",
+    "detections_public",
+    "rule_finding_public",
+    "rule_findings_public",
+]

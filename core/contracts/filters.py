@@ -19,9 +19,12 @@ from hazardlens.dates import parse_when
 from hazardlens.errors import HazardError, Invalid
 
 #: Dates are accepted as a day or an instant; the document says both.
-When = Annotated[datetime | None, WithJsonSchema({"anyOf": [{"type": "string", "format": "date"},
-                                                            {"type": "string", "format": "date-time"},
-                                                            {"type": "null"}]})]
+When = Annotated[
+    datetime | None,
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}, {"type": "null"}]}
+    ),
+]
 
 
 class SampleFilter(BaseModel):
@@ -30,8 +33,9 @@ class SampleFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sector: Key | None = Field(None, description="sector key, e.g. dust, steel")
-    class_key: Key | None = Field(None, description="samples whose labels hold this class (dataset versions: "
-                                                    "their APPROVED labels)")
+    class_key: Key | None = Field(
+        None, description="samples whose labels hold this class (dataset versions: their APPROVED labels)"
+    )
     status: AnnotationState | None = Field(None, description="annotation status")
     org: OrgCode | None = Field(None, description="owning organisation code")
     scope: Scope | None = None
@@ -79,18 +83,25 @@ class SampleFilter(BaseModel):
             errors = exc.errors()
             unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and e["loc"])
             if unknown:
-                raise Invalid(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(cls.model_fields)}",
-                              code="invalid_filter", details={"unknown": unknown}) from None
+                raise Invalid(
+                    f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(cls.model_fields)}",
+                    code="invalid_filter",
+                    details={"unknown": unknown},
+                ) from None
             problems = [f"{'.'.join(str(p) for p in e['loc']) or 'filter'}: {e['msg']}" for e in errors]
             dates = all(str(e["loc"][0]).endswith(("_from", "_to")) for e in errors if e["loc"])
-            raise Invalid(f"invalid sample filter: {'; '.join(problems)}",
-                          code="invalid_date" if dates else "invalid_filter", details=problems) from None
+            raise Invalid(
+                f"invalid sample filter: {'; '.join(problems)}",
+                code="invalid_date" if dates else "invalid_filter",
+                details=problems,
+            ) from None
 
     def params(self) -> dict[str, Any]:
         """The set fields as plain JSON values (dates as ``datetime.isoformat`` text, as manifests have
         always recorded them, so re-creating a version with the same filter gives the same id)."""
-        return {k: v.isoformat() if isinstance(v, datetime) else v
-                for k, v in self.model_dump(exclude_none=True).items()}
+        return {
+            k: v.isoformat() if isinstance(v, datetime) else v for k, v in self.model_dump(exclude_none=True).items()
+        }
 
 
 __all__ = ["SampleFilter"]

@@ -97,10 +97,23 @@ class ExportIn(Contract):
 
     format: ExportFormat
     status: ExportStatus = Field("approved", description="export the approved labels, or the submitted ones")
-    filters: SampleFilter = Field(default_factory=SampleFilter, description="which samples (their exported labels "
-                                                                            "for class_key)")
+    filters: SampleFilter = Field(
+        default_factory=SampleFilter, description="which samples (their exported labels for class_key)"
+    )
 
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_STATUSES", "IMPORT_FORMATS", "ExportFormat", "ExportIn", "ExportStatus",
-           "ImportFormat", "ImportScope", "ImportSummaryPublic", "IssueGroup", "MissingFiles", "ReaderReport",
-           "RevisionState"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_STATUSES",
+    "IMPORT_FORMATS",
+    "ExportFormat",
+    "ExportIn",
+    "ExportStatus",
+    "ImportFormat",
+    "ImportScope",
+    "ImportSummaryPublic",
+    "IssueGroup",
+    "MissingFiles",
+    "ReaderReport",
+    "RevisionState",
+]

@@ -25,13 +25,20 @@ JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed")
 
 #: ``NAME@VERSION``: a dataset name (as ``datasets create`` accepts it) and ``latest``, a number
 #: (``3``, ``v3``) or 4+ hex digits of the version id.
-DatasetRef = Annotated[str, StringConstraints(
-    strip_whitespace=True, min_length=3, max_length=165,
-    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}@[A-Za-z0-9]{1,64}$")]
+DatasetRef = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=3,
+        max_length=165,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}@[A-Za-z0-9]{1,64}$",
+    ),
+]
 #: A training config by name (``baseline`` or ``baseline.yaml``), never a path: a job must not make the
 #: server read an arbitrary file.
-ConfigName = Annotated[str, StringConstraints(
-    strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ConfigName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
 ExportFormat = Literal["yolo", "coco"]
 StrictBool = Annotated[bool, Field(strict=True)]
 Count = Annotated[int, Field(strict=True, ge=0, le=10**9)]
@@ -49,13 +56,16 @@ class TrainJobParams(Contract):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     dataset: DatasetRef = Field(description="NAME@VERSION of the dataset version to train on", examples=["ppe@latest"])
-    config: ConfigName = Field(description="name of a training config: <home>/configs/train/NAME.yaml, "
-                                           "$HAZARDLENS_CONFIG_DIR/train/NAME.yaml or the shipped configs/train/",
-                               examples=["baseline"])
+    config: ConfigName = Field(
+        description="name of a training config: <home>/configs/train/NAME.yaml, "
+        "$HAZARDLENS_CONFIG_DIR/train/NAME.yaml or the shipped configs/train/",
+        examples=["baseline"],
+    )
     resume: StrictBool = Field(False, description="continue the last interrupted run of this dataset and config")
     # ``register`` would shadow BaseModel.register (ABCMeta): the field is named otherwise, spelt ``register``.
-    register_model: StrictBool = Field(True, alias="register",
-                                       description="register the trained weights as a candidate model version")
+    register_model: StrictBool = Field(
+        True, alias="register", description="register the trained weights as a candidate model version"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -78,7 +88,8 @@ class DatasetExportJobParams(Contract):
     dataset: DatasetRef = Field(description="NAME@VERSION of the dataset version to export", examples=["ppe@latest"])
     format: ExportFormat = "yolo"
     train_caps: Annotated[dict[Key, Count], Field(max_length=500)] | None = Field(
-        None, description="class key -> at most this many train images holding only capped classes")
+        None, description="class key -> at most this many train images holding only capped classes"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -131,8 +142,11 @@ def invalid_job(kind: str, exc: ValidationError) -> Invalid:
     if unknown:
         what = "train" if kind == "train" else "export"
         known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
-        return Invalid(f"unknown {what} parameter(s) {', '.join(unknown)}; known: {known}",
-                       code="invalid_job", details={"unknown": unknown})
+        return Invalid(
+            f"unknown {what} parameter(s) {', '.join(unknown)}; known: {known}",
+            code="invalid_job",
+            details={"unknown": unknown},
+        )
     problems = []
     for e in errors:
         loc = [str(p) for p in e["loc"] if p not in (kind, "params")]
@@ -150,9 +164,12 @@ class JobSummary(Public):
     params: dict[str, Any] = Field(description="the validated parameters (TrainJobParams or DatasetExportJobParams)")
     progress: float = Field(ge=0.0, le=1.0, description="0..1, written while the job runs")
     message: str | None = Field(description="the latest progress message")
-    result: dict[str, Any] | None = Field(description=(
-        "when completed: train: {run_id, run_dir, status, dataset, device, metrics, best, last, model, resumed}; "
-        "dataset_export: {dataset, dataset_id, format, path, files, output}"))
+    result: dict[str, Any] | None = Field(
+        description=(
+            "when completed: train: {run_id, run_dir, status, dataset, device, metrics, best, last, model, resumed}; "
+            "dataset_export: {dataset, dataset_id, format, path, files, output}"
+        )
+    )
     error: str | None = Field(description="when failed: 'code: message' (or 'interrupted by restart')")
     created_by: int | None = Field(description="the submitting user's id")
     created_at: Timestamp | None
@@ -172,6 +189,23 @@ class JobPage(Public):
     items: list[JobSummary]
 
 
-__all__ = ["JOB_KINDS", "JOB_STATUSES", "ConfigName", "DatasetExportJobIn", "DatasetExportJobParams", "DatasetRef",
-           "ExportFormat", "JobIn", "JobKind", "JobPage", "JobParams", "JobPublic", "JobStatus", "JobSummary",
-           "TrainJobIn", "TrainJobParams", "invalid_job", "parse_job"]
+__all__ = [
+    "JOB_KINDS",
+    "JOB_STATUSES",
+    "ConfigName",
+    "DatasetExportJobIn",
+    "DatasetExportJobParams",
+    "DatasetRef",
+    "ExportFormat",
+    "JobIn",
+    "JobKind",
+    "JobPage",
+    "JobParams",
+    "JobPublic",
+    "JobStatus",
+    "JobSummary",
+    "TrainJobIn",
+    "TrainJobParams",
+    "invalid_job",
+    "parse_job",
+]

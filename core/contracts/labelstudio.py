@@ -37,14 +37,17 @@ class LsTask(_Protocol):
     backend never fetches an image from the network."""
 
     id: int | None = None
-    data: Annotated[dict[str, Any], Field(max_length=100, description="the task's data; keys follow the "
-                                                                       "labelling config (image, sample_id...)")]
+    data: Annotated[
+        dict[str, Any],
+        Field(max_length=100, description="the task's data; keys follow the labelling config (image, sample_id...)"),
+    ]
 
 
 class LsSetupRequest(_Protocol):
     project: ProjectRef | None = None
     schema_: Annotated[str, Field(max_length=1_000_000)] | None = Field(
-        None, alias="schema", description="the project's labelling config (XML)")
+        None, alias="schema", description="the project's labelling config (XML)"
+    )
     model_version: Annotated[str, Field(max_length=100)] | None = None
 
 
@@ -68,16 +71,19 @@ class LsLabelConfig(Public):
     from_name: str = Field(description="the RectangleLabels tag's name: predictions' from_name")
     to_name: str = Field(description="the Image tag's name: predictions' to_name")
     image_key: str = Field(description="the task data key the Image tag reads ($value)")
-    labels: dict[str, str] | None = Field(description="class key -> the project's label value; null when the "
-                                                      "config declares none (class keys are the labels)")
+    labels: dict[str, str] | None = Field(
+        description="class key -> the project's label value; null when the "
+        "config declares none (class keys are the labels)"
+    )
     unknown_labels: list[str] = Field(description="label values that name no class: never predicted")
     problems: list[str] = Field(description="why the defaults are used, when they are")
 
 
 class LsSetup(Public):
     model_version: str
-    label_config: LsLabelConfig | None = Field(None, description="the project's label config as read; absent "
-                                                                 "when setup sent none")
+    label_config: LsLabelConfig | None = Field(
+        None, description="the project's label config as read; absent when setup sent none"
+    )
 
 
 class LsWebhook(_Protocol):
@@ -86,8 +92,9 @@ class LsWebhook(_Protocol):
     acknowledged and ignored."""
 
     action: Annotated[str, Field(max_length=100)]
-    annotation: dict[str, Any] | None = Field(None, description="the annotation: result (rectanglelabels), "
-                                                                "id, was_cancelled...")
+    annotation: dict[str, Any] | None = Field(
+        None, description="the annotation: result (rectanglelabels), id, was_cancelled..."
+    )
     task: dict[str, Any] | None = Field(None, description="the task: id, data (sample_id or image URL)")
     project: dict[str, Any] | None = Field(None, description="the project; its label_config maps labels")
 
@@ -140,18 +147,39 @@ class SuggestRequest(Contract):
     """``POST /v1/suggestions/request``: model suggestions on samples, or on the caller's queue."""
 
     # Samples, or the queue: a request with neither is refused by the domain (invalid_request).
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
-        {"required": ["sample_ids"], "properties": {"sample_ids": {"minItems": 1}}},
-        {"required": ["queue"], "properties": {"queue": {"const": True}}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["sample_ids"], "properties": {"sample_ids": {"minItems": 1}}},
+                {"required": ["queue"], "properties": {"queue": {"const": True}}},
+            ]
+        },
+    )
 
-    sample_ids: list[Annotated[int, Field(ge=1, le=2**53)]] = Field(default_factory=list, max_length=100,
-                                                                    description="samples to pre-label")
+    sample_ids: list[Annotated[int, Field(ge=1, le=2**53)]] = Field(
+        default_factory=list, max_length=100, description="samples to pre-label"
+    )
     queue: bool = Field(False, description="pre-label the open samples of my queue instead")
     limit: int = Field(20, ge=1, le=100, description="with queue: at most this many samples of it")
     conf: float = Field(0.25, ge=0.0, le=1.0)
     model: str | None = Field(None, max_length=40, description="pin a model version (default: production)")
 
 
-__all__ = ["MAX_TASKS", "LsHealth", "LsLabelConfig", "LsPredictRequest", "LsPrediction", "LsPredictions",
-           "LsRectangle", "LsResult", "LsSetup", "LsSetupRequest", "LsTask", "LsWebhook", "LsWebhookAnswer",
-           "ProjectRef", "SuggestRequest"]
+__all__ = [
+    "MAX_TASKS",
+    "LsHealth",
+    "LsLabelConfig",
+    "LsPredictRequest",
+    "LsPrediction",
+    "LsPredictions",
+    "LsRectangle",
+    "LsResult",
+    "LsSetup",
+    "LsSetupRequest",
+    "LsTask",
+    "LsWebhook",
+    "LsWebhookAnswer",
+    "ProjectRef",
+    "SuggestRequest",
+]

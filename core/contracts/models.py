@@ -83,5 +83,13 @@ class PromoteRequest(Contract):
     stage: ModelStage = Field("production", description="moving to production archives the version serving before")
 
 
-__all__ = ["LoadedModel", "ModelCard", "ModelName", "ModelStage", "ModelVersionPublic", "ModelVersionText",
-           "ModelsResponse", "PromoteRequest"]
+__all__ = [
+    "LoadedModel",
+    "ModelCard",
+    "ModelName",
+    "ModelStage",
+    "ModelVersionPublic",
+    "ModelVersionText",
+    "ModelsResponse",
+    "PromoteRequest",
+]

@@ -111,11 +111,27 @@ NON_EMPTY_FILE: dict[str, int] = {"minLength": 1}
 #: ``next_cursor`` as ``datasets.search.encode_cursor`` writes it: ``s1:<id>`` in unpadded URL-safe
 #: base64 (``czE6`` is ``s1:``), every 3 digits of the id 4 characters, 1-18 digits.
 _DIGITS3 = "(?:M[DTjz]|N[DTjz]|O[DT])[AEIMQUYcgk][w-z0-5]"
-CURSOR_PATTERN = (f"^(?:czE6(?:{_DIGITS3}){{0,5}}(?:{_DIGITS3}|(?:M[AQgw]|N[AQgw]|O[AQ])"
-                  f"|(?:M[DTjz]|N[DTjz]|O[DT])[AEIMQUYcgk]))?$")  # empty: the first page
+CURSOR_PATTERN = (
+    f"^(?:czE6(?:{_DIGITS3}){{0,5}}(?:{_DIGITS3}|(?:M[AQgw]|N[AQgw]|O[AQ])"
+    f"|(?:M[DTjz]|N[DTjz]|O[DT])[AEIMQUYcgk]))?$"
+)  # empty: the first page
 #: Comma-separated tags as ``datasets.ingest.normalise_tags`` takes them: at most 50, each at most 50 characters.
 TAGS_PATTERN = "^[^,]{0,50}(?:,[^,]{0,50}){0,49}$"
 
-__all__ = ["CURSOR_PATTERN", "NON_EMPTY_FILE", "TAGS_PATTERN", "AuditEventPublic", "AuditEvents", "Gps", "ImageFormat",
-           "IngestSummaryPublic", "NearDuplicate",
-           "NearDuplicates", "RefusalPublic", "SampleCreated", "SamplePage", "SamplePublic", "Timestamp"]
+__all__ = [
+    "CURSOR_PATTERN",
+    "NON_EMPTY_FILE",
+    "TAGS_PATTERN",
+    "AuditEventPublic",
+    "AuditEvents",
+    "Gps",
+    "ImageFormat",
+    "IngestSummaryPublic",
+    "NearDuplicate",
+    "NearDuplicates",
+    "RefusalPublic",
+    "SampleCreated",
+    "SamplePage",
+    "SamplePublic",
+    "Timestamp",
+]

@@ -18,7 +18,8 @@ class Health(Public):
 class Readiness(Public):
     status: Literal["ready", "not_ready"]
     checks: dict[str, Literal["ok", "failed"]] = Field(
-        description="each part (catalogue, store, model...): ok or failed; the server's log says why")
+        description="each part (catalogue, store, model...): ok or failed; the server's log says why"
+    )
 
 
 class Me(Public):
@@ -87,5 +88,13 @@ class TaxonomyPublic(Public):
     rules_version: str
 
 
-__all__ = ["HazardClassPublic", "Health", "InspectionItemPublic", "Me", "Readiness", "RulePublic", "SectorPublic",
-           "TaxonomyPublic"]
+__all__ = [
+    "HazardClassPublic",
+    "Health",
+    "InspectionItemPublic",
+    "Me",
+    "Readiness",
+    "RulePublic",
+    "SectorPublic",
+    "TaxonomyPublic",
+]

@@ -23,8 +23,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 #: Ultralytics arguments hazardlens decides itself (paths, device, AMP, resume); a config may not set
 #: them under ``ultralytics:``.
-RESERVED_ULTRALYTICS = frozenset({"data", "model", "project", "name", "save_dir", "exist_ok", "resume", "device",
-                                  "amp", "mode", "task", "cfg", "pretrained"})
+RESERVED_ULTRALYTICS = frozenset(
+    {
+        "data",
+        "model",
+        "project",
+        "name",
+        "save_dir",
+        "exist_ok",
+        "resume",
+        "device",
+        "amp",
+        "mode",
+        "task",
+        "cfg",
+        "pretrained",
+    }
+)
 #: Upper bound of a train_repeat factor: beyond it a handful of images dominate every epoch (overfitting).
 MAX_REPEAT = 20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -37,7 +52,8 @@ def _whole(value: object) -> bool:
 def _class_counts(value: object, low: int, high: int | None) -> bool:
     """A mapping of class keys to whole numbers in [low, high] (train_caps, train_repeat)."""
     return isinstance(value, dict) and all(
-        isinstance(k, str) and _whole(v) and v >= low and (high is None or v <= high) for k, v in value.items())
+        isinstance(k, str) and _whole(v) and v >= low and (high is None or v <= high) for k, v in value.items()
+    )
 
 
 def _check(test: Callable[[Any], bool], message: str, convert: Callable[[Any], Any] = lambda v: v) -> BeforeValidator:
@@ -82,39 +98,67 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: Annotated[str, _check(lambda v: isinstance(v, str) and bool(v.strip()),
-                                 "'model' is required: an architecture YAML such as yolo11n.yaml or a local .pt path")]
+    model: Annotated[
+        str,
+        _check(
+            lambda v: isinstance(v, str) and bool(v.strip()),
+            "'model' is required: an architecture YAML such as yolo11n.yaml or a local .pt path",
+        ),
+    ]
     imgsz: Annotated[int, _positive("imgsz"), BeforeValidator(_imgsz)] = 640
     epochs: Annotated[int, _positive("epochs")] = 100
-    time: Annotated[float | None, _check(lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)
-                                                                 and v > 0),
-                                         "'time' is a number of hours > 0, not {v!r}",
-                                         lambda v: float(v) if v is not None else None)] = None
+    time: Annotated[
+        float | None,
+        _check(
+            lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v > 0),
+            "'time' is a number of hours > 0, not {v!r}",
+            lambda v: float(v) if v is not None else None,
+        ),
+    ] = None
     batch: Annotated[int, _positive("batch")] = 16
     seed: Annotated[int, _non_negative("seed")] = 0
     patience: Annotated[int, _non_negative("patience")] = 100
     close_mosaic: Annotated[int, _non_negative("close_mosaic")] = 10
     augment: Annotated[Path | None, BeforeValidator(lambda v: Path(str(v)) if v else None)] = None
-    train_caps: Annotated[dict[str, int] | None, _check(
-        lambda v: v is None or _class_counts(v, 0, None),
-        "'train_caps' maps class keys to non-negative image counts, e.g. {{fire: 150}}",
-        lambda v: dict(v) if v else None)] = None
+    train_caps: Annotated[
+        dict[str, int] | None,
+        _check(
+            lambda v: v is None or _class_counts(v, 0, None),
+            "'train_caps' maps class keys to non-negative image counts, e.g. {{fire: 150}}",
+            lambda v: dict(v) if v else None,
+        ),
+    ] = None
     #: class key -> how many times each train image holding that class is listed per epoch: the way
     #: to give a rare class (heads without helmets: 2% of the boxes) more gradient steps, since
     #: Ultralytics' detection loss has no class weights.
-    train_repeat: Annotated[dict[str, int] | None, _check(
-        lambda v: v is None or _class_counts(v, 1, MAX_REPEAT),
-        f"'train_repeat' maps class keys to whole numbers from 1 to {MAX_REPEAT}, e.g. {{{{head: 4}}}}",
-        lambda v: dict(v) if v else None)] = None
-    device: Annotated[str, _check(lambda v: str(v).lower() in ("auto", "cpu", "cuda"),
-                                  "'device' must be auto, cpu or cuda, not {v!r}", lambda v: str(v).lower())] = "auto"
+    train_repeat: Annotated[
+        dict[str, int] | None,
+        _check(
+            lambda v: v is None or _class_counts(v, 1, MAX_REPEAT),
+            f"'train_repeat' maps class keys to whole numbers from 1 to {MAX_REPEAT}, e.g. {{{{head: 4}}}}",
+            lambda v: dict(v) if v else None,
+        ),
+    ] = None
+    device: Annotated[
+        str,
+        _check(
+            lambda v: str(v).lower() in ("auto", "cpu", "cuda"),
+            "'device' must be auto, cpu or cuda, not {v!r}",
+            lambda v: str(v).lower(),
+        ),
+    ] = "auto"
     workers: Annotated[int, _non_negative("workers")] = 2
-    cache: Annotated[bool | str, _check(lambda v: v in (True, False, "ram", "disk"),
-                                        "'cache' must be false, ram or disk, not {v!r}")] = False
+    cache: Annotated[
+        bool | str, _check(lambda v: v in (True, False, "ram", "disk"), "'cache' must be false, ram or disk, not {v!r}")
+    ] = False
     ultralytics: Annotated[dict[str, Any], BeforeValidator(_ultralytics)] = {}
-    name: Annotated[str | None, _check(lambda v: v is None or (isinstance(v, str) and bool(_NAME.fullmatch(v))),
-                                       "'name' (registry model name) must be letters, digits, '_', '.', '-', "
-                                       "not {v!r}")] = None  # registry model name; default hazardlens
+    name: Annotated[
+        str | None,
+        _check(
+            lambda v: v is None or (isinstance(v, str) and bool(_NAME.fullmatch(v))),
+            "'name' (registry model name) must be letters, digits, '_', '.', '-', not {v!r}",
+        ),
+    ] = None  # registry model name; default hazardlens
     source: Path | None = None  # the file it was read from (not a key of the file)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,8 +169,7 @@ class TrainConfig(BaseModel):
 
     def sha256(self) -> str:
         # train_repeat joined the config later: leaving it out when unset keeps earlier runs' hashes
-        body = {k: v for k, v in self.to_dict().items()
-                if k != "source" and not (k == "train_repeat" and v is None)}
+        body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k == "train_repeat" and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,6 +1,6 @@
 """Regenerate the initial migration from the ORM models (development tool, before the first release).
 
-    python -m hazardlens.migrations.autogen
+python -m hazardlens.migrations.autogen
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ def main() -> None:
         parked = [p.rename(Path(tmp) / p.name) for p in sorted(VERSIONS.glob("0*.py"))]
         try:
             cfg = alembic_config(f"sqlite:///{tmp}/empty.sqlite3")
-            command.revision(cfg, message="initial catalogue schema", autogenerate=True, rev_id="0001",
-                             head="base")
+            command.revision(cfg, message="initial catalogue schema", autogenerate=True, rev_id="0001", head="base")
         finally:
             for p in parked:
                 p.rename(VERSIONS / p.name)

@@ -40,8 +40,7 @@ class ObjectStore(abc.ABC):
     def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo: ...
 
     @abc.abstractmethod
-    def put_stream(self, key: str, stream: BinaryIO, size: int = -1,
-                   content_type: str | None = None) -> ObjectInfo:
+    def put_stream(self, key: str, stream: BinaryIO, size: int = -1, content_type: str | None = None) -> ObjectInfo:
         """Store from a file-like object without holding it all in memory (multipart on S3)."""
 
     @abc.abstractmethod

@@ -74,12 +74,10 @@ class FilesystemStore(ObjectStore):
             try:
                 os.replace(tmp, path)
             except IsADirectoryError as exc:
-                raise Conflict(f"object key {key!r} is a prefix of other objects",
-                               code="key_conflict") from exc
+                raise Conflict(f"object key {key!r} is a prefix of other objects", code="key_conflict") from exc
             except OSError as exc:
                 if path.is_dir():
-                    raise Conflict(f"object key {key!r} is a prefix of other objects",
-                                   code="key_conflict") from exc
+                    raise Conflict(f"object key {key!r} is a prefix of other objects", code="key_conflict") from exc
                 raise
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -91,8 +89,7 @@ class FilesystemStore(ObjectStore):
     def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         return self._write(key, iter((bytes(data),)))
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int = -1,
-                   content_type: str | None = None) -> ObjectInfo:
+    def put_stream(self, key: str, stream: BinaryIO, size: int = -1, content_type: str | None = None) -> ObjectInfo:
         source: BinaryIO | ExactReader = stream if size is None or size < 0 else ExactReader(stream, size)
 
         def chunks() -> Iterator[bytes]:
@@ -151,8 +148,7 @@ class FilesystemStore(ObjectStore):
     def _walk(self, folder: Path, key_base: str, name_prefix: str) -> Iterator[str]:
         try:
             with os.scandir(folder) as it:
-                entries = [e for e in it if not e.name.startswith(RESERVED_PREFIX)
-                           and e.name.startswith(name_prefix)]
+                entries = [e for e in it if not e.name.startswith(RESERVED_PREFIX) and e.name.startswith(name_prefix)]
         except (FileNotFoundError, NotADirectoryError):
             return
         # A folder "a" sorts as "a/" so that "a.txt" (".": 0x2e) comes before "a/b" ("/": 0x2f).

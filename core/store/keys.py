@@ -32,8 +32,7 @@ def validate_key(key: object) -> str:
         if part in ("", ".", ".."):
             raise Invalid(f"object key has an empty, '.' or '..' segment: {key!r}", code="invalid_key")
         if part.startswith(RESERVED_PREFIX):
-            raise Invalid(f"object key segments may not start with {RESERVED_PREFIX!r}: {key!r}",
-                          code="invalid_key")
+            raise Invalid(f"object key segments may not start with {RESERVED_PREFIX!r}: {key!r}", code="invalid_key")
     return key
 
 

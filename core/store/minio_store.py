@@ -73,9 +73,17 @@ class _ResponseStream(io.RawIOBase):
 class MinioStore(ObjectStore):
     name = "minio"
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str,
-                 secure: bool = False, region: str | None = None, part_size: int = 16 * 1024 * 1024,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool = False,
+        region: str | None = None,
+        part_size: int = 16 * 1024 * 1024,
+        timeout_s: float = 60.0,
+    ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (the S3 minimum)")
         self.bucket = bucket
@@ -89,8 +97,14 @@ class MinioStore(ObjectStore):
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
             retries=make_retry(),
         )
-        self.client = Minio(endpoint, access_key=access_key or None, secret_key=secret_key or None,
-                            secure=secure, region=region, http_client=self.http)
+        self.client = Minio(
+            endpoint,
+            access_key=access_key or None,
+            secret_key=secret_key or None,
+            secure=secure,
+            region=region,
+            http_client=self.http,
+        )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
@@ -121,12 +135,17 @@ class MinioStore(ObjectStore):
         validate_key(key)
         self._ensure_bucket()
         data = bytes(data)
-        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
-                               content_type=content_type or _DEFAULT_TYPE, part_size=self.part_size)
+        self.client.put_object(
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type or _DEFAULT_TYPE,
+            part_size=self.part_size,
+        )
         return ObjectInfo(key=key, size=len(data), content_type=content_type or _DEFAULT_TYPE)
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int = -1,
-                   content_type: str | None = None) -> ObjectInfo:
+    def put_stream(self, key: str, stream: BinaryIO, size: int = -1, content_type: str | None = None) -> ObjectInfo:
         """Unknown sizes go up in ``part_size`` parts, one part in memory at a time; S3 shows the
         object only when the upload completes, and the SDK aborts the upload on any failure.
 
@@ -138,8 +157,13 @@ class MinioStore(ObjectStore):
         known = size is not None and size >= 0
         source = ExactReader(stream, size) if known else _Counting(stream)
         self.client.put_object(
-            self.bucket, key, source, size if known else -1,  # type: ignore[arg-type]
-            content_type=content_type or _DEFAULT_TYPE, part_size=self.part_size, num_parallel_uploads=1,
+            self.bucket,
+            key,
+            source,
+            size if known else -1,  # type: ignore[arg-type]
+            content_type=content_type or _DEFAULT_TYPE,
+            part_size=self.part_size,
+            num_parallel_uploads=1,
         )
         stored = size if known else source.count  # type: ignore[union-attr]
         return ObjectInfo(key=key, size=stored, content_type=content_type or _DEFAULT_TYPE)

@@ -50,30 +50,46 @@ def _background(rng: random.Random, indoor: bool) -> Image.Image:
     return Image.blend(img, noise, 0.06)
 
 
-def _worker(d: ImageDraw.ImageDraw, rng: random.Random, x: int, y: int, scale: float, helmet: bool,
-            boxes: Boxes) -> None:
+def _worker(
+    d: ImageDraw.ImageDraw, rng: random.Random, x: int, y: int, scale: float, helmet: bool, boxes: Boxes
+) -> None:
     """A standing worker with feet at (x, y): person, clothes and helmet-or-head boxes."""
     h = int(260 * scale)
     w = int(80 * scale)
     head = int(34 * scale)
     top = y - h
     clothes = rng.choice([(30, 80, 160), (230, 110, 30), (40, 120, 80)])
-    d.rectangle([x - w // 2, top + head + 4, x + w // 2, top + int(h * .58)], fill=clothes)  # torso
-    d.rectangle([x - w // 2 + 4, top + int(h * .58), x - 4, y], fill=(45, 50, 70))  # legs
-    d.rectangle([x + 4, top + int(h * .58), x + w // 2 - 4, y], fill=(45, 50, 70))
+    d.rectangle([x - w // 2, top + head + 4, x + w // 2, top + int(h * 0.58)], fill=clothes)  # torso
+    d.rectangle([x - w // 2 + 4, top + int(h * 0.58), x - 4, y], fill=(45, 50, 70))  # legs
+    d.rectangle([x + 4, top + int(h * 0.58), x + w // 2 - 4, y], fill=(45, 50, 70))
     d.ellipse([x - head // 2, top + 4, x + head // 2, top + head + 4], fill=(224, 182, 150))  # face
     if helmet:
         colour = rng.choice([(250, 200, 20), (235, 60, 40), (245, 245, 245), (30, 110, 220)])
         d.chord([x - head // 2 - 4, top - 6, x + head // 2 + 4, top + head], 180, 360, fill=colour)
         d.rectangle([x - head // 2 - 6, top + head // 2 - 4, x + head // 2 + 6, top + head // 2], fill=colour)
-        boxes.append({"class_key": "helmet", "x1": x - head // 2 - 6, "y1": top - 6, "x2": x + head // 2 + 6,
-                      "y2": top + head // 2 + 2})
+        boxes.append(
+            {
+                "class_key": "helmet",
+                "x1": x - head // 2 - 6,
+                "y1": top - 6,
+                "x2": x + head // 2 + 6,
+                "y2": top + head // 2 + 2,
+            }
+        )
     else:
         d.chord([x - head // 2, top + 2, x + head // 2, top + head], 180, 360, fill=(30, 25, 25))
-        boxes.append({"class_key": "head", "x1": x - head // 2 - 2, "y1": top, "x2": x + head // 2 + 2,
-                      "y2": top + head + 6})
-    boxes.append({"class_key": "safety_clothes", "x1": x - w // 2, "y1": top + head + 4, "x2": x + w // 2,
-                  "y2": top + int(h * .58)})
+        boxes.append(
+            {"class_key": "head", "x1": x - head // 2 - 2, "y1": top, "x2": x + head // 2 + 2, "y2": top + head + 6}
+        )
+    boxes.append(
+        {
+            "class_key": "safety_clothes",
+            "x1": x - w // 2,
+            "y1": top + head + 4,
+            "x2": x + w // 2,
+            "y2": top + int(h * 0.58),
+        }
+    )
     boxes.append({"class_key": "person", "x1": x - w // 2 - 2, "y1": top - 8, "x2": x + w // 2 + 2, "y2": y})
 
 
@@ -113,9 +129,18 @@ def _fire(img: Image.Image, rng: random.Random, boxes: Boxes) -> Image.Image:
     smoke = smoke.filter(ImageFilter.GaussianBlur(18))
     img = Image.composite(Image.new("RGB", (W, H), (90, 90, 95)), img, smoke)
     d = ImageDraw.Draw(img)
-    for colour, s in (((230, 70, 20), 1.0), ((250, 150, 30), .7), ((255, 230, 120), .4)):
-        d.polygon([(x - 70 * s, y), (x - 40 * s, y - 120 * s), (x - 10 * s, y - 60 * s), (x + 10 * s, y - 170 * s),
-                   (x + 40 * s, y - 70 * s), (x + 70 * s, y)], fill=colour)
+    for colour, s in (((230, 70, 20), 1.0), ((250, 150, 30), 0.7), ((255, 230, 120), 0.4)):
+        d.polygon(
+            [
+                (x - 70 * s, y),
+                (x - 40 * s, y - 120 * s),
+                (x - 10 * s, y - 60 * s),
+                (x + 10 * s, y - 170 * s),
+                (x + 40 * s, y - 70 * s),
+                (x + 70 * s, y),
+            ],
+            fill=colour,
+        )
     boxes.append({"class_key": "fire", "x1": x - 74, "y1": y - 174, "x2": x + 74, "y2": y + 4})
     boxes.append({"class_key": "smoke", "x1": x - 40, "y1": y - 450, "x2": x + 200, "y2": y - 120})
     return img
@@ -129,11 +154,13 @@ def _manhole(d: ImageDraw.ImageDraw, rng: random.Random, boxes: Boxes, signed: b
         d.rectangle([sx + 28, sy + 70, sx + 34, sy + 170], fill=(80, 80, 80))
         d.polygon([(sx, sy + 70), (sx + 31, sy), (sx + 62, sy + 70)], fill=(250, 205, 20), outline=(20, 20, 20))
         d.text((sx + 27, sy + 30), "!", fill=(20, 20, 20))
-        boxes.append({"class_key": "confined_space_entry_signed", "x1": x - 115, "y1": y - 45, "x2": x + 115,
-                      "y2": y + 45})
+        boxes.append(
+            {"class_key": "confined_space_entry_signed", "x1": x - 115, "y1": y - 45, "x2": x + 115, "y2": y + 45}
+        )
     else:
-        boxes.append({"class_key": "confined_space_entry_no_sign", "x1": x - 115, "y1": y - 45, "x2": x + 115,
-                      "y2": y + 45})
+        boxes.append(
+            {"class_key": "confined_space_entry_no_sign", "x1": x - 115, "y1": y - 45, "x2": x + 115, "y2": y + 45}
+        )
 
 
 def scene(seed: int) -> tuple[bytes, Boxes, str]:
@@ -153,13 +180,21 @@ def scene(seed: int) -> tuple[bytes, Boxes, str]:
     elif kind == "confined":
         _manhole(d, rng, boxes, signed=seed % 4 == 0)
     for _ in range(rng.randint(1, 4) if kind == "ppe" else rng.randint(0, 2)):
-        _worker(d, rng, rng.randint(120, W - 120), rng.randint(540, 700), rng.uniform(.6, 1.3),
-                helmet=rng.random() > .35, boxes=boxes)
+        _worker(
+            d,
+            rng,
+            rng.randint(120, W - 120),
+            rng.randint(540, 700),
+            rng.uniform(0.6, 1.3),
+            helmet=rng.random() > 0.35,
+            boxes=boxes,
+        )
     img = img.filter(ImageFilter.GaussianBlur(0.6))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
-    boxes = [{**b, "x1": max(0, b["x1"]), "y1": max(0, b["y1"]), "x2": min(W, b["x2"]), "y2": min(H, b["y2"])}
-             for b in boxes]
+    boxes = [
+        {**b, "x1": max(0, b["x1"]), "y1": max(0, b["y1"]), "x2": min(W, b["x2"]), "y2": min(H, b["y2"])} for b in boxes
+    ]
     return buf.getvalue(), boxes, sector
 
 
@@ -187,8 +222,12 @@ def build_library(ctx: Any, count: int) -> dict[str, Any]:
     focus = (0, 0, W, H)
     for i in range(count):
         data, boxes, sector = scene(i)
-        meta = IngestMeta(sector=sector, site_id=f"鄂-{['武钢', '冶炼厂', '铝业', '化工园'][i % 4]}-{i % 3 + 1}",
-                          camera_id=f"cam-{i % 5 + 1:02d}", original_name=f"现场照片_{i + 1:03d}.jpg")
+        meta = IngestMeta(
+            sector=sector,
+            site_id=f"鄂-{['武钢', '冶炼厂', '铝业', '化工园'][i % 4]}-{i % 3 + 1}",
+            camera_id=f"cam-{i % 5 + 1:02d}",
+            original_name=f"现场照片_{i + 1:03d}.jpg",
+        )
         with ctx.db.session() as s:
             sample_id = ingest(ctx, s, as_curator, data, meta).sample.id
         state = states[i % len(states)]
@@ -204,12 +243,26 @@ def build_library(ctx: Any, count: int) -> dict[str, Any]:
                 annotations.reject(s, as_reviewer, sample_id, "安全帽框偏大，请贴合帽檐重画")
         if annotate_id is None and state == "in_progress" and len(boxes) >= 6:
             annotate_id = sample_id
-            focus = (min(b["x1"] for b in boxes), min(b["y1"] for b in boxes),
-                     max(b["x2"] for b in boxes), max(b["y2"] for b in boxes))
+            focus = (
+                min(b["x1"] for b in boxes),
+                min(b["y1"] for b in boxes),
+                max(b["x2"] for b in boxes),
+                max(b["y2"] for b in boxes),
+            )
             # What a model would add: the rest of the boxes, with confidences.
-            dets = Detections.from_boxes([Box(b["class_key"], b["x1"] + 3, b["y1"] + 2, b["x2"] - 2, b["y2"] + 3,
-                                             confidence=0.55 + 0.4 * ((k * 37) % 10) / 10)
-                                          for k, b in enumerate(boxes[len(boxes) // 2:])])
+            dets = Detections.from_boxes(
+                [
+                    Box(
+                        b["class_key"],
+                        b["x1"] + 3,
+                        b["y1"] + 2,
+                        b["x2"] - 2,
+                        b["y2"] + 3,
+                        confidence=0.55 + 0.4 * ((k * 37) % 10) / 10,
+                    )
+                    for k, b in enumerate(boxes[len(boxes) // 2 :])
+                ]
+            )
             with ctx.db.session() as s:
                 store_suggestions(s, as_reviewer, sample_id, "hazard-yolo 3", dets)
     return {"key": curator_key, "annotate": annotate_id, "focus": focus}

@@ -26,26 +26,46 @@ from hazardlens.serving.schemas import errors
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
-          ".ico": "image/x-icon", ".json": "application/json"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
 
 # 'self' only: no CDN, no web fonts, no beacons. blob: for images fetched with the bearer header,
 # data: for the tiny inline favicon.
-_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-        "form-action 'self'")
-_HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 router = APIRouter(tags=["console"])
 
 
-@router.get("/v1/me", summary="Who the API key belongs to: name, organisation, role and permissions",
-            response_model=Me, responses=errors(401))
+@router.get(
+    "/v1/me",
+    summary="Who the API key belongs to: name, organisation, role and permissions",
+    response_model=Me,
+    responses=errors(401),
+)
 def me(principal: PrincipalDep) -> dict[str, Any]:
-    return {"name": principal.name, "org_code": principal.org_code, "role": principal.role,
-            "permissions": sorted(p for p in PERMISSIONS if principal.can(p))}
+    return {
+        "name": principal.name,
+        "org_code": principal.org_code,
+        "role": principal.role,
+        "permissions": sorted(p for p in PERMISSIONS if principal.can(p)),
+    }
 
 
 @router.get("/console", include_in_schema=False)
@@ -66,7 +86,11 @@ def _resolve(path: str) -> Path:
     files, Python sources) is a 404 like any missing file."""
     root = CONSOLE_DIR.resolve()
     target = (root / path).resolve()
-    if (not target.is_relative_to(root) or not target.is_file() or target.suffix not in _TYPES
-            or any(part.startswith(".") for part in target.relative_to(root).parts)):
+    if (
+        not target.is_relative_to(root)
+        or not target.is_file()
+        or target.suffix not in _TYPES
+        or any(part.startswith(".") for part in target.relative_to(root).parts)
+    ):
         raise NotFound(f"no console file {path!r}")
     return target

@@ -38,8 +38,14 @@ EVIDENCE_SIDE = 1600
 
 Conf = Annotated[float | None, Form(ge=0.0, le=1.0, description="confidence threshold (default 0.25)")]
 ConfQ = Annotated[float | None, Query(alias="conf", ge=0.0, le=1.0, include_in_schema=False)]
-Sector = Annotated[str | None, Form(max_length=40, description="only classes relevant to this sector",
-                                     json_schema_extra={**SECTOR_SCHEMA, "x-hazardlens-enum-extra": [""]})]
+Sector = Annotated[
+    str | None,
+    Form(
+        max_length=40,
+        description="only classes relevant to this sector",
+        json_schema_extra={**SECTOR_SCHEMA, "x-hazardlens-enum-extra": [""]},
+    ),
+]
 SectorQ = Annotated[str | None, Query(alias="sector", max_length=40, include_in_schema=False)]
 Version = Annotated[str | None, Form(max_length=40, description="pin a model version (default: production)")]
 VersionQ = Annotated[str | None, Query(alias="model", max_length=40, include_in_schema=False)]
@@ -57,17 +63,22 @@ def _findings(ctx: Context, tax: Taxonomy, result: DetectResult, sector: str | N
     """Rule findings over every active-class detection. A rule may only call a class missing if the
     model that answered can see it (the result names its classes; if it does not, no absence is claimed)."""
     everything = relevant(tax, result.detections, None)
-    found = default_rules(ctx).apply(everything, sector, conf, image_size=result.image_size,
-                                     model_classes=list(result.classes or ()))
+    found = default_rules(ctx).apply(
+        everything, sector, conf, image_size=result.image_size, model_classes=list(result.classes or ())
+    )
     return rule_findings_public(found, everything)
 
 
 def _body(ctx: Context, result: DetectResult, sector: str | None, conf: float, started: float) -> dict[str, Any]:
     tax = detection_taxonomy(ctx)
     dets = relevant(tax, result.detections, sector)
-    return {"model": result.model, "image": {"width": result.image_size[0], "height": result.image_size[1]},
-            "detections": detections_public(tax, dets), "findings": _findings(ctx, tax, result, sector, conf),
-            "timing_ms": {**result.timing_ms, "total": round((time.perf_counter() - started) * 1000, 2)}}
+    return {
+        "model": result.model,
+        "image": {"width": result.image_size[0], "height": result.image_size[1]},
+        "detections": detections_public(tax, dets),
+        "findings": _findings(ctx, tax, result, sector, conf),
+        "timing_ms": {**result.timing_ms, "total": round((time.perf_counter() - started) * 1000, 2)},
+    }
 
 
 def _check_sector(ctx: Context, sector: str | None) -> str | None:
@@ -77,30 +88,54 @@ def _check_sector(ctx: Context, sector: str | None) -> str | None:
     return sector
 
 
-@router.post("/v1/detect", summary="Suggest hazards on one photo",
-             response_model=DetectResponse,
-             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
-                              "description": "detections (JSON), or the evidence image when asked for"},
-                        **errors(401, 403, 404, 408, 409, 413, 415, 422, 503, 504)})
-def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
-           file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or HEIC photo",
-                                            json_schema_extra={"minLength": 1})],
-           conf: Conf = None, sector: Sector = None, model: Version = None,
-           conf_q: ConfQ = None, sector_q: SectorQ = None, model_q: VersionQ = None,
-           annotated: Annotated[bool, Query(description="answer the evidence image (image/jpeg)")] = False,
-           tiles: Annotated[bool, Query(description="sliced inference for photos much larger than the model's "
-                                                    "training frames (wide phone shots): overlapping windows of "
-                                                    "HAZARDLENS_TILE_WINDOW pixels plus the whole photo")] = False,
-           ) -> Any:
+@router.post(
+    "/v1/detect",
+    summary="Suggest hazards on one photo",
+    response_model=DetectResponse,
+    responses={
+        200: {
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "detections (JSON), or the evidence image when asked for",
+        },
+        **errors(401, 403, 404, 408, 409, 413, 415, 422, 503, 504),
+    },
+)
+def detect(
+    request: Request,
+    _: DetectCaller,
+    ctx: CtxDep,
+    models: ModelsDep,
+    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or HEIC photo", json_schema_extra={"minLength": 1})],
+    conf: Conf = None,
+    sector: Sector = None,
+    model: Version = None,
+    conf_q: ConfQ = None,
+    sector_q: SectorQ = None,
+    model_q: VersionQ = None,
+    annotated: Annotated[bool, Query(description="answer the evidence image (image/jpeg)")] = False,
+    tiles: Annotated[
+        bool,
+        Query(
+            description="sliced inference for photos much larger than the model's "
+            "training frames (wide phone shots): overlapping windows of "
+            "HAZARDLENS_TILE_WINDOW pixels plus the whole photo"
+        ),
+    ] = False,
+) -> Any:
     started = time.perf_counter()
     sector = _check_sector(ctx, sector if sector is not None else sector_q)
     threshold = conf if conf is not None else conf_q
     threshold = 0.25 if threshold is None else threshold
     image = _wants_image(request, annotated)
-    result = models.detect(read_upload(ctx, file), version=model or model_q or None,
-                           conf=threshold, max_pixels=ctx.settings.max_pixels,
-                           timeout=ctx.settings.request_timeout_s, keep_image_side=EVIDENCE_SIDE if image else None,
-                           tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None)
+    result = models.detect(
+        read_upload(ctx, file),
+        version=model or model_q or None,
+        conf=threshold,
+        max_pixels=ctx.settings.max_pixels,
+        timeout=ctx.settings.request_timeout_s,
+        keep_image_side=EVIDENCE_SIDE if image else None,
+        tiles=(ctx.settings.tile_window, ctx.settings.tile_overlap) if tiles else None,
+    )
     if image:
         from hazardlens.models.annotate import render_evidence
 
@@ -108,14 +143,25 @@ def detect(request: Request, _: DetectCaller, ctx: CtxDep, models: ModelsDep,
         dets = relevant(tax, result.detections, sector)
         assert result.image is not None
         jpeg = render_evidence(result.image, dets, result.image_scale, tax)
-        return Response(jpeg, media_type="image/jpeg",
-                        headers={"X-Model-Version": f"{result.model['name']}:{result.model['version']}",
-                                 "X-Detections": str(len(dets))})
+        return Response(
+            jpeg,
+            media_type="image/jpeg",
+            headers={
+                "X-Model-Version": f"{result.model['name']}:{result.model['version']}",
+                "X-Detections": str(len(dets)),
+            },
+        )
     return _body(ctx, result, sector, threshold, started)
 
 
-def _batch(models: Detector, ctx: Context, files: list[UploadFile], threshold: float | None,
-           sector: str | None, version: str | None) -> dict[str, Any]:
+def _batch(
+    models: Detector,
+    ctx: Context,
+    files: list[UploadFile],
+    threshold: float | None,
+    sector: str | None,
+    version: str | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     threshold = 0.25 if threshold is None else threshold
     payloads: list[bytes | HazardError] = []
@@ -124,9 +170,13 @@ def _batch(models: Detector, ctx: Context, files: list[UploadFile], threshold: f
             payloads.append(read_upload(ctx, f))
         except HazardError as exc:  # one oversized file does not sink the other fifteen
             payloads.append(exc)
-    model, answers = models.detect_many([p for p in payloads if isinstance(p, bytes)], version=version,
-                                        conf=threshold, max_pixels=ctx.settings.max_pixels,
-                                        timeout=ctx.settings.request_timeout_s)
+    model, answers = models.detect_many(
+        [p for p in payloads if isinstance(p, bytes)],
+        version=version,
+        conf=threshold,
+        max_pixels=ctx.settings.max_pixels,
+        timeout=ctx.settings.request_timeout_s,
+    )
     pending = iter(answers)
     results: list[dict[str, Any]] = []
     for index, (f, payload) in enumerate(zip(files, payloads, strict=True)):
@@ -136,21 +186,40 @@ def _batch(models: Detector, ctx: Context, files: list[UploadFile], threshold: f
             item["error"] = {"code": outcome.code, "message": outcome.message}
         else:
             body = _body(ctx, outcome, sector, threshold, started)
-            item.update({"image": body["image"], "detections": body["detections"], "findings": body["findings"],
-                         "timing_ms": outcome.timing_ms})
+            item.update(
+                {
+                    "image": body["image"],
+                    "detections": body["detections"],
+                    "findings": body["findings"],
+                    "timing_ms": outcome.timing_ms,
+                }
+            )
         results.append(item)
     total = round((time.perf_counter() - started) * 1000, 2)
     return {"model": model, "results": results, "timing_ms": {"total": total}}
 
 
-@router.post("/v1/detect/batch", summary=f"Suggest hazards on up to {MAX_BATCH_FILES} photos",
-             response_model=BatchResponse, responses=errors(401, 403, 404, 408, 409, 413, 422, 503, 504))
-def detect_batch(_: DetectCaller, ctx: CtxDep, models: ModelsDep,
-                 files: Annotated[list[UploadFile], File(description=f"1-{MAX_BATCH_FILES} photos",
-                                                         json_schema_extra={"minItems": 1,
-                                                                            "maxItems": MAX_BATCH_FILES})],
-                 conf: Conf = None, sector: Sector = None, model: Version = None,
-                 conf_q: ConfQ = None, sector_q: SectorQ = None, model_q: VersionQ = None) -> Any:
+@router.post(
+    "/v1/detect/batch",
+    summary=f"Suggest hazards on up to {MAX_BATCH_FILES} photos",
+    response_model=BatchResponse,
+    responses=errors(401, 403, 404, 408, 409, 413, 422, 503, 504),
+)
+def detect_batch(
+    _: DetectCaller,
+    ctx: CtxDep,
+    models: ModelsDep,
+    files: Annotated[
+        list[UploadFile],
+        File(description=f"1-{MAX_BATCH_FILES} photos", json_schema_extra={"minItems": 1, "maxItems": MAX_BATCH_FILES}),
+    ],
+    conf: Conf = None,
+    sector: Sector = None,
+    model: Version = None,
+    conf_q: ConfQ = None,
+    sector_q: SectorQ = None,
+    model_q: VersionQ = None,
+) -> Any:
     if not files:
         raise Invalid("send at least one file", code="no_files")
     if len(files) > MAX_BATCH_FILES:

@@ -61,9 +61,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz", summary="Catalogue, object store and registered parts are ready (200) or not (503)",
-            response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "not ready: the failed checks are named"}})
+@router.get(
+    "/readyz",
+    summary="Catalogue, object store and registered parts are ready (200) or not (503)",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready: the failed checks are named"}},
+)
 def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     app: FastAPI = request.app
     checks: dict[str, tuple[bool, str]] = {
@@ -80,13 +83,19 @@ def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
         if not ok:
             log.warning("not ready: %s: %s", name, detail)
     # Unauthenticated: say which part failed, not why (messages can name intranet hosts); the log has it.
-    body = {"status": "ready" if ready else "not_ready",
-            "checks": {name: "ok" if ok else "failed" for name, (ok, _) in checks.items()}}
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "checks": {name: "ok" if ok else "failed" for name, (ok, _) in checks.items()},
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/v1/taxonomy", summary="Sectors, key inspection items, hazard classes and derived-finding rules in force",
-            response_model=TaxonomyPublic, responses=errors(401))
+@router.get(
+    "/v1/taxonomy",
+    summary="Sectors, key inspection items, hazard classes and derived-finding rules in force",
+    response_model=TaxonomyPublic,
+    responses=errors(401),
+)
 def taxonomy(ctx: CtxDep, _: Annotated[Principal, Depends(get_principal)]) -> dict[str, Any]:
     rules = default_rules(ctx)
     return {**ctx.taxonomy().to_dict(), "rules": rules.describe(), "rules_version": rules.version}

@@ -55,37 +55,58 @@ Reader = Annotated[Principal, Depends(require("jobs:read"))]
 JobId = Annotated[int, Path(ge=1, le=2**53)]
 
 _EXAMPLES = {
-    "train": {"summary": "train on a dataset version (admin)",
-              "value": {"kind": "train", "params": {"dataset": "ppe@latest", "config": "baseline"}}},
-    "dataset_export": {"summary": "export a dataset version (datasets:write)",
-                       "value": {"kind": "dataset_export", "params": {"dataset": "ppe@3", "format": "yolo",
-                                                                      "train_caps": {"fire": 100}}}},
+    "train": {
+        "summary": "train on a dataset version (admin)",
+        "value": {"kind": "train", "params": {"dataset": "ppe@latest", "config": "baseline"}},
+    },
+    "dataset_export": {
+        "summary": "export a dataset version (datasets:write)",
+        "value": {
+            "kind": "dataset_export",
+            "params": {"dataset": "ppe@3", "format": "yolo", "train_caps": {"fire": 100}},
+        },
+    },
 }
 
 
-@router.post("", status_code=202, response_model=JobPublic,
-             summary="Submit a job (train needs admin; dataset_export datasets:write)",
-             description="Parameters are checked now (unknown ones, a missing training config, a dataset the "
-                         "caller cannot see), so a typo fails the request, not the job an hour later.",
-             responses=errors(401, 403, 404, 409, 413, 422))
-def submit_job(body: Annotated[JobIn, Body(openapi_examples=_EXAMPLES)], principal: PrincipalDep,
-               runner: RunnerDep) -> JobPublic:
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Submit a job (train needs admin; dataset_export datasets:write)",
+    description="Parameters are checked now (unknown ones, a missing training config, a dataset the "
+    "caller cannot see), so a typo fails the request, not the job an hour later.",
+    responses=errors(401, 403, 404, 409, 413, 422),
+)
+def submit_job(
+    body: Annotated[JobIn, Body(openapi_examples=_EXAMPLES)], principal: PrincipalDep, runner: RunnerDep
+) -> JobPublic:
     return job_public(runner.submit_job(body, principal))
 
 
-@router.get("/{job_id}", response_model=JobPublic,
-            summary="A job's status, progress, message, log tail, result and error",
-            responses=errors(401, 403, 404, 422))
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    summary="A job's status, progress, message, log tail, result and error",
+    responses=errors(401, 403, 404, 422),
+)
 def get_job(job_id: JobId, principal: Reader, runner: RunnerDep) -> JobPublic:
     return job_public(runner.get_job(job_id, principal))
 
 
-@router.get("", response_model=JobPage, summary="Recent jobs, newest first (without their log tails)",
-            responses=errors(401, 403, 422))
-def list_jobs(principal: Reader, runner: RunnerDep,
-              status: Annotated[JobStatus | None, Query()] = None,
-              kind: Annotated[JobKind | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobPage:
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="Recent jobs, newest first (without their log tails)",
+    responses=errors(401, 403, 422),
+)
+def list_jobs(
+    principal: Reader,
+    runner: RunnerDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+    kind: Annotated[JobKind | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobPage:
     jobs = runner.list_jobs(principal, status=status, kind=kind, limit=limit)
     # The log tail is left out of the list (it can be 100 kB a job); GET /v1/jobs/{id} has it.
     return JobPage(items=[job_summary(j) for j in jobs])

@@ -34,9 +34,12 @@ router = APIRouter(tags=["labeling"])
 Caller = Annotated[Principal, Depends(require("suggestions:request"))]
 
 
-@router.post("/v1/suggestions/request", response_model=Suggestions,
-             summary="Ask the model for suggestions on samples or on my queue",
-             responses=errors(401, 403, 404, 413, 415, 422, 503, 504))
+@router.post(
+    "/v1/suggestions/request",
+    response_model=Suggestions,
+    summary="Ask the model for suggestions on samples or on my queue",
+    responses=errors(401, 403, 404, 413, 415, 422, 503, 504),
+)
 def suggest(body: SuggestRequest, ctx: CtxDep, caller: Caller, models: ModelsDep) -> Suggestions:
     ids = list(body.sample_ids)
     if body.queue:
@@ -46,25 +49,36 @@ def suggest(body: SuggestRequest, ctx: CtxDep, caller: Caller, models: ModelsDep
     return Suggestions.model_validate({"items": items})
 
 
-@router.get("/labelstudio/health", response_model=LsHealth, summary="Label Studio ML backend: health",
-            responses=errors(503))
+@router.get(
+    "/labelstudio/health", response_model=LsHealth, summary="Label Studio ML backend: health", responses=errors(503)
+)
 def ls_health(models: ModelsDep) -> LsHealth:
     loaded = models.loaded()
     return LsHealth(status="UP", model_class="hazardlens", model_version=loaded[0]["version"] if loaded else None)
 
 
-@router.post("/labelstudio/setup", response_model=LsSetup, summary="Label Studio ML backend: setup",
-             responses=errors(401, 403, 413, 422, 503))
+@router.post(
+    "/labelstudio/setup",
+    response_model=LsSetup,
+    summary="Label Studio ML backend: setup",
+    responses=errors(401, 403, 413, 422, 503),
+)
 def ls_setup(body: LsSetupRequest, ctx: CtxDep, __: Caller, models: ModelsDep) -> LsSetup:
     config = parse_label_config(body.schema_, detection_taxonomy(ctx)) if body.schema_ else None
     with models.get(None) as lease:  # loads the production model if this worker has not yet
-        return LsSetup(model_version=lease.info["version"],
-                       label_config=LsLabelConfig.model_validate(config.public()) if config is not None else None)
+        return LsSetup(
+            model_version=lease.info["version"],
+            label_config=LsLabelConfig.model_validate(config.public()) if config is not None else None,
+        )
 
 
-@router.post("/labelstudio/predict", response_model=LsPredictions, response_model_exclude_unset=True,
-             summary="Label Studio ML backend: pre-annotations for tasks",
-             responses=errors(401, 403, 404, 413, 415, 422, 503, 504))
+@router.post(
+    "/labelstudio/predict",
+    response_model=LsPredictions,
+    response_model_exclude_unset=True,
+    summary="Label Studio ML backend: pre-annotations for tasks",
+    responses=errors(401, 403, 404, 413, 415, 422, 503, 504),
+)
 def ls_predict(body: LsPredictRequest, ctx: CtxDep, caller: Caller, models: ModelsDep) -> LsPredictions:
     tasks = [task.model_dump() for task in body.tasks]
     return LsPredictions.model_validate(predict_tasks(ctx, caller, tasks, models, label_config=body.label_config))
@@ -73,14 +87,17 @@ def ls_predict(body: LsPredictRequest, ctx: CtxDep, caller: Caller, models: Mode
 Writer = Annotated[Principal, Depends(require("annotations:write"))]
 
 
-@router.post("/labelstudio/webhook", response_model=LsWebhookAnswer,
-             summary="Label Studio webhook: annotations saved there become submitted revisions",
-             description="Register this URL as a webhook of the Label Studio project (with the header "
-                         "Authorization: Bearer <hazardlens API key>; the key's user authors the revisions). "
-                         "ANNOTATION_CREATED and ANNOTATION_UPDATED store the annotation's rectangles as a "
-                         "submitted revision of the task's sample (data.sample_id, or its image URL); other "
-                         "events are acknowledged and ignored.",
-             responses=errors(401, 403, 404, 413, 422))
+@router.post(
+    "/labelstudio/webhook",
+    response_model=LsWebhookAnswer,
+    summary="Label Studio webhook: annotations saved there become submitted revisions",
+    description="Register this URL as a webhook of the Label Studio project (with the header "
+    "Authorization: Bearer <hazardlens API key>; the key's user authors the revisions). "
+    "ANNOTATION_CREATED and ANNOTATION_UPDATED store the annotation's rectangles as a "
+    "submitted revision of the task's sample (data.sample_id, or its image URL); other "
+    "events are acknowledged and ignored.",
+    responses=errors(401, 403, 404, 413, 422),
+)
 def ls_webhook(body: LsWebhook, ctx: CtxDep, caller: Writer) -> LsWebhookAnswer:
     outcome = receive_webhook(ctx, caller, body.model_dump(by_alias=True))
     return LsWebhookAnswer.model_validate(outcome.as_dict())
