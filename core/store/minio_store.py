@@ -159,8 +159,8 @@ class MinioStore(ObjectStore):
         self.client.put_object(
             self.bucket,
             key,
-            source,
-            size if known else -1,  # type: ignore[arg-type]
+            source,  # type: ignore[arg-type]
+            size if known else -1,
             content_type=content_type or _DEFAULT_TYPE,
             part_size=self.part_size,
             num_parallel_uploads=1,
