@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -65,6 +66,9 @@ log = logging.getLogger(__name__)
 
 #: Longest wait the micro-batcher adds to a request to gather a batch (the issue caps it at 5 ms).
 MAX_WAIT_MS = 5.0
+
+#: A pinned model version as requests may name it (registry versions are "1", "2", ...).
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 
 
 class ModelUnavailable(HazardError):
@@ -502,9 +506,10 @@ class ModelManager:
         Conflict for an archived one.
         """
         if version is not None:
-            version = version.strip()
-            if not version or len(version) > 40:
-                raise Invalid("model version must be 1-40 characters", code="invalid_model_version")
+            if not VERSION_PATTERN.fullmatch(version):
+                raise Invalid(
+                    "model version must be 1-40 letters, digits, '.', '_' or '-'", code="invalid_model_version"
+                )
             lease = self._lease_pinned(version)
             if lease is not None:
                 return lease

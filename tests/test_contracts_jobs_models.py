@@ -227,9 +227,9 @@ def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
     assert {"400", "401", "403", "404", "413", "422"} <= set(imports["responses"])
     form = imports["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = schemas[form["$ref"].rsplit("/", 1)[1]] if "$ref" in form else form
-    assert form["properties"]["format"]["enum"] == ["coco", "yolo", "voc", "labelstudio"]
+    assert form["properties"]["format"]["enum"] == ["coco", "yolo", "voc", "labelstudio", "cvat"]
     assert form["properties"]["scope"]["enum"] == ["private", "shared"]
-    assert schemas["ExportIn"]["properties"]["format"]["enum"] == ["yolo", "coco", "labelstudio"]
+    assert schemas["ExportIn"]["properties"]["format"]["enum"] == ["yolo", "coco", "labelstudio", "cvat"]
 
 
 def test_the_python_client_answers_the_contract_models(

@@ -63,6 +63,14 @@ def test_load_with_promotion(ctx, serving_app, model_variants, live_server, make
         with httpx.Client(base_url=server.url, timeout=60, headers=auth(admin)) as http:
             assert http.post("/v1/models/hazardlens/2/promote", json={"stage": "production"}).status_code == 200
         time.sleep(DURATION_S / 2)
+        # The new version must take over while the load goes on; on a busy 2-core machine its ONNX export
+        # can take longer than the half-run above, so keep the load on (bounded) until it answers.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if versions["2"] > 0:
+                    break
+            time.sleep(0.5)
         stop.set()
         for t in threads:
             t.join(60)

@@ -47,7 +47,14 @@ Sector = Annotated[
     ),
 ]
 SectorQ = Annotated[str | None, Query(alias="sector", max_length=40, include_in_schema=False)]
-Version = Annotated[str | None, Form(max_length=40, description="pin a model version (default: production)")]
+Version = Annotated[
+    str | None,
+    Form(
+        max_length=40,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$",
+        description="pin a model version (default: production)",
+    ),
+]
 VersionQ = Annotated[str | None, Query(alias="model", max_length=40, include_in_schema=False)]
 DetectCaller = Annotated[Principal, Depends(require("detect"))]
 
