@@ -51,7 +51,7 @@ Version = Annotated[
     str | None,
     Form(
         max_length=40,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$",
+        pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,39})?$",
         description="pin a model version (default: production)",
     ),
 ]
