@@ -186,10 +186,12 @@ def _batch(
     )
     pending = iter(answers)
     results: list[dict[str, Any]] = []
+    failures: list[HazardError] = []
     for index, (f, payload) in enumerate(zip(files, payloads, strict=True)):
         item: dict[str, Any] = {"index": index, "filename": f.filename}
         outcome = payload if isinstance(payload, HazardError) else next(pending)
         if isinstance(outcome, HazardError):
+            failures.append(outcome)
             item["error"] = {"code": outcome.code, "message": outcome.message}
         else:
             body = _body(ctx, outcome, sector, threshold, started)
@@ -202,6 +204,10 @@ def _batch(
                 }
             )
         results.append(item)
+    if failures and len(failures) == len(payloads):
+        # Nothing in the batch was an image: the caller's request is wrong, answered as the single-photo
+        # route would answer its first file (a batch with at least one image answers 200, per file).
+        raise failures[0]
     total = round((time.perf_counter() - started) * 1000, 2)
     return {"model": model, "results": results, "timing_ms": {"total": total}}
 
@@ -210,7 +216,7 @@ def _batch(
     "/v1/detect/batch",
     summary=f"Suggest hazards on up to {MAX_BATCH_FILES} photos",
     response_model=BatchResponse,
-    responses=errors(401, 403, 404, 408, 409, 413, 422, 503, 504),
+    responses=errors(401, 403, 404, 408, 409, 413, 415, 422, 503, 504),
 )
 def detect_batch(
     _: DetectCaller,
