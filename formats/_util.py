@@ -39,6 +39,16 @@ def image_size(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def readable_size(report: ImportReport, path: Path, where: str, name: str | None) -> tuple[int, int] | None:
+    """``image_size`` for a reader: an unreadable file is refused in the report (as ``name``) and
+    answers None, so one broken image never stops the rest of an import."""
+    try:
+        return image_size(path)
+    except Exception as e:
+        report.refuse_image("unreadable", where, f"{name + ': ' if name else ''}not a readable image ({e})")
+        return None
+
+
 def to_number(value: object) -> tuple[float | None, bool]:
     """``(number or None, came_as_string)``. Booleans are refused: ``True`` is not a coordinate."""
     if isinstance(value, bool):

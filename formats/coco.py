@@ -24,8 +24,8 @@ from ._util import (
     clip_for_export,
     dedupe,
     fmt_num,
-    image_size,
     list_images,
+    readable_size,
     safe_relative,
     to_number,
     write_image,
@@ -161,11 +161,10 @@ class _Images:
         if not path.is_file():
             report.missing_files.append(rel)
             return None
-        try:
-            width, height = image_size(path)
-        except Exception as e:
-            report.refuse_image("unreadable", where, f"{rel}: not a readable image ({e})")
+        size = readable_size(report, path, where, rel)
+        if size is None:
             return None
+        width, height = size
         record = ImportRecord(path, rel, width, height)
         check_size(report, record, im.get("width"), im.get("height"), where)
         return record

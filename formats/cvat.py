@@ -30,8 +30,8 @@ from ._util import (
     checked_box,
     clip_for_export,
     dedupe,
-    image_size,
     list_images,
+    readable_size,
     safe_relative,
     to_number,
     write_image,
@@ -139,11 +139,10 @@ def read_cvat(annotations_xml: Path | str, images_dir: Path | str | None = None)
             report.refuse_image("duplicate_file_name", where, f"{image.name} is listed twice; skipped")
             continue
         used.add(image)
-        try:
-            width, height = image_size(image)
-        except Exception as e:
-            report.refuse_image("unreadable", where, f"{image.name}: not a readable image ({e})")
+        size = readable_size(report, image, where, image.name)
+        if size is None:
             continue
+        width, height = size
         record = ImportRecord(image, image.relative_to(root).as_posix(), width, height)
         check_size(report, record, el.get("width"), el.get("height"), where)
         shapes = list(el)

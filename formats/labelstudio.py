@@ -17,7 +17,16 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 from hazardlens.detections import Box
 from hazardlens.errors import Invalid, NotFound
 
-from ._util import IMAGE_SUFFIXES, check_export, check_size, checked_box, clip_for_export, dedupe, image_size, to_number
+from ._util import (
+    IMAGE_SUFFIXES,
+    check_export,
+    check_size,
+    checked_box,
+    clip_for_export,
+    dedupe,
+    readable_size,
+    to_number,
+)
 from .records import ExportItem, ExportResult, ImportRecord, ImportReport, ReadResult
 
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")  # Label Studio renames uploads to "<8 hex>-name"
@@ -179,11 +188,10 @@ def read_labelstudio(tasks_json: Path | str, images_dir: Path | str, *, image_ke
             report.refuse_image("duplicate_file_name", where, f"{image.name} already imported from {seen[image]}")
             continue
         seen[image] = where
-        try:
-            width, height = image_size(image)
-        except Exception as e:
-            report.refuse_image("unreadable", where, f"{image.name}: not a readable image ({e})")
+        size = readable_size(report, image, where, image.name)
+        if size is None:
             continue
+        width, height = size
         record = ImportRecord(image, image.relative_to(root).as_posix(), width, height)
         results = annotation.get("result") or []
         if not isinstance(results, list):

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from hazardlens.errors import NotFound
 
-from ._util import IMAGE_SUFFIXES, check_size, checked_box, dedupe, image_size, list_images, safe_relative, to_number
+from ._util import IMAGE_SUFFIXES, check_size, checked_box, dedupe, list_images, readable_size, safe_relative, to_number
 from .records import ImportRecord, ImportReport, ReadResult
 
 
@@ -76,11 +76,10 @@ def read_voc(directory: Path | str) -> ReadResult:
         used.add(image)
         if filename and PurePosixPath(filename.replace("\\", "/")).name != image.name:
             report.repair("file_name", where, f"filename {filename!r} not found; used {image.name}")
-        try:
-            width, height = image_size(image)
-        except Exception as e:
-            report.refuse_image("unreadable", where, f"{image.name}: not a readable image ({e})")
+        dims = readable_size(report, image, where, image.name)
+        if dims is None:
             continue
+        width, height = dims
         record = ImportRecord(image, image.relative_to(folder).as_posix(), width, height)
         size = top.find("size")
         check_size(report, record, _text(size, "width"), _text(size, "height"), where)

@@ -25,9 +25,9 @@ from ._util import (
     checked_box,
     clip_for_export,
     dedupe,
-    image_size,
     list_images,
     normalise_split,
+    readable_size,
     safe_relative,
     write_image,
 )
@@ -140,11 +140,10 @@ def read_yolo(directory: Path | str, class_names: Sequence[str] | None = None) -
             )
             file_name = rel_image
         file_names.add(file_name)
-        try:
-            width, height = image_size(image)
-        except Exception as e:
-            report.refuse_image("unreadable", rel_image, f"not a readable image ({e})")
+        size = readable_size(report, image, rel_image, None)
+        if size is None:
             continue
+        width, height = size
         record = ImportRecord(image, file_name, width, height, split=split)
         if label.is_file():
             used_labels.add(label)
