@@ -48,7 +48,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -61,6 +61,7 @@ from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.contracts.detections import class_text, detections_public
 from hazardlens.datasets import library
+from hazardlens.dates import iso
 from hazardlens.detections import Box, box_iou
 from hazardlens.detector import DEFAULT_CONF, Detector, Tiling, detection_taxonomy, relevant
 from hazardlens.errors import Conflict, Invalid, NotFound
@@ -88,12 +89,6 @@ class PhotoMeta:
     captured_at: datetime | None = None
     item_codes: Sequence[str] = ()
     original_name: str | None = None
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
 
 
 def check_record_no(record_no: str) -> str:
@@ -158,7 +153,7 @@ def finding_dict(taxonomy: Taxonomy, f: Finding, rules: RuleSet | None = None) -
         "status": f.status,
         "review": f.review,
         "revision_id": f.revision_id,
-        "reviewed_at": _iso(f.reviewed_at),
+        "reviewed_at": iso(f.reviewed_at),
     }
     rule = (rules if rules is not None else default_rules()).get(f.rule) if f.rule else None
     if rule is not None:
@@ -350,8 +345,8 @@ def record_photo(
         "enterprise_id": enterprise,
         "inspector_id": inspector,
         "item_codes": items,
-        "captured_at": _iso(photo.captured_at),
-        "created_at": _iso(now),
+        "captured_at": iso(photo.captured_at),
+        "created_at": iso(now),
         "model": {"name": str(model.get("name", "")), "version": version},
         "image": {"width": int(size[0]), "height": int(size[1])},
         "findings": [finding_dict(tax, f, rules) for f in findings],
@@ -437,8 +432,8 @@ def get_inspection(
                 "enterprise_id": p.enterprise_id,
                 "inspector_id": p.inspector_id,
                 "item_codes": list(p.item_codes or []),
-                "captured_at": _iso(p.captured_at),
-                "created_at": _iso(p.created_at),
+                "captured_at": iso(p.captured_at),
+                "created_at": iso(p.created_at),
                 "model": stored.get("model"),
                 "image": stored.get("image"),
                 "findings": [finding_dict(taxonomy, f, rules) for f in by_photo[p.id]],

@@ -20,6 +20,7 @@ from hazardlens.audit import record
 from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.datasets.library import get_sample
+from hazardlens.dates import iso
 from hazardlens.detections import Box, Detections
 from hazardlens.detector import DEFAULT_CONF, Detector, detect_relevant
 from hazardlens.errors import Conflict, Invalid, NotFound
@@ -38,7 +39,7 @@ def suggestion_dict(s: Suggestion) -> dict[str, Any]:
         "status": s.status,
         "boxes": list(s.boxes),
         "created_by": s.created_by,
-        "created_at": s.created_at.isoformat() if s.created_at else None,
+        "created_at": iso(s.created_at),
     }
 
 
