@@ -44,6 +44,9 @@ class Organisation(Base):
     code: Mapped[str] = mapped_column(String(12), primary_key=True)  # province/city code, e.g. 420000
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The organisation's own choices (hazardlens.labeling.inspection_records.CaptureSettings), e.g.
+    # keep_original_photos; unknown keys are kept as they are.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
 
 
 class User(Base):
