@@ -34,7 +34,8 @@ class Base(DeclarativeBase):
 
 # --- organisations, users, keys -------------------------------------------------------------
 
-ROLES = ("inspector", "curator", "reviewer", "admin", "service")
+#: ``legal``: the bureau's legal reviewers (法制审核), who approve or reject provincial taxonomy additions.
+ROLES = ("inspector", "curator", "reviewer", "admin", "service", "legal")
 SCOPES = ("private", "shared")
 SOURCES = ("inspection", "import", "feedback")
 
@@ -165,6 +166,10 @@ class TaxonomyAddition(Base):
     reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The mandatory clause the addition rests on (required at proposal), and the legal reviewer's reason.
+    legal_text: Mapped[str | None] = mapped_column(Text, default=None)
+    legal_citation: Mapped[str | None] = mapped_column(String(500), default=None)
+    review_reason: Mapped[str | None] = mapped_column(Text, default=None)
     __table_args__ = (UniqueConstraint("kind", "key"),)
 
 
@@ -325,3 +330,70 @@ class Finding(Base):
     reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- federation (province <-> ministry, issue 17) ----------------------------------------------
+
+
+class Peer(Base):
+    """Another hazardlens instance this one talks to, known by its Ed25519 public key. ``allow`` is
+    what the peer may pull from here (``samples``, ``models``, ``taxonomy``) or push (``feedback``)."""
+
+    __tablename__ = "peers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(60), unique=True)
+    url: Mapped[str] = mapped_column(String(500))
+    public_key: Mapped[str] = mapped_column(String(64))  # base64 of the 32 raw bytes
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)  # sha256 of the raw key, 16 hex
+    org_code: Mapped[str | None] = mapped_column(String(12), default=None)  # the peer's own organisation
+    allow: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SyncState(Base):
+    """Where the last pull from a peer stopped (its change cursor), committed with what it brought."""
+
+    __tablename__ = "sync_state"
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peers.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class FederatedSample(Base):
+    """A local sample that came from a peer: its origin (instance, organisation, sample id) and the
+    provenance of the approved revision it carries. ``withdrawn_at`` once the origin stopped sharing it."""
+
+    __tablename__ = "federated_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peers.id"))
+    origin_sample_id: Mapped[int] = mapped_column(BigInteger)
+    origin_org: Mapped[str] = mapped_column(String(12))
+    local_sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    origin_revision_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    __table_args__ = (UniqueConstraint("peer_id", "origin_sample_id", name="uq_federated_samples_origin"),)
+
+
+class FederationFeedback(Base):
+    """Inspector feedback counts a peer reported for one model version and class (totals, replaced on
+    each report): what the ministry reads a model's field precision from."""
+
+    __tablename__ = "federation_feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peers.id"))
+    model_name: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(100))
+    class_key: Mapped[str] = mapped_column(String(80))
+    confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    corrected: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (
+        UniqueConstraint("peer_id", "model_name", "model_version", "class_key", name="uq_federation_feedback"),
+    )
