@@ -213,6 +213,9 @@ class Suggestion(Base):
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | accepted | dismissed
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the pre-labelling job that made it (None: asked for by hand); one per job and sample
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", name="fk_suggestions_job_id"), default=None)
+    __table_args__ = (Index("uq_suggestions_job_sample", "job_id", "sample_id", unique=True),)
 
 
 class Assignment(Base):
@@ -288,6 +291,36 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the lease of whoever runs it (a Celery worker or the embedded runner): a heartbeat older than
+    # settings.job_lease_s means its runner died and another may take the job over
+    owner: Mapped[str | None] = mapped_column(String(120), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    shards: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 0: not sharded
+    queue: Mapped[str | None] = mapped_column(String(20), default=None)
+
+
+class JobShard(Base):
+    """One shard of a sharded job (a few hundred samples): run, leased and retried on its own."""
+
+    __tablename__ = "job_shards"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)
+    items: Mapped[list[Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="queued", server_default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    owner: Mapped[str | None] = mapped_column(String(120), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (
+        UniqueConstraint("job_id", "idx", name="uq_job_shards_job_idx"),
+        Index("ix_job_shards_job_status", "job_id", "status"),
+    )
 
 
 # --- inspections (执法检查) and findings --------------------------------------------------------
