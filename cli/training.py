@@ -29,6 +29,24 @@ def _metric(card: dict[str, Any] | None, split: str, key: str) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "–"
 
 
+def _rules_table(rows: list[dict[str, Any]], title: str) -> Table:
+    rt = Table("rule", "source", "labelled", "findings", "TP", "FP", "FN", "P", "R", "AP", title=title)
+    for row in rows:
+        rt.add_row(
+            row["rule"],
+            row["tag"] or "all",
+            str(row["n_gt"]),
+            str(row["findings"]),
+            str(row["tp"]),
+            str(row["fp"]),
+            str(row["fn"]),
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['ap']:.3f}",
+        )
+    return rt
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @friendly_errors
@@ -191,31 +209,7 @@ def register(app: typer.Typer) -> None:
                     )
                 console.print(per)
             if r.rules:
-                rt = Table(
-                    "rule",
-                    "source",
-                    "labelled",
-                    "TP",
-                    "FP",
-                    "FN",
-                    "P",
-                    "R",
-                    "AP",
-                    title=f"{r.label}: rule findings against their evidence class",
-                )
-                for row in r.rules:
-                    rt.add_row(
-                        row["rule"],
-                        row["tag"] or "all",
-                        str(row["n_gt"]),
-                        str(row["tp"]),
-                        str(row["fp"]),
-                        str(row["fn"]),
-                        f"{row['precision']:.3f}",
-                        f"{row['recall']:.3f}",
-                        f"{row['ap']:.3f}",
-                    )
-                console.print(rt)
+                console.print(_rules_table(r.rules, f"{r.label}: rule findings against their evidence class"))
             if r.partial_labels:
                 dropped = r.partial_labels.get("not_scored", {})
                 console.print(
@@ -224,6 +218,8 @@ def register(app: typer.Typer) -> None:
                     f"{dropped.get('predictions', 0)} prediction(s), {dropped.get('labels', 0)} label(s)"
                 )
         print(md)
+
+    _register_rules(app)
 
     models = typer.Typer(no_args_is_help=True, help="Model registry: list, promote, roll back, export, import.")
     app.add_typer(models, name="models")
@@ -323,3 +319,31 @@ def register(app: typer.Typer) -> None:
             mv = import_model(ctx, s, principal, folder, stage=stage, version=version)
             console.print(f"imported {mv.name} {mv.version} as {mv.stage}")
             print(f"{mv.name}:{mv.version}")
+
+
+def _register_rules(app: typer.Typer) -> None:
+    rules = typer.Typer(no_args_is_help=True, help="Derived-finding rules (configs/rules.yaml).")
+    app.add_typer(rules, name="rules")
+
+    @rules.command("score")
+    @friendly_errors
+    def rules_score(
+        eval_dir: Path = typer.Argument(..., help="folder of an earlier `hazardlens evaluate --out`"),
+        rules_file: Path | None = typer.Option(
+            None, "--rules", help="rules YAML to score instead of the configured one (e.g. a changed copy)"
+        ),
+        as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+    ) -> None:
+        """Score rules again on the detections an evaluation saved, without running the model: how a
+        change to a rule (a confidence floor, a region) moves its precision and recall, per source.
+        Choose on a validation split's evaluation, report on the test split's."""
+        from hazardlens.rules import RuleSet, default_rules
+        from hazardlens.training.evaluate import rescore_rules
+
+        ctx = _ready()
+        ruleset = RuleSet.load(rules_file, ctx.taxonomy()) if rules_file else default_rules(ctx)
+        rows = rescore_rules(eval_dir, ruleset)
+        if as_json:
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+        else:
+            console.print(_rules_table(rows, f"rules of {rules_file or 'the configuration'} on {eval_dir}"))

@@ -92,6 +92,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unknown_item": _c(422, "no such inspection item"),
     "unknown_class": _c(422, "a class the taxonomy does not have"),
     "unknown_classes": _c(422, "a class map names classes the taxonomy cannot use"),
+    "missing_legal_clause": _c(422, "a provincial item or class proposed without its legal clause (text and citation)"),
+    "duplicate_addition": _c(409, "an item or class with this key was already proposed"),
     # -- annotation and review ------------------------------------------------------------------------
     "invalid_boxes": _c(422, "boxes are malformed or outside the image"),
     "invalid_note": _c(422, "a revision note is too long"),
@@ -105,12 +107,14 @@ ERROR_CODES: dict[str, ErrorCode] = {
     # -- inspections and findings ---------------------------------------------------------------------
     "invalid_record_no": _c(422, "an inspection record number is malformed"),
     "record_not_found": _c(404, "no such inspection record"),
+    "rule_inputs_not_found": _c(404, "the evaluation folder holds no saved rule inputs (rule_inputs.json)"),
     "finding_not_found": _c(404, "no such finding"),
-    "already_reviewed": _c(409, "the finding was already confirmed or rejected"),
-    "invalid_decision": _c(422, "a finding decision other than confirm or reject"),
+    "already_reviewed": _c(409, "the finding (or taxonomy addition) was already confirmed or rejected"),
+    "invalid_decision": _c(422, "a finding (or legal review) decision other than confirm/approve or reject"),
     "invalid_review": _c(422, "a review that contradicts its decision"),
     "invalid_idempotency_key": _c(422, "the Idempotency-Key header is malformed"),
     "idempotency_key_reused": _c(422, "the Idempotency-Key was used for a different request"),
+    "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     # -- labelled dataset import and export -----------------------------------------------------------
     "invalid_format": _c(422, "not a dataset format hazardlens reads or writes"),
     "invalid_class_map": _c(422, "the class map is not valid YAML or not a shipped name"),

@@ -538,6 +538,68 @@ def score_rules(
     return rows
 
 
+#: Written beside report.json: what the rules saw, so that a changed rules.yaml can be scored again
+#: without running the model (``hazardlens rules score EVAL_DIR``), e.g. to choose a rule's
+#: confidence floor on the validation split.
+RULE_INPUTS_FILE = "rule_inputs.json"
+
+
+def write_rule_inputs(
+    path: Path,
+    predictions: dict[str, dict[str, np.ndarray]],
+    items: dict[str, dict[str, Any] | None],
+    model_classes: list[str],
+    groups: dict[str, list[str]],
+    det_conf: float = RULE_DETECTION_CONF,
+) -> None:
+    """The rules' inputs of one evaluation: predictions at or above ``det_conf`` (all a rule is ever
+    given), each image's labelled boxes, size and unlabelled classes, and the per-source groups."""
+    preds = {}
+    for name, pred in predictions.items():
+        keep = pred["conf"] >= det_conf
+        preds[name] = {
+            "xyxy": np.round(pred["xyxy"][keep].reshape(-1, 4).astype(float), 2).tolist(),
+            "conf": np.round(pred["conf"][keep].astype(float), 5).tolist(),
+            "cls": [int(c) for c in pred["cls"][keep]],
+        }
+    slim = {
+        name: (
+            {
+                "width": it.get("width"),
+                "height": it.get("height"),
+                "unlabeled_classes": list(it.get("unlabeled_classes") or []),
+                "boxes": [
+                    {k: b[k] for k in ("class_key", "x1", "y1", "x2", "y2") if k in b} for b in it.get("boxes", [])
+                ],
+            }
+            if it
+            else None
+        )
+        for name, it in items.items()
+    }
+    body = {"model_classes": model_classes, "det_conf": det_conf, "predictions": preds, "items": slim, "groups": groups}
+    path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+
+
+def rescore_rules(eval_dir: Path, ruleset: Any) -> list[dict[str, Any]]:
+    """:func:`score_rules` of ``ruleset`` on the inputs an earlier evaluation saved in ``eval_dir``."""
+    path = Path(eval_dir) / RULE_INPUTS_FILE
+    if not path.is_file():
+        raise NotFound(f"{path} not found: evaluate with the rule layer on first", code="rule_inputs_not_found")
+    body = json.loads(path.read_text(encoding="utf-8"))
+    predictions = {
+        name: {
+            "xyxy": np.asarray(p["xyxy"], dtype=np.float32).reshape(-1, 4),
+            "conf": np.asarray(p["conf"], dtype=np.float32),
+            "cls": np.asarray(p["cls"], dtype=np.int64),
+        }
+        for name, p in body["predictions"].items()
+    }
+    return score_rules(
+        ruleset, predictions, body["items"], list(body["model_classes"]), body["groups"], float(body["det_conf"])
+    )
+
+
 # ---- evaluation ---------------------------------------------------------------------------------
 
 
@@ -716,6 +778,14 @@ def evaluate(
         if ruleset
         else []
     )
+    if ruleset:
+        write_rule_inputs(
+            out / RULE_INPUTS_FILE,
+            validator.hl_predictions,
+            item_of,
+            model_classes,
+            {g: [r["im_name"] for r in recs] for g, recs in groups.items()},
+        )
     plots = {p.name: str(p) for p in sorted(out.iterdir()) if p.suffix.lower() in (".png", ".jpg")}
     report = EvalReport(
         model=model_info,
