@@ -44,6 +44,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "taxonomy:approve": frozenset({"admin"}),
     "audit:read": frozenset({"curator", "reviewer", "admin"}),
     "keys:manage": frozenset({"admin"}),
+    "organisation:settings": frozenset({"admin"}),  # the organisation's own choices (capture settings)
 }
 
 

@@ -115,6 +115,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_idempotency_key": _c(422, "the Idempotency-Key header is malformed"),
     "idempotency_key_reused": _c(422, "the Idempotency-Key was used for a different request"),
     "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
+    "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     # -- labelled dataset import and export -----------------------------------------------------------
     "invalid_format": _c(422, "not a dataset format hazardlens reads or writes"),
     "invalid_class_map": _c(422, "the class map is not valid YAML or not a shipped name"),

@@ -74,6 +74,7 @@ DECISIONS = ("confirmed", "rejected")
 HARD_NEGATIVE_TAG = "hard_negative"
 MAX_RECORD_NO = 200
 MAX_KEY = 200
+MAX_REASON = 2000
 #: A confirmed box this close to a box of the same class already in the current revision is that box.
 SAME_BOX_IOU = 0.9
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -416,6 +417,7 @@ def get_inspection(
         from hazardlens.taxonomy import default_taxonomy
 
         taxonomy = default_taxonomy()
+    sectors = dict(session.execute(select(Sample.id, Sample.sector).where(Sample.id.in_({p.sample_id for p in photos}))).all())
     by_photo: dict[int, list[Finding]] = {p.id: [] for p in photos}
     for f in session.scalars(select(Finding).where(Finding.photo_id.in_(by_photo)).order_by(Finding.id)):
         by_photo[f.photo_id].append(f)
@@ -429,6 +431,7 @@ def get_inspection(
             {
                 "photo_id": p.id,
                 "sample_id": p.sample_id,
+                "sector": sectors.get(p.sample_id),
                 "enterprise_id": p.enterprise_id,
                 "inspector_id": p.inspector_id,
                 "item_codes": list(p.item_codes or []),
@@ -444,6 +447,16 @@ def get_inspection(
 
 
 # --- the inspector's decision ------------------------------------------------------------------
+
+
+def _check_reason(reason: str | None) -> str | None:
+    """An inspector's reason as kept: stripped, blank is none, bounded like a reviewer's reason."""
+    text = (reason or "").strip()
+    if not text:
+        return None
+    if len(text) > MAX_REASON:
+        raise Invalid(f"reason is longer than {MAX_REASON} characters", code="reason_too_long")
+    return _CONTROL.sub(" ", text)
 
 
 def _own_finding(session: Session, principal: Principal, finding_id: int) -> tuple[Finding, InspectionPhoto]:
@@ -474,10 +487,14 @@ def review_finding(
     decision: str,
     box: Mapping[str, Any] | None = None,
     class_key: str | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Record the inspector's decision on a suggested finding (see the module docstring for what
-    each decision does to the library). A finding is decided once: a second review is a Conflict."""
+    each decision does to the library). A finding is decided once: a second review is a Conflict.
+    ``reason`` (why it is rejected, or what a correction fixed) is kept in the finding's review, so
+    whoever studies the model's false positives reads the inspector's own words."""
     principal.require("findings:review")
+    reason = _check_reason(reason)
     if decision not in DECISIONS:
         raise Invalid(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}", code="invalid_decision")
     if decision == "rejected" and (box is not None or class_key is not None):
@@ -499,6 +516,8 @@ def review_finding(
         "by_id": principal.user_id,
         "at": now.isoformat(),
     }
+    if reason is not None:
+        review["reason"] = reason
     revision: AnnotationRevision | None = None
     if decision == "confirmed":
         key = class_key.strip() if isinstance(class_key, str) and class_key.strip() else finding.class_key

@@ -165,6 +165,7 @@ class PhotoResponse(Answer):
 class InspectionPhoto(Answer):
     photo_id: int
     sample_id: int
+    sector: str | None = Field(None, description="sector of the photo's sample")
     enterprise_id: str | None
     inspector_id: str | None
     item_codes: list[str]

@@ -131,6 +131,11 @@ class ReviewRequest(BaseModel):
     decision: Literal["confirmed", "rejected"]
     box: Box | None = Field(None, description="corrected box in original pixels (confirmed only)")
     class_key: str | None = Field(None, max_length=80, description="corrected class (confirmed only)")
+    reason: str | None = Field(
+        None,
+        max_length=inspections.MAX_REASON,
+        description="why it is rejected (or what a correction fixed), kept in the finding's review",
+    )
 
 
 @router.post(
@@ -154,4 +159,5 @@ def review_finding(
             body.decision,
             box=body.box.model_dump() if body.box is not None else None,
             class_key=body.class_key,
+            reason=body.reason,
         )
