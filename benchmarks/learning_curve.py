@@ -164,7 +164,9 @@ def main() -> None:
     replay = old_pool[: args.replay]
 
     new_test = _write_eval_set(args.out, "new", [p for p in _split_images(export, "test") if p.name in partial], names)
-    old_val = _write_eval_set(args.out, "old", [p for p in _split_images(export, "val") if p.name not in partial], names)
+    old_val = _write_eval_set(
+        args.out, "old", [p for p in _split_images(export, "val") if p.name not in partial], names
+    )
 
     results_path = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -179,7 +181,10 @@ def main() -> None:
         "new_pool": len(new_pool),
     }
     if "0" not in results:
-        results["0"] = {"new": _evaluate(args.weights, new_test, args.imgsz), "old": _evaluate(args.weights, old_val, args.imgsz)}
+        results["0"] = {
+            "new": _evaluate(args.weights, new_test, args.imgsz),
+            "old": _evaluate(args.weights, old_val, args.imgsz),
+        }
         results_path.write_text(json.dumps(results, indent=2))
     others = [n for n in names if n != "head"]
     for count in args.counts:
