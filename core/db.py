@@ -6,11 +6,12 @@ a fresh home and an old one take the same path.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from hazardlens.settings import Settings
@@ -19,9 +20,11 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, *, write: bool = True) -> Engine:
-    """``write=False`` gives SQLite connections that begin deferred transactions: in WAL mode such a
-    reader never waits for a writer, so a lookup made while another session holds the write lock
-    (even the caller's own) cannot deadlock."""
+    """``write=False`` gives SQLite connections that begin deferred transactions and refuse to write
+    (``PRAGMA query_only``): in WAL mode such a reader never waits for a writer and never makes a
+    writer wait, so a lookup made while another session holds the write lock (even the caller's
+    own) cannot deadlock, and a read path that writes by mistake fails loudly instead of taking the
+    lock (issue 13, item 7)."""
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and ":memory:" not in url:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +38,8 @@ def make_engine(url: str, *, write: bool = True) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            if not write:
+                cur.execute("PRAGMA query_only=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -72,14 +77,28 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _read_only_transaction(_session: Session, _transaction: object, connection: Connection) -> None:
+    # PostgreSQL: the read session's transaction is READ ONLY, so a read path that writes by mistake
+    # fails there as it does on SQLite (query_only).
+    connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
 class Database:
-    """Engine + session factory for one catalogue."""
+    """Engine + session factory for one catalogue.
+
+    Two kinds of session (issue 13, item 7): :meth:`session` for a unit of work that writes (on
+    SQLite it takes the write lock at its first statement, ``BEGIN IMMEDIATE``, and holds it to the
+    commit, so keep CPU and I/O out of it), and :meth:`read_session` for lookups (authentication,
+    every GET, the model poller, readiness): deferred and read-only, it never takes the write lock,
+    so readers never make a writer wait or fail with ``database is locked``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine: Engine | None = None
+        self._read_lock = threading.Lock()
 
     def init(self) -> None:
         upgrade(self.engine)
@@ -100,20 +119,31 @@ class Database:
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A session for lookups only (never commits): on SQLite it does not take the write lock."""
-        if self._read_engine is None:
-            url = self.settings.database
-            self._read_engine = make_engine(url, write=False) if url.startswith("sqlite") else self.engine
-        s = Session(self._read_engine, expire_on_commit=False)
+        s = Session(self.read_engine, expire_on_commit=False)
+        if self.read_engine is self.engine:  # PostgreSQL: one engine, read-only transactions
+            event.listen(s, "after_begin", _read_only_transaction)
         try:
             yield s
         finally:
-            s.rollback()
+            # close() ends the transaction without expiring what was loaded (rollback() would), so the
+            # rows stay readable after the session, as they do after a write session's commit.
             s.close()
 
+    @property
+    def read_engine(self) -> Engine:
+        """The engine of :meth:`read_session` (SQLite: deferred, query_only connections; otherwise
+        the one engine)."""
+        with self._read_lock:
+            if self._read_engine is None:
+                url = self.settings.database
+                self._read_engine = make_engine(url, write=False) if url.startswith("sqlite") else self.engine
+            return self._read_engine
+
     def ping(self) -> None:
+        """A readiness probe: a read, which on SQLite never waits for (or blocks) a writer."""
         from sqlalchemy import text
 
-        with self.engine.connect() as conn:
+        with self.read_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:

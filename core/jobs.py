@@ -207,7 +207,7 @@ class JobRunner:
 
     def get_job(self, job_id: int, principal: Principal | None = None) -> Job:
         """Admins see every job; others the jobs of their own organisation (another's is a 404)."""
-        with self.ctx.db.session() as session:
+        with self.ctx.db.read_session() as session:
             job = session.get(Job, job_id)
             if job is None or not self._visible(session, job, principal):
                 raise NotFound(f"no job {job_id}", code="job_not_found")
@@ -231,7 +231,7 @@ class JobRunner:
         if principal is not None and principal.role != "admin":
             own_org = select(User.id).where(User.org_code == principal.org_code)
             q = q.where(Job.created_by.in_(own_org))
-        with self.ctx.db.session() as session:
+        with self.ctx.db.read_session() as session:
             return list(session.scalars(q))
 
     @staticmethod

@@ -20,7 +20,7 @@ def check_dataset(ctx: Context, params: TrainJobParams | DatasetExportJobParams,
     """A dataset the caller cannot see fails the request now (404), not the job later."""
     from hazardlens.datasets.versions import resolve
 
-    with ctx.db.session() as session:
+    with ctx.db.read_session() as session:
         resolve(session, params.dataset, principal if principal.user_id is not None else None)
 
 

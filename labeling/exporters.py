@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -209,6 +210,7 @@ def export_library(
     image_url_prefix: str = LABELSTUDIO_PREFIX,
     sample_url_prefix: str | None = None,
     yaml_name: str = "data.yaml",
+    audit_session: Callable[[], AbstractContextManager[Session]] | None = None,
 ) -> ExportResult:
     """Write the visible samples with a revision in ``status`` to ``out_dir`` (empty or new).
 
@@ -218,7 +220,11 @@ def export_library(
     ``data.image`` is ``image_url_prefix`` + the file name (Label Studio serving the export folder as
     local files), or with ``sample_url_prefix`` (e.g. ``http://host:8000/v1/samples/``) the sample's
     image URL ``<prefix><id>/image`` on this service. ``yaml_name`` ``dataset.yaml`` names the YOLO
-    dataset file as FiftyOne's YOLOv5 reader expects it. CVAT gets ``annotations.xml`` + ``images/``."""
+    dataset file as FiftyOne's YOLOv5 reader expects it. CVAT gets ``annotations.xml`` + ``images/``.
+
+    ``audit_session`` (e.g. ``ctx.db.session``): the audit event is written in a session of its own,
+    opened after the files are written, so that ``session`` may be a read session and the export's
+    reads, image copies and file writes never run under the catalogue's write lock (issue 13, item 7)."""
     principal.require("labeling:export")
     if sample_url_prefix is not None and not _URL_PREFIX.fullmatch(sample_url_prefix):
         raise Invalid(
@@ -297,15 +303,14 @@ def export_library(
         names,
         [s.id for s, _ in rows],
     )
-    audit(
-        session,
-        principal,
-        "labeling.export",
-        "export",
-        fmt,
-        after={k: v for k, v in export.as_dict().items() if k not in ("path", "sample_ids")}
-        | {"filters": {k: str(v) for k, v in to_filter(filters).params().items()}},
-    )
+    after = {k: v for k, v in export.as_dict().items() if k not in ("path", "sample_ids")} | {
+        "filters": {k: str(v) for k, v in to_filter(filters).params().items()}
+    }
+    if audit_session is None:
+        audit(session, principal, "labeling.export", "export", fmt, after=after)
+    else:
+        with audit_session() as writer:
+            audit(writer, principal, "labeling.export", "export", fmt, after=after)
     return export
 
 
@@ -319,7 +324,6 @@ def _drop_yaml_path(data_yaml: Path) -> None:
 
 def export_zip(
     ctx: Context,
-    session: Session,
     principal: Principal,
     fmt: ExportFormat | str,
     *,
@@ -331,7 +335,18 @@ def export_zip(
     imports back as it is."""
     work = Path(tempfile.mkdtemp(prefix="hl-export-"))
     try:
-        result = export_library(ctx, session, principal, fmt, work / "export", status=status, filters=filters)
+        # Read through a read session; the one audit row is written in a short write session after.
+        with ctx.db.read_session() as session:
+            result = export_library(
+                ctx,
+                session,
+                principal,
+                fmt,
+                work / "export",
+                status=status,
+                filters=filters,
+                audit_session=ctx.db.session,
+            )
         if fmt == "yolo":
             _drop_yaml_path(result.path)
         zip_path = work / f"hazardlens-{fmt}-{status}.zip"

@@ -289,7 +289,7 @@ def predict_tasks(
     results: list[dict[str, Any]] = []
     for start in range(0, len(tasks), CHUNK):
         chunk = tasks[start : start + CHUNK]
-        with ctx.db.session() as session:
+        with ctx.db.read_session() as session:  # reads the store too: never under the write lock
             images = [_image_bytes(ctx, session, principal, task, config.image_key, local_prefixes) for task in chunk]
         results.extend(_prediction(ctx, detector, data, config, conf, version) for data in images)
     return {"results": results}

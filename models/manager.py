@@ -370,7 +370,7 @@ class ModelManager:
         errors raise. Concurrent calls are serialised."""
         with self._refresh_lock:
             self._last_check = time.monotonic()
-            with self.ctx.db.session() as s:
+            with self.ctx.db.read_session() as s:  # polled every few seconds: never the write lock
                 mv = production_model(s, self.name)
                 want = ModelSpec.of(mv) if mv is not None else None
                 pinned = list(self._pinned)
@@ -481,7 +481,7 @@ class ModelManager:
 
     def _load(self, spec: ModelSpec, role: str) -> LoadedModel:
         start = time.perf_counter()
-        with self.ctx.db.session() as s:
+        with self.ctx.db.read_session() as s:
             mv = get_model(s, spec.name, spec.version)
         # Loaded outside the session: on SQLite an open transaction holds the write lock, and an
         # export can take minutes. The row's attributes stay readable (expire_on_commit=False).
@@ -553,7 +553,7 @@ class ModelManager:
             return ModelLease(self, model)
 
     def _load_pinned(self, version: str) -> ModelLease:
-        with self.ctx.db.session() as s:
+        with self.ctx.db.read_session() as s:
             spec = ModelSpec.of(get_model(s, self.name, version))
         if spec.stage == "archived":
             raise Conflict(

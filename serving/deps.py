@@ -19,7 +19,15 @@ def get_ctx(request: Request) -> Context:
 
 
 def get_session(ctx: Annotated[Context, Depends(get_ctx)]) -> Iterator[Session]:
+    """A unit of work that writes (on SQLite: the write lock from its first statement to the commit)."""
     with ctx.db.session() as session:
+        yield session
+
+
+def get_read_session(ctx: Annotated[Context, Depends(get_ctx)]) -> Iterator[Session]:
+    """A read-only session for GET routes: never takes SQLite's write lock, so reads never make a
+    writer wait (issue 13, item 7)."""
+    with ctx.db.read_session() as session:
         yield session
 
 
@@ -39,7 +47,8 @@ def _key_from(header: str) -> str | None:
 
 def get_principal(request: Request, ctx: Annotated[Context, Depends(get_ctx)]) -> Principal:
     key = _key_from(request.headers.get("authorization", ""))
-    with ctx.db.session() as session:
+    # Authentication only reads: a read session, so that no request holds the write lock to check its key.
+    with ctx.db.read_session() as session:
         principal = authenticate(session, key)
     request.state.principal = principal
     return principal
@@ -60,4 +69,5 @@ CtxDep = Annotated[Context, Depends(get_ctx)]
 # scope="function": commit (or roll back) before the response is sent, so a 201 is never followed by a
 # failed commit and a client's next read always sees what it was just told.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

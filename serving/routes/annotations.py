@@ -29,7 +29,7 @@ from hazardlens.labeling import agreement as agreement_mod
 from hazardlens.labeling import annotations as annotation_ops
 from hazardlens.labeling import queues, suggestions
 from hazardlens.labeling.annotations import MAX_BOXES, MAX_REASON
-from hazardlens.serving.deps import CtxDep, PrincipalDep, SessionDep, require
+from hazardlens.serving.deps import CtxDep, PrincipalDep, ReadSessionDep, SessionDep, require
 from hazardlens.serving.schemas import errors
 
 router = APIRouter(tags=["labeling"])
@@ -89,7 +89,7 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 @router.get(
     "/v1/samples/{sample_id}/annotations", response_model=AnnotationStatePublic, responses=errors(401, 403, 404, 422)
 )
-def get_annotations(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
+def get_annotations(sample_id: int, session: ReadSessionDep, principal: Reader) -> dict[str, Any]:
     return annotation_ops.current(session, principal, sample_id)
 
 
@@ -115,7 +115,7 @@ def put_annotations(
 @router.get(
     "/v1/samples/{sample_id}/annotations/history", response_model=RevisionHistory, responses=errors(401, 403, 404, 422)
 )
-def get_history(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
+def get_history(sample_id: int, session: ReadSessionDep, principal: Reader) -> dict[str, Any]:
     return {"sample_id": sample_id, "revisions": annotation_ops.history(session, principal, sample_id)}
 
 
@@ -151,12 +151,12 @@ def reject(sample_id: int, body: RejectIn, session: SessionDep, principal: Revie
     response_model=AgreementPublic,
     responses=errors(401, 403, 404, 422),
 )
-def get_agreement(sample_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_agreement(sample_id: int, session: ReadSessionDep, principal: PrincipalDep) -> dict[str, Any]:
     return agreement_mod.agreement(session, principal, sample_id)
 
 
 @router.get("/v1/review/queue", response_model=ReviewQueue, responses=errors(401, 403, 422))
-def review_queue(session: SessionDep, principal: Reviewer, limit: Limit = 50) -> dict[str, Any]:
+def review_queue(session: ReadSessionDep, principal: Reviewer, limit: Limit = 50) -> dict[str, Any]:
     return {"items": agreement_mod.review_queue(session, principal, limit)}
 
 
@@ -169,18 +169,20 @@ def assign(
 
 
 @router.get("/v1/labeling/queue", response_model=Queue, responses=errors(401, 403, 422))
-def my_queue(session: SessionDep, principal: Writer, limit: Limit = 50, include_done: bool = False) -> dict[str, Any]:
+def my_queue(
+    session: ReadSessionDep, principal: Writer, limit: Limit = 50, include_done: bool = False
+) -> dict[str, Any]:
     return {"items": queues.my_queue(session, principal, limit, include_done)}
 
 
 @router.get("/v1/labeling/queue/next", response_model=QueueNext, responses=errors(401, 403))
-def next_in_queue(session: SessionDep, principal: Writer) -> dict[str, Any]:
+def next_in_queue(session: ReadSessionDep, principal: Writer) -> dict[str, Any]:
     return {"item": queues.next_in_queue(session, principal)}
 
 
 @router.get("/v1/samples/{sample_id}/suggestions", response_model=Suggestions, responses=errors(401, 403, 404, 422))
 def list_suggestions(
-    sample_id: int, session: SessionDep, principal: Reader, include_closed: bool = False
+    sample_id: int, session: ReadSessionDep, principal: Reader, include_closed: bool = False
 ) -> dict[str, Any]:
     return {"items": suggestions.list_suggestions(session, principal, sample_id, include_closed)}
 

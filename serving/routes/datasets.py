@@ -60,7 +60,7 @@ def create(body: DatasetCreate, ctx: CtxDep, principal: Writer) -> JSONResponse:
 def list_datasets(
     ctx: CtxDep, principal: Reader, name: Annotated[str | None, Query(max_length=100)] = None
 ) -> DatasetPage:
-    with ctx.db.session() as session:
+    with ctx.db.read_session() as session:
         rows = versions.list_versions(session, name, principal)
         return DatasetPage(datasets=[versions.version_public(session, dv) for dv in rows])
 
@@ -78,7 +78,7 @@ def get_dataset(
     ctx: CtxDep,
     principal: Reader,
 ) -> DatasetVersionDetail:
-    with ctx.db.session() as session:
+    with ctx.db.read_session() as session:
         dv = versions.resolve(session, f"{name}@{version}", principal)
         out = versions.version_dict(session, dv)
     manifest = versions.load_manifest(ctx, dv)

@@ -26,7 +26,7 @@ from hazardlens.contracts.imports import (
 )
 from hazardlens.labeling.exporters import export_zip
 from hazardlens.labeling.importers import import_zip
-from hazardlens.serving.deps import CtxDep, SessionDep, require
+from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.schemas import errors
 
 router = APIRouter(tags=["labeling"])
@@ -121,8 +121,8 @@ _EXPORT_HEADERS = {
         **errors(401, 403, 413, 422),
     },
 )
-def create_export(body: ExportIn, ctx: CtxDep, session: SessionDep, principal: Exporter) -> FileResponse:
-    path, result = export_zip(ctx, session, principal, body.format, status=body.status, filters=body.filters)
+def create_export(body: ExportIn, ctx: CtxDep, principal: Exporter) -> FileResponse:
+    path, result = export_zip(ctx, principal, body.format, status=body.status, filters=body.filters)
     headers = {
         "X-Export-Images": str(result.images),
         "X-Export-Boxes": str(result.boxes),

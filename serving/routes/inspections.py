@@ -107,7 +107,7 @@ def record_photo(
 def get_inspection(
     record_no: RecordNo, ctx: CtxDep, principal: Annotated[Principal, Depends(require("inspections:read"))]
 ) -> Any:
-    with ctx.db.session() as session:
+    with ctx.db.read_session() as session:
         return inspections.get_inspection(session, principal, record_no, taxonomy=detection_taxonomy(ctx, session))
 
 

@@ -41,7 +41,7 @@ def list_models(
 ) -> ModelsResponse:
     manager = getattr(request.app.state, "models", None)
     name = manager.name if manager is not None else registry.DEFAULT_NAME
-    with ctx.db.session() as session:
+    with ctx.db.read_session() as session:
         rows = [registry.model_public(mv) for mv in registry.list_models(session)]
         production = registry.production_model(session, name)
     return ModelsResponse(

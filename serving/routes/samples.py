@@ -26,7 +26,7 @@ from hazardlens.contracts.samples import (
 from hazardlens.datasets import library
 from hazardlens.errors import TooLarge, UnsupportedMedia
 from hazardlens.images import MIME_TYPES, make_thumbnail, sniff_format
-from hazardlens.serving.deps import CtxDep, SessionDep, require
+from hazardlens.serving.deps import CtxDep, ReadSessionDep, require
 from hazardlens.serving.schemas import errors
 from hazardlens.store import ObjectNotFound, blob_key
 
@@ -175,7 +175,7 @@ def _size(file: UploadFile) -> int:
     responses=errors(401, 403, 422),
 )
 def list_samples(
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: Reader,
     limit: Annotated[int, Query(ge=1, le=library.MAX_LIMIT)] = library.DEFAULT_LIMIT,
     cursor: Annotated[
@@ -226,7 +226,7 @@ def list_samples(
 
 
 @router.get("/{sample_id:int}", summary="One sample", response_model=SamplePublic, responses=errors(401, 403, 404, 422))
-def get_one(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
+def get_one(sample_id: int, session: ReadSessionDep, principal: Reader) -> dict[str, Any]:
     return library.sample_dict(library.get_sample(session, principal, sample_id))
 
 
@@ -244,7 +244,7 @@ def get_one(sample_id: int, session: SessionDep, principal: Reader) -> dict[str,
         **errors(401, 403, 404, 422),
     },
 )
-def image(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reader) -> StreamingResponse:
+def image(sample_id: int, ctx: CtxDep, session: ReadSessionDep, principal: Reader) -> StreamingResponse:
     sample = library.get_sample(session, principal, sample_id)
     stream = ctx.store.open(blob_key(sample.sha256))
 
@@ -275,20 +275,20 @@ def image(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reader) -
         **errors(401, 403, 404, 422),
     },
 )
-def thumbnail(sample_id: int, ctx: CtxDep, session: SessionDep, principal: Reader) -> Response:
-    sample = library.get_sample(session, principal, sample_id)
-    key = library.thumbnail_key(sample.sha256)
+def thumbnail(sample_id: int, ctx: CtxDep, principal: Reader) -> Response:
+    with ctx.db.read_session() as session:
+        sha = library.get_sample(session, principal, sample_id).sha256
+    # The store read and a rebuild (decode + resize: CPU and I/O) run outside any transaction.
+    key = library.thumbnail_key(sha)
     try:
         data = ctx.store.get(key)
     except ObjectNotFound:  # made by an older version or lost: rebuild it from the original
-        data = make_thumbnail(
-            ctx.store.get(blob_key(sample.sha256)), ctx.settings.max_pixels, ctx.settings.thumbnail_size
-        )
+        data = make_thumbnail(ctx.store.get(blob_key(sha)), ctx.settings.max_pixels, ctx.settings.thumbnail_size)
         ctx.store.put(key, data, content_type="image/jpeg")
     return Response(
         data,
         media_type="image/jpeg",
-        headers={"ETag": f'"t-{sample.sha256}"', "Cache-Control": "private, max-age=86400"},
+        headers={"ETag": f'"t-{sha}"', "Cache-Control": "private, max-age=86400"},
     )
 
 
@@ -309,7 +309,7 @@ def delete(sample_id: int, ctx: CtxDep, principal: Deleter) -> dict[str, Any]:
     response_model=NearDuplicates,
     responses=errors(401, 403, 404, 422),
 )
-def near_duplicates(sample_id: int, session: SessionDep, principal: Reader) -> dict[str, Any]:
+def near_duplicates(sample_id: int, session: ReadSessionDep, principal: Reader) -> dict[str, Any]:
     pairs = library.near_duplicates(session, principal, sample_id)
     by_id = (
         {
@@ -332,7 +332,7 @@ def near_duplicates(sample_id: int, session: SessionDep, principal: Reader) -> d
 )
 def sample_history(
     sample_id: int,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: Auditor,
     limit: Annotated[int, Query(ge=1, le=library.MAX_LIMIT)] = 500,
 ) -> dict[str, Any]:
