@@ -43,6 +43,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "internal": _c(500, "unexpected server error; the X-Request-ID header identifies it in the log"),
     "unavailable": _c(503, "the model is shutting down"),
     "model_unavailable": _c(503, "no production model is loaded in this worker (yet)"),
+    "store_unavailable": _c(503, "the object store (MinIO/S3, or its disk) cannot be reached now; retry later"),
+    "catalogue_unavailable": _c(503, "the catalogue database cannot be reached, is restarting, or is busy; retry later"),
+    "insufficient_storage": _c(507, "the disk of the object store or the catalogue is full; nothing was stored"),
     "timeout": _c(504, "the request or the inference took longer than allowed"),
     "error": _c(400, "an HTTP error status without a code of its own (answered with that status)"),
     # -- credentials and users ----------------------------------------------------------------------

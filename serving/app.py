@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -24,6 +24,7 @@ from hazardlens import __version__
 from hazardlens.audit import reset_request_id, set_request_id
 from hazardlens.context import Context
 from hazardlens.errors import HazardError
+from hazardlens.outages import CatalogueUnavailable, catalogue_error
 
 log = logging.getLogger("hazardlens.http")
 
@@ -91,6 +92,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         # DataError): the caller's input, not a server fault.
         return error_response(422, "out_of_range", "a number in the request is out of range")
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _catalogue_outage(request: Request, exc: Exception) -> JSONResponse:
+        # The catalogue down, restarting, locked or on a full disk: 503/507 with a code, not a 500.
+        err = catalogue_error(exc) or CatalogueUnavailable("the catalogue database cannot be reached")
+        log.warning("catalogue outage: %s", exc, extra={"request_id": getattr(request.state, "request_id", None)})
+        return error_response(err.status, err.code, err.message)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
@@ -149,6 +158,7 @@ def create_app(ctx: Context | None = None, *, start_background: bool = True) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.init()
+        ctx.store.recover()  # temporary files of a writer killed mid-write (kill -9, power cut)
         for hook in app.state.startup_hooks:
             hook(app)
         try:

@@ -12,11 +12,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from hazardlens.errors import NotFound
+from hazardlens.errors import HazardError, NotFound
 
 
 class ObjectNotFound(NotFound):
     code = "object_not_found"
+
+
+class StoreUnavailable(HazardError):
+    """The store cannot be reached or answers with a server error (MinIO down, a dead mount): the
+    caller may retry later; nothing was written. 503, so load balancers and clients back off."""
+
+    status, code = 503, "store_unavailable"
+
+
+class StoreFull(HazardError):
+    """The store's disk (or quota) is full: the write was refused and nothing was kept."""
+
+    status, code = 507, "insufficient_storage"
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,12 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise if the store cannot be reached (used by /readyz)."""
+
+    def recover(self) -> int:
+        """Remove what writers that died mid-write (kill -9, power cut) left behind; called once
+        at start-up. Answers how many leftovers were removed. Backends whose writes leave nothing
+        visible (S3 multipart uploads are invisible until completed) have nothing to do."""
+        return 0
 
     def download_to(self, key: str, path: str) -> None:
         import shutil

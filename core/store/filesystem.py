@@ -8,18 +8,55 @@ sample's media type, and a sidecar file would make a write two files and no long
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from hazardlens.errors import Conflict, Invalid
-from hazardlens.store.base import ObjectInfo, ObjectNotFound, ObjectStore
+from hazardlens.store.base import ObjectInfo, ObjectNotFound, ObjectStore, StoreFull, StoreUnavailable
 from hazardlens.store.keys import RESERVED_PREFIX, ExactReader, validate_key
 
 _CHUNK = 1024 * 1024
 _TMP_PREFIX = RESERVED_PREFIX + "tmp-"
+#: A temporary file names the process writing it (``.hl-tmp-<pid>-<random>``), so that start-up can
+#: tell a dead writer's leftover from a live writer's file; one without a live owner (or older than
+#: this, whatever its name) is removed by :meth:`FilesystemStore.recover`.
+_STALE_TMP_S = 24 * 3600
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_BROKEN = {errno.EIO, errno.EROFS, errno.ENOTCONN, errno.ESTALE}
+
+
+@contextlib.contextmanager
+def _disk_errors(key: str) -> Iterator[None]:
+    """A full disk or a broken mount is the operator's problem, not a bug: say so with a code
+    (507 / 503) instead of an internal error; other OS errors stay what they are."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise StoreFull(f"the object store's disk is full; {key!r} was not stored") from exc
+        if exc.errno in _BROKEN:
+            raise StoreUnavailable(f"the object store's disk cannot be written ({exc.strerror})") from exc
+        raise
+
+
+def _live_writer(name: str) -> bool | None:
+    """Whether the process named in a temporary file's name still runs (same host: the filesystem
+    store is one machine's folder); None for a name without a pid (written by an older version)."""
+    pid_text = name[len(_TMP_PREFIX) :].split("-", 1)[0]
+    if not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -55,12 +92,16 @@ class FilesystemStore(ObjectStore):
         """Write to a temporary file beside the target and rename it over the target, so that a
         reader sees the old object or the new one, never a part; a failure leaves no trace."""
         path = self._path(key)
+        with _disk_errors(key):
+            return self._write_file(key, path, chunks)
+
+    def _write_file(self, key: str, path: Path, chunks: Iterator[bytes]) -> ObjectInfo:
         parent = path.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             raise Conflict(f"object key {key!r} is below an existing object", code="key_conflict") from exc
-        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=parent)
         tmp = Path(tmp_name)
         size = 0
         try:
@@ -168,11 +209,34 @@ class FilesystemStore(ObjectStore):
     def ping(self) -> None:
         """Prove the root can take a write (a read-only mount or full disk fails here, not on the
         first upload)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX + "ping-", dir=self.root)
-        try:
-            os.write(fd, b"ok")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(name)
+        with _disk_errors("ping"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-ping-", dir=self.root)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+
+    def recover(self) -> int:
+        """Remove the temporary files of writers that died mid-write (kill -9, OOM, power cut):
+        they are invisible to readers already, but a crash loop would fill the disk with them.
+        A temporary file whose writer still runs (another worker of this server) is left alone."""
+        removed = 0
+        cutoff = time.time() - _STALE_TMP_S
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(_TMP_PREFIX):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    # A live writer's file is left alone unless it is a day old (a reused pid); a
+                    # file without a pid only once it is that old.
+                    if _live_writer(name) is not False and os.stat(path).st_mtime > cutoff:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue  # its writer finished (renamed it) or another worker removed it
+                removed += 1
+        return removed

@@ -5,6 +5,7 @@ credentials.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -15,15 +16,34 @@ from typing import BinaryIO
 import certifi
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
+from urllib3.exceptions import HTTPError as TransportError
 from urllib3.util.retry import Retry
 
 from hazardlens.errors import Invalid
-from hazardlens.store.base import ObjectInfo, ObjectNotFound, ObjectStore
+from hazardlens.store.base import ObjectInfo, ObjectNotFound, ObjectStore, StoreUnavailable
 from hazardlens.store.keys import MIN_PART_SIZE, ExactReader, validate_key
 
 _MISSING = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
 _DEFAULT_TYPE = "application/octet-stream"
+#: S3 error codes that mean "the service is not able to answer now", not "your request is wrong".
+_UNAVAILABLE = {"ServiceUnavailable", "SlowDown", "InternalError", "XMinioServerNotInitialized", "XMinioStorageFull"}
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """MinIO down, unreachable, or answering 5xx after the retries: one :class:`StoreUnavailable`
+    (503 ``store_unavailable``) instead of whichever transport exception surfaced, so callers and
+    the API answer the same clear error for every backend. Nothing is cached about the outage:
+    the next call tries the server again, so service comes back by itself when MinIO does."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code in _UNAVAILABLE:
+            raise StoreUnavailable(f"the object store is unavailable ({exc.code})") from exc
+        raise
+    except (TransportError, ServerError, InvalidResponseError) as exc:
+        raise StoreUnavailable(f"the object store cannot be reached ({type(exc).__name__})") from exc
 
 
 def make_retry() -> Retry:
@@ -133,16 +153,17 @@ class MinioStore(ObjectStore):
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         validate_key(key)
-        self._ensure_bucket()
         data = bytes(data)
-        self.client.put_object(
-            self.bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type or _DEFAULT_TYPE,
-            part_size=self.part_size,
-        )
+        with _reachable():
+            self._ensure_bucket()
+            self.client.put_object(
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type or _DEFAULT_TYPE,
+                part_size=self.part_size,
+            )
         return ObjectInfo(key=key, size=len(data), content_type=content_type or _DEFAULT_TYPE)
 
     def put_stream(self, key: str, stream: BinaryIO, size: int = -1, content_type: str | None = None) -> ObjectInfo:
@@ -153,18 +174,19 @@ class MinioStore(ObjectStore):
         stream fails.
         """
         validate_key(key)
-        self._ensure_bucket()
         known = size is not None and size >= 0
         source = ExactReader(stream, size) if known else _Counting(stream)
-        self.client.put_object(
-            self.bucket,
-            key,
-            source,  # type: ignore[arg-type]
-            size if known else -1,
-            content_type=content_type or _DEFAULT_TYPE,
-            part_size=self.part_size,
-            num_parallel_uploads=1,
-        )
+        with _reachable():
+            self._ensure_bucket()
+            self.client.put_object(
+                self.bucket,
+                key,
+                source,  # type: ignore[arg-type]
+                size if known else -1,
+                content_type=content_type or _DEFAULT_TYPE,
+                part_size=self.part_size,
+                num_parallel_uploads=1,
+            )
         stored = size if known else source.count  # type: ignore[union-attr]
         return ObjectInfo(key=key, size=stored, content_type=content_type or _DEFAULT_TYPE)
 
@@ -178,19 +200,21 @@ class MinioStore(ObjectStore):
     def open(self, key: str) -> BinaryIO:
         validate_key(key)
         try:
-            response = self.client.get_object(self.bucket, key)
+            with _reachable():
+                response = self.client.get_object(self.bucket, key)
         except S3Error as exc:
             raise self._missing(exc, key) from exc
         return io.BufferedReader(_ResponseStream(response), buffer_size=256 * 1024)
 
     def get(self, key: str) -> bytes:
-        with self.open(key) as fh:
+        with self.open(key) as fh, _reachable():
             return fh.read()
 
     def stat(self, key: str) -> ObjectInfo:
         validate_key(key)
         try:
-            obj = self.client.stat_object(self.bucket, key)
+            with _reachable():
+                obj = self.client.stat_object(self.bucket, key)
         except S3Error as exc:
             raise self._missing(exc, key) from exc
         return ObjectInfo(key=key, size=int(obj.size or 0), content_type=obj.content_type)
@@ -198,16 +222,18 @@ class MinioStore(ObjectStore):
     def delete(self, key: str) -> None:
         validate_key(key)
         try:
-            self.client.remove_object(self.bucket, key)
+            with _reachable():
+                self.client.remove_object(self.bucket, key)
         except S3Error as exc:
             if exc.code not in _MISSING:
                 raise
 
     def list(self, prefix: str = "") -> Iterator[str]:
         try:
-            for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
-                if obj.object_name and not obj.is_dir:
-                    yield obj.object_name
+            with _reachable():
+                for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
+                    if obj.object_name and not obj.is_dir:
+                        yield obj.object_name
         except S3Error as exc:
             if exc.code != "NoSuchBucket":
                 raise
@@ -215,13 +241,15 @@ class MinioStore(ObjectStore):
     def url(self, key: str, expires_s: int = 3600) -> str | None:
         validate_key(key)
         try:
-            return self.client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+            with _reachable():
+                return self.client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
         except S3Error as exc:  # looking up the region of a bucket not made yet
             raise self._missing(exc, key) from exc
 
     def ping(self) -> None:
         """Reachable and the credentials work; a missing bucket is fine (the first write makes it)."""
-        self.client.bucket_exists(self.bucket)
+        with _reachable():
+            self.client.bucket_exists(self.bucket)
 
 
 class _Counting:
