@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-fast lint lint-code browser screenshots openapi bench clean
+.PHONY: setup run test test-fast lint lint-code browser pdftools screenshots openapi bench clean
 
 # Static tools see the hazardlens namespace through a link tree with the installed layout
 # (build/typecheck/hazardlens/...), because pyproject.toml maps it onto sibling folders.
@@ -27,15 +27,19 @@ setup: $(VENV)/.installed
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk; }
 
+# Poppler's pdftoppm/pdftotext: the tests render the printable inspection record and read its text.
+pdftools:
+	@command -v pdftoppm >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils; }
+
 run: setup
 	$(VENV)/bin/hazardlens init
 	$(VENV)/bin/hazardlens serve --host $(HOST) --port $(PORT)
 
-test: setup browser lint
+test: setup browser pdftools lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The suite without the tests that train or run a real model (slow) and the headless-Chromium ones.
-test-fast: setup
+test-fast: setup pdftools
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser"
 
 # ruff, the import rules of docs/ARCHITECTURE.md, mypy (make test runs `lint`: these plus the format check).

@@ -117,6 +117,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_review": _c(422, "a review that contradicts its decision"),
     "invalid_idempotency_key": _c(422, "the Idempotency-Key header is malformed"),
     "idempotency_key_reused": _c(422, "the Idempotency-Key was used for a different request"),
+    "report_font_missing": _c(503, "no font with Chinese glyphs is installed: the printable record cannot be made"),
     "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     # -- labelled dataset import and export -----------------------------------------------------------
