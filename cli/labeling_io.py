@@ -292,7 +292,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     @friendly_errors
     def export(
-        fmt: str = typer.Option(..., "--format", help="yolo | coco | labelstudio | cvat"),
+        fmt: str = typer.Option(..., "--format", help="yolo | coco | labelstudio | cvat | voc"),
         out: Path = typer.Option(..., "--out", help="new (or empty) folder to write"),
         status: str = typer.Option("approved", "--status", help="approved | submitted"),
         org: str = typer.Option(..., "--org", help="organisation acting (sees its own and shared samples)"),
@@ -315,9 +315,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
         """Export labelled samples: Ultralytics YOLO layout + data.yaml, COCO json + images, Label
-        Studio tasks + images (with model suggestions as predictions), or CVAT for images 1.1 XML +
-        images. A YOLO export of the library has no held-out split: its data.yaml names the training
-        images as val, so Ultralytics trains on it as is."""
+        Studio tasks + images (with model suggestions as predictions), CVAT for images 1.1 XML +
+        images, or the Pascal VOC devkit layout. A YOLO export of the library has no held-out
+        split: its data.yaml names the training images as val, so Ultralytics trains on it as is."""
         from hazardlens.labeling.exporters import export_library
 
         ctx = context()

@@ -14,7 +14,7 @@ from .coco import read_coco, write_coco
 from .cvat import read_cvat, write_cvat
 from .labelstudio import labelstudio_results, read_labelstudio, write_labelstudio
 from .records import ExportItem, ExportResult, ImageSource, ImportRecord, ImportReport, Issue, ReadResult
-from .voc import read_voc
+from .voc import read_voc, write_voc
 from .yolo import read_yolo, write_yolo
 
 __all__ = [
@@ -39,5 +39,6 @@ __all__ = [
     "write_coco",
     "write_cvat",
     "write_labelstudio",
+    "write_voc",
     "write_yolo",
 ]

@@ -1,4 +1,5 @@
-"""The library out to files: YOLO (Ultralytics layout), COCO, Label Studio tasks, or CVAT for images 1.1.
+"""The library out to files: YOLO (Ultralytics layout), COCO, Label Studio tasks, CVAT for images 1.1,
+or Pascal VOC (the devkit layout: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/``).
 
 Which labels leave is a review decision, so an export takes one state: ``approved`` (each sample's
 latest approved revision, also when a newer correction is still under review) or ``submitted``
@@ -38,13 +39,13 @@ from hazardlens.datasets.search import apply_filters
 from hazardlens.datasets.tenancy import visible_samples
 from hazardlens.detections import Box
 from hazardlens.errors import Conflict, Invalid
-from hazardlens.formats import ExportItem, write_coco, write_cvat, write_labelstudio, write_yolo
+from hazardlens.formats import ExportItem, write_coco, write_cvat, write_labelstudio, write_voc, write_yolo
 from hazardlens.formats._util import write_image
 from hazardlens.orm import AnnotationRevision, Sample, Suggestion
 from hazardlens.store import blob_key
 
-ExportFormat = Literal["yolo", "coco", "labelstudio", "cvat"]
-EXPORT_FORMATS: tuple[str, ...] = ("yolo", "coco", "labelstudio", "cvat")
+ExportFormat = Literal["yolo", "coco", "labelstudio", "cvat", "voc"]
+EXPORT_FORMATS: tuple[str, ...] = ("yolo", "coco", "labelstudio", "cvat", "voc")
 EXPORT_STATUSES: tuple[str, ...] = ("approved", "submitted")
 #: Where Label Studio finds the exported images when the export folder is its local-files root.
 LABELSTUDIO_PREFIX = "/data/local-files/?d=images/"
@@ -285,6 +286,8 @@ def export_library(
         result = write_coco(items, out, names)
     elif fmt == "cvat":
         result = write_cvat(items, out, names)
+    elif fmt == "voc":
+        result = write_voc(items, out, names)
     else:
         result = write_labelstudio(items, out / "tasks.json", image_url_prefix)
         for item in items:

@@ -191,7 +191,7 @@ def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
 
     body = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["discriminator"]["propertyName"] == "kind"
-    assert set(body["discriminator"]["mapping"]) == {"train", "dataset_export"}
+    assert set(body["discriminator"]["mapping"]) == {"train", "dataset_export", "prelabel"}
     assert schemas["TrainJobParams"]["additionalProperties"] is False
     assert "register" in schemas["TrainJobParams"]["properties"]
     assert schemas["DatasetExportJobParams"]["properties"]["format"]["enum"] == ["yolo", "coco"]
@@ -229,7 +229,7 @@ def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
     form = schemas[form["$ref"].rsplit("/", 1)[1]] if "$ref" in form else form
     assert form["properties"]["format"]["enum"] == ["coco", "yolo", "voc", "labelstudio", "cvat"]
     assert form["properties"]["scope"]["enum"] == ["private", "shared"]
-    assert schemas["ExportIn"]["properties"]["format"]["enum"] == ["yolo", "coco", "labelstudio", "cvat"]
+    assert schemas["ExportIn"]["properties"]["format"]["enum"] == ["yolo", "coco", "labelstudio", "cvat", "voc"]
 
 
 def test_the_python_client_answers_the_contract_models(

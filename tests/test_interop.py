@@ -1,6 +1,7 @@
 """Issue 14: our exports open as is in the tools curators and engineers use (Ultralytics, pycocotools,
-FiftyOne's layout, CVAT), and Label Studio works both ways (ML backend and webhook). The real Label
-Studio server is not started here; its payloads are written by hand after its documentation."""
+FiftyOne's layout, CVAT, Pascal VOC through torchvision), and Label Studio works both ways (ML
+backend and webhook). Here its payloads are written by hand after its documentation; the real Label
+Studio server is started in tests/test_labelstudio_live.py (slow)."""
 
 from __future__ import annotations
 
@@ -226,6 +227,104 @@ def test_cvat_export_and_import_through_the_library(ctx: Context, tmp_path: Path
     cmap.write_text("mapping:\n  fire: fire\n  accumulated_dust: accumulated_dust\n", encoding="utf-8")
     summary = import_dataset(ctx, principal, "cvat", result.path, cmap, sector="general")
     assert summary.images_read == 2 and not summary.refused and summary.boxes == 4
+
+
+# --- Pascal VOC ------------------------------------------------------------------------------------
+
+
+def test_voc_export_opens_in_torchvision_and_reads_back_within_one_pixel(ctx: Context, tmp_path: Path) -> None:
+    """The devkit layout torchvision's ``VOCDetection`` (a real third-party VOC reader) opens as is;
+    a PNG sample is re-encoded, because VOC readers open ``JPEGImages/<id>.jpg``; our reader gets
+    every box back within a pixel; a negative is an xml with no object."""
+    import io
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+    from torchvision.datasets import VOCDetection
+
+    from hazardlens.formats import read_voc
+
+    principal = admin_principal(ctx)
+    ids = _library(ctx, 2)
+    png = io.BytesIO()
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(png, format="PNG")
+    ids.append(add_sample(ctx, principal, seed=90, data=png.getvalue(), boxes=[]))  # a verified negative
+    data, _ = scene(77)
+    edge = [{"class_key": "fire", "x1": 10.4, "y1": 0.0, "x2": 96.0, "y2": 63.6}]  # touches two borders
+    ids.append(add_sample(ctx, principal, seed=91, data=data, boxes=edge))
+    result = _export(ctx, "voc", tmp_path / "voc")
+    out = tmp_path / "voc"
+    assert (result.images, result.boxes, result.negatives) == (4, 5, 1)
+    assert (out / "labels.txt").read_text(encoding="utf-8").split() == ["fire", "accumulated_dust"]
+    members = (out / "ImageSets" / "Main" / "train.txt").read_text(encoding="utf-8").split()
+    assert members == (out / "ImageSets" / "Main" / "trainval.txt").read_text(encoding="utf-8").split()
+    assert [int(m.split("_")[0]) for m in members] == ids
+    assert sorted(p.suffix for p in (out / "JPEGImages").iterdir()) == [".jpg"] * 4
+
+    # The schema, element by element: integer 1-based corners inside the image.
+    for xml in sorted((out / "Annotations").glob("*.xml")):
+        top = ET.parse(xml).getroot()
+        assert top.tag == "annotation" and top.findtext("filename") == f"{xml.stem}.jpg"
+        width, height = int(top.findtext("size/width") or 0), int(top.findtext("size/height") or 0)
+        with Image.open(out / "JPEGImages" / f"{xml.stem}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (width, height) and top.findtext("size/depth") == "3"
+        for obj in top.findall("object"):
+            corners = [int(obj.findtext(f"bndbox/{k}") or "") for k in ("xmin", "ymin", "xmax", "ymax")]
+            assert 1 <= corners[0] < corners[2] <= width and 1 <= corners[1] < corners[3] <= height
+            assert obj.findtext("difficult") == "0" and obj.findtext("name") in ("fire", "accumulated_dust")
+
+    # torchvision's reader: root/VOCdevkit/VOC2012 is the devkit of one year.
+    (tmp_path / "tv" / "VOCdevkit").mkdir(parents=True)
+    (tmp_path / "tv" / "VOCdevkit" / "VOC2012").symlink_to(out, target_is_directory=True)
+    voc = VOCDetection(str(tmp_path / "tv"), year="2012", image_set="train", download=False)
+    assert len(voc) == 4
+    by_id: dict[int, Any] = {}
+    for i in range(len(voc)):
+        image, target = voc[i]
+        ann = target["annotation"]
+        assert image.size == (int(ann["size"]["width"]), int(ann["size"]["height"]))
+        objects = ann.get("object", [])
+        by_id[int(ann["filename"].split("_")[0])] = objects if isinstance(objects, list) else [objects]
+    assert by_id[ids[2]] == []
+    [edge_obj] = by_id[ids[3]]
+    assert edge_obj["bndbox"] == {"xmin": "11", "ymin": "1", "xmax": "96", "ymax": "64"}
+
+    # Our reader: the same boxes within a pixel, the PNG as a negative.
+    records, report = read_voc(out)
+    assert not report.refused_images and not report.refused_boxes and not report.missing_files
+    got = {int(r.file_name.split("_")[0]): r for r in records}
+    assert got[ids[2]].is_negative
+    from hazardlens.orm import AnnotationRevision, Sample
+
+    with ctx.db.session() as s:
+        for sid in ids:
+            rev = s.get(AnnotationRevision, s.get(Sample, sid).current_revision_id)
+            want = sorted((b["class_key"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in rev.boxes)
+            have = sorted((b.class_key, b.x1, b.y1, b.x2, b.y2) for b in got[sid].boxes)
+            assert len(want) == len(have)
+            for w, h in zip(want, have, strict=True):
+                assert w[0] == h[0] and max(abs(a - b) for a, b in zip(w[1:], h[1:], strict=True)) <= 1.0
+
+
+def test_voc_reader_refuses_entities_and_oversized_files(tmp_path: Path) -> None:
+    from hazardlens.formats import read_voc
+
+    write_image(tmp_path / "JPEGImages" / "a.jpg", 20, 20, seed=1)
+    write_image(tmp_path / "JPEGImages" / "b.jpg", 20, 20, seed=2)
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "a.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;">]>'
+        "<annotation><filename>a.jpg</filename><object><name>&y;</name></object></annotation>",
+        encoding="utf-8",
+    )
+    (tmp_path / "Annotations" / "b.xml").write_bytes(
+        b"<annotation><filename>b.jpg</filename>" + b" " * (4 << 20) + b"</annotation>"
+    )
+    records, report = read_voc(tmp_path)
+    assert records == []
+    refused = {i.where: i.message for i in report.refused_images}
+    assert set(refused) == {"Annotations/a.xml", "Annotations/b.xml"}
+    assert "larger than" in refused["Annotations/b.xml"]
 
 
 # --- Label Studio: the export points at our images ---------------------------------------------------

@@ -11,7 +11,7 @@ from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import RefusalPublic as RefusalOut
 
 IMPORT_FORMATS = ("coco", "yolo", "voc", "labelstudio", "cvat")
-EXPORT_FORMATS = ("yolo", "coco", "labelstudio", "cvat")
+EXPORT_FORMATS = ("yolo", "coco", "labelstudio", "cvat", "voc")
 EXPORT_STATUSES = ("approved", "submitted")
 
 # Strings the server accepts only as one of a few values, documented as that enum, but checked by the
