@@ -200,8 +200,8 @@ def write_voc(
     items: Iterable[ExportItem], out_dir: Path | str, class_names: list[str], *, overwrite: bool = False
 ) -> ExportResult:
     """Write the VOC devkit layout: ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg`` and
-    ``ImageSets/Main/{train,val,test,trainval}.txt``, plus ``labels.txt`` (the class names, one a
-    line, as CVAT's and Roboflow's VOC importers read them).
+    ``ImageSets/Main/{train,val,test,trainval}.txt``, plus ``labels.txt`` (the class names in
+    order, one a line: VOC itself has no class list).
 
     Items without a split go to ``train`` (and ``trainval``). Corners are written as VOC's 1-based
     integer pixel indices (0-based ``x`` becomes ``round(x) + 1``, inside ``1..width``), so a box
