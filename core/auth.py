@@ -40,8 +40,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "inspections:write": frozenset({"inspector", "service", "admin"}),
     "inspections:read": frozenset({"inspector", "service", "reviewer", "admin"}),
     "findings:review": frozenset({"inspector", "service", "admin"}),
-    "taxonomy:propose": frozenset({"reviewer", "admin"}),
-    "taxonomy:approve": frozenset({"admin"}),
+    # Provincial items/classes (法制审核): an organisation's admin proposes, its legal reviewers decide.
+    "taxonomy:propose": frozenset({"admin"}),
+    "taxonomy:review": frozenset({"legal"}),
+    "taxonomy:read_additions": frozenset({"admin", "legal", "reviewer", "curator"}),
     "audit:read": frozenset({"curator", "reviewer", "admin"}),
     "keys:manage": frozenset({"admin"}),
     "organisation:settings": frozenset({"admin"}),  # the organisation's own choices (capture settings)

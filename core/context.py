@@ -21,7 +21,7 @@ class Context:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._tax_lock = threading.Lock()
-        self._tax: tuple[float, Taxonomy] | None = None
+        self._tax: dict[str | None, tuple[float, Taxonomy]] = {}
 
     @cached_property
     def db(self) -> Database:
@@ -35,31 +35,44 @@ class Context:
     def base_taxonomy(self) -> Taxonomy:
         return load_taxonomy(self.settings.taxonomy_path)
 
-    def taxonomy(self, session: Session | None = None, max_age_s: float = 2.0) -> Taxonomy:
+    def taxonomy(
+        self, session: Session | None = None, max_age_s: float = 2.0, *, org_code: str | None = None
+    ) -> Taxonomy:
         """The shipped taxonomy plus provincial additions from the catalogue (inactive until approved).
 
-        Cached briefly, so that an approval reaches every worker within seconds without a query per box.
-        Without a session the additions are read through a read-only session, which on SQLite never
-        waits for the write lock (a caller may hold it); with one, through the caller's session.
+        With ``org_code``, only that organisation's additions: an approved provincial item or class is
+        usable in the organisation that proposed it and nowhere else (labeling, findings, its
+        ``GET /v1/taxonomy``). Without, every organisation's additions: the national view the ministry
+        reviews for adoption, and what the model registry checks a model's classes against.
+
+        Cached briefly per organisation, so that an approval reaches every worker within seconds without
+        a query per box. Without a session the additions are read through a read-only session, which on
+        SQLite never waits for the write lock (a caller may hold it); with one, through the caller's session.
         """
         with self._tax_lock:
             now = time.monotonic()
-            if self._tax is not None and now - self._tax[0] < max_age_s:
-                return self._tax[1]
+            cached = self._tax.get(org_code)
+            if cached is not None and now - cached[0] < max_age_s:
+                return cached[1]
             if session is not None:
-                additions = self._additions(session)
+                additions = self._additions(session, org_code)
             else:
                 with self.db.read_session() as own:
-                    additions = self._additions(own)
+                    additions = self._additions(own, org_code)
             tax = self.base_taxonomy.with_additions(additions) if additions else self.base_taxonomy
-            self._tax = (now, tax)
+            if len(self._tax) > 256:  # bounded: one entry per organisation that asked recently
+                self._tax.clear()
+            self._tax[org_code] = (now, tax)
             return tax
 
     @staticmethod
-    def _additions(session: Session) -> list[dict[str, Any]]:
+    def _additions(session: Session, org_code: str | None = None) -> list[dict[str, Any]]:
         from hazardlens.orm import TaxonomyAddition
 
-        rows = session.scalars(select(TaxonomyAddition).order_by(TaxonomyAddition.id)).all()
+        query = select(TaxonomyAddition).order_by(TaxonomyAddition.id)
+        if org_code is not None:
+            query = query.where(TaxonomyAddition.org_code == org_code)
+        rows = session.scalars(query).all()
         return [
             {"kind": r.kind, "key": r.key, "org_code": r.org_code, "status": r.status, "payload": r.payload}
             for r in rows
@@ -67,7 +80,7 @@ class Context:
 
     def invalidate_taxonomy(self) -> None:
         with self._tax_lock:
-            self._tax = None
+            self._tax.clear()
 
     def init(self) -> None:
         """Prepare home, catalogue and store (safe to run twice)."""

@@ -90,11 +90,13 @@ class Detector(Protocol):
         ...
 
 
-def detection_taxonomy(ctx: Context, session: Session | None = None) -> Taxonomy:
+def detection_taxonomy(ctx: Context, session: Session | None = None, org_code: str | None = None) -> Taxonomy:
     """The taxonomy every detection answer is filtered and named with: the shipped taxonomy plus the
     provincial additions, of which only approved ones are active (``Context.taxonomy``). Detection,
-    suggestions, the Label Studio backend and inspections all read it here, so they agree on classes."""
-    return ctx.taxonomy(session)
+    suggestions, the Label Studio backend and inspections all read it here, so they agree on classes.
+    With ``org_code``, only that organisation's additions (an approved addition is usable by the
+    organisation that proposed it only)."""
+    return ctx.taxonomy(session, org_code=org_code)
 
 
 def relevant(taxonomy: Taxonomy, detections: Detections, sector: str | None = None) -> Detections:

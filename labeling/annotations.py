@@ -301,7 +301,8 @@ def _save(
         principal.require("annotations:review")
     if note is not None and len(note) > 10_000:
         raise Invalid("note is longer than 10000 characters", code="invalid_note")
-    taxonomy = ctx.taxonomy(session)
+    # the organisation's own taxonomy: an approved provincial class is usable where it was proposed only
+    taxonomy = ctx.taxonomy(session, org_code=principal.org_code)
     sample = writable_sample(session, principal, sample_id)
     valid, repairs = validate_boxes(taxonomy, sample, boxes)
     unlabeled = _unlabeled_classes(taxonomy, session, sample, unlabeled_classes)

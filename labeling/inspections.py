@@ -225,7 +225,7 @@ def record_photo(
             if earlier is not None:
                 return _replay(s, earlier, record_no, sha256)
 
-    tax = detection_taxonomy(ctx)
+    tax = detection_taxonomy(ctx, org_code=principal.org_code)  # provincial additions of this organisation only
     items = _item_codes(tax, meta.item_codes)
     enterprise = (meta.enterprise_id or "").strip()
     if not enterprise:
@@ -506,7 +506,8 @@ def review_finding(
             code="already_reviewed",
             details={"status": finding.status},
         )
-    tax = detection_taxonomy(ctx, session)  # this session may hold SQLite's write lock: a second one would wait on it
+    # this session may hold SQLite's write lock: a second one would wait on it
+    tax = detection_taxonomy(ctx, session, principal.org_code)
     sample = library.get_sample(session, principal, finding.sample_id)
     before = snapshot(finding, ["status", "class_key", "box", "review", "revision_id"])
     now = utcnow()

@@ -13,6 +13,7 @@ const ROUTES = {
   review: () => import("./pages/review.js"),
   models: () => import("./pages/models.js"),
   jobs: () => import("./pages/jobs.js"),
+  legal: () => import("./pages/legal.js"),
 };
 
 const NAV = [
@@ -21,6 +22,7 @@ const NAV = [
   { route: "review", label: "nav.review", icon: "review", permission: "annotations:review" },
   { route: "models", label: "nav.models", icon: "model", permission: "models:read" },
   { route: "jobs", label: "nav.jobs", icon: "jobs", permission: "jobs:read" },
+  { route: "legal", label: "nav.legal", icon: "review", permission: "taxonomy:read_additions" },
 ];
 
 let cleanup = null;

@@ -12,6 +12,7 @@ const zh = {
   "nav.review": "审核",
   "nav.models": "模型",
   "nav.jobs": "任务",
+  "nav.legal": "法制审核",
   "nav.logout": "退出",
   "common.close": "关闭",
   "common.cancel": "取消",
@@ -24,6 +25,7 @@ const zh = {
   "role.reviewer": "审核员",
   "role.admin": "管理员",
   "role.service": "系统接口",
+  "role.legal": "法制审核员",
 
   "login.intro": "使用 API 密钥登录。密钥只保存在本标签页中，关闭即清除。",
   "login.key": "API 密钥",
@@ -237,6 +239,7 @@ const en = {
   "nav.review": "Review",
   "nav.models": "Models",
   "nav.jobs": "Jobs",
+  "nav.legal": "Legal review",
   "nav.logout": "Log out",
   "common.close": "Close",
   "common.cancel": "Cancel",
@@ -249,6 +252,7 @@ const en = {
   "role.reviewer": "Reviewer",
   "role.admin": "Administrator",
   "role.service": "Service",
+  "role.legal": "Legal reviewer",
 
   "login.intro": "Log in with an API key. It is kept in this tab only and cleared when the tab closes.",
   "login.key": "API key",

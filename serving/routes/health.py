@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from hazardlens import __version__
-from hazardlens.auth import Principal
+from hazardlens.auth import Principal, is_system
 from hazardlens.contracts.service import Health, Readiness, TaxonomyPublic
 from hazardlens.rules import default_rules
 from hazardlens.serving.deps import CtxDep, get_principal
@@ -96,6 +96,8 @@ def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     response_model=TaxonomyPublic,
     responses=errors(401),
 )
-def taxonomy(ctx: CtxDep, _: Annotated[Principal, Depends(get_principal)]) -> dict[str, Any]:
+def taxonomy(ctx: CtxDep, principal: Annotated[Principal, Depends(get_principal)]) -> dict[str, Any]:
     rules = default_rules(ctx)
-    return {**ctx.taxonomy().to_dict(), "rules": rules.describe(), "rules_version": rules.version}
+    # An organisation sees its own provincial additions; the ministry (system organisation) every one.
+    org = None if is_system(principal, ctx.settings.system_org) else principal.org_code
+    return {**ctx.taxonomy(org_code=org).to_dict(), "rules": rules.describe(), "rules_version": rules.version}
