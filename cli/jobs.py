@@ -26,9 +26,11 @@ def _ready() -> Context:
 
 
 def _runner(ctx: Context) -> Any:
-    from hazardlens.training.jobs import JobRunner  # registers the job kinds
+    from hazardlens.cli.worker import detector_services, register_kinds
+    from hazardlens.jobs import JobRunner
 
-    return JobRunner(ctx)
+    register_kinds()
+    return JobRunner(ctx, services=detector_services())
 
 
 def parse_params(pairs: list[str] | None, raw: str | None) -> dict[str, Any]:

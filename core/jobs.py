@@ -14,30 +14,34 @@ One runner per home works the queue: :meth:`JobRunner.start` takes an exclusive 
 home, so that other serving processes only submit. The lock holder is then the only process that can
 have been running a job, which makes it safe for it to mark jobs left ``running`` (or ``queued``) by a
 previous process as failed with "interrupted by restart" rather than leave them hanging for ever.
+
+That is the embedded default. With ``HAZARDLENS_BROKER_URL`` set (issue 16), a submitted job is sent
+to a Celery queue instead (:mod:`hazardlens.broker`) and ``hazardlens worker`` processes run it; no
+server runs a thread then. Either way a job (or each shard of a sharded kind) runs under a lease
+(:mod:`hazardlens.jobrun`), and its state stays on this table, so the API, the console and the CLI
+report it the same way.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
+import re
 import threading
-import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from pydantic import BaseModel
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import select
 
 from hazardlens.audit import record
-from hazardlens.auth import SYSTEM, Principal, principal_of
+from hazardlens.auth import SYSTEM, Principal
 from hazardlens.context import Context
 from hazardlens.contracts.jobs import JOB_KINDS, JOB_STATUSES, JobParams, JobPublic, JobSummary, parse_job
 from hazardlens.dates import iso
-from hazardlens.errors import HazardError, Invalid, NotFound
+from hazardlens.errors import Invalid, NotFound
+from hazardlens.jobrun import Planner, Reducer, Services, ShardHandler, new_owner, run_job
 from hazardlens.orm import Job, User
 
 log = logging.getLogger(__name__)
@@ -59,28 +63,63 @@ Check = Callable[[Context, Any, Principal], None]
 @dataclass(frozen=True)
 class JobType:
     """A kind of job: who may submit it, what runs it, what is checked when it is submitted, and
-    which loggers (beside ``hazardlens``) feed its log tail."""
+    which loggers (beside ``hazardlens``) feed its log tail. A *sharded* kind has ``plan`` (the job
+    cut into shards), ``shard`` (one shard's work) and ``reduce`` (the shards' results summed up)
+    instead of running ``handler``. ``queue``: ``gpu`` kinds go to the gpu queue when the deployment
+    has one (``HAZARDLENS_GPU_QUEUE``), everything else to ``cpu``."""
 
     kind: str
     permission: str
     handler: Handler
     check: Check | None = None
     loggers: tuple[str, ...] = ()
+    plan: Planner | None = None
+    shard: ShardHandler | None = None
+    reduce: Reducer | None = None
+    queue: str = "cpu"
+
+    @property
+    def sharded(self) -> bool:
+        return self.plan is not None and self.shard is not None
 
 
 _TYPES: dict[str, JobType] = {}
 
 
 def register(
-    kind: str, *, permission: str, handler: Handler, check: Check | None = None, loggers: tuple[str, ...] = ()
+    kind: str,
+    *,
+    permission: str,
+    handler: Handler | None = None,
+    check: Check | None = None,
+    loggers: tuple[str, ...] = (),
+    plan: Planner | None = None,
+    shard: ShardHandler | None = None,
+    reduce: Reducer | None = None,
+    queue: str = "cpu",
 ) -> JobType:
     """Make ``kind`` runnable (again: the last registration wins). ``kind`` must be one of the kinds
-    of :mod:`hazardlens.contracts.jobs`, which defines its parameters."""
+    of :mod:`hazardlens.contracts.jobs`, which defines its parameters. Give ``handler``, or ``plan``
+    and ``shard`` (and ``reduce``) for a sharded kind."""
     if kind not in JOB_KINDS:  # its parameters would have no model: it could never be submitted
         raise ValueError(f"job kind {kind!r} has no parameters model in hazardlens.contracts.jobs")
-    job_type = JobType(kind, permission, handler, check, tuple(loggers))
+    if handler is None and (plan is None or shard is None):
+        raise ValueError(f"job kind {kind!r} needs a handler, or a plan and a shard handler")
+    if queue not in ("cpu", "gpu"):
+        raise ValueError(f"job kind {kind!r}: queue must be cpu or gpu, not {queue!r}")
+    job_type = JobType(kind, permission, handler or _sharded_only, check, tuple(loggers), plan, shard, reduce, queue)
     _TYPES[kind] = job_type
     return job_type
+
+
+def _sharded_only(ctx: Context, job: Job, principal: Principal, progress: Progress) -> dict[str, Any]:
+    raise Invalid(f"job kind {job.kind!r} runs in shards", code="invalid_job")
+
+
+def queue_for(ctx: Context, kind: str) -> str:
+    """The Celery queue of a kind: ``gpu`` only when the deployment has GPU workers."""
+    job_type = _TYPES.get(kind)
+    return "gpu" if job_type is not None and job_type.queue == "gpu" and ctx.settings.gpu_queue else "cpu"
 
 
 def registered() -> dict[str, JobType]:
@@ -101,6 +140,7 @@ def job_public(job: Job) -> JobPublic:
         result=job.result,
         error=job.error,
         created_by=job.created_by,
+        shards=int(job.shards or 0),
         created_at=iso(job.created_at),
         started_at=iso(job.started_at),
         finished_at=iso(job.finished_at),
@@ -117,23 +157,68 @@ def job_dict(job: Job) -> dict[str, Any]:
     return job_public(job).model_dump(mode="json")
 
 
-# ---- log capture --------------------------------------------------------------------------------
+# ---- what another organisation's caller may see -------------------------------------------------
+
+#: Absolute paths on the server (the home, temporary folders, the installation): ``<server path>``.
+_SERVER_PATH = re.compile(
+    r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:home|root|tmp|var|usr|opt|srv|work|mnt|data|etc|lib|media|run|private|Users)"
+    r"(?![\w.-])(?:[/\\][^\s'\",;()\[\]{}<>]*)*"
+)
+_TRACEBACK = ("Traceback (most recent call last)", "During handling of the above exception", "The above exception")
 
 
-class _TailHandler(logging.Handler):
-    """Keeps the last lines logged by one thread (the job's), for the job row's log tail."""
+def redact(text: str | None, home: str | None = None) -> str | None:
+    """``text`` without server paths (issue 13, item 8): a job's message or error may quote a file of
+    the server, which only the operator (the system organisation) needs to see."""
+    if text is None:
+        return None
+    if home:
+        text = text.replace(home, "<home>")
+    return _SERVER_PATH.sub("<server path>", text)
 
-    def __init__(self, thread_id: int, lines: collections.deque[str]) -> None:
-        super().__init__(logging.INFO)
-        self.thread_id = thread_id
-        self.lines = lines
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
 
-    def emit(self, rec: logging.LogRecord) -> None:
-        if rec.thread != self.thread_id:
-            return
-        with contextlib.suppress(Exception):  # a log line must never fail the job
-            self.lines.append(self.format(rec)[:_LOG_LINE_CHARS])
+def _redact_log(log_tail: str | None, home: str | None) -> str | None:
+    """The log tail without traceback frames (indented lines and their headers) and server paths."""
+    if log_tail is None:
+        return None
+    kept = [ln for ln in log_tail.splitlines() if ln[:1] not in (" ", "\t") and not ln.startswith(_TRACEBACK)]
+    return redact("\n".join(kept), home)
+
+
+def _redact_value(value: Any, home: str | None) -> Any:
+    if isinstance(value, str):
+        return redact(value, home)
+    if isinstance(value, dict):
+        return {k: _redact_value(v, home) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_value(v, home) for v in value]
+    return value
+
+
+def job_view(job: Job, viewer: Principal, ctx: Context) -> JobPublic:
+    """A job as ``viewer`` may see it: whole for the system organisation (the operator's side);
+    for everybody else without tracebacks and with server paths replaced, in the log tail, the
+    message, the error and the result (an export's folder on the server is of no use to a caller
+    and tells an attacker the layout of the host)."""
+    from hazardlens.auth import is_system
+
+    public = job_public(job)
+    if is_system(viewer, ctx.settings.system_org):
+        return public
+    home = str(ctx.settings.home.resolve())
+    return public.model_copy(
+        update={
+            "log": _redact_log(public.log, home),
+            "message": redact(public.message, home),
+            "error": redact(public.error, home),
+            "result": _redact_value(public.result, home),
+        }
+    )
+
+
+def job_summary_view(job: Job, viewer: Principal, ctx: Context) -> JobSummary:
+    """:func:`job_view` without the log tail (lists)."""
+    return JobSummary.model_validate(job_view(job, viewer, ctx).model_dump(exclude={"log"}))
 
 
 # ---- the runner ---------------------------------------------------------------------------------
@@ -142,7 +227,8 @@ class _TailHandler(logging.Handler):
 class JobRunner:
     """Submit jobs from any thread; run them one at a time in a background thread (``start``) or in
     the caller's thread (``run_next`` / ``run_pending``, for tests and tools). ``handlers`` replaces
-    the registered handler of a kind (tests)."""
+    the registered handler of a kind (tests); ``services`` hands the handlers a detector. With a
+    broker configured, ``submit`` sends the job to the workers and ``start`` runs no thread."""
 
     def __init__(
         self,
@@ -151,11 +237,14 @@ class JobRunner:
         poll_s: float = 1.0,
         flush_s: float = _FLUSH_S,
         handlers: Mapping[str, Handler] | None = None,
+        services: Services | None = None,
     ) -> None:
         self.ctx = ctx
         self.poll_s = poll_s
         self.flush_s = flush_s
         self.handlers = dict(handlers or {})
+        self.services = services or Services()
+        self.owner = new_owner()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -168,11 +257,9 @@ class JobRunner:
             raise Invalid(f"unknown job kind {kind!r}; kinds are {known}", code="invalid_job")
         return job_type
 
-    def _handler(self, kind: str) -> Handler:
-        handler = self.handlers.get(kind) or (_TYPES[kind].handler if kind in _TYPES else None)
-        if handler is None:
-            raise Invalid(f"no handler for job kind {kind!r}", code="invalid_job")
-        return handler
+    @property
+    def uses_broker(self) -> bool:
+        return bool(self.ctx.settings.broker_url)
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -186,6 +273,7 @@ class JobRunner:
         if job_type.check is not None:
             job_type.check(self.ctx, job_in.params, principal)
         clean = job_in.params.model_dump(mode="json", exclude_none=True, by_alias=True)
+        queue = queue_for(self.ctx, kind) if self.uses_broker else None
         with self.ctx.db.session() as session:
             job = Job(
                 kind=kind,
@@ -194,10 +282,15 @@ class JobRunner:
                 created_by=principal.user_id,
                 created_at=datetime.now(UTC),
                 message="queued",
+                queue=queue,
             )
             session.add(job)
             session.flush()
             record(session, principal, "job.submit", "job", job.id, after={"kind": kind, "params": clean})
+        if queue is not None:  # after the commit: a worker that takes the message finds the row
+            from hazardlens.broker import dispatch_job
+
+            dispatch_job(self.ctx, job)
         self._wake.set()
         return job
 
@@ -206,7 +299,8 @@ class JobRunner:
         return self.submit(job_in.kind, job_in.params, principal)  # type: ignore[attr-defined]
 
     def get_job(self, job_id: int, principal: Principal | None = None) -> Job:
-        """Admins see every job; others the jobs of their own organisation (another's is a 404)."""
+        """The system organisation sees every job; everybody else, an organisation's admin included,
+        the jobs of their own organisation (another's is a 404: issue 13, item 8)."""
         with self.ctx.db.read_session() as session:
             job = session.get(Job, job_id)
             if job is None or not self._visible(session, job, principal):
@@ -228,15 +322,19 @@ class JobRunner:
             q = q.where(Job.status == status)
         if kind:
             q = q.where(Job.kind == kind)
-        if principal is not None and principal.role != "admin":
+        if principal is not None and not self._sees_all(principal):
             own_org = select(User.id).where(User.org_code == principal.org_code)
             q = q.where(Job.created_by.in_(own_org))
         with self.ctx.db.read_session() as session:
             return list(session.scalars(q))
 
-    @staticmethod
-    def _visible(session: Any, job: Job, principal: Principal | None) -> bool:
-        if principal is None or principal.role == "admin":
+    def _sees_all(self, principal: Principal) -> bool:
+        from hazardlens.auth import is_system
+
+        return is_system(principal, self.ctx.settings.system_org)
+
+    def _visible(self, session: Any, job: Job, principal: Principal | None) -> bool:
+        if principal is None or self._sees_all(principal):
             return True
         if job.created_by is None:
             return False
@@ -246,132 +344,75 @@ class JobRunner:
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Mark jobs a previous process left queued or running as failed ('interrupted by restart').
+        """After a restart: jobs still ``queued`` stay queued and this runner works them (they never
+        started, so nothing is lost by running them now: issue 13, item 8); a job left ``running``
+        was cut off half-way by the previous process, and is failed with a clear reason ('interrupted
+        by restart', and that it was running) rather than re-run behind its submitter's back (a
+        training run or an export may have written half its output). Returns how many were failed.
         Only call it while no other runner works this catalogue (``start`` holds the home's lock)."""
         now = datetime.now(UTC)
         with self.ctx.db.session() as session:
-            jobs = list(session.scalars(select(Job).where(or_(Job.status == "running", Job.status == "queued"))))
+            jobs = list(session.scalars(select(Job).where(Job.status == "running")))
             for job in jobs:
-                before = job.status
                 job.status, job.error, job.finished_at = "failed", INTERRUPTED, now
-                job.message = f"{INTERRUPTED} (was {before})"
+                job.message = f"{INTERRUPTED} (was running; it is not re-run by itself: submit it again)"
                 record(
                     session,
                     SYSTEM,
                     "job.interrupted",
                     "job",
                     job.id,
-                    before={"status": before},
+                    before={"status": "running"},
                     after={"status": "failed", "error": INTERRUPTED},
                 )
+            queued = list(session.scalars(select(Job.id).where(Job.status == "queued")))
         if jobs:
             log.warning("marked %d job(s) interrupted by restart: %s", len(jobs), [j.id for j in jobs])
+        if queued:
+            log.info("resuming %d queued job(s) after a restart: %s", len(queued), queued)
+            self._wake.set()
         return len(jobs)
 
     # -- running -----------------------------------------------------------------------------
 
-    def _claim(self) -> int | None:
-        """Take the oldest queued job; the conditional update makes the claim atomic across processes."""
-        with self.ctx.db.session() as session:
-            ids = list(session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(5)))
-            for job_id in ids:
-                res = cast(
-                    CursorResult[Any],
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == job_id, Job.status == "queued")
-                        .values(status="running", started_at=datetime.now(UTC), message="starting")
-                    ),
-                )
-                if res.rowcount == 1:
-                    return job_id
-        return None
-
-    def _principal(self, session: Any, job: Job) -> Principal:
-        if job.created_by is None:
-            return SYSTEM
-        user = session.get(User, job.created_by)
-        if user is None:
-            return SYSTEM
-        return principal_of(user)
-
     def run_next(self) -> Job | None:
         """Run the oldest queued job to its end in this thread; None when the queue is empty."""
-        job_id = self._claim()
-        if job_id is None:
-            return None
-        self._execute(job_id)
-        with self.ctx.db.session() as session:
-            return session.get(Job, job_id)
+        with self.ctx.db.read_session() as session:
+            ids = list(session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(5)))
+        for job_id in ids:
+            outcome = run_job(
+                self.ctx,
+                job_id,
+                _TYPES,
+                owner=self.owner,
+                services=self.services,
+                handlers=self.handlers,
+                flush_s=self.flush_s,
+            )
+            if outcome == "done":
+                with self.ctx.db.read_session() as session:
+                    return session.get(Job, job_id)
+        return None
+
+    def run(self, job_id: int) -> Job:
+        """Run job ``job_id`` to its end in this thread (the CLI without a server or a broker); a job
+        another live runner holds is left to it."""
+        run_job(
+            self.ctx,
+            job_id,
+            _TYPES,
+            owner=self.owner,
+            services=self.services,
+            handlers=self.handlers,
+            flush_s=self.flush_s,
+        )
+        return self.get_job(job_id)
 
     def run_pending(self) -> list[Job]:
         done = []
         while (job := self.run_next()) is not None:
             done.append(job)
         return done
-
-    def _execute(self, job_id: int) -> None:
-        with self.ctx.db.session() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            principal = self._principal(session, job)
-            session.expunge(job)
-        lines: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
-        tail = _TailHandler(threading.get_ident(), lines)
-        extra = _TYPES[job.kind].loggers if job.kind in _TYPES else ()
-        loggers = [logging.getLogger(name) for name in dict.fromkeys(("hazardlens", *extra))]
-        for lg in loggers:
-            lg.addHandler(tail)
-        state: dict[str, Any] = {"flushed": -1e9, "progress": 0.0, "message": "starting"}
-
-        def write(**values: Any) -> None:
-            with self.ctx.db.session() as s:
-                s.execute(update(Job).where(Job.id == job_id).values(log="\n".join(lines), **values))
-
-        def progress(fraction: float, message: str) -> None:
-            fraction = max(0.0, min(1.0, float(fraction)))
-            if message and message != state["message"]:
-                lines.append(f"{datetime.now():%H:%M:%S} {message}"[:_LOG_LINE_CHARS])
-            state.update(progress=fraction, message=message or state["message"])
-            now = time.monotonic()
-            # Throttled: a busy training loop must not turn into a busy database writer.
-            if now - state["flushed"] >= self.flush_s or fraction >= 1.0:
-                state["flushed"] = now
-                write(progress=fraction, message=str(state["message"])[:2000])
-
-        try:
-            handler = self._handler(job.kind)
-            progress(0.0, f"started {job.kind}")
-            result = handler(self.ctx, job, principal, progress)
-        except BaseException as exc:  # noqa: BLE001 - every failure ends up on the row, never lost
-            if isinstance(exc, HazardError):
-                error = f"{exc.code}: {exc.message}"
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-                lines.extend(traceback.format_exc().splitlines()[-20:])
-            lines.append(f"{datetime.now():%H:%M:%S} failed: {error}"[:_LOG_LINE_CHARS])
-            log.warning("job %s failed: %s", job_id, error)
-            write(status="failed", error=error, message=f"failed: {error}"[:2000], finished_at=datetime.now(UTC))
-            self._audit(job_id, "job.fail", {"status": "failed", "error": error})
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-        else:
-            lines.append(f"{datetime.now():%H:%M:%S} completed")
-            write(
-                status="completed",
-                progress=1.0,
-                message=str(state["message"] or "completed")[:2000],
-                result=result,
-                finished_at=datetime.now(UTC),
-            )
-            self._audit(job_id, "job.complete", {"status": "completed"})
-        finally:
-            for lg in loggers:
-                lg.removeHandler(tail)
-
-    def _audit(self, job_id: int, action: str, after: dict[str, Any]) -> None:
-        with self.ctx.db.session() as session:
-            record(session, SYSTEM, action, "job", job_id, after=after)
 
     # -- background thread -------------------------------------------------------------------
 
@@ -405,6 +446,9 @@ class JobRunner:
         already runs this home's queue (this one then only submits)."""
         if self.running:
             return True
+        if self.uses_broker:
+            log.info("jobs run on Celery workers (HAZARDLENS_BROKER_URL); this process only submits")
+            return False
         if not self._take_lock():
             log.info("another process runs the job queue of %s; this one only submits", self.ctx.settings.home)
             return False
@@ -449,6 +493,7 @@ __all__ = [
     "job_dict",
     "job_public",
     "job_summary",
+    "queue_for",
     "register",
     "registered",
 ]

@@ -307,7 +307,7 @@ class JobShard(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     idx: Mapped[int] = mapped_column(Integer)
-    items: Mapped[list[Any]] = mapped_column(JSON)
+    items: Mapped[Any] = mapped_column(JSON)  # what the shard works on (sample ids, a model version...)
     status: Mapped[str] = mapped_column(String(20), default="queued", server_default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

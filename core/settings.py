@@ -127,6 +127,18 @@ class Settings:
     # The organisation whose administrators run the one model registry every organisation's
     # detection uses (promote, roll back, archive, import); see hazardlens.auth.require_system.
     system_org: str = "000000"
+    # Background jobs (issue 16): empty = the embedded runner (a thread of the server, no broker);
+    # a Celery broker URL (redis://..., amqp://...) = jobs run on `hazardlens worker` processes.
+    broker_url: str = ""
+    # A message a worker took but never acknowledged (it died) goes back to the queue after this long
+    # (Redis; RabbitMQ redelivers as soon as the worker's connection drops).
+    broker_visibility_s: float = 3600.0
+    # A running job or shard whose runner has not written a heartbeat for this long is taken over.
+    job_lease_s: float = 60.0
+    # Training (and other GPU kinds) go to the `gpu` queue (workers started with --queues gpu).
+    gpu_queue: bool = False
+    # Library-wide batch jobs (pre-labelling, ...): samples per shard.
+    shard_size: int = 200
 
     @property
     def database(self) -> str:
@@ -180,6 +192,11 @@ def load_settings() -> Settings:
         tile_window=tile_window,
         tile_overlap=tile_overlap,
         system_org=(_env("SYSTEM_ORG", defaults.system_org) or defaults.system_org).strip(),
+        broker_url=(_env("BROKER_URL", "") or "").strip(),
+        broker_visibility_s=float(_env("BROKER_VISIBILITY_S", str(defaults.broker_visibility_s)) or 3600),
+        job_lease_s=max(2.0, float(_env("JOB_LEASE_S", str(defaults.job_lease_s)) or 60)),
+        gpu_queue=_bool(_env("GPU_QUEUE"), False),
+        shard_size=max(1, min(5000, int(_env("SHARD_SIZE", str(defaults.shard_size)) or 200))),
     )
 
 

@@ -58,9 +58,16 @@ def _clipped_boxes(sample: Sample, detections: Detections) -> list[dict[str, Any
 
 
 def store_suggestions(
-    session: Session, principal: Principal, sample_id: int, model_version: str, detections: Detections
+    session: Session,
+    principal: Principal,
+    sample_id: int,
+    model_version: str,
+    detections: Detections,
+    *,
+    job_id: int | None = None,
 ) -> Suggestion:
-    """Keep one model's boxes for a sample as an open suggestion."""
+    """Keep one model's boxes for a sample as an open suggestion (``job_id``: the pre-labelling job
+    that asked; one per job and sample)."""
     principal.require("suggestions:request")
     if not isinstance(model_version, str) or not model_version.strip():
         raise Invalid("model_version must be a non-empty string", code="invalid_model_version")
@@ -71,6 +78,7 @@ def store_suggestions(
         model_version=model_version.strip()[:100],
         boxes=_clipped_boxes(sample, detections),
         created_by=principal.user_id,
+        job_id=job_id,
     )
     session.add(row)
     session.flush()
@@ -81,7 +89,7 @@ def store_suggestions(
         "suggestion",
         row.id,
         sample_id=sample.id,
-        after={"model_version": row.model_version, "boxes": len(row.boxes)},
+        after={"model_version": row.model_version, "boxes": len(row.boxes), **({"job_id": job_id} if job_id else {})},
     )
     return row
 

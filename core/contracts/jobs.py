@@ -15,12 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
 
 from hazardlens.contracts.common import Contract, Key, Public
+from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import Timestamp
 from hazardlens.errors import Invalid
 
-JobKind = Literal["train", "dataset_export"]
+JobKind = Literal["train", "dataset_export", "prelabel"]
 JobStatus = Literal["queued", "running", "completed", "failed"]
-JOB_KINDS: tuple[str, ...] = ("train", "dataset_export")
+JOB_KINDS: tuple[str, ...] = ("train", "dataset_export", "prelabel")
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed")
 
 #: ``NAME@VERSION``: a dataset name (as ``datasets create`` accepts it) and ``latest``, a number
@@ -102,6 +103,37 @@ class DatasetExportJobParams(Contract):
         return value or None
 
 
+#: A model version as a job names it (registry versions are "1", "2", ...; "production" is the default).
+ModelVersionName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+class PrelabelJobParams(Contract):
+    """Pre-label every sample of the caller's organisation that matches ``filters`` with one model
+    version: an open suggestion per sample (never a label), in shards of ``shard_size`` samples run
+    in parallel by the workers. Shared samples of other organisations are theirs to label: skipped."""
+
+    filters: SampleFilter = Field(
+        default_factory=SampleFilter, description="which samples (the sample search's filters); none: all"
+    )
+    model: ModelVersionName | None = Field(
+        None,
+        description="model version to use; unset or 'production': the production version when the job starts "
+        "(every shard then uses that one version, even if another is promoted meanwhile)",
+        examples=["production", "3"],
+    )
+    conf: float = Field(0.25, ge=0.01, le=0.99, description="confidence threshold")
+    shard_size: Annotated[int, Field(strict=True, ge=1, le=5000)] | None = Field(
+        None, description="samples per shard (default HAZARDLENS_SHARD_SIZE, 200)"
+    )
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _no_filters(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
 class TrainJobIn(Contract):
     kind: Literal["train"]
     params: TrainJobParams
@@ -112,13 +144,24 @@ class DatasetExportJobIn(Contract):
     params: DatasetExportJobParams
 
 
+class PrelabelJobIn(Contract):
+    kind: Literal["prelabel"]
+    params: PrelabelJobParams = Field(default_factory=PrelabelJobParams)
+
+
+AnyJobIn = TrainJobIn | DatasetExportJobIn | PrelabelJobIn
 #: What ``POST /v1/jobs`` accepts: ``{"kind": ..., "params": {...}}``, the params model chosen by ``kind``.
-JobIn = Annotated[TrainJobIn | DatasetExportJobIn, Field(discriminator="kind")]
-JobParams = TrainJobParams | DatasetExportJobParams
-_JOB_IN: TypeAdapter[TrainJobIn | DatasetExportJobIn] = TypeAdapter(JobIn)
+JobIn = Annotated[AnyJobIn, Field(discriminator="kind")]
+JobParams = TrainJobParams | DatasetExportJobParams | PrelabelJobParams
+_JOB_IN: TypeAdapter[AnyJobIn] = TypeAdapter(JobIn)
+_PARAMS_MODELS: dict[str, type[BaseModel]] = {
+    "train": TrainJobParams,
+    "dataset_export": DatasetExportJobParams,
+    "prelabel": PrelabelJobParams,
+}
 
 
-def parse_job(kind: str, params: JobParams | Mapping[str, Any] | None) -> TrainJobIn | DatasetExportJobIn:
+def parse_job(kind: str, params: JobParams | Mapping[str, Any] | None) -> AnyJobIn:
     """A submission from the CLI or Python as the same model the API validates, or :class:`Invalid`
     (code ``invalid_job``) naming every problem."""
     if kind not in JOB_KINDS:
@@ -138,9 +181,9 @@ def invalid_job(kind: str, exc: ValidationError) -> Invalid:
     misspelt flag is the usual mistake), then every other problem with its parameter's name."""
     errors = exc.errors()
     unknown = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and e["loc"])
-    model = TrainJobParams if kind == "train" else DatasetExportJobParams
+    model = _PARAMS_MODELS.get(kind, DatasetExportJobParams)
     if unknown:
-        what = "train" if kind == "train" else "export"
+        what = {"train": "train", "prelabel": "prelabel"}.get(kind, "export")
         known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
         return Invalid(
             f"unknown {what} parameter(s) {', '.join(unknown)}; known: {known}",
@@ -161,17 +204,22 @@ class JobSummary(Public):
     id: int
     kind: JobKind
     status: JobStatus
-    params: dict[str, Any] = Field(description="the validated parameters (TrainJobParams or DatasetExportJobParams)")
+    params: dict[str, Any] = Field(
+        description="the validated parameters (TrainJobParams, DatasetExportJobParams or PrelabelJobParams)"
+    )
     progress: float = Field(ge=0.0, le=1.0, description="0..1, written while the job runs")
     message: str | None = Field(description="the latest progress message")
     result: dict[str, Any] | None = Field(
         description=(
             "when completed: train: {run_id, run_dir, status, dataset, device, metrics, best, last, model, resumed}; "
-            "dataset_export: {dataset, dataset_id, format, path, files, output}"
+            "dataset_export: {dataset, dataset_id, format, path, files, output}; "
+            "prelabel: {model_version, samples, suggested, boxes, failed, failures: [{sample_id, reason}], "
+            "shards, shards_failed: [{shard, attempts, error}]}"
         )
     )
     error: str | None = Field(description="when failed: 'code: message' (or 'interrupted by restart')")
     created_by: int | None = Field(description="the submitting user's id")
+    shards: int = Field(0, description="sharded kinds (prelabel): how many shards the job was cut into")
     created_at: Timestamp | None
     started_at: Timestamp | None
     finished_at: Timestamp | None
@@ -204,6 +252,9 @@ __all__ = [
     "JobPublic",
     "JobStatus",
     "JobSummary",
+    "ModelVersionName",
+    "PrelabelJobIn",
+    "PrelabelJobParams",
     "TrainJobIn",
     "TrainJobParams",
     "invalid_job",

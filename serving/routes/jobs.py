@@ -13,12 +13,28 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 
+import hazardlens.labeling.prelabel  # noqa: F401 - registers prelabel
 import hazardlens.training.jobs  # noqa: F401 - registers the job kinds with the queue
 from hazardlens.auth import Principal
 from hazardlens.contracts.jobs import JobIn, JobKind, JobPage, JobPublic, JobStatus
-from hazardlens.jobs import JobRunner, job_public, job_summary
+from hazardlens.jobrun import Services
+from hazardlens.jobs import JobRunner, job_public, job_summary_view, job_view
+from hazardlens.models.manager import ModelManager, ModelUnavailable
 from hazardlens.serving.deps import PrincipalDep, require
 from hazardlens.serving.schemas import errors
+
+
+def _new_runner(app: FastAPI) -> JobRunner:
+    """The app's runner; its jobs (pre-labelling) detect with the app's own model manager. With a
+    broker configured it only submits: ``hazardlens worker`` processes run the jobs."""
+
+    def detector(_ctx: object) -> ModelManager:
+        manager = getattr(app.state, "models", None)
+        if manager is None:
+            raise ModelUnavailable("the model manager is not running in this worker")
+        return manager
+
+    return JobRunner(app.state.ctx, services=Services(detector_factory=detector))
 
 
 def get_runner(request: Request) -> JobRunner:
@@ -26,7 +42,7 @@ def get_runner(request: Request) -> JobRunner:
     app = request.app
     runner = getattr(app.state, "job_runner", None)
     if runner is None:
-        runner = app.state.job_runner = JobRunner(app.state.ctx)
+        runner = app.state.job_runner = _new_runner(app)
     return runner
 
 
@@ -37,7 +53,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # app.state.startup_hooks when it is imported, so the worker starts here.
     runner: JobRunner | None = None
     if getattr(app.state, "start_background", False):
-        runner = getattr(app.state, "job_runner", None) or JobRunner(app.state.ctx)
+        runner = getattr(app.state, "job_runner", None) or _new_runner(app)
         app.state.job_runner = runner
         runner.start()
     try:
@@ -66,6 +82,10 @@ _EXAMPLES = {
             "params": {"dataset": "ppe@3", "format": "yolo", "train_caps": {"fire": 100}},
         },
     },
+    "prelabel": {
+        "summary": "pre-label the organisation's unlabelled dust samples (suggestions:request)",
+        "value": {"kind": "prelabel", "params": {"filters": {"sector": "dust", "status": "unlabeled"}}},
+    },
 }
 
 
@@ -73,10 +93,10 @@ _EXAMPLES = {
     "",
     status_code=202,
     response_model=JobPublic,
-    summary="Submit a job (train needs admin; dataset_export datasets:write)",
+    summary="Submit a job (train needs admin; dataset_export datasets:write; prelabel suggestions:request)",
     description="Parameters are checked now (unknown ones, a missing training config, a dataset the "
     "caller cannot see), so a typo fails the request, not the job an hour later.",
-    responses=errors(401, 403, 404, 409, 413, 422),
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
 )
 def submit_job(
     body: Annotated[JobIn, Body(openapi_examples=_EXAMPLES)], principal: PrincipalDep, runner: RunnerDep
@@ -91,7 +111,8 @@ def submit_job(
     responses=errors(401, 403, 404, 422),
 )
 def get_job(job_id: JobId, principal: Reader, runner: RunnerDep) -> JobPublic:
-    return job_public(runner.get_job(job_id, principal))
+    # Another organisation's job is a 404; server paths and tracebacks are the system organisation's only.
+    return job_view(runner.get_job(job_id, principal), principal, runner.ctx)
 
 
 @router.get(
@@ -109,4 +130,4 @@ def list_jobs(
 ) -> JobPage:
     jobs = runner.list_jobs(principal, status=status, kind=kind, limit=limit)
     # The log tail is left out of the list (it can be 100 kB a job); GET /v1/jobs/{id} has it.
-    return JobPage(items=[job_summary(j) for j in jobs])
+    return JobPage(items=[job_summary_view(j, principal, runner.ctx) for j in jobs])

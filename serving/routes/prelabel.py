@@ -1,4 +1,5 @@
-"""Model-assisted pre-labelling: suggestions on samples or on the caller's queue, and the Label
+"""Model-assisted pre-labelling: suggestions on samples or on the caller's queue, library-wide
+pre-labelling as a sharded job (``POST /v1/prelabel``), and the Label
 Studio ML backend protocol under ``/labelstudio`` (configure ``http://HOST:8000/labelstudio`` as the
 ML backend URL in Label Studio, with basic auth whose password is a hazardlens API key), and its
 webhook ``/labelstudio/webhook`` (annotations saved in Label Studio come back as submitted revisions)."""
@@ -7,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends
 
 from hazardlens.auth import Principal
 from hazardlens.contracts.annotations import Suggestions
+from hazardlens.contracts.jobs import JobPublic, PrelabelJobParams
 from hazardlens.contracts.labelstudio import (
     LsHealth,
     LsLabelConfig,
@@ -23,10 +25,12 @@ from hazardlens.contracts.labelstudio import (
     SuggestRequest,
 )
 from hazardlens.detector import detection_taxonomy
+from hazardlens.jobs import JobRunner, job_public
 from hazardlens.labeling.ml_backend import parse_label_config, predict_tasks, receive_webhook
 from hazardlens.labeling.queues import my_queue
 from hazardlens.labeling.suggestions import suggest_for_samples
 from hazardlens.serving.deps import CtxDep, require
+from hazardlens.serving.routes.jobs import get_runner
 from hazardlens.serving.runtime import ModelsDep
 from hazardlens.serving.schemas import errors
 
@@ -47,6 +51,35 @@ def suggest(body: SuggestRequest, ctx: CtxDep, caller: Caller, models: ModelsDep
             ids += [item["sample_id"] for item in my_queue(session, caller, limit=body.limit)]
     items = suggest_for_samples(ctx, caller, ids, models, conf=body.conf, version=body.model)
     return Suggestions.model_validate({"items": items})
+
+
+@router.post(
+    "/v1/prelabel",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Pre-label every sample of my organisation that matches the filters (a sharded job)",
+    description="Queues a `prelabel` job (the same as `POST /v1/jobs` with that kind): the matching samples "
+    "are cut into shards of a few hundred that the workers run in parallel; each sample gets one open "
+    "suggestion from the chosen model version (production by default). Poll `GET /v1/jobs/{id}`: progress "
+    "is summed over the shards, the result counts samples, suggestions, boxes and failures with reasons.",
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
+def prelabel(
+    caller: Caller,
+    runner: Annotated[JobRunner, Depends(get_runner)],
+    body: Annotated[
+        PrelabelJobParams,
+        Body(
+            openapi_examples={
+                "unlabelled": {
+                    "summary": "unlabelled samples of one sector, production model",
+                    "value": {"filters": {"sector": "dust", "status": "unlabeled"}},
+                }
+            }
+        ),
+    ],
+) -> JobPublic:
+    return job_public(runner.submit("prelabel", body, caller))
 
 
 @router.get(

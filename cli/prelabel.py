@@ -1,0 +1,96 @@
+"""``hazardlens prelabel``: model suggestions on every sample of an organisation that matches filters.
+
+The same ``prelabel`` job as ``POST /v1/prelabel``: with a broker (``HAZARDLENS_BROKER_URL``) it is
+queued for the workers (``--wait`` follows it); without one it runs here, shard after shard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+
+from hazardlens.cli.common import ORG_HELP, cli_principal, console, context, friendly_errors
+
+
+def _summary_line(job: Any) -> str:
+    r = job.result or {}
+    line = (
+        f"job {job.id} {job.status}: {r.get('samples', 0)} sample(s), {r.get('suggested', 0)} suggestion(s), "
+        f"{r.get('boxes', 0)} box(es), {r.get('failed', 0)} failed, model {r.get('model_version')}, "
+        f"{r.get('shards', job.shards)} shard(s)"
+    )
+    return line + (f"; error: {job.error}" if job.error else "")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("prelabel")
+    @friendly_errors
+    def prelabel(
+        org: str = typer.Option(..., "--org", help=ORG_HELP + " (its own samples are pre-labelled)"),
+        sector: str = typer.Option(None, "--sector", help="only samples of this sector"),
+        status: str = typer.Option(None, "--status", help="unlabeled | draft | submitted | approved | rejected"),
+        class_key: str = typer.Option(None, "--class", help="only samples whose labels hold this class"),
+        site: str = typer.Option(None, "--site"),
+        camera: str = typer.Option(None, "--camera"),
+        tag: str = typer.Option(None, "--tag"),
+        captured_from: str = typer.Option(None, "--captured-from", help="ISO date or date-time"),
+        captured_to: str = typer.Option(None, "--captured-to", help="ISO date or date-time"),
+        model: str = typer.Option("production", "--model", help="model version (default: production)"),
+        conf: float = typer.Option(0.25, "--conf", help="confidence threshold"),
+        shard_size: int = typer.Option(None, "--shard-size", min=1, max=5000, help="samples per shard"),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="with a broker: follow the job to its end"),
+        as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
+    ) -> None:
+        """Pre-label every sample of ORG matching the filters (one open suggestion each, never a label)."""
+        from hazardlens.cli.worker import detector_services, register_kinds
+        from hazardlens.jobs import JobRunner, job_public
+
+        register_kinds()
+        ctx = context()
+        ctx.init()
+        principal = cli_principal(ctx, org)
+        filters = {
+            "sector": sector,
+            "status": status,
+            "class_key": class_key,
+            "site": site,
+            "camera": camera,
+            "tag": tag,
+            "captured_from": captured_from,
+            "captured_to": captured_to,
+        }
+        params: dict[str, Any] = {"filters": {k: v for k, v in filters.items() if v}, "model": model, "conf": conf}
+        if shard_size:
+            params["shard_size"] = shard_size
+        runner = JobRunner(ctx, services=detector_services())
+        job = runner.submit("prelabel", params, principal)
+        if not runner.uses_broker:
+            with console.status(f"pre-labelling (job {job.id}) in this process..."):
+                runner.run(job.id)
+        elif wait:
+            console.print(f"queued prelabel job {job.id}; following it (Ctrl-C stops following, not the job)")
+            while True:
+                current = runner.get_job(job.id)
+                if current.status in ("completed", "failed"):
+                    break
+                console.print(f"  {current.progress:.0%} {current.message or ''}", highlight=False)
+                time.sleep(2.0)
+        final = job_public(runner.get_job(job.id))
+        ctx.close()
+        if as_json:
+            print(json.dumps(final.model_dump(mode="json"), ensure_ascii=False, indent=2))
+        elif final.status in ("completed", "failed"):
+            console.print(_summary_line(final), highlight=False)
+            for failure in (final.result or {}).get("failures", [])[:20]:
+                console.print(f"  sample {failure['sample_id']}: {failure['reason']}", highlight=False)
+        else:
+            console.print(f"queued prelabel job {final.id} ({final.status}); `hazardlens jobs show {final.id}`")
+            print(final.id)
+        if final.status == "failed":
+            raise typer.Exit(1)
+
+
+__all__ = ["register"]
