@@ -119,6 +119,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_idempotency_key": _c(422, "the Idempotency-Key header is malformed"),
     "idempotency_key_reused": _c(422, "the Idempotency-Key was used for a different request"),
     "report_font_missing": _c(503, "no font with Chinese glyphs is installed: the printable record cannot be made"),
+    "too_many_rows": _c(422, "more findings in the period than one request counts; choose a shorter period"),
     "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     # -- labelled dataset import and export -----------------------------------------------------------
@@ -143,7 +144,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_classes": _c(422, "an empty or unknown class list"),
     "invalid_ratios": _c(422, "split ratios that are not three fractions summing to 1"),
     "invalid_seed": _c(422, "a split seed that is not an integer"),
-    "invalid_group_by": _c(422, "group_by is not camera, site or enterprise"),
+    "invalid_group_by": _c(
+        422, "group_by is not camera, site or enterprise (dataset splits), or not 1-3 figure dimensions (stats)"
+    ),
     "invalid_version": _c(422, "not a version reference (latest, a number, or 4+ hex digits)"),
     "dataset_not_found": _c(404, "no such dataset (visible to the caller)"),
     "ambiguous_dataset": _c(409, "the dataset name exists in several organisations"),

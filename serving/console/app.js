@@ -13,6 +13,7 @@ const ROUTES = {
   review: () => import("./pages/review.js"),
   models: () => import("./pages/models.js"),
   jobs: () => import("./pages/jobs.js"),
+  dashboard: () => import("./pages/dashboard.js"),
   legal: () => import("./pages/legal.js"),
 };
 
@@ -22,6 +23,7 @@ const NAV = [
   { route: "review", label: "nav.review", icon: "review", permission: "annotations:review" },
   { route: "models", label: "nav.models", icon: "model", permission: "models:read" },
   { route: "jobs", label: "nav.jobs", icon: "jobs", permission: "jobs:read" },
+  { route: "dashboard", label: "nav.dashboard", icon: "spark", permission: "inspections:read" },
   { route: "legal", label: "nav.legal", icon: "review", permission: "taxonomy:read_additions" },
 ];
 
