@@ -430,3 +430,69 @@ class FederationFeedback(Base):
     __table_args__ = (
         UniqueConstraint("peer_id", "model_name", "model_version", "class_key", name="uq_federation_feedback"),
     )
+
+
+# --- the enforcement system, asynchronously (issue 15 item 5; migration 0008) -----------------------
+
+
+class Webhook(Base):
+    """An organisation's endpoint for events (findings ready): called with a body signed by ``secret``
+    (HMAC-SHA256; see hazardlens.labeling.webhooks). Deleting one sets ``deleted_at``: its delivery
+    log stays readable."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_code: Mapped[str] = mapped_column(ForeignKey("organisations.code"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(100))  # kept to sign with; shown once, when created
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    description: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDelivery(Base):
+    """One event for one hook, and every attempt to deliver it (``log``), retried with backoff until
+    delivered or failed for good. ``next_attempt_at`` is also the lease of an attempt in flight."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id"), index=True)
+    org_code: Mapped[str] = mapped_column(String(12))
+    event: Mapped[str] = mapped_column(String(60))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivering | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    log: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+
+class InspectionSubmission(Base):
+    """A photo posted with ``?async=true``: answered 202 at once, analysed later (its bytes wait in
+    the store under ``inbox/``), its findings sent to the organisation's webhooks."""
+
+    __tablename__ = "inspection_submissions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_code: Mapped[str] = mapped_column(ForeignKey("organisations.code"))
+    record_no: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    photo_id: Mapped[int | None] = mapped_column(ForeignKey("inspection_photos.id"), default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (
+        UniqueConstraint("org_code", "idempotency_key", name="uq_inspection_submissions_key"),
+        Index("ix_inspection_submissions_due", "status", "lease_until"),
+    )
