@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-fast lint lint-code browser pdftools screenshots openapi bench clean
+.PHONY: setup run test test-fast lint lint-code browser pdftools screenshots openapi bench fuzz faults clean
 
 # Static tools see the hazardlens namespace through a link tree with the installed layout
 # (build/typecheck/hazardlens/...), because pyproject.toml maps it onto sibling folders.
@@ -61,6 +61,16 @@ openapi: setup
 bench: setup
 	$(PY) benchmarks/ingest_bench.py
 	$(PY) benchmarks/serve_bench.py
+
+# The long fuzz pass over every upload and import parser (docs/SECURITY.md): the targets of
+# tests/test_fuzz.py with random seeds for FUZZ_MINUTES (the suite runs them briefly, derandomized).
+FUZZ_MINUTES ?= 10
+fuzz: setup
+	$(PY) benchmarks/fuzz_long.py --minutes $(FUZZ_MINUTES)
+
+# The fault suite alone: real servers killed, MinIO and PostgreSQL stopped, a disk filled (root for tmpfs).
+faults: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_faults.py
 
 clean:
 	rm -rf $(VENV) var

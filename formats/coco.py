@@ -16,6 +16,7 @@ from typing import Any
 
 from hazardlens.detections import Box
 from hazardlens.errors import Invalid, NotFound
+from hazardlens.safejson import load_user_json_file
 
 from ._util import (
     check_export,
@@ -53,12 +54,7 @@ def _id(value: object) -> tuple[IdKey | None, bool]:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError as e:
-        raise NotFound(f"{path}: no such file") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Invalid(f"{path}: not a readable JSON file ({e})") from e
+    data = load_user_json_file(path)  # bounded; deep nesting refused, not a RecursionError
     if not isinstance(data, dict):
         raise Invalid(f"{path}: expected a COCO object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from hazardlens.detections import Box
 from hazardlens.errors import Invalid, NotFound
+from hazardlens.safejson import load_user_json_file
 
 from ._util import (
     IMAGE_SUFFIXES,
@@ -154,12 +155,7 @@ def read_labelstudio(tasks_json: Path | str, images_dir: Path | str, *, image_ke
     root = Path(images_dir)
     if not root.is_dir():
         raise NotFound(f"{root}: images folder not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError as e:
-        raise NotFound(f"{path}: no such file") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Invalid(f"{path}: not a readable JSON file ({e})") from e
+    data = load_user_json_file(path)  # bounded; deep nesting refused, not a RecursionError
     if isinstance(data, dict):
         data = data.get("tasks", [data])
     if not isinstance(data, list):
