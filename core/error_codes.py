@@ -108,6 +108,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_request": _c(422, "a request without the items it must name"),
     "invalid_task": _c(422, "a Label Studio task is malformed"),
     "unresolvable_image": _c(422, "a Label Studio task names no image hazardlens can find"),
+    "labelstudio_unavailable": _c(
+        503, "the configured Label Studio cannot be reached or refuses its token (fetching a task's image)"
+    ),
     # -- inspections and findings ---------------------------------------------------------------------
     "invalid_record_no": _c(422, "an inspection record number is malformed"),
     "record_not_found": _c(404, "no such inspection record"),

@@ -127,6 +127,11 @@ class Settings:
     # The organisation whose administrators run the one model registry every organisation's
     # detection uses (promote, roll back, archive, import); see hazardlens.auth.require_system.
     system_org: str = "000000"
+    # The Label Studio the ML backend fetches task images from when they live there (uploads,
+    # local-files storage): its address and an API token (legacy or personal access token). Unset:
+    # such tasks are answered 422 unresolvable_image (hazardlens.labeling.ls_images).
+    labelstudio_url: str = ""
+    labelstudio_token: str = ""
     # Background jobs (issue 16): empty = the embedded runner (a thread of the server, no broker);
     # a Celery broker URL (redis://..., amqp://...) = jobs run on `hazardlens worker` processes.
     broker_url: str = ""
@@ -192,6 +197,8 @@ def load_settings() -> Settings:
         tile_window=tile_window,
         tile_overlap=tile_overlap,
         system_org=(_env("SYSTEM_ORG", defaults.system_org) or defaults.system_org).strip(),
+        labelstudio_url=(_env("LABEL_STUDIO_URL", "") or "").strip(),
+        labelstudio_token=(_env("LABEL_STUDIO_TOKEN", "") or "").strip(),
         broker_url=(_env("BROKER_URL", "") or "").strip(),
         broker_visibility_s=float(_env("BROKER_VISIBILITY_S", str(defaults.broker_visibility_s)) or 3600),
         job_lease_s=max(2.0, float(_env("JOB_LEASE_S", str(defaults.job_lease_s)) or 60)),

@@ -3,11 +3,15 @@ so teams that label in Label Studio get our model's pre-annotations, and its web
 (``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``), so what they label there comes back as submitted
 revisions to review and train on in hazardlens.
 
-Images are resolved without leaving the installation (nothing is fetched from the network): a task
-may reference a library sample (``data.sample_id``, as every hazardlens Label Studio export writes it;
-an image URL ending in ``/v1/samples/<id>/image``, as the export writes it with
+A task may reference a library sample (``data.sample_id``, as every hazardlens Label Studio export
+writes it; an image URL ending in ``/v1/samples/<id>/image``, as the export writes it with
 ``--image-url-prefix``; or the export's local-files URL ``/data/local-files/?d=images/<id>_<name>``,
-whose file name starts with the sample id), or carry the image inline as a ``data:`` URI.
+whose file name starts with the sample id), or carry the image inline as a ``data:`` URI; those are
+resolved without leaving the installation. A file that lives in Label Studio itself (uploaded into
+the project, ``/data/upload/...``, or another local-files path) is fetched from Label Studio when the
+backend is given its address and a token (:mod:`hazardlens.labeling.ls_images`: that one origin and
+those paths only, bounded by the upload limit); without them such a task is answered 422
+``unresolvable_image`` saying what to configure.
 
 The project's label config (the ``<View>`` XML Label Studio sends to setup and predict) decides the
 names of the result: ``from_name`` is the RectangleLabels tag's name, ``to_name`` its Image's, the
@@ -46,6 +50,7 @@ from hazardlens.formats import labelstudio_results
 from hazardlens.formats.labelstudio import result_boxes
 from hazardlens.labeling.annotations import save_revision
 from hazardlens.labeling.exporters import LABELSTUDIO_PREFIX
+from hazardlens.labeling.ls_images import LabelStudioImages, label_studio_images
 from hazardlens.orm import AnnotationRevision
 from hazardlens.store import blob_key
 from hazardlens.taxonomy import Taxonomy
@@ -187,6 +192,13 @@ def _exported_sample(ref: str, local_prefixes: Sequence[str]) -> int | None:
     return None
 
 
+def label_studio(ctx: Context) -> LabelStudioImages | None:
+    """The fetcher for the configured Label Studio (``HAZARDLENS_LABEL_STUDIO_URL`` and
+    ``HAZARDLENS_LABEL_STUDIO_TOKEN``), None when either is unset."""
+    s = ctx.settings
+    return label_studio_images(s.labelstudio_url, s.labelstudio_token, s.max_upload_bytes)
+
+
 def _image_bytes(
     ctx: Context,
     session: Session,
@@ -194,7 +206,10 @@ def _image_bytes(
     task: dict[str, Any],
     image_key: str,
     local_prefixes: Sequence[str],
-) -> bytes:
+    ls: LabelStudioImages | None = None,
+) -> bytes | str:
+    """The task's image bytes, or the Label Studio path to fetch them from (fetched by the caller,
+    after the catalogue session is closed)."""
     data = task.get("data") or {}
     if not isinstance(data, dict):
         raise Invalid("task 'data' must be an object", code="invalid_task")
@@ -206,7 +221,13 @@ def _image_bytes(
             return base64.b64decode(ref.split(",", 1)[1], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise Invalid("the task's data: URI is not valid base64", code="invalid_task") from exc
-    sample = get_sample(session, principal, task_sample_id(task, image_key, local_prefixes))
+    try:
+        sample_id = task_sample_id(task, image_key, local_prefixes)
+    except Invalid as exc:
+        if exc.code == "unresolvable_image" and ls is not None and (path := ls.path_of(ref)) is not None:
+            return path
+        raise
+    sample = get_sample(session, principal, sample_id)
     return ctx.store.get(blob_key(sample.sha256))
 
 
@@ -236,7 +257,9 @@ def task_sample_id(
             return found
     raise Invalid(
         f"task {task.get('id')}: give data.sample_id, a /v1/samples/<id>/image URL, an exported "
-        "local-files URL or a data: URI (this backend never fetches images from the network)",
+        "local-files URL or a data: URI; a file uploaded into Label Studio (/data/upload/...) or in "
+        "its local-files storage is fetched from Label Studio only when HAZARDLENS_LABEL_STUDIO_URL "
+        "and HAZARDLENS_LABEL_STUDIO_TOKEN are set, and no other URL is ever fetched",
         code="unresolvable_image",
     )
 
@@ -274,8 +297,8 @@ def predict_tasks(
     """Answer Label Studio's /predict: one prediction (results in percent coordinates) per task, in
     task order, however many tasks (worked through :data:`CHUNK` at a time).
 
-    Images of a chunk are resolved in one short catalogue session; inference runs after it, holding
-    no lock."""
+    Images of a chunk are resolved in one short catalogue session; files that live in Label Studio
+    are fetched from it after that session, and inference runs after both, holding no lock."""
     principal.require("suggestions:request")
     if not isinstance(tasks, list) or not tasks:
         raise Invalid("'tasks' must be a non-empty list", code="invalid_request")
@@ -286,11 +309,16 @@ def predict_tasks(
         if isinstance(label_config, LabelConfig)
         else parse_label_config(label_config, detection_taxonomy(ctx))
     )
+    ls = label_studio(ctx)
     results: list[dict[str, Any]] = []
     for start in range(0, len(tasks), CHUNK):
         chunk = tasks[start : start + CHUNK]
         with ctx.db.read_session() as session:  # reads the store too: never under the write lock
-            images = [_image_bytes(ctx, session, principal, task, config.image_key, local_prefixes) for task in chunk]
+            refs = [_image_bytes(ctx, session, principal, task, config.image_key, local_prefixes, ls) for task in chunk]
+        if ls is not None and any(isinstance(ref, str) for ref in refs):
+            with ls.client() as client:
+                refs = [ls.fetch(ref, client) if isinstance(ref, str) else ref for ref in refs]
+        images = [ref for ref in refs if isinstance(ref, bytes)]
         results.extend(_prediction(ctx, detector, data, config, conf, version) for data in images)
     return {"results": results}
 
@@ -351,7 +379,17 @@ def receive_webhook(
     project = body.get("project")
     config_xml = project.get("label_config") if isinstance(project, dict) else None
     config = parse_label_config(config_xml if isinstance(config_xml, str) else None, taxonomy)
-    sample_id = task_sample_id(task, config.image_key, local_prefixes)
+    try:
+        sample_id = task_sample_id(task, config.image_key, local_prefixes)
+    except Invalid as exc:
+        if exc.code != "unresolvable_image":
+            raise
+        raise Invalid(
+            f"task {str(task.get('id'))[:20]} shows no hazardlens sample (give data.sample_id, a "
+            "/v1/samples/<id>/image URL or an exported local-files URL): annotations come back only "
+            "for images of the library; a file uploaded into Label Studio is not one",
+            code="unresolvable_image",
+        ) from exc
     with ctx.db.session() as session:
         sample = get_sample(session, principal, sample_id)
         found, problems = result_boxes(annotation.get("result", []), sample.width, sample.height)

@@ -502,3 +502,50 @@ def test_label_config_is_parsed_safely(ctx: Context) -> None:
     none = parse_label_config("<View><Text name='t' value='$t'/></View>", taxonomy)
     assert (none.from_name, none.to_name, none.labels) == ("label", "image", None) and none.problems
     assert parse_label_config(None, taxonomy).labels is None
+
+
+# --- Label Studio: files that live in Label Studio ------------------------------------------------------
+
+
+def test_label_studio_files_are_fetched_from_the_configured_origin_only() -> None:
+    """What a task may make the backend fetch: Label Studio's upload and local-files paths on the
+    configured origin, nothing else (the real fetch is in tests/test_labelstudio_live.py)."""
+    from hazardlens.labeling.ls_images import LabelStudioImages, _jwt_expiry
+
+    ls = LabelStudioImages("http://ls.local:8080", "legacy-token", 1000)
+    assert ls.path_of("/data/upload/3/0c1d-photo.jpg") == "/data/upload/3/0c1d-photo.jpg"
+    assert ls.path_of("http://ls.local:8080/data/upload/3/a.jpg") == "/data/upload/3/a.jpg"
+    assert ls.path_of("/data/local-files/?d=site/cam1/a.jpg") == "/data/local-files/?d=site/cam1/a.jpg"
+    for refused in (
+        "http://elsewhere:8080/data/upload/3/a.jpg",  # another host
+        "https://ls.local:8080/data/upload/3/a.jpg",  # another scheme
+        "http://ls.local:9090/data/upload/3/a.jpg",  # another port
+        "//elsewhere/data/upload/3/a.jpg",
+        "/data/upload/../../api/users/",
+        "/api/projects/",
+        "/data/local-files/",
+        "file:///etc/passwd",
+        "/data/upload/3/a.jpg\r\nX-Injected: 1",
+        None,
+        42,
+    ):
+        assert ls.path_of(refused) is None, refused
+    under = LabelStudioImages("https://tools.example/labelstudio/", "t", 1000)
+    assert under.path_of("/labelstudio/data/upload/1/a.png") == "/data/upload/1/a.png"
+    assert under.path_of("https://tools.example:443/labelstudio/data/upload/1/a.png") == "/data/upload/1/a.png"
+    payload = base64.urlsafe_b64encode(json.dumps({"exp": 1893456000}).encode()).decode().rstrip("=")
+    assert _jwt_expiry(f"eyJhbGciOiJIUzI1NiJ9.{payload}.sig") == 1893456000
+    assert _jwt_expiry("0123456789abcdef") is None
+    with pytest.raises(ValueError):
+        LabelStudioImages("ftp://ls.local", "t", 1000)
+
+
+def test_an_uploaded_file_needs_label_studio_configured(api, ctx, make_key) -> None:  # type: ignore[no-untyped-def]
+    basic = _basic(make_key("420000", "curator", "ls-upload"))
+    task = {"id": 5, "data": {"image": "/data/upload/3/0c1d-photo.jpg"}}
+    r = api.post("/labelstudio/predict", json={"tasks": [task]}, headers=basic)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unresolvable_image"
+    assert "HAZARDLENS_LABEL_STUDIO_URL" in r.json()["error"]["message"]
+    hook = _event(None, [_rect("fire", 0, 0, 5, 5)], data=task["data"])
+    r = api.post("/labelstudio/webhook", json=hook, headers=auth(make_key("420000", "curator", "ls-upload-2")))
+    assert r.status_code == 422 and "not one" in r.json()["error"]["message"]

@@ -33,8 +33,9 @@ class _Protocol(BaseModel):
 class LsTask(_Protocol):
     """A Label Studio task. The image is found in ``data``: ``data.sample_id`` (a library sample, as
     hazardlens' Label Studio export writes it), an image URL ending in ``/v1/samples/<id>/image``, the
-    export's local-files URL ``/data/local-files/?d=images/<id>_<name>``, or a ``data:`` URI; this
-    backend never fetches an image from the network."""
+    export's local-files URL ``/data/local-files/?d=images/<id>_<name>``, or a ``data:`` URI; a file
+    uploaded into Label Studio (``/data/upload/...``) or in its local-files storage is fetched from
+    the configured Label Studio (``HAZARDLENS_LABEL_STUDIO_URL`` and ``_TOKEN``), no other URL."""
 
     id: int | None = None
     data: Annotated[
