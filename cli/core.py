@@ -16,6 +16,9 @@ def register(app: typer.Typer) -> None:
 
         ctx = context()
         ctx.init()
+        from hazardlens.federation.signing import ensure_keypair
+
+        ensure_keypair(ctx.settings)  # the instance's federation key pair; the private key stays in the home
         baseline = ensure_baseline(ctx)  # a fresh install serves (and lists) the shipped baseline
         console.print(
             f"ready: home={ctx.settings.home.resolve()} catalogue={ctx.db.engine.url.render_as_string()} "

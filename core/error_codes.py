@@ -197,6 +197,21 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "export_failed": _c(500, "the ONNX export of a model failed"),
     "invalid_conf": _c(422, "a confidence threshold outside 0..1"),
     "invalid_tiles": _c(422, "a sliced-inference window out of bounds"),
+    # -- federation between instances (issue 17) --------------------------------------------------------
+    "no_instance_key": _c(422, "this instance has no federation key pair yet (run hazardlens init)"),
+    "invalid_public_key": _c(422, "not an Ed25519 public key (base64 of 32 bytes, or PEM)"),
+    "invalid_peer": _c(422, "a peer name, URL or allow list out of bounds"),
+    "duplicate_peer": _c(409, "a peer of that name or public key is already registered"),
+    "peer_not_found": _c(404, "no peer of that name is registered"),
+    "unknown_peer": _c(401, "a federation request signed by a key no registered peer has"),
+    "bad_signature": _c(401, "a federation request without a signature, or one that does not match (tampered)"),
+    "stale_signature": _c(401, "a federation request signed too far from this instance's clock"),
+    "peer_not_allowed": _c(403, "the peer is not allowed this (samples, models, taxonomy, feedback)"),
+    "invalid_feedback": _c(422, "a peer's feedback report is malformed"),
+    "peer_bad_signature": _c(502, "a peer's answer is not signed by its registered key (forged or altered); unused"),
+    "peer_unreachable": _c(502, "the peer instance cannot be reached"),
+    "peer_refused": _c(502, "the peer answered with an error (its code and message are passed on)"),
+    "not_federated": _c(404, "the sample is this instance's own, not pulled from a peer"),
 }
 
 

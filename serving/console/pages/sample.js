@@ -18,9 +18,11 @@ export async function render(view, { args }) {
       h("a", { href: "#/library" }, t("sample.back"))));
     return null;
   }
-  const [current, revisions] = await Promise.all([
+  const [current, revisions, origin] = await Promise.all([
     api(`/v1/samples/${id}/annotations`).catch((e) => { showError(e); return null; }),
     api(`/v1/samples/${id}/annotations/history`).then((r) => r.revisions || []).catch(() => []),
+    // pulled from another instance (federation): where from; 404 for the library's own samples
+    api(`/v1/samples/${id}/origin`).catch(() => null),
   ]);
   const boxes = current ? current.boxes : [];
   const image = boxedImage(id, sample.width, sample.height, boxes);
@@ -36,6 +38,7 @@ export async function render(view, { args }) {
     ["sample.status", statusChip(status)],
     ["sample.sector", sectorName(sample.sector)],
     ["sample.org", sample.org_code],
+    ["sample.origin", origin ? `${origin.instance} · ${origin.org_code} · #${origin.origin_sample_id}` : null],
     ["sample.scope", t(`scope.${sample.scope}`)],
     ["sample.source", has(`source.${sample.source}`) ? t(`source.${sample.source}`) : sample.source],
     ["sample.site", sample.site_id],
