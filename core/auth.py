@@ -46,6 +46,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "taxonomy:read_additions": frozenset({"admin", "legal", "reviewer", "curator"}),
     "audit:read": frozenset({"curator", "reviewer", "admin"}),
     "keys:manage": frozenset({"admin"}),
+    # the enforcement system's callbacks (webhooks): the organisation's admin or its service account
+    "webhooks:manage": frozenset({"admin", "service"}),
     "organisation:settings": frozenset({"admin"}),  # the organisation's own choices (capture settings)
 }
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Path, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from hazardlens.auth import Principal
 from hazardlens.contracts.common import SECTOR_SCHEMA
+from hazardlens.contracts.webhooks import SubmissionPublic
 from hazardlens.detector import DEFAULT_CONF, detection_taxonomy
 from hazardlens.labeling import inspections
 from hazardlens.serving.deps import CtxDep, require
@@ -41,10 +42,14 @@ RecordNo = Annotated[
     status_code=201,
     response_model=PhotoResponse,
     summary="Add a photo to an inspection record and get suggested findings (疑似隐患)",
-    responses=errors(401, 403, 408, 413, 415, 422, 503, 504),
+    responses={
+        202: {"model": SubmissionPublic, "description": "async=true: queued; the findings go to the webhooks"},
+        **errors(401, 403, 408, 413, 415, 422, 503, 504),
+    },
 )
 def record_photo(
     record_no: RecordNo,
+    request: Request,
     response: Response,
     ctx: CtxDep,
     models: ModelsDep,
@@ -69,6 +74,14 @@ def record_photo(
             description="retry-safe: the same key returns the stored answer and stores nothing twice",
         ),
     ] = None,
+    async_: Annotated[
+        bool,
+        Query(
+            alias="async",
+            description="answer 202 at once and send the findings to the organisation's webhooks "
+            "(GET /v1/inspection-submissions/{id} tells the state)",
+        ),
+    ] = False,
 ) -> Any:
     data = read_upload(ctx, file)
     meta = inspections.PhotoMeta(
@@ -79,6 +92,10 @@ def record_photo(
         original_name=file.filename,
         item_codes=[c for c in (item_codes or "").split(",") if c.strip()],
     )
+    if async_:
+        from hazardlens.serving.routes.webhooks import accept_async
+
+        return accept_async(request, ctx, principal, record_no, data, meta, idempotency_key, conf=conf, tiles=tiles)
     with ctx.db.session() as session:  # committed before the answer goes out
         out = inspections.record_photo(
             ctx,
