@@ -137,13 +137,15 @@ export function releaseAllImages() {
 // --- uploads -----------------------------------------------------------------------------------
 
 /** POST a FormData with XMLHttpRequest, because fetch() reports no upload progress.
- *  onProgress(fraction 0..1). Resolves with the parsed JSON answer, rejects with ApiError. */
-export function upload(path, form, onProgress) {
+ *  onProgress(fraction 0..1); `headers` are extra request headers (e.g. Idempotency-Key).
+ *  Resolves with the parsed JSON answer, rejects with ApiError (status 0: no answer at all). */
+export function upload(path, form, onProgress, headers = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
     const key = getKey();
     if (key) xhr.setRequestHeader("Authorization", "Bearer " + key);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable && onProgress) onProgress(e.loaded / e.total);
     });

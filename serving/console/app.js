@@ -13,11 +13,14 @@ const ROUTES = {
   review: () => import("./pages/review.js"),
   models: () => import("./pages/models.js"),
   jobs: () => import("./pages/jobs.js"),
+  inspections: () => import("./pages/inspections.js"),
+  record: () => import("./pages/record.js"),
   dashboard: () => import("./pages/dashboard.js"),
   legal: () => import("./pages/legal.js"),
 };
 
 const NAV = [
+  { route: "inspections", label: "nav.inspections", icon: "camera", permission: "inspections:read" },
   { route: "library", label: "nav.library", icon: "library" },
   { route: "annotate", label: "nav.annotate", icon: "pen", permission: "annotations:write" },
   { route: "review", label: "nav.review", icon: "review", permission: "annotations:review" },

@@ -3,7 +3,7 @@
 import { setKey } from "../api.js";
 import { go } from "../app.js";
 import { t } from "../i18n.js";
-import { loadSession, resetSession } from "../store.js";
+import { can, loadSession, resetSession } from "../store.js";
 import { h, icon } from "../ui.js";
 
 export function render(view) {
@@ -28,7 +28,8 @@ export function render(view) {
     try {
       await loadSession();
       input.value = "";
-      go("#/library");
+      // An inspector works on inspection records; the library is for those who label it.
+      go(can("inspections:write") && !can("annotations:write") ? "#/inspections" : "#/library");
     } catch (e) {
       setKey(null);
       resetSession();
