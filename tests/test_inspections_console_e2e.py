@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -297,7 +298,19 @@ def test_the_inspectors_round_on_a_phone(phone: tuple[Any, Any], world: World) -
     page.get_by_test_id("record-summary").wait_for()
     summary = next(r for r in world.get("/v1/inspections")["items"] if r["record_no"] == OPEN)
     assert summary["findings"] == {"suggested": 3, "confirmed": 2, "rejected": 1}
-    expect(page.get_by_test_id("print-record")).to_be_visible()
+
+    # Print the record: the PDF of GET /v1/inspections/{record_no}/report.pdf, fetched with the key.
+    with page.expect_download() as download:
+        page.get_by_test_id("print-record").tap()
+    pdf = Path(download.value.path()).read_bytes()
+    assert pdf.startswith(b"%PDF") and download.value.suggested_filename == f"{OPEN}.pdf"
+
+    # The dashboard shows the three outcomes, as the figures API counts them.
+    page.goto(f"{world.url}/console/#/dashboard")
+    total = world.get("/v1/stats/findings")["total"]
+    assert total["corrected"] == 1 and total["rejected"] == 1 and total["confirmed"] >= 1
+    for outcome in ("confirmed", "corrected", "rejected"):
+        expect(page.get_by_test_id(f"dash-{outcome}").locator(".dash-count")).to_have_text(str(total[outcome]))
     assert page.console_problems == []
 
 

@@ -369,7 +369,7 @@ async function printRecord(recordNo) {
   try {
     const response = await api(`/v1/inspections/${encodeURIComponent(recordNo)}/report.pdf`, { raw: true });
     const url = URL.createObjectURL(await response.blob());
-    const a = h("a", { href: url, download: `${recordNo}.pdf`, target: "_blank", rel: "noopener" });
+    const a = h("a", { href: url, download: `${recordNo}.pdf` });
     document.body.append(a);
     a.click();
     a.remove();
