@@ -73,15 +73,19 @@ def load_user_yaml(text: str | bytes, what: str) -> Any:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise Invalid(f"{what}: not UTF-8 text ({exc})", code="invalid_yaml", details={"reason": "syntax"}) from exc
-    loader = NoAliasLoader(text)
+    loader: NoAliasLoader | None = None
     try:
+        # Inside the try: the reader refuses control characters (ReaderError) already while it is built
+        # (found by the fuzz pass: a data.yaml with a \x08 in it was an internal error).
+        loader = NoAliasLoader(text)
         return loader.get_single_data()
     except _Refused as exc:
         raise Invalid(f"{what}: YAML refused ({exc})", code="invalid_yaml", details={"reason": "refused"}) from exc
     except (yaml.YAMLError, RecursionError) as exc:
         raise Invalid(f"{what}: not valid YAML ({exc})", code="invalid_yaml", details={"reason": "syntax"}) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_user_yaml_file(path: Path, what: str | None = None) -> Any:

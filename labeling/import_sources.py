@@ -8,6 +8,7 @@ import io
 import stat
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Literal
 
@@ -79,6 +80,10 @@ def library_bytes(data: bytes, max_pixels: int) -> tuple[bytes, str | None]:
 
 # --- zip uploads (API) -----------------------------------------------------------------------------
 
+#: What zipfile raises for a damaged member: a bad header or CRC (BadZipFile), data cut short
+#: (EOFError), a broken deflate stream (zlib.error), a compression method it lacks (NotImplementedError).
+_DAMAGED_MEMBER = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError)
+
 
 def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entries: int = 200_000) -> None:
     """Extract an uploaded zip into ``dest``. The whole upload is refused when an entry would land
@@ -121,12 +126,23 @@ def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entr
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, target.open("wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise TooLarge(f"archive unpacks to more than {max_bytes:,} bytes", code="archive_too_large")
-                    dst.write(chunk)
+            try:
+                with zf.open(info) as src, target.open("wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise TooLarge(
+                                f"archive unpacks to more than {max_bytes:,} bytes", code="archive_too_large"
+                            )
+                        dst.write(chunk)
+            except _DAMAGED_MEMBER as exc:
+                # A member whose header, data or checksum is damaged (found by the fuzz pass: these
+                # were internal errors): the whole upload is refused, nothing imported.
+                raise Invalid(
+                    f"archive entry {info.filename!r} cannot be read ({type(exc).__name__}: {exc}); "
+                    "nothing was imported",
+                    code="bad_archive",
+                ) from exc
 
 
 def _unwrap(root: Path) -> Path:
