@@ -159,10 +159,10 @@ def addition_public(session: Session, row: TaxonomyAddition) -> AdditionPublic:
 
     return AdditionPublic(
         id=row.id,
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=row.kind,
         key=row.key,
         org_code=row.org_code,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         definition=dict(row.payload or {}),
         legal_text=row.legal_text,
         legal_citation=row.legal_citation,

@@ -9,7 +9,7 @@ from pathlib import Path
 from hazardlens.error_codes import ERROR_CODES, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("core", "formats", "datasets", "labeling", "training", "models", "serving", "cli")
+PARTS = ("core", "formats", "datasets", "labeling", "training", "models", "federation", "serving", "cli")
 #: HazardError and its subclasses in hazardlens.errors: name -> (default status, default code).
 BASE = {
     "HazardError": (400, "bad_request"),
