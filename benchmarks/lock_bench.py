@@ -8,11 +8,12 @@ fresh home with the shipped baseline as production and the same network under ne
 as a candidate. ``--concurrency`` workers loop over a mix of what callers do: detection, uploads,
 label saves and submits, searches, thumbnails (rebuilt: the stored one is deleted first), the review
 queue, exports, key checks. Half-way, the system organisation's admin promotes the candidate. A
-probe writer outside the server (its own SQLite connection, 50 ms busy timeout, as a CLI or a second
-worker would be) writes in a loop all along.
+probe writer outside the server (its own SQLite connection with a 5 s busy timeout, as a CLI or a
+second worker would be) writes in a loop all along; it waits only for the server's own writers,
+never for a read, so its longest wait is the longest write transaction.
 
 Prints requests per outcome, failed requests (anything but the expected answers, and transport
-errors), the probe's ``database is locked`` count, the version that answered after the promotion,
+errors), the probe's ``database is locked`` count and longest wait, the version that answered after the promotion,
 and p50/p95 latency per kind of request. Exit status 1 when anything failed.
 """
 
@@ -209,15 +210,17 @@ def main() -> int:  # noqa: C901 - one script: set-up, the workers, the promotio
                             versions_after[r.json()["model"]["version"]] += 1
                 n += args.concurrency
 
-    probe_writes, probe_locked = 0, []
+    probe_writes, probe_locked, probe_waits = 0, [], []
 
     def probe_writer() -> None:
         nonlocal probe_writes
         db = ctx.settings.database.removeprefix("sqlite:///")
         while not stop.is_set():
-            conn = sqlite3.connect(db, timeout=0.05, isolation_level=None)
+            conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
             try:
+                began = time.perf_counter()
                 conn.execute("BEGIN IMMEDIATE")
+                probe_waits.append(time.perf_counter() - began)
                 conn.execute("UPDATE organisations SET name = name WHERE code = '420000'")
                 conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
@@ -262,7 +265,10 @@ def main() -> int:  # noqa: C901 - one script: set-up, the workers, the promotio
     print(f"failed requests: {len(failures)}")
     for line in failures[:10]:
         print(f"  {line}")
-    print(f"probe writer: {probe_writes} writes, {len(probe_locked)} 'database is locked'")
+    print(
+        f"probe writer: {probe_writes} writes, {len(probe_locked)} 'database is locked', "
+        f"lock wait p50 {percentile(probe_waits, 0.5) * 1000:.1f} ms, max {max(probe_waits, default=0) * 1000:.1f} ms"
+    )
     return 1 if failures or probe_locked else 0
 
 

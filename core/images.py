@@ -221,23 +221,43 @@ def _orient(img: Image.Image, orientation: int) -> Image.Image:
     return img.transpose(method) if method is not None else img
 
 
-def _thumbnail_image(img: Image.Image, size: int) -> Image.Image:
-    """An RGB image whose long side is ``size`` (smaller images are not enlarged); ``img`` is left as is."""
+_BAND_BLOCKS = 8  # rows of output blocks converted at a time when shrinking in bands
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB: transparency flattened onto white, 16-bit and float scaled to 8 bits."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
-        img = flat
-    elif img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
+        return flat
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return img.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _thumbnail_image(img: Image.Image, size: int) -> Image.Image:
+    """An RGB image whose long side is ``size`` (smaller images are not enlarged); ``img`` is left as is.
+
+    Never converts the full-size image (issue 13, item 8): a 10000x10000 1-bit PNG decodes to 100 MB,
+    and converting it whole to RGB cost 300 MB more, then the resize as much again (480 MB for a
+    12 KB file). An image more than twice the thumbnail is shrunk by a whole factor first, in bands
+    of rows, each band converted and box-averaged on its own; only the small result is resized."""
     w, h = img.size
+    factor = max(w, h) // (2 * size)
+    if img.mode == "RGB" or factor < 2:
+        rgb = _to_rgb(img)
+    else:
+        rgb = Image.new("RGB", (math.ceil(w / factor), math.ceil(h / factor)))
+        band = factor * _BAND_BLOCKS
+        for top in range(0, h, band):
+            part = img.crop((0, top, w, min(h, top + band)))
+            rgb.paste(_to_rgb(part).reduce(factor), (0, top // factor))
     if max(w, h) <= size:
-        return img
+        return rgb
     k = size / max(w, h)
     target = (max(1, round(w * k)), max(1, round(h * k)))
-    return img.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return rgb.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 # -- EXIF -----------------------------------------------------------------------------------------

@@ -172,8 +172,8 @@ def redact(text: str | None, home: str | None = None) -> str | None:
     the server, which only the operator (the system organisation) needs to see."""
     if text is None:
         return None
-    if home:
-        text = text.replace(home, "<home>")
+    if home:  # the home may live anywhere (a mount the generic pattern does not know): the whole path
+        text = re.sub(re.escape(home) + r"[^\s'\",;()\[\]{}<>]*", "<server path>", text)
     return _SERVER_PATH.sub("<server path>", text)
 
 

@@ -127,6 +127,9 @@ class Settings:
     # The organisation whose administrators run the one model registry every organisation's
     # detection uses (promote, roll back, archive, import); see hazardlens.auth.require_system.
     system_org: str = "000000"
+    # /readyz reports not ready when the home's disk has less free space than this (0: no check):
+    # a full disk fails every upload and every catalogue write (issue 13, item 8).
+    min_free_bytes: int = 256 * 1024 * 1024
     # The Label Studio the ML backend fetches task images from when they live there (uploads,
     # local-files storage): its address and an API token (legacy or personal access token). Unset:
     # such tasks are answered 422 unresolvable_image (hazardlens.labeling.ls_images).
@@ -197,6 +200,7 @@ def load_settings() -> Settings:
         tile_window=tile_window,
         tile_overlap=tile_overlap,
         system_org=(_env("SYSTEM_ORG", defaults.system_org) or defaults.system_org).strip(),
+        min_free_bytes=max(0, int(float(_env("MIN_FREE_MB", "256") or 0) * 1024 * 1024)),
         labelstudio_url=(_env("LABEL_STUDIO_URL", "") or "").strip(),
         labelstudio_token=(_env("LABEL_STUDIO_TOKEN", "") or "").strip(),
         broker_url=(_env("BROKER_URL", "") or "").strip(),

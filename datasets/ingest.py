@@ -28,10 +28,11 @@ from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.datasets.near_duplicates import link_near_duplicates, linked_ids
 from hazardlens.dates import utc
-from hazardlens.errors import Invalid, TooLarge
+from hazardlens.errors import Forbidden, Invalid, TooLarge
 from hazardlens.images import ImageInfo, inspect_image
 from hazardlens.orm import SCOPES, SOURCES, Sample, utcnow
 from hazardlens.store import blob_key
+from hazardlens.textnorm import record_number
 
 MAX_TAGS = 50
 MAX_TAG_CHARS = 50
@@ -71,6 +72,10 @@ def _clean_text(name: str, value: str | None) -> str | None:
     limit = _TEXT_LIMITS[name]
     if name == "original_name":
         return value[-limit:]  # keep the file name end of a long path
+    if name == "inspection_record":  # one spelling, as for inspection records (hazardlens.textnorm)
+        value = record_number(value, what="inspection_record", code="invalid_meta", drop=True)
+        if not value:
+            return None
     if len(value) > limit:
         raise Invalid(f"{name} is longer than {limit} characters", code="invalid_meta")
     return value
@@ -252,7 +257,16 @@ def record(
 
 def _restore(session: Session, principal: Principal, sample: Sample, prepared: Prepared) -> IngestResult:
     """The organisation deleted these bytes before and uploads them again: bring the sample back
-    with the new metadata (one row per bytes and organisation; its history stays attached)."""
+    with the new metadata (one row per bytes and organisation; its history stays attached).
+
+    Only a role that may delete samples may bring one back (issue 13, item 8): an inspector's upload
+    of a deleted photo restored it and flipped it to shared, undoing a curator's decision."""
+    if not principal.can("samples:delete"):
+        raise Forbidden(
+            f"this photo was deleted from organisation {principal.org_code}'s library (sample {sample.id}); "
+            "only a curator or an admin may bring it back",
+            code="forbidden",
+        )
     before = snapshot(sample)
     meta = prepared.meta
     sample.deleted_at = None

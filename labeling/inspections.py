@@ -69,6 +69,7 @@ from hazardlens.labeling.annotations import may_write_labels, save_revision, val
 from hazardlens.orm import AnnotationRevision, Finding, InspectionPhoto, ModelVersion, Sample, utcnow
 from hazardlens.rules import RuleSet, default_rules
 from hazardlens.taxonomy import Taxonomy
+from hazardlens.textnorm import invisible_characters, record_number
 
 DECISIONS = ("confirmed", "rejected")
 HARD_NEGATIVE_TAG = "hard_negative"
@@ -93,8 +94,9 @@ class PhotoMeta:
 
 
 def check_record_no(record_no: str) -> str:
-    """Record numbers are issued by the enforcement system (e.g. 鄂应急检〔2026〕3号); kept verbatim."""
-    value = (record_no or "").strip()
+    """Record numbers are issued by the enforcement system (e.g. 鄂应急检〔2026〕3号); kept as printed,
+    in one spelling: NFKC (full-width digits are digits), no invisible characters (issue 13, item 8)."""
+    value = record_number(record_no or "")
     if not value or len(value) > MAX_RECORD_NO or _CONTROL.search(value) or "/" in value:
         raise Invalid(
             f"record number must be 1-{MAX_RECORD_NO} characters without '/' or control characters",
@@ -403,6 +405,8 @@ def get_inspection(
     """The record's photos and findings, with each finding's current status. Records belong to the
     organisation that made them; another organisation's record is simply not found."""
     principal.require("inspections:read")
+    if invisible_characters(record_no):  # no record is stored with one: look-alikes are simply not found
+        raise NotFound(f"no inspection record {record_no!r}", code="record_not_found")
     record_no = check_record_no(record_no)
     photos = list(
         session.scalars(
@@ -417,7 +421,9 @@ def get_inspection(
         from hazardlens.taxonomy import default_taxonomy
 
         taxonomy = default_taxonomy()
-    sectors = dict(session.execute(select(Sample.id, Sample.sector).where(Sample.id.in_({p.sample_id for p in photos}))).all())
+    sectors = dict(
+        session.execute(select(Sample.id, Sample.sector).where(Sample.id.in_({p.sample_id for p in photos}))).all()
+    )
     by_photo: dict[int, list[Finding]] = {p.id: [] for p in photos}
     for f in session.scalars(select(Finding).where(Finding.photo_id.in_(by_photo)).order_by(Finding.id)):
         by_photo[f.photo_id].append(f)

@@ -34,17 +34,21 @@ def as_filter(filters: SampleFilter | Mapping[str, Any] | None) -> SampleFilter:
 
 
 def resolve_user(session: Session, principal: Principal, who: int | str, org_code: str | None = None) -> User:
-    """A user by id, or by name within ``org_code`` (default: the caller's organisation); names are
-    only unique per organisation."""
+    """A user of the caller's own organisation, by id or by name (names are only unique per
+    organisation; ``org_code``, when given, must be the caller's). A user of another organisation is
+    answered exactly like one that does not exist (404 ``unknown_user``): an assigner must neither
+    learn another organisation's users and roles nor push work into their queues (issue 13, item 8)."""
+    org = principal.org_code
     if isinstance(who, int) and not isinstance(who, bool):
         user = session.get(User, who)
-        if user is None:
-            raise NotFound(f"no user with id {who}", code="unknown_user")
+        if user is None or user.org_code != org:
+            raise NotFound(f"no user with id {who} in your organisation", code="unknown_user")
         return user
-    org = org_code or principal.org_code
-    user = session.scalar(select(User).where(User.org_code == org, User.name == who))
+    user = (
+        session.scalar(select(User).where(User.org_code == org, User.name == who)) if org_code in (None, org) else None
+    )
     if user is None:
-        raise NotFound(f"no user named {who!r} in organisation {org}", code="unknown_user")
+        raise NotFound(f"no user named {who!r} in your organisation", code="unknown_user")
     return user
 
 
@@ -55,10 +59,11 @@ def assign(
     assignee: int | str,
     limit: int = 100,
 ) -> int:
-    """Assign up to ``limit`` matching samples (oldest first) to ``assignee``; returns how many were
-    newly assigned. ``filters`` is the library's SampleFilter (or a mapping of its fields); a name
-    is looked up in ``filters.org`` (default: the caller's organisation). Samples already assigned
-    to that user are skipped, done or not."""
+    """Assign up to ``limit`` matching samples (oldest first) to ``assignee``, a user of the caller's
+    organisation; returns how many were newly assigned. ``filters`` is the library's SampleFilter
+    (or a mapping of its fields). Only samples whose labels the assignee may write (their own
+    organisation's: another's shared sample would only answer 403 ``not_owner``) are assigned.
+    Samples already assigned to that user are skipped, done or not."""
     principal.require("labeling:assign")
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_ASSIGN:
         raise Invalid(f"limit must be between 1 and {MAX_ASSIGN}", code="invalid_limit")
@@ -72,7 +77,7 @@ def assign(
     already = select(Assignment.sample_id).where(Assignment.assignee_id == user.id)
     query = apply_filters(session, visible_samples(principal), f)
     query = (
-        query.where(visibility(target), Sample.id.not_in(already))
+        query.where(visibility(target), Sample.org_code == target.org_code, Sample.id.not_in(already))
         .with_only_columns(Sample.id)
         .order_by(Sample.id)
         .limit(limit)

@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import pkgutil
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,8 +103,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
-        return error_response(500, "internal", "internal error; the request id is in the X-Request-ID header")
+        rid = getattr(request.state, "request_id", None)
+        log.exception("unhandled error", extra={"request_id": rid})
+        # This answer is made outside the request-id middleware (the exception went through it), so it
+        # sets the header it promises itself (issue 13, item 8).
+        return error_response(
+            500,
+            "internal",
+            "internal error; the request id is in the X-Request-ID header",
+            headers={"X-Request-ID": rid} if rid else None,
+        )
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -117,10 +126,21 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+#: A client's X-Request-ID is kept when it looks like one (a UUID, a trace id); anything else (too
+#: long, spaces, control or non-ASCII characters) is replaced by our own, so that what reaches the
+#: audit log (request_id, 64 characters) and the logs is bounded and printable (issue 13, item 8).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def request_id_of(header: str | None) -> str:
+    """The request id to use: the client's when well-formed, else a new one."""
+    return header if header is not None and _REQUEST_ID.fullmatch(header) else uuid.uuid4().hex
+
+
 def _install_request_ids(app: FastAPI) -> None:
     @app.middleware("http")
     async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = request_id_of(request.headers.get("x-request-id"))
         request.state.request_id = rid
         token = set_request_id(rid)
         start = time.perf_counter()

@@ -68,12 +68,14 @@ def test_assign_only_what_both_can_see(env: tuple[Context, Cast]) -> None:
     private_sh = add_sample(ctx, "310000")
     shared_sh = add_sample(ctx, "310000", scope="shared")
     private_hb = add_sample(ctx, "420000")
-    # the Shanghai reviewer sees both of theirs, but the Hubei curator only the shared one
-    assert _assign(ctx, cast.other_reviewer, {}, cast.curator.user_id) == 1
-    assert _queue(ctx, cast.curator) == [shared_sh]
-    # a name is looked up in the caller's organisation (or filters.org)
-    with pytest.raises(NotFound):
-        _assign(ctx, cast.other_reviewer, {}, "curator-a")
+    # a Hubei curator does not exist for the Shanghai reviewer, by id or by name (issue 13, item 8)
+    for who, filters in ((cast.curator.user_id, {}), ("curator-a", {}), ("curator-a", {"org": "420000"})):
+        with pytest.raises(NotFound):
+            _assign(ctx, cast.other_reviewer, filters, who)
+    assert _queue(ctx, cast.curator) == []
+    # a Hubei reviewer assigns only Hubei's samples: Shanghai's shared one is not theirs to label
+    assert _assign(ctx, cast.reviewer, {}, cast.curator.user_id) == 1
+    assert _queue(ctx, cast.curator) == [private_hb]
     assert _assign(ctx, cast.other_reviewer, {"org": "310000"}, "curator-sh") == 2
     assert sorted(_queue(ctx, cast.other_curator)) == [private_sh, shared_sh]
     assert private_hb not in _queue(ctx, cast.other_curator)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from hazardlens import __version__
 from hazardlens.auth import Principal, is_system
+from hazardlens.context import Context
 from hazardlens.contracts.service import Health, Readiness, TaxonomyPublic
 from hazardlens.rules import default_rules
 from hazardlens.serving.deps import CtxDep, get_principal
@@ -56,6 +58,22 @@ def _run(check: ReadinessCheck, app: FastAPI) -> tuple[bool, str]:
     return True, result if isinstance(result, str) else "ok"
 
 
+def disk_space(ctx: Context) -> str:
+    """Enough free space on the home's disk (``HAZARDLENS_MIN_FREE_MB``, default 256): below it every
+    upload and catalogue write is about to fail, so a load balancer should stop sending work here
+    before it does (issue 13, item 8). Raises (not ready) below the threshold."""
+    need = ctx.settings.min_free_bytes
+    if need <= 0:
+        return "not checked"
+    where = ctx.settings.home
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise OSError(f"{free:,} bytes free under {ctx.settings.home}; HAZARDLENS_MIN_FREE_MB asks for {need:,}")
+    return f"{free:,} bytes free"
+
+
 @router.get("/healthz", summary="The process is alive (no checks, no auth)", response_model=Health)
 def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
@@ -72,6 +90,7 @@ def readyz(request: Request, ctx: CtxDep) -> JSONResponse:
     checks: dict[str, tuple[bool, str]] = {
         "catalogue": _run(ctx.db.ping, app),
         "store": _run(ctx.store.ping, app),
+        "disk": _run(lambda: disk_space(ctx), app),
     }
     for i, check in enumerate(list(readiness_checks(app))):
         name = getattr(check, "readiness_name", None) or getattr(check, "__name__", None) or f"check_{i}"
