@@ -125,7 +125,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "too_many_rows": _c(422, "more findings in the period than one request counts; choose a shorter period"),
     "invalid_webhook_url": _c(422, "a webhook URL that is not http(s), too long, or carries credentials or a fragment"),
     "invalid_webhook_events": _c(422, "webhook events other than inspection.findings and inspection.failed"),
-    "too_many_webhooks": _c(422, "the organisation already has the most webhooks it may register"),
+    "too_many_webhooks": _c(409, "the organisation already has the most webhooks it may register"),
     "webhook_not_found": _c(404, "no such webhook in the caller's organisation"),
     "submission_not_found": _c(404, "no such asynchronous inspection photo in the caller's organisation"),
     "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),

@@ -25,7 +25,7 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -72,14 +72,15 @@ def period(date_from: str | None, date_to: str | None) -> Period:
                 day = date.fromisoformat(raw)
             except ValueError:
                 raise Invalid(f"{name} must be an ISO date (2026-03-01), not {raw!r}", code="invalid_date") from None
-            start = datetime(day.year, day.month, day.day, tzinfo=BEIJING)
-            return utc(start + timedelta(days=1) - timedelta(microseconds=1) if end else start)
+            try:
+                start = datetime(day.year, day.month, day.day, tzinfo=BEIJING)
+                return utc(start + timedelta(days=1) - timedelta(microseconds=1) if end else start)
+            except OverflowError:  # 0001-01-01 or 9999-12-31 in Beijing time: the ends of time
+                return datetime.max.replace(tzinfo=UTC) if end else datetime.min.replace(tzinfo=UTC)
         return parse_when(raw, end=end, name=name)
 
-    p = Period(bound(date_from, False, "from"), bound(date_to, True, "to"))
-    if p.start is not None and p.end is not None and p.start > p.end:
-        raise Invalid("the period ends before it starts", code="invalid_date")
-    return p
+    # A period that ends before it starts is empty, not an error: nothing is counted.
+    return Period(bound(date_from, False, "from"), bound(date_to, True, "to"))
 
 
 def scope_org(principal: Principal, org: str | None) -> str | None:
@@ -256,7 +257,7 @@ def finding_stats(
         )
     groups.sort(key=lambda g: (-g.findings, tuple(g.key.values())))
     return FindingStats(
-        group_by=dims,  # type: ignore[arg-type]  # checked by parse_groups
+        group_by=dims,  # checked by parse_groups (a list of StatsGroup values)
         date_from=iso(p.start),
         date_to=iso(p.end),
         org=scope,

@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -51,8 +52,9 @@ from sqlalchemy.orm import Session
 from hazardlens.audit import record as audit
 from hazardlens.auth import Principal
 from hazardlens.context import Context
+from hazardlens.contracts.webhooks import URL_PATTERN
 from hazardlens.dates import iso
-from hazardlens.errors import Invalid, NotFound
+from hazardlens.errors import Conflict, Invalid, NotFound
 from hazardlens.orm import Webhook, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
@@ -118,9 +120,13 @@ def body_of(payload: Mapping[str, Any]) -> bytes:
 
 def check_url(url: str) -> str:
     value = (url or "").strip()
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = urlsplit("")
     if (
         len(value) > MAX_URL
+        or not re.fullmatch(URL_PATTERN, value)
         or parts.scheme not in ("http", "https")
         or not parts.hostname
         or parts.username is not None
@@ -172,8 +178,8 @@ def create_webhook(
     live = session.scalars(
         select(Webhook.id).where(Webhook.org_code == principal.org_code, Webhook.deleted_at.is_(None))
     ).all()
-    if len(live) >= MAX_HOOKS_PER_ORG:
-        raise Invalid(f"an organisation has at most {MAX_HOOKS_PER_ORG} webhooks", code="too_many_webhooks")
+    if len(live) >= MAX_HOOKS_PER_ORG:  # the organisation's state, not the request, is in the way
+        raise Conflict(f"an organisation has at most {MAX_HOOKS_PER_ORG} webhooks", code="too_many_webhooks")
     hook = Webhook(
         org_code=principal.org_code,
         url=clean_url,
@@ -190,10 +196,11 @@ def create_webhook(
     return hook
 
 
-def get_webhook(session: Session, principal: Principal, webhook_id: int) -> Webhook:
+def get_webhook(session: Session, principal: Principal, webhook_id: int, *, deleted: bool = False) -> Webhook:
+    """A hook of the caller's organisation; a deleted one only with ``deleted`` (its delivery log)."""
     principal.require("webhooks:manage")
     hook = session.get(Webhook, webhook_id)
-    if hook is None or hook.org_code != principal.org_code:
+    if hook is None or hook.org_code != principal.org_code or (hook.deleted_at is not None and not deleted):
         raise NotFound(f"no webhook {webhook_id}", code="webhook_not_found")
     return hook
 
@@ -205,7 +212,8 @@ def list_webhooks(session: Session, principal: Principal) -> list[Webhook]:
 
 
 def delete_webhook(session: Session, principal: Principal, webhook_id: int) -> Webhook:
-    """Stop a hook (its log stays readable); deliveries still waiting are dropped as failed."""
+    """Stop a hook (its log stays readable); deliveries still waiting are dropped as failed. A hook
+    already deleted is not found."""
     hook = get_webhook(session, principal, webhook_id)
     if hook.deleted_at is None:
         hook.deleted_at = utcnow()
@@ -238,8 +246,8 @@ def delivery_dict(d: WebhookDelivery) -> dict[str, Any]:
 def list_deliveries(
     session: Session, principal: Principal, webhook_id: int, *, status: str | None = None, limit: int = 50
 ) -> list[WebhookDelivery]:
-    """A hook's delivery log, newest first."""
-    hook = get_webhook(session, principal, webhook_id)
+    """A hook's delivery log, newest first (a deleted hook's too)."""
+    hook = get_webhook(session, principal, webhook_id, deleted=True)
     q = select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id)
     if status:
         q = q.where(WebhookDelivery.status == status)
@@ -436,6 +444,8 @@ class Dispatcher(Loop):
     def step(self) -> bool:
         ids = _claim_deliveries(self.ctx, self.policy)
         for delivery_id in ids:
+            if self._stop.is_set():  # the rest are taken up again when their lease runs out
+                break
             deliver(self.ctx, delivery_id, self._client, self.policy)
         return bool(ids)
 

@@ -11,11 +11,19 @@ from pydantic import Field
 from hazardlens.contracts.common import Contract, ErrorBody, Public
 from hazardlens.contracts.detections import PhotoResponse
 
+#: The webhook URLs accepted (hazardlens.labeling.webhooks.check_url applies it too): http(s), a host
+#: name or IPv4 address, an optional port, then no whitespace, control characters or fragment.
+URL_PATTERN = r"^https?://[A-Za-z0-9][A-Za-z0-9.\-]*(:[0-9]{1,5})?([/?][^\x00-\x20\x7f#]*)?$"
 WebhookEvent = Literal["inspection.findings", "inspection.failed"]
 
 
 class WebhookIn(Contract):
-    url: str = Field(min_length=8, max_length=2000, description="http(s) URL the events are POSTed to")
+    url: str = Field(
+        min_length=8,
+        max_length=2000,
+        pattern=URL_PATTERN,
+        description="http(s) URL the events are POSTed to (no credentials, no fragment)",
+    )
     events: list[WebhookEvent] = Field(
         default_factory=lambda: ["inspection.findings", "inspection.failed"], min_length=1, max_length=2
     )

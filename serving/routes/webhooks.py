@@ -136,7 +136,7 @@ def get_submission(
     status_code=201,
     response_model=WebhookCreated,
     summary="Register a webhook of the caller's organisation (the signing secret is shown once)",
-    responses=errors(401, 403, 422),
+    responses=errors(401, 403, 409, 422),
 )
 def create_webhook(body: WebhookIn, ctx: CtxDep, principal: Manager) -> Any:
     with ctx.db.session() as session:
