@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-fast lint lint-code browser pdftools screenshots openapi bench fuzz faults clean
+.PHONY: setup run test test-fast lint lint-code browser pdftools labelstudio screenshots openapi bench fuzz faults clean
 
 # Static tools see the hazardlens namespace through a link tree with the installed layout
 # (build/typecheck/hazardlens/...), because pyproject.toml maps it onto sibling folders.
@@ -31,11 +31,21 @@ browser:
 pdftools:
 	@command -v pdftoppm >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils; }
 
+# Label Studio 1.23.2 for tests/test_labelstudio_live.py (slow), in a venv of its own under var/
+# (its pins conflict with ours); installed once. When it cannot be installed (no PyPI) the test
+# skips saying so, and the next `make test` tries again.
+LS_VENV ?= var/ls-venv
+$(LS_VENV)/.installed:
+	@python3 -m venv $(LS_VENV) && $(LS_VENV)/bin/pip install -q "label-studio==1.23.2" && touch $@ \
+	  || { echo "label-studio 1.23.2 not installed: tests/test_labelstudio_live.py will skip"; rm -rf $(LS_VENV); }
+
+labelstudio: $(LS_VENV)/.installed
+
 run: setup
 	$(VENV)/bin/hazardlens init
 	$(VENV)/bin/hazardlens serve --host $(HOST) --port $(PORT)
 
-test: setup browser pdftools lint
+test: setup browser pdftools labelstudio lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The suite without the tests that train or run a real model (slow) and the headless-Chromium ones.
