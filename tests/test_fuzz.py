@@ -750,7 +750,7 @@ def answered(resp: Any) -> None:
 
 
 @given(image_bytes(), zip_bytes(), st.sampled_from(["coco", "yolo", "voc", "labelstudio", "cvat"]), YAML_TEXT)
-@FUZZ
+@settings(FUZZ, max_examples=max(EXAMPLES // 2, 1))  # three requests per example
 def test_fuzz_http_uploads(image: bytes, archive: bytes, fmt: str, class_map: str) -> None:
     client, headers = http_client()
     form = {"sector": "general"}
