@@ -128,8 +128,6 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "too_many_webhooks": _c(409, "the organisation already has the most webhooks it may register"),
     "webhook_not_found": _c(404, "no such webhook in the caller's organisation"),
     "submission_not_found": _c(404, "no such asynchronous inspection photo in the caller's organisation"),
-    "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
-    "invalid_settings": _c(422, "an organisation setting change that contradicts itself"),
     # -- labelled dataset import and export -----------------------------------------------------------
     "invalid_format": _c(422, "not a dataset format hazardlens reads or writes"),
     "invalid_class_map": _c(422, "the class map is not valid YAML or not a shipped name"),

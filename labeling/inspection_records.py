@@ -54,7 +54,7 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _matching(org_code: str, f: RecordFilter) -> Select[Any]:
+def _matching(org_code: str, f: RecordFilter) -> Select[str, int]:
     """(record_no, id of its first matching photo) for the organisation's records that match."""
     first = func.min(InspectionPhoto.id).label("first_id")
     query = (
@@ -193,17 +193,16 @@ def capture_settings(session: Session, principal: Principal) -> dict[str, Any]:
 def set_capture_settings(session: Session, principal: Principal, change: CaptureSettingsUpdate) -> dict[str, Any]:
     """An administrator changes their own organisation's settings (audited, same transaction)."""
     principal.require("organisation:settings")
-    if change.reset_photo_max_side and change.photo_max_side is not None:
-        raise Invalid("send photo_max_side or reset_photo_max_side, not both", code="invalid_settings")
     org = ensure_org(session, principal.org_code)
     before = dict(org.settings or {})
     after = dict(before)
     if change.keep_original_photos is not None:
         after["keep_original_photos"] = change.keep_original_photos
-    if change.photo_max_side is not None:
-        after["photo_max_side"] = change.photo_max_side
-    if change.reset_photo_max_side:
-        after.pop("photo_max_side", None)
+    if "photo_max_side" in change.model_fields_set:  # null: back to the model's side
+        if change.photo_max_side is None:
+            after.pop("photo_max_side", None)
+        else:
+            after["photo_max_side"] = change.photo_max_side
     if after != before:
         org.settings = after
         audit(session, principal, "organisation.settings", "organisation", org.code, before=before, after=after)

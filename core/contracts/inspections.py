@@ -97,11 +97,10 @@ class CaptureSettings(Public):
 class CaptureSettingsUpdate(Contract):
     """An administrator's change; fields left out stay as they are."""
 
-    keep_original_photos: bool | None = None
+    keep_original_photos: bool | None = Field(None, description="null or left out: unchanged")
     photo_max_side: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)] | None = Field(
-        None, description=f"{MIN_SIDE}-{MAX_SIDE}; send reset_photo_max_side to go back to the model's side"
+        None, description=f"{MIN_SIDE}-{MAX_SIDE}; null: back to what detection reads; left out: unchanged"
     )
-    reset_photo_max_side: bool = False
 
 
 __all__ = [
