@@ -84,6 +84,8 @@ class JobType:
 
 
 _TYPES: dict[str, JobType] = {}
+#: Kinds that want a GPU: sent to the ``gpu`` queue when the deployment has one (unless registered otherwise).
+GPU_KINDS = frozenset({"train"})
 
 
 def register(
@@ -96,7 +98,7 @@ def register(
     plan: Planner | None = None,
     shard: ShardHandler | None = None,
     reduce: Reducer | None = None,
-    queue: str = "cpu",
+    queue: str | None = None,
 ) -> JobType:
     """Make ``kind`` runnable (again: the last registration wins). ``kind`` must be one of the kinds
     of :mod:`hazardlens.contracts.jobs`, which defines its parameters. Give ``handler``, or ``plan``
@@ -105,6 +107,7 @@ def register(
         raise ValueError(f"job kind {kind!r} has no parameters model in hazardlens.contracts.jobs")
     if handler is None and (plan is None or shard is None):
         raise ValueError(f"job kind {kind!r} needs a handler, or a plan and a shard handler")
+    queue = queue or ("gpu" if kind in GPU_KINDS else "cpu")
     if queue not in ("cpu", "gpu"):
         raise ValueError(f"job kind {kind!r}: queue must be cpu or gpu, not {queue!r}")
     job_type = JobType(kind, permission, handler or _sharded_only, check, tuple(loggers), plan, shard, reduce, queue)
@@ -483,6 +486,7 @@ class JobRunner:
 
 
 __all__ = [
+    "GPU_KINDS",
     "INTERRUPTED",
     "STATUSES",
     "Check",
