@@ -17,6 +17,10 @@ URL_PATTERN = r"^https?://[A-Za-z0-9][A-Za-z0-9.\-]*(:[0-9]{1,5})?([/?][^\x00-\x
 WebhookEvent = Literal["inspection.findings", "inspection.failed"]
 
 
+def _all_events() -> list[WebhookEvent]:
+    return ["inspection.findings", "inspection.failed"]
+
+
 class WebhookIn(Contract):
     url: str = Field(
         min_length=8,
@@ -24,9 +28,7 @@ class WebhookIn(Contract):
         pattern=URL_PATTERN,
         description="http(s) URL the events are POSTed to (no credentials, no fragment)",
     )
-    events: list[WebhookEvent] = Field(
-        default_factory=lambda: ["inspection.findings", "inspection.failed"], min_length=1, max_length=2
-    )
+    events: list[WebhookEvent] = Field(default_factory=_all_events, min_length=1, max_length=2)
     description: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
