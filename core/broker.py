@@ -42,6 +42,9 @@ JOB_TASK = "hazardlens.job"
 SHARD_TASK = "hazardlens.shard"
 QUEUES = ("cpu", "gpu")
 _RETRY_BACKOFF_S = (2.0, 10.0, 30.0)
+#: A task whose runner raised (the runner records a job's own failures on its row, so this is the
+#: catalogue or the broker failing under it) is sent again this much later, as often as it takes.
+_INFRA_RETRY_S = 15.0
 
 
 class BrokerUnavailable(HazardError):
@@ -99,14 +102,17 @@ def _make_app(settings: Settings) -> Celery:
         ctx, services = _worker_state()
         from hazardlens import jobs
 
-        outcome = run_job(
-            ctx,
-            int(job_id),
-            jobs.registered(),
-            owner=new_owner(),
-            services=services,
-            dispatch_shard=lambda shard_id: _send(ctx, SHARD_TASK, shard_id, _queue_of(ctx, int(job_id))),
-        )
+        try:
+            outcome = run_job(
+                ctx,
+                int(job_id),
+                jobs.registered(),
+                owner=new_owner(),
+                services=services,
+                dispatch_shard=lambda shard_id: _send(ctx, SHARD_TASK, shard_id, _queue_of(ctx, int(job_id))),
+            )
+        except Exception as exc:  # the catalogue or the broker failed under it: try again later
+            raise self.retry(exc=exc, countdown=_INFRA_RETRY_S, max_retries=None) from exc
         if outcome == "busy":  # another worker holds it: look again when its lease would have run out
             _send(ctx, JOB_TASK, int(job_id), _queue_of(ctx, int(job_id)), countdown=ctx.settings.job_lease_s)
         return outcome
@@ -117,7 +123,10 @@ def _make_app(settings: Settings) -> Celery:
         from hazardlens import jobs
         from hazardlens.orm import JobShard
 
-        outcome = run_shard(ctx, int(shard_id), jobs.registered(), owner=new_owner(), services=services)
+        try:
+            outcome = run_shard(ctx, int(shard_id), jobs.registered(), owner=new_owner(), services=services)
+        except Exception as exc:  # the catalogue or the broker failed under it: try again later
+            raise self.retry(exc=exc, countdown=_INFRA_RETRY_S, max_retries=None) from exc
         if outcome in ("busy", "retry"):
             with ctx.db.read_session() as session:
                 shard = session.get(JobShard, int(shard_id))
