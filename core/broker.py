@@ -34,7 +34,7 @@ from hazardlens.orm import Job
 from hazardlens.settings import Settings
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from celery import Celery  # type: ignore[import-untyped]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _make_app(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue="cpu",
-        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_queues=[Queue(q, routing_key=q) for q in QUEUES],  # type: ignore[no-untyped-call]
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
