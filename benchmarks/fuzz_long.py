@@ -21,6 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="total budget, shared by the targets")
@@ -61,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             continue
         took = time.monotonic() - started
-        print(f"ok   {name}: {rounds * args.examples} examples in {took:.0f} s")
+        per_round = getattr(getattr(test, "_hypothesis_internal_use_settings", None), "max_examples", args.examples)
+        examples = rounds * per_round
+        print(f"ok   {name}: {rounds} rounds, {examples} examples in {took:.0f} s, peak RSS {_rss_mb():.0f} MB")
     print("failed:", ", ".join(failed) if failed else "none")
     return 1 if failed else 0
 

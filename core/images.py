@@ -131,7 +131,9 @@ def inspect_image(data: bytes, max_pixels: int, thumb_size: int = 320) -> ImageI
             if ImageFile.LOAD_TRUNCATED_IMAGES:  # pragma: no cover - someone flipped the global
                 raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated files would pass")
             img.load()
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        # TypeError: Pillow's decoder set-up on some damaged PNGs (an interlaced 1-bit image whose IDAT is
+        # cut short; found by the fuzz pass, it was a 500).
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError, Image.DecompressionBombError) as exc:
             raise Invalid(f"the {fmt.upper()} data is truncated or corrupt ({exc})", code="truncated_image") from exc
         # Shrink first, then turn the small image upright: the same pixels, a fraction of the work.
         thumb = _orient(_thumbnail_image(img, thumb_size), orientation)

@@ -83,6 +83,8 @@ def library_bytes(data: bytes, max_pixels: int) -> tuple[bytes, str | None]:
 #: What zipfile raises for a damaged member: a bad header or CRC (BadZipFile), data cut short
 #: (EOFError), a broken deflate stream (zlib.error), a compression method it lacks (NotImplementedError).
 _DAMAGED_MEMBER = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError)
+#: What the filesystem says when one entry's path runs into another's (a file where a folder must be).
+_CLASHING_ENTRY = (FileExistsError, IsADirectoryError, NotADirectoryError)
 
 
 def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entries: int = 200_000) -> None:
@@ -122,19 +124,16 @@ def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entr
             planned.append((info, target))
         written = 0
         for info, target in planned:
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with zf.open(info) as src, target.open("wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise TooLarge(
-                                f"archive unpacks to more than {max_bytes:,} bytes", code="archive_too_large"
-                            )
-                        dst.write(chunk)
+                written = _extract_member(zf, info, target, written, max_bytes)
+            except _CLASHING_ENTRY as exc:
+                # "a.jpg" and "a.jpg/b.jpg" in one archive: a file and a folder of the same name
+                # (found by the fuzz pass: an internal error).
+                raise Invalid(
+                    f"archive entry {info.filename!r} clashes with another entry (a file and a folder of "
+                    "the same name); nothing was imported",
+                    code="bad_archive",
+                ) from exc
             except _DAMAGED_MEMBER as exc:
                 # A member whose header, data or checksum is damaged (found by the fuzz pass: these
                 # were internal errors): the whole upload is refused, nothing imported.
@@ -143,6 +142,22 @@ def safe_extract_zip(fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_entr
                     "nothing was imported",
                     code="bad_archive",
                 ) from exc
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int, max_bytes: int) -> int:
+    """Write one member to ``target``; answers the bytes written so far, this member's included,
+    refusing the archive once they pass ``max_bytes`` (counted as written: headers can lie)."""
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return written
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zf.open(info) as src, target.open("wb") as dst:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > max_bytes:
+                raise TooLarge(f"archive unpacks to more than {max_bytes:,} bytes", code="archive_too_large")
+            dst.write(chunk)
+    return written
 
 
 def _unwrap(root: Path) -> Path:

@@ -833,3 +833,40 @@ def test_regression_damaged_zip_member_is_bad_archive(tmp_path: Path, damage: st
     with pytest.raises(Invalid) as caught:
         safe_extract_zip(io.BytesIO(bytes(data)), dest, max_bytes=1 << 20)
     assert caught.value.code == "bad_archive"
+
+
+@pytest.mark.parametrize("names", [["a.jpg/b.jpg", "a.jpg"], ["a.jpg", "a.jpg/b.jpg"], ["a.jpg", "a.jpg/"]])
+def test_regression_file_and_folder_of_one_name_is_bad_archive(tmp_path: Path, names: list[str]) -> None:
+    """make fuzz (test_fuzz_dataset_import_zip) found an archive holding ``a.jpg`` and ``a.jpg/b.jpg``:
+    unpacking met IsADirectoryError / FileExistsError, an internal error. Now: 422 bad_archive."""
+    from hazardlens.errors import Invalid
+    from hazardlens.labeling.import_sources import safe_extract_zip
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"" if name.endswith("/") else seed_images()["jpeg"])
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(Invalid) as caught:
+        safe_extract_zip(io.BytesIO(buf.getvalue()), dest, max_bytes=1 << 20)
+    assert caught.value.code == "bad_archive" and "clashes" in caught.value.message
+
+
+def test_regression_cut_short_interlaced_1bit_png_is_truncated_image() -> None:
+    """make fuzz (test_fuzz_library_image_checks) found a 1x1 interlaced 1-bit PNG whose IDAT is cut
+    short: Pillow's decoder set-up raised TypeError, which the upload check did not expect (a 500 on
+    POST /v1/samples). Now: 422 truncated_image; the detection decoder already refused it (415)."""
+    from hazardlens.errors import Invalid, UnsupportedMedia
+    from hazardlens.images import inspect_image
+    from hazardlens.models.preprocess import decode_image
+
+    data = (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x01\x00\x00\x00\x01@i\xc9\xb2"
+        b"\x00\x00\x00\x08IDAT"
+    )
+    with pytest.raises(Invalid) as caught:
+        inspect_image(data, MAX_PIXELS, 64)
+    assert caught.value.code == "truncated_image"
+    with pytest.raises(UnsupportedMedia):
+        decode_image(data, 640, max_pixels=MAX_PIXELS)
