@@ -37,6 +37,7 @@ from tests.fixtures.detector import FakeDetector
 pytestmark = pytest.mark.browser
 
 OPEN, CLOSED, FOREIGN = "鄂应急检〔2026〕1号", "鄂应急检〔2026〕2号", "浙应急检〔2026〕9号"
+NEW = "鄂应急检〔2026〕7号"
 ENTERPRISE = "91420100MA4K8XYZ"
 PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True, "device_scale_factor": 2}
 
@@ -393,14 +394,22 @@ def test_an_organisation_that_keeps_originals_gets_them(phone: tuple[Any, Any], 
     )
     assert r.status_code == 200, r.text
     try:
+        # A new record, opened from the list: its first photo creates it on the server.
         login(page, world, "inspector")
-        page.goto(f"{world.url}/console/#/record/{quote(OPEN, safe='')}")
+        page.get_by_test_id("new-record").tap()
+        page.get_by_test_id("new-record_no").fill(NEW)
+        page.get_by_test_id("new-enterprise").fill(ENTERPRISE)
+        page.get_by_test_id("new-sector").select_option("general")
+        page.get_by_test_id("new-inspector").fill("42010009")
+        page.locator('dialog button[value="go"]').tap()
+        expect(page.get_by_test_id("record-no")).to_have_text(NEW)
+        expect(page.get_by_test_id("no-photos")).to_be_visible()
         expect(page.get_by_test_id("capture-size")).to_contain_text("原图")
-        before = world.photos(OPEN)
         take_photo(page, 31, width=2000, height=1500)
-        expect(page.get_by_test_id("photo-card")).to_have_count(before + 1)
-        photo = newest_photo(world, OPEN)
-        assert (photo["image"]["width"], photo["image"]["height"]) == (2000, 1500)
+        expect(page.get_by_test_id("photo-card")).to_have_count(1)
+        photo = newest_photo(world, NEW)
+        assert (photo["image"]["width"], photo["image"]["height"]) == (2000, 1500)  # as taken
+        assert photo["inspector_id"] == "42010009" and photo["enterprise_id"] == ENTERPRISE
         with world.ctx.db.session() as s:
             assert s.get(Sample, photo["sample_id"]).size_bytes == len(make_image(2000, 1500, seed=31))
     finally:

@@ -9,6 +9,7 @@
 // (GET /v1/organisation/capture), unless the organisation keeps originals: 4-6 MB from a phone
 // camera become a few hundred KB, which is what decides whether an upload works on site at all.
 import { getKey, upload } from "./api.js";
+import { session } from "./store.js";
 
 const DB_NAME = "hazardlens-uploads";
 const STORE = "photos";
@@ -52,15 +53,15 @@ export function newKey() {
   return `console-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
-/** Every queued photo (oldest first), for `org` when given. */
-export async function queued(org) {
+/** The queued photos of `owner` (oldest first); every queued photo when no owner is given. */
+export async function queued(owner) {
   const db = await openDb();
   const all = await new Promise((resolve, reject) => {
     const req = db.transaction(STORE, "readonly").objectStore(STORE).getAll();
     req.onsuccess = () => resolve(req.result || []);
     req.onerror = () => reject(req.error);
   });
-  return all.filter((e) => !org || e.org === org).sort((a, b) => a.created - b.created);
+  return all.filter((e) => !owner || e.owner === owner).sort((a, b) => a.created - b.created);
 }
 
 async function put(entry) {
@@ -121,11 +122,17 @@ export async function preparePhoto(file, maxSide) {
 
 // --- queueing and sending ------------------------------------------------------------------------
 
-/** Queue a prepared photo for `recordNo` with its form fields; sending starts at once. */
-export async function enqueue({ org, recordNo, fields, photo }) {
+/** Who a queued photo belongs to: the organisation and the user who took it. A photo is only ever
+ *  sent with its owner's key, never with the key of whoever logs in next on the same phone. */
+export function ownerOf(me) {
+  return `${me.org_code}/${me.name}`;
+}
+
+/** Queue a prepared photo of `owner` for `recordNo` with its form fields; sending starts at once. */
+export async function enqueue({ owner, recordNo, fields, photo }) {
   const entry = {
     key: newKey(),
-    org,
+    owner,
     recordNo,
     fields,
     blob: photo.blob,
@@ -171,16 +178,16 @@ async function sendOne(entry) {
   }
 }
 
-/** Send every queued photo of the logged-in organisation, oldest first; schedule a retry for those
- *  that could not reach the server. Concurrent calls share one run. */
+/** Send every queued photo of the logged-in user, oldest first (another user's wait for them);
+ *  schedule a retry for those that could not reach the server. Concurrent calls share one run. */
 export function flush() {
   if (flushing) return flushing;
   flushing = (async () => {
     clearTimeout(timer);
     timer = null;
-    if (!getKey()) return;
+    if (!getKey() || !session.me) return;
     let waiting = 0;
-    for (const entry of await queued()) {
+    for (const entry of await queued(ownerOf(session.me))) {
       if (entry.state === "failed") continue;
       if (!navigator.onLine) {
         // No network at all: do not even try; say so, and wait for the `online` event.

@@ -10,7 +10,7 @@ import { BoxEditor } from "../editor.js";
 import { lang, t } from "../i18n.js";
 import { can, classColor, className, classesFor, sectorName, session } from "../store.js";
 import { append, button, clear, dialog, formatBytes, formatDate, h, icon, notify, showError } from "../ui.js";
-import { discard, enqueue, flush, preparePhoto, queued, retry, subscribe } from "../uploadqueue.js";
+import { discard, enqueue, flush, ownerOf, preparePhoto, queued, retry, subscribe } from "../uploadqueue.js";
 
 const NS = "http://www.w3.org/2000/svg";
 
@@ -107,7 +107,7 @@ export async function render(view, { args, query }) {
         const photo = await preparePhoto(file, capture.keep_original_photos ? null : capture.upload_max_side);
         // A downscaled JPEG carries no EXIF: say when the photo was taken (the file's time).
         const taken = photo.resized && file.lastModified ? new Date(file.lastModified).toISOString() : null;
-        await enqueue({ org: session.me.org_code, recordNo, fields: { ...fields, ...(taken ? { captured_at: taken } : {}) }, photo });
+        await enqueue({ owner: ownerOf(session.me), recordNo, fields: { ...fields, ...(taken ? { captured_at: taken } : {}) }, photo });
       } catch (e) {
         showError(e, t("record.take_photo"));
       }
@@ -117,7 +117,7 @@ export async function render(view, { args, query }) {
   // --- the queue -----------------------------------------------------------------------------------
   const progress = new Map();
   async function renderQueue() {
-    const entries = (await queued(session.me.org_code)).filter((e) => e.recordNo === recordNo);
+    const entries = (await queued(ownerOf(session.me))).filter((e) => e.recordNo === recordNo);
     clear(queueEl);
     for (const e of entries) {
       const state = ["waiting", "queued"].includes(e.state) && !navigator.onLine ? "offline" : e.state;
@@ -182,7 +182,7 @@ export async function render(view, { args, query }) {
   renderSummary();
   renderPhotos();
   await renderQueue();
-  flush(); // photos left from an earlier visit (or a closed tab) go now
+  flush(); // this user's photos left from an earlier visit (or a closed tab) go now
   return () => { disposers.forEach((d) => d()); for (const { dispose } of shown.values()) dispose(); };
 }
 
