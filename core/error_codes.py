@@ -198,6 +198,13 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "missing_classes": _c(422, "a model registered without its class list"),
     "hash_mismatch": _c(422, "weights that do not match their card's hash"),
     "export_failed": _c(500, "the ONNX export of a model failed"),
+    "unknown_engine": _c(422, "an inference engine (or INT8 variant) name hazardlens does not know"),
+    "overloaded": _c(503, "the model's queue is full; retry after the Retry-After header's seconds"),
+    "quantization_rejected": _c(422, "the INT8 variant lost more mAP50 than allowed; recorded as refused"),
+    "variant_not_found": _c(404, "the model version has no accepted INT8 variant of that kind"),
+    "variant_corrupt": _c(500, "a stored INT8 variant file does not match its recorded hash"),
+    "invalid_model": _c(422, "the file is not an Ultralytics YOLO detection export"),
+    "too_few_calibration_images": _c(422, "too few readable images to calibrate an INT8 variant"),
     "invalid_conf": _c(422, "a confidence threshold outside 0..1"),
     "invalid_tiles": _c(422, "a sliced-inference window out of bounds"),
     # -- federation between instances (issue 17) --------------------------------------------------------

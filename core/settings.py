@@ -116,8 +116,16 @@ class Settings:
     near_duplicate_distance: int = 6
     thumbnail_size: int = 320
     taxonomy_path: Path = field(default_factory=lambda: config_path("taxonomy.yaml"))
-    engine: str = "onnx"  # onnx | ultralytics
+    engine: str = "onnx"  # onnx | openvino | onnx-int8 | openvino-int8 | ultralytics | auto
     device: str = "auto"  # auto | cpu | cuda
+    # Parallel inference streams per loaded model and intra-op threads per stream; 0 = sized to the
+    # cores (hazardlens.models.engines.plan_streams).
+    infer_streams: int = 0
+    infer_threads: int = 0
+    # Images waiting for or in inference per model before a request is answered 503 + Retry-After.
+    max_queue: int = 64
+    # mAP50 an INT8 variant may lose against FP32 before `models quantize` refuses it.
+    quantize_max_loss: float = 0.01
     request_timeout_s: float = 60.0
     model_poll_s: float = 2.0
     # Sliced inference (?tiles=true): original pixels per window, about the frame size the model was
@@ -195,6 +203,10 @@ def load_settings() -> Settings:
         taxonomy_path=Path(taxonomy) if taxonomy else defaults.taxonomy_path,
         engine=(_env("ENGINE", "onnx") or "onnx").lower(),
         device=(_env("DEVICE", "auto") or "auto").lower(),
+        infer_streams=max(0, int(_env("INFER_STREAMS", "0") or 0)),
+        infer_threads=max(0, int(_env("INFER_THREADS", "0") or 0)),
+        max_queue=max(1, int(_env("MAX_QUEUE", str(defaults.max_queue)) or defaults.max_queue)),
+        quantize_max_loss=float(_env("QUANTIZE_MAX_LOSS", str(defaults.quantize_max_loss)) or 0.01),
         request_timeout_s=float(_env("REQUEST_TIMEOUT_S", "60") or 60),
         model_poll_s=float(_env("MODEL_POLL_S", "2") or 2),
         tile_window=tile_window,

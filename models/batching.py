@@ -1,15 +1,24 @@
 """Micro-batching: turn many concurrent single-image requests into few batched engine calls.
 
-A detector costs nearly the same for 1 image as for 8 on a GPU (and noticeably less per image on a
-CPU), and an engine must not be entered by many threads at once anyway (Ultralytics is not
+A detector costs nearly the same for 1 image as for 8 on a GPU (and somewhat less per image on a
+CPU), and an engine must not be entered by more threads than it has streams (Ultralytics is not
 thread-safe; ONNX Runtime would oversubscribe the cores). So each HTTP worker thread hands its image
-to :class:`MicroBatcher` and blocks; one worker thread collects what arrives within ``max_wait_ms``
-and runs it as one ``engine.predict`` call. The added latency is bounded by ``max_wait_ms``.
+to :class:`MicroBatcher` and blocks; one worker thread per engine stream (``engine.streams``, see
+:func:`hazardlens.models.engines.plan_streams`) takes what is queued and runs it as one
+``engine.predict`` call, letterboxing and decoding included, so one stream's pre- and
+post-processing overlaps another's inference and the HTTP threads' JPEG decoding.
+
+A worker never waits for company when nothing more is on its way: it waits (at most
+``max_wait_ms``) only while callers announced by :meth:`MicroBatcher.expect` are still decoding, so
+a lone request is not delayed and a burst still batches. The queue is capped (``max_queue`` images
+waiting or running): past it a request is refused at once with 503 ``overloaded`` and a
+``Retry-After`` estimated from the recent pace, instead of waiting behind an unbounded queue.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -26,6 +35,17 @@ from hazardlens.errors import HazardError
 from hazardlens.models.engines import Engine
 
 log = logging.getLogger(__name__)
+
+
+class Overloaded(HazardError):
+    """The model's queue is full: answered 503 with ``Retry-After`` (seconds) rather than queued."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(slots=True)
@@ -45,20 +65,37 @@ class MicroBatcher:
     ``close`` finishes what was already submitted; it does not close the engine, whose owner does.
     """
 
-    def __init__(self, engine: Engine, max_batch: int = 8, max_wait_ms: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        *,
+        workers: int | None = None,
+        max_queue: int = 0,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.engine = engine
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.workers = max(1, int(workers if workers is not None else getattr(engine, "streams", 1) or 1))
+        self.max_queue = max(0, int(max_queue))  # 0: unbounded
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
         self._in_flight = 0
+        self._expected = 0  # callers announced by expect() that have not submitted yet
+        self._seconds_per_image = 0.1  # moving average, for Retry-After
         self.batches_run = 0  # engine.predict calls made, for metrics
         self.images_run = 0
-        self._worker = threading.Thread(target=self._loop, name="hazardlens-microbatcher", daemon=True)
-        self._worker.start()
+        self.refused = 0  # requests answered 503 overloaded
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"hazardlens-microbatcher-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -69,6 +106,25 @@ class MicroBatcher:
     def closed(self) -> bool:
         return self._closed
 
+    def expect(self) -> _Expectation:
+        """Announce a request that will submit soon (its photo is being decoded), so that a worker
+        gathering a batch waits for it; use as a context manager around decode and submit."""
+        return _Expectation(self)
+
+    def _admit(self, count: int) -> None:
+        """Count ``count`` images in, or refuse them (caller holds the lock)."""
+        if self._closed:
+            raise HazardError("the model is shutting down", code="unavailable", status=503)
+        if self.max_queue and self._in_flight + count > self.max_queue and self._in_flight > 0:
+            self.refused += 1
+            wait = math.ceil(self._in_flight * self._seconds_per_image / self.workers)
+            raise Overloaded(
+                f"{self._in_flight} images are waiting for this model (the limit is {self.max_queue}); "
+                f"retry in about {max(1, wait)} s",
+                retry_after=wait,
+            )
+        self._in_flight += count
+
     def submit(
         self, image: np.ndarray, conf: float = 0.25, iou: float = 0.45, timeout: float | None = None
     ) -> Detections:
@@ -78,9 +134,7 @@ class MicroBatcher:
         """
         request = _Request(image, float(conf), float(iou))
         with self._lock:  # checked and enqueued atomically, so close() cannot strand a request
-            if self._closed:
-                raise HazardError("the model is shutting down", code="unavailable", status=503)
-            self._in_flight += 1
+            self._admit(1)
             self._queue.put(request)
         try:
             return request.future.result(timeout)
@@ -96,9 +150,7 @@ class MicroBatcher:
         together so the worker batches them; ``timeout`` bounds the whole wait."""
         requests = [_Request(image, float(conf), float(iou)) for image in images]
         with self._lock:
-            if self._closed:
-                raise HazardError("the model is shutting down", code="unavailable", status=503)
-            self._in_flight += len(requests)
+            self._admit(len(requests))
             for request in requests:
                 self._queue.put(request)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -120,8 +172,11 @@ class MicroBatcher:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(None)
-        self._worker.join(timeout)
+            for _ in self._threads:
+                self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -130,14 +185,21 @@ class MicroBatcher:
         self.close()
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        """``first`` plus what is already queued, up to ``max_batch``; waits (up to ``max_wait_s``) for
+        more only while announced callers are still on their way."""
         batch, deadline = [first], time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
-            try:  # past the deadline, still take what is already queued, without waiting
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            try:
+                if remaining > 0 and self._expected > 0:
+                    item = self._queue.get(timeout=min(remaining, 0.001))
+                else:
+                    item = self._queue.get_nowait()
             except queue.Empty:
+                if remaining > 0 and self._expected > 0:
+                    continue
                 break
-            if item is None:
+            if item is None:  # this worker's stop sentinel (close() queues one per worker)
                 return batch, True
             batch.append(item)
         return batch, False
@@ -186,7 +248,32 @@ class MicroBatcher:
     def _predict(self, images: list[np.ndarray], conf: float, iou: float) -> list[Detections]:
         self.batches_run += 1
         self.images_run += len(images)
+        start = time.perf_counter()
         results = self.engine.predict(images, conf, iou)
+        per_image = (time.perf_counter() - start) / max(1, len(images))
+        self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * per_image
         if len(results) != len(images):
             raise RuntimeError(f"engine answered {len(results)} results for {len(images)} images")
         return results
+
+
+class _Expectation:
+    """See :meth:`MicroBatcher.expect`."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+
+    def __enter__(self) -> _Expectation:
+        with self._batcher._lock:
+            self._batcher._expected += 1
+        return self
+
+    def done(self) -> None:
+        """The caller submitted (or gave up): stop waiting for it."""
+        batcher, self._batcher = self._batcher, None  # type: ignore[assignment]
+        if batcher is not None:
+            with batcher._lock:
+                batcher._expected -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -36,7 +37,21 @@ from hazardlens.models.ultralytics_env import prepare_ultralytics
 
 log = logging.getLogger(__name__)
 
-EngineKind = Literal["onnx", "ultralytics"]
+EngineKind = Literal["onnx", "openvino", "onnx-int8", "openvino-int8", "ultralytics", "auto"]
+#: What ``HAZARDLENS_ENGINE`` accepts. ``auto`` picks the fastest engine whose accuracy passed on
+#: this machine (models.manager); the INT8 kinds need a variant made by ``hazardlens models quantize``.
+ENGINE_KINDS: tuple[str, ...] = ("onnx", "openvino", "onnx-int8", "openvino-int8", "ultralytics", "auto")
+#: INT8 engine -> the runtime it runs on.
+INT8_KINDS = {"onnx-int8": "onnx", "openvino-int8": "openvino"}
+
+
+def parse_engine(kind: str | None) -> str:
+    """A known engine name, lower-cased; Invalid (``unknown_engine``) otherwise."""
+    value = (kind or "").strip().lower()
+    if value not in ENGINE_KINDS:
+        raise Invalid(f"unknown engine {kind!r}; use one of {', '.join(ENGINE_KINDS)}", code="unknown_engine")
+    return value
+
 
 #: Ultralytics' defaults, kept so both back-ends cut candidates the same way.
 MAX_DET = 300
@@ -47,7 +62,7 @@ MAX_NMS = 30000
 class Engine(Protocol):
     """What serving, evaluation and label suggestions need from a detector."""
 
-    name: str  # back-end: "onnx" | "ultralytics"
+    name: str  # back-end: "onnx" | "openvino" | "onnx-int8" | "openvino-int8" | "ultralytics"
     version: str  # identifies the weights (sha256 prefix unless the registry names it)
     class_keys: list[str]  # model class index -> taxonomy key
     imgsz: int
@@ -140,57 +155,83 @@ def _onnx_class_count(meta: dict[str, str], out_shape: Sequence[object], end2end
 STRIDE = 32  # YOLO's largest feature-map stride: input sides must be multiples of it
 
 
-class OnnxEngine:
-    """YOLOv8/11 (and end-to-end YOLO26) ONNX models on ONNX Runtime."""
+def cpu_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
-    name = "onnx"
 
-    def __init__(
+def plan_streams(streams: int = 0, threads: int = 0) -> tuple[int, int]:
+    """Parallel inference streams and intra-op threads per stream for this machine.
+
+    ``0`` means automatic: two streams on two or more cores (one runs while the other's images are
+    letterboxed and decoded, and two single-threaded forward passes use two cores better than one
+    two-threaded one), up to four on big machines, the cores shared among them. The engines give
+    their first stream, the one a lone request gets, every core anyway (see :class:`OnnxEngine`)."""
+    cores = cpu_cores()
+    streams = int(streams) if streams and streams > 0 else max(1, min(4, cores // 2 if cores >= 8 else min(cores, 2)))
+    threads = int(threads) if threads and threads > 0 else max(1, cores // streams)
+    return streams, threads
+
+
+def model_metadata(path: Path) -> dict[str, str]:
+    """Ultralytics' export metadata (names, stride, end2end, ...) of an ONNX file, or of an OpenVINO IR
+    from the ``metadata.yaml`` beside it (where Ultralytics' own OpenVINO loader looks too)."""
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in proto.metadata_props}
+    sidecar = path.parent / "metadata.yaml"
+    if not sidecar.is_file():
+        return {}
+    import yaml
+
+    loaded = yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}
+    return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+class _ArrayEngine:
+    """Letterboxing, batching and YOLO output decoding shared by the ONNX Runtime and OpenVINO engines;
+    a subclass only says how a float32 NCHW tensor becomes the model's raw output (:meth:`_infer`).
+
+    ``streams`` concurrent :meth:`predict` calls run in parallel (each on its own ORT session or
+    OpenVINO infer request); more callers wait for a free stream."""
+
+    name = "?"
+    streams = 1
+
+    def _setup(
         self,
-        onnx_path: Path | str,
+        path: Path,
         class_keys: Sequence[str],
-        imgsz: int = 640,
-        providers: Sequence[str] | None = None,
-        *,
-        version: str | None = None,
-        max_det: int = MAX_DET,
-        device: str = "auto",
-        max_batch: int = 32,
+        imgsz: int,
+        version: str | None,
+        max_det: int,
+        max_batch: int,
+        meta: dict[str, str],
+        input_shape: Sequence[object],
+        output_shape: Sequence[object],
     ) -> None:
-        import onnxruntime as ort
-
-        path = Path(onnx_path)
-        if not path.is_file():
-            raise NotFound(f"ONNX model {path} does not exist")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        # Idle ORT threads spin by default; on a busy CPU-only server that steals the cores the next
-        # request needs (measured here: 255 ms -> 96 ms per 640 px image under load).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=list(providers or _onnx_providers(device))
-        )
         self.path = path
         self.class_keys = list(class_keys)
         self.version = version or sha256_file(path)[:12]
         self.max_det = max_det
-        meta = self._session.get_modelmeta().custom_metadata_map or {}
         self._end2end = meta.get("end2end", "False").lower() == "true"
-
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        batch, _, height, width = inp.shape
+        batch, _, height, width = input_shape
         # A static-shape export dictates the input size and batch; a dynamic one takes ours.
-        self.imgsz = int(height) if isinstance(height, int) and height == width else int(imgsz)
-        self._rect = not isinstance(height, int) and not isinstance(width, int)
+        self.imgsz = int(height) if isinstance(height, int) and height > 0 and height == width else int(imgsz)
+        self._rect = not (isinstance(height, int) and height > 0) and not (isinstance(width, int) and width > 0)
         self._static_batch = isinstance(batch, int) and batch > 0
-        self._batch = batch if self._static_batch else max_batch
-
-        model_classes = _onnx_class_count(meta, self._session.get_outputs()[0].shape, self._end2end)
+        self._batch = int(batch) if self._static_batch else max_batch  # type: ignore[call-overload]
+        model_classes = _onnx_class_count(meta, output_shape, self._end2end)
         if model_classes is not None and model_classes != len(self.class_keys):
             raise Invalid(f"model has {model_classes} classes but {len(self.class_keys)} class keys were given")
-        self.providers = self._session.get_providers()
+
+    def _infer(self, tensor: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _input_shape(self, images: Sequence[np.ndarray]) -> int | tuple[int, int]:
         """Rectangular input like Ultralytics' predictor: the long side at imgsz, the short side padded
@@ -208,8 +249,11 @@ class OnnxEngine:
     def _tensor(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[float, tuple[int, int]]]]:
         shape = self._input_shape(images)
         boxed = [letterbox(image, shape) for image in images]
-        batch = np.stack([b[0] for b in boxed])[..., ::-1].transpose(0, 3, 1, 2)  # BGR HWC -> RGB CHW
-        tensor = np.ascontiguousarray(batch, dtype=np.float32) / 255.0
+        # BGR HWC uint8 -> RGB CHW float32 in [0, 1], written once into the batch (no stacked copy)
+        first = boxed[0][0]
+        tensor = np.empty((len(boxed), 3, first.shape[0], first.shape[1]), dtype=np.float32)
+        for i, (padded, _, _) in enumerate(boxed):
+            np.divide(padded[..., ::-1].transpose(2, 0, 1), np.float32(255.0), out=tensor[i], casting="unsafe")
         return tensor, [(b[1], b[2]) for b in boxed]
 
     def _run(self, tensor: np.ndarray) -> np.ndarray:
@@ -219,9 +263,9 @@ class OnnxEngine:
             short = self._batch - len(part) if self._static_batch else 0
             if short:  # static batch export: pad with copies and drop their outputs
                 part = np.concatenate([part, np.repeat(part[-1:], short, axis=0)])
-            out = self._session.run(None, {self._input_name: part})[0]
+            out = self._infer(part)
             chunks.append(out[: len(out) - short] if short else out)
-        return np.concatenate(chunks)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def raw(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The model's undecoded output for letterboxed ``images``; for parity checks and debugging."""
@@ -234,16 +278,16 @@ class OnnxEngine:
             return pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64)
         if pred.shape[0] - 4 != len(self.class_keys):
             raise Invalid(f"model outputs {pred.shape[0] - 4} classes, {len(self.class_keys)} class keys given")
-        pred = pred.T  # (N, 4 + nc)
-        class_scores = pred[:, 4:]
-        classes = class_scores.argmax(axis=1)
-        scores = class_scores[np.arange(len(pred)), classes]
-        mask = scores > conf
-        pred, scores, classes = pred[mask], scores[mask], classes[mask]
-        if len(scores) > MAX_NMS:
-            top = np.argsort(-scores, kind="stable")[:MAX_NMS]
-            pred, scores, classes = pred[top], scores[top], classes[top]
-        cx, cy, w, h = pred[:, 0], pred[:, 1], pred[:, 2], pred[:, 3]
+        # Threshold on the (nc, N) layout first: only the few candidates above ``conf`` are transposed
+        # and copied (the full transpose of 8400 anchors was a third of the post-processing time).
+        class_scores = pred[4:]
+        best = class_scores.max(axis=0)
+        candidates = np.flatnonzero(best > conf)
+        if len(candidates) > MAX_NMS:
+            candidates = candidates[np.argsort(-best[candidates], kind="stable")[:MAX_NMS]]
+        scores = best[candidates]
+        classes = class_scores[:, candidates].argmax(axis=0)
+        cx, cy, w, h = pred[0, candidates], pred[1, candidates], pred[2, candidates], pred[3, candidates]
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         keep = nms_per_class(xyxy, scores, classes, iou, self.max_det)
         return xyxy[keep], scores[keep], classes[keep]
@@ -265,8 +309,187 @@ class OnnxEngine:
             results.append(Detections(boxes, keys[classes], scores))
         return results
 
+
+class _Pool:
+    """A fixed set of per-stream objects (ORT sessions, OpenVINO infer requests) handed out one per call.
+
+    Last in, first out, and the first item is handed out first: it is the "solo" stream that uses
+    every core, so a lone request (no other stream busy) always gets it."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self._free: queue.LifoQueue[Any] = queue.LifoQueue()
+        for item in reversed(items):
+            self._free.put(item)
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[Any]:
+        item = self._free.get()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+
+class OnnxEngine(_ArrayEngine):
+    """YOLOv8/11 (and end-to-end YOLO26) ONNX models on ONNX Runtime, FP32 or INT8 (QDQ) alike.
+
+    ``streams`` sessions of the same file, so that concurrent batches run side by side instead of
+    queueing for one session's thread pool: the first (the one a lone request gets) with every core,
+    the others with ``threads`` intra-op threads each. Under load the cores are slightly
+    oversubscribed (idle threads do not spin), while a single request keeps the latency of one
+    all-core session."""
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        onnx_path: Path | str,
+        class_keys: Sequence[str],
+        imgsz: int = 640,
+        providers: Sequence[str] | None = None,
+        *,
+        version: str | None = None,
+        max_det: int = MAX_DET,
+        device: str = "auto",
+        max_batch: int = 32,
+        streams: int = 1,
+        threads: int = 0,
+        name: str = "onnx",
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise NotFound(f"ONNX model {path} does not exist")
+        self.name = name
+        providers = list(providers or _onnx_providers(device))
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        self.streams = max(1, int(streams)) if not on_gpu else 1  # one GPU session batches instead
+        threads = int(threads) if threads and threads > 0 else max(1, cpu_cores() // self.streams)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle ORT threads spin by default; on a busy CPU-only server that steals the cores the next
+        # request needs (measured here: 255 ms -> 96 ms per 640 px image under load).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sessions = []
+        for i in range(self.streams):
+            options.intra_op_num_threads = max(threads, cpu_cores()) if i == 0 and self.streams > 1 else threads
+            sessions.append(ort.InferenceSession(str(path), sess_options=options, providers=providers))
+        self._session = sessions[0]
+        self._sessions = _Pool(sessions)
+        self.threads = threads
+        meta = self._session.get_modelmeta().custom_metadata_map or {}
+        inp = self._session.get_inputs()[0]
+        self._input_name = inp.name
+        self._setup(
+            path,
+            class_keys,
+            imgsz,
+            version,
+            max_det,
+            max_batch,
+            meta,
+            inp.shape,
+            self._session.get_outputs()[0].shape,
+        )
+        self.providers = self._session.get_providers()
+
+    def _infer(self, tensor: np.ndarray) -> np.ndarray:
+        with self._sessions.take() as session:
+            return cast(np.ndarray, session.run(None, {self._input_name: tensor})[0])
+
     def close(self) -> None:
-        self._session = None  # releases the ORT arena once unreferenced
+        self._session = None  # releases the ORT arenas once unreferenced
+        self._sessions = _Pool([])
+
+
+class OpenVinoEngine(_ArrayEngine):
+    """The same ONNX export (FP32) or an NNCF-quantised INT8 IR on Intel's OpenVINO runtime (CPU).
+
+    ``streams`` infer requests run in parallel: the first (a lone request's) compiled in latency mode
+    on every core, the others from one compilation in OpenVINO's throughput mode. FP32 is asked for
+    explicitly: on CPUs with BF16 support the runtime would otherwise quietly infer in BF16, which
+    moves boxes by pixels."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        class_keys: Sequence[str],
+        imgsz: int = 640,
+        *,
+        version: str | None = None,
+        max_det: int = MAX_DET,
+        max_batch: int = 32,
+        streams: int = 1,
+        threads: int = 0,
+        name: str = "openvino",
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        import openvino as ov
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise NotFound(f"OpenVINO model {path} does not exist")
+        self.name = name
+        self.streams = max(1, int(streams))
+        per_stream = int(threads) if threads and threads > 0 else max(1, cpu_cores() // self.streams)
+        core = ov.Core()
+        model = core.read_model(str(path))
+        f32 = ov.Type.f32
+        # The solo stream (what a lone request gets): latency mode on every core. The other streams:
+        # one compilation in throughput mode sharing ``threads`` per stream.
+        self._compiled = [
+            core.compile_model(
+                model,
+                "CPU",
+                {
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_NUM_THREADS": max(per_stream, cpu_cores()),
+                    "INFERENCE_PRECISION_HINT": f32,
+                },
+            )
+        ]
+        requests = [self._compiled[0].create_infer_request()]
+        if self.streams > 1:
+            rest = self.streams - 1
+            self._compiled.append(
+                core.compile_model(
+                    model,
+                    "CPU",
+                    {
+                        "PERFORMANCE_HINT": "THROUGHPUT",
+                        "NUM_STREAMS": str(rest),
+                        "INFERENCE_NUM_THREADS": per_stream * rest,
+                        "INFERENCE_PRECISION_HINT": f32,
+                    },
+                )
+            )
+            requests += [self._compiled[1].create_infer_request() for _ in range(rest)]
+        self._requests = _Pool(requests)
+        self.threads = per_stream
+        self.providers = ["OpenVINO:CPU"]
+        self.device = "cpu"
+        inp = model.inputs[0].get_partial_shape()
+        out = model.outputs[0].get_partial_shape()
+
+        def dims(shape: Any) -> list[object]:
+            return [d.get_length() if d.is_static else None for d in shape]
+
+        meta = meta if meta is not None else model_metadata(path)
+        self._setup(path, class_keys, imgsz, version, max_det, max_batch, meta, dims(inp), dims(out))
+
+    def _infer(self, tensor: np.ndarray) -> np.ndarray:
+        with self._requests.take() as request:
+            request.infer({0: tensor}, share_inputs=True)
+            return np.array(request.get_output_tensor(0).data)  # copied: the request's buffer is reused
+
+    def close(self) -> None:
+        self._requests = _Pool([])
+        self._compiled = []
 
 
 class UltralyticsEngine:
@@ -449,23 +672,39 @@ def load_engine(
     *,
     device: str = "auto",
     version: str | None = None,
+    streams: int = 1,
+    threads: int = 0,
 ) -> Engine:
-    """Build the configured back-end for a registry model (``settings.engine`` / ``settings.device``).
+    """Build a back-end for a registry model (``settings.engine`` / ``settings.device``).
 
-    For ``onnx`` the ONNX file is derived from the ``.pt`` on first use and cached in ``cache_dir``
-    under a name that includes the weights' hash; an ``.onnx`` given directly is used as is.
+    For ``onnx`` and ``openvino`` the ONNX file is derived from the ``.pt`` on first use and cached in
+    ``cache_dir`` under a name that includes the weights' hash; an ``.onnx`` given directly is used as
+    is. The INT8 kinds take the quantised variant's file itself (``.onnx`` for ``onnx-int8``, the IR's
+    ``.xml`` for ``openvino-int8``; see :mod:`hazardlens.models.quantize`).
     """
     weights = Path(weights_pt)
     if not weights.is_file():
         raise NotFound(f"model weights {weights} do not exist")
-    kind = (kind or "").lower()
+    kind = parse_engine(kind)
     if kind == "ultralytics":
         return UltralyticsEngine(weights, class_keys, imgsz, device, version=version)
-    if kind != "onnx":
-        raise Invalid(f"unknown engine {kind!r}; use 'onnx' or 'ultralytics'")
-    if weights.suffix.lower() == ".onnx":
-        return OnnxEngine(weights, class_keys, imgsz, version=version, device=device)
-    sha = sha256_file(weights)
-    onnx_path = Path(cache_dir) / "onnx" / f"{weights.stem}-{sha[:16]}-{imgsz}.onnx"
-    export_onnx(weights, onnx_path, imgsz, source_sha256=sha)
-    return OnnxEngine(onnx_path, class_keys, imgsz, version=version or sha[:12], device=device)
+    if kind == "auto":
+        raise Invalid("engine 'auto' is resolved by the model manager, not load_engine")
+    if kind in INT8_KINDS and weights.suffix.lower() == ".pt":
+        raise Invalid(f"engine {kind!r} needs the quantised variant (hazardlens models quantize), not a .pt")
+    if weights.suffix.lower() == ".pt":
+        sha = sha256_file(weights)
+        weights = Path(cache_dir) / "onnx" / f"{weights.stem}-{sha[:16]}-{imgsz}.onnx"
+        export_onnx(weights_pt, weights, imgsz, source_sha256=sha)
+        version = version or sha[:12]
+    if kind in ("onnx", "onnx-int8"):
+        return OnnxEngine(
+            weights, class_keys, imgsz, version=version, device=device, streams=streams, threads=threads, name=kind
+        )
+    if _wants_cuda(device):
+        raise Invalid(f"engine {kind!r} runs on the CPU; use 'onnx' with device {device!r}")
+    return OpenVinoEngine(weights, class_keys, imgsz, version=version, streams=streams, threads=threads, name=kind)
+
+
+def _wants_cuda(device: str) -> bool:
+    return (device or "").lower().startswith("cuda")

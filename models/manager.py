@@ -27,8 +27,10 @@ concurrent requests share forward passes and never enter an engine concurrently.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import cv2
 import numpy as np
 from sqlalchemy import select
 
@@ -50,8 +53,17 @@ from hazardlens.detections import Detections
 from hazardlens.detector import DEFAULT_CONF, DEFAULT_IOU, Detector, DetectResult, Tiling, relevant
 from hazardlens.errors import Conflict, HazardError, Invalid
 from hazardlens.models.batching import MicroBatcher
-from hazardlens.models.engines import Engine, export_onnx, load_engine
+from hazardlens.models.engines import (
+    INT8_KINDS,
+    Engine,
+    cpu_cores,
+    export_onnx,
+    load_engine,
+    parse_engine,
+    plan_streams,
+)
 from hazardlens.models.preprocess import decode_at_scale, decode_image, scale_detections
+from hazardlens.models.quantize import accepted_variants, variant_path
 from hazardlens.models.registry import (
     DEFAULT_NAME,
     ensure_baseline,
@@ -105,21 +117,145 @@ class InferenceObserver(Protocol):
 def default_loader(ctx: Context, mv: ModelVersion) -> Engine:
     """The configured back-end (``settings.engine``, ``settings.device``: CUDA when present).
 
-    For ONNX, the export from ``.pt`` (once per weights; cached under ``cache_dir/onnx``) runs in a
-    child process: it needs PyTorch and Ultralytics, which would otherwise stay in the serving
-    worker's memory for good (several hundred MB) although ONNX Runtime never uses them.
+    ``onnx``/``openvino`` serve the FP32 ONNX export, the INT8 kinds the version's accepted variant
+    (:mod:`hazardlens.models.quantize`), ``auto`` the fastest of those on this machine
+    (:func:`choose_engine`). Streams and threads come from ``settings.infer_streams`` /
+    ``infer_threads`` (sized to the cores by default).
     """
     s = ctx.settings
-    weights = local_weights(ctx, mv)
-    if s.engine.lower() != "onnx":
+    kind = parse_engine(s.engine)
+    if kind == "ultralytics":
         return load_engine(
-            s.engine, weights, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device, version=mv.version
+            kind,
+            local_weights(ctx, mv),
+            list(mv.classes),
+            int(mv.imgsz),
+            s.cache_dir,
+            device=s.device,
+            version=mv.version,
         )
+    if kind == "auto":
+        return choose_engine(ctx, mv)
+    return _build(ctx, mv, kind)
+
+
+def cached_onnx(ctx: Context, mv: ModelVersion) -> Path:
+    """The FP32 ONNX export of ``mv`` (made once per weights, cached under ``cache_dir/onnx``).
+
+    The export from ``.pt`` runs in a child process: it needs PyTorch and Ultralytics, which would
+    otherwise stay in the serving worker's memory for good (several hundred MB) although ONNX
+    Runtime never uses them."""
+    s = ctx.settings
+    weights = local_weights(ctx, mv)
     onnx = s.cache_dir / "onnx" / f"{mv.weights_sha256[:16]}-{int(mv.imgsz)}.onnx"
     if not onnx.with_name(onnx.name + ".json").is_file():
         _export_in_child(ctx, weights, onnx, int(mv.imgsz), mv.weights_sha256)
-    export_onnx(weights, onnx, int(mv.imgsz), source_sha256=mv.weights_sha256)  # a no-op once cached
-    return load_engine("onnx", onnx, list(mv.classes), int(mv.imgsz), s.cache_dir, device=s.device, version=mv.version)
+    return export_onnx(weights, onnx, int(mv.imgsz), source_sha256=mv.weights_sha256)  # a no-op once cached
+
+
+def _build(ctx: Context, mv: ModelVersion, kind: str) -> Engine:
+    s = ctx.settings
+    streams, threads = plan_streams(s.infer_streams, s.infer_threads)
+    source = variant_path(ctx, mv, kind) if kind in INT8_KINDS else cached_onnx(ctx, mv)
+    return load_engine(
+        kind,
+        source,
+        list(mv.classes),
+        int(mv.imgsz),
+        s.cache_dir,
+        device=s.device,
+        version=mv.version,
+        streams=streams,
+        threads=threads,
+    )
+
+
+def _cpu_signature() -> str:
+    """What makes a timing valid elsewhere: the processor model and the cores this process may use."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}|{cpu_cores()}"
+
+
+def _time_engine(engine: Engine, imgsz: int, rounds: int = 3) -> float:
+    """Best of ``rounds`` single-image predictions on a photo-like frame, in ms (after one warm-up)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, size=(imgsz * 3 // 32, imgsz // 8, 3), dtype=np.uint8)
+    frame = cv2.resize(small, (imgsz, imgsz * 3 // 4), interpolation=cv2.INTER_CUBIC)
+    engine.predict([frame])
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        engine.predict([frame])
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best
+
+
+def choose_engine(ctx: Context, mv: ModelVersion) -> Engine:
+    """``HAZARDLENS_ENGINE=auto``: the fastest engine on this machine among FP32 ONNX Runtime, FP32
+    OpenVINO and the version's INT8 variants that passed their accuracy check.
+
+    Each candidate is loaded and timed once (a few single-image predictions); the choice is cached in
+    ``cache_dir/engine-choice.json`` per weights, variants, processor and stream plan, so later starts
+    load only the winner. On a CUDA device the answer is ONNX Runtime's CUDA provider without timing
+    (the CPU engines cannot use the GPU)."""
+    s = ctx.settings
+    if s.device.startswith("cuda") or (s.device == "auto" and _ort_has_cuda()):
+        return _build(ctx, mv, "onnx")
+    candidates = ["onnx", "openvino", *accepted_variants(mv)]
+    streams, threads = plan_streams(s.infer_streams, s.infer_threads)
+    variants = (mv.card or {}).get("variants") or {}
+    digest = ",".join(f"{k}:{sorted((variants[k].get('files') or {}).values())}" for k in candidates if k in variants)
+    key = f"{mv.weights_sha256[:16]}|{int(mv.imgsz)}|{digest}|{_cpu_signature()}|{streams}x{threads}"
+    cache = s.cache_dir / "engine-choice.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    chosen = (known.get(key) or {}).get("engine")
+    if chosen in candidates:
+        try:
+            return _build(ctx, mv, chosen)
+        except Exception:
+            log.exception("cached engine choice failed to load; timing the candidates again", extra={"engine": chosen})
+    timings: dict[str, float] = {}
+    best: tuple[float, Engine] | None = None
+    for kind in candidates:
+        try:
+            engine = _build(ctx, mv, kind)
+        except Exception as exc:  # e.g. OpenVINO missing on this machine: not a candidate here
+            log.warning("engine %s not available for %s %s: %s", kind, mv.name, mv.version, exc)
+            continue
+        ms = _time_engine(engine, int(mv.imgsz))
+        timings[kind] = round(ms, 2)
+        if best is None or ms < best[0]:
+            if best is not None:
+                best[1].close()
+            best = (ms, engine)
+        else:
+            engine.close()
+    if best is None:
+        raise ModelUnavailable(f"no engine could load {mv.name} {mv.version}")
+    known[key] = {"engine": best[1].name, "ms": timings, "measured_at": datetime.now(UTC).isoformat()}
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=2), encoding="utf-8")
+        os.replace(tmp, cache)
+    log.info("engine chosen", extra={"model": mv.name, "version": mv.version, "engine": best[1].name, "ms": timings})
+    return best[1]
+
+
+def _ort_has_cuda() -> bool:
+    with contextlib.suppress(Exception):
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    return False
 
 
 def _export_in_child(ctx: Context, weights: Path, onnx: Path, imgsz: int, sha256: str) -> None:
@@ -179,6 +315,7 @@ class LoadedModel:
             "role": self.role,
             "engine": getattr(self.engine, "name", "?"),
             "device": device,
+            "streams": self.batcher.workers,
             "imgsz": self.spec.imgsz,
             "classes": list(self.spec.classes),
             "loaded_at": self.loaded_at.isoformat(),
@@ -188,6 +325,7 @@ class LoadedModel:
             "requests": self.served,
             "batches_run": self.batcher.batches_run,
             "images_run": self.batcher.images_run,
+            "refused": self.batcher.refused,
         }
 
 
@@ -489,7 +627,9 @@ class ModelManager:
         try:
             if self._warmup:  # first call allocates arenas and compiles kernels: pay it before serving
                 engine.predict([np.full((spec.imgsz, spec.imgsz, 3), 114, np.uint8)])
-            batcher = MicroBatcher(engine, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms)
+            batcher = MicroBatcher(
+                engine, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms, max_queue=self.ctx.settings.max_queue
+            )
         except BaseException:
             engine.close()
             raise
@@ -678,11 +818,14 @@ def detect_with(
     if not 0.0 <= conf <= 1.0:
         raise Invalid(f"conf must be between 0 and 1, not {conf}", code="invalid_conf")
     start = time.perf_counter()
-    if tiles is not None:
-        check_tiling(*tiles)
-        image, size = decode_at_scale(data, lambda long: tile_scale(long, lease.imgsz, tiles[0]), max_pixels=max_pixels)
-    else:
-        image, size = decode_image(data, max(lease.imgsz, keep_image_side or 0), max_pixels=max_pixels)
+    with lease.model.batcher.expect():  # a worker gathering a batch waits for this photo's decode
+        if tiles is not None:
+            check_tiling(*tiles)
+            image, size = decode_at_scale(
+                data, lambda long: tile_scale(long, lease.imgsz, tiles[0]), max_pixels=max_pixels
+            )
+        else:
+            image, size = decode_image(data, max(lease.imgsz, keep_image_side or 0), max_pixels=max_pixels)
     decoded = time.perf_counter()
     if tiles is not None:
         dets = predict_tiled(

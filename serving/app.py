@@ -61,7 +61,8 @@ def error_response(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HazardError)
     async def _hazard(_: Request, exc: HazardError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        # e.g. Retry-After on 503 overloaded (hazardlens.models.batching.Overloaded)
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

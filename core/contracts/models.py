@@ -57,7 +57,7 @@ class LoadedModel(Public):
     version: str
     stage: str
     role: str = Field(description="production, or pinned (loaded for requests that pin this version)")
-    engine: str = Field(description="onnx | ultralytics")
+    engine: str = Field(description="onnx | openvino | onnx-int8 | openvino-int8 | ultralytics")
     device: str | None
     imgsz: int
     classes: list[str]
@@ -68,6 +68,8 @@ class LoadedModel(Public):
     requests: int = Field(description="requests served since loaded")
     batches_run: int
     images_run: int
+    streams: int = Field(1, description="inference streams running in parallel for this model")
+    refused: int = Field(0, description="requests answered 503 overloaded (queue full) since loaded")
 
 
 class ModelsResponse(Public):
