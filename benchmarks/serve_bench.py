@@ -1,16 +1,24 @@
 """The detection service end to end against Ultralytics' own in-process predict, on real photos.
 
-    .venv/bin/python benchmarks/serve_bench.py [--weights PATH] [--imgsz 640] [--count 200] [--engine onnx]
+    .venv/bin/python benchmarks/serve_bench.py [--weights PATH] [--imgsz 640] [--count 60]
+        [--engines onnx,openvino,openvino-int8] [--levels 1,16]
 
 Same ``--count`` photos from ../shared/data/sfchd-ppe, same model, same machine, one run:
 
-* the service: a real uvicorn server in its own process (``hazardlens.serving.main:app``, one
-  worker, the configured engine), fed by httpx over loopback with multipart uploads of the JPEG
-  bytes, at concurrency 1, 4 and 16 (every photo once per level): p50, p95, throughput;
-* Ultralytics: ``YOLO(weights).predict(path, imgsz=...)`` in this process, batch 1, on the same
-  files (so it, too, reads and decodes each JPEG);
-* ratios: service p50 @1 / Ultralytics p50 (goal <= 1.0) and throughput @16 / @1 (goal >= 1.3);
-* the server's RSS with one model loaded.
+* the service, once per engine of ``--engines`` side by side: a real uvicorn server in its own
+  process (``hazardlens.serving.main:app``, one worker, ``HAZARDLENS_ENGINE`` set to the engine), fed
+  by httpx over loopback with multipart uploads of the JPEG bytes, at each concurrency of
+  ``--levels`` (every photo once per level): p50, p95, throughput;
+* the INT8 engines need a variant: the benchmark quantises the model itself (NNCF, calibrated on 32
+  other photos of the same folder) and records it as accepted *for timing only* (its accuracy check
+  is ``hazardlens models quantize``'s job, not the benchmark's);
+* Ultralytics, the anchor: the same ``.pt`` exported to ONNX by Ultralytics in this run and
+  ``YOLO(onnx).predict(path)`` in this process, batch 1, on the same files (so it, too, reads and
+  decodes each JPEG); ``--torch`` adds its PyTorch predict;
+* ratios per engine: service p50 @1 / Ultralytics ONNX p50 (goal <= 0.7) and throughput @16 / @1
+  (goal >= 1.5); the server's RSS with one model loaded.
+
+On a shared, busy machine absolute figures swing; the ratios are measured in the same run.
 
 The model: ``--weights`` if given (classes from ``--classes`` or the checkpoint's names, which must
 be taxonomy keys), else the shipped baseline (models/baseline/baseline.pt) if present, else a
@@ -206,37 +214,45 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", help="a YOLO .pt (default: shipped baseline, else random weights)")
-    parser.add_argument("--classes", help="comma-separated taxonomy keys of --weights' classes")
-    parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--engine", default=os.environ.get("HAZARDLENS_ENGINE", "onnx"))
-    parser.add_argument("--device", default=os.environ.get("HAZARDLENS_DEVICE", "auto"))
-    parser.add_argument("--levels", default="1,4,16")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-
-    files = photos(args.count)
-    payloads = [(f.name, f.read_bytes()) for f in files]
-    home = Path(tempfile.mkdtemp(prefix="hazardlens-serve-bench-"))
-    weights, model_desc = prepare_home(home, args)
-
-    from hazardlens.auth import create_key
+def quantize_for_timing(home: Path, engine: str, calibration: list[Path]) -> None:
+    """Record an INT8 variant of the production model, calibrated on ``calibration``, as accepted for
+    timing only (the evaluation is ``hazardlens models quantize``'s, not the benchmark's)."""
+    from hazardlens.auth import SYSTEM
     from hazardlens.context import Context
+    from hazardlens.models.manager import cached_onnx
+    from hazardlens.models.quantize import calibration_tensors, quantize_onnx, record_variant, scratch
+    from hazardlens.models.registry import production_model
     from hazardlens.settings import Settings
 
     ctx = Context(Settings(home=home))
-    with ctx.db.session() as s:
-        key, _ = create_key(s, "420000", "service", "bench")
-    ctx.close()
+    try:
+        with ctx.db.session() as s:
+            mv = production_model(s)
+            assert mv is not None
+        fp32 = cached_onnx(ctx, mv)
+        with scratch(ctx) as work:
+            target, files = quantize_onnx(fp32, engine, calibration_tensors(calibration, int(mv.imgsz)), work)
+            record_variant(
+                ctx,
+                SYSTEM,
+                mv.name,
+                mv.version,
+                engine,
+                files,
+                {"note": "serve_bench: timing only, not evaluated"},
+                True,
+            )
+    finally:
+        ctx.close()
 
+
+def serve(home: Path, key: str, engine: str, args: argparse.Namespace, payloads: list[tuple[str, bytes]]) -> dict:
+    """One uvicorn server with ``engine``: figures at each concurrency level."""
     port = free_port()
     env = {
         **os.environ,
         "HAZARDLENS_HOME": str(home),
-        "HAZARDLENS_ENGINE": args.engine,
+        "HAZARDLENS_ENGINE": engine,
         "HAZARDLENS_DEVICE": args.device,
         "HAZARDLENS_LOG_LEVEL": "WARNING",
         "YOLO_OFFLINE": "1",
@@ -263,18 +279,11 @@ def main() -> None:
         cwd=home,
     )
     url = f"http://127.0.0.1:{port}"
-    results: dict[str, Any] = {
-        "model": model_desc,
-        "engine": args.engine,
-        "imgsz": args.imgsz,
-        "photos": len(files),
-        "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-    }
+    out: dict[str, Any] = {"engine": engine}
     try:
         import httpx
 
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 900
         while True:
             try:
                 if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -282,18 +291,19 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("the server did not become ready")
+                sys.exit(f"the server with engine {engine} did not become ready")
             time.sleep(0.5)
-        results["rss_loaded_mb"] = round(rss_mb(server.pid)[0], 1)
-        run_level(url, key, payloads[:10], 2)  # warm-up
+        out["rss_loaded_mb"] = round(rss_mb(server.pid)[0], 1)
+        run_level(url, key, payloads[:6], 2)  # warm-up
         levels = [run_level(url, key, payloads, int(c)) for c in args.levels.split(",")]
-        results["service"] = [{k: round(v, 2) for k, v in lv.items()} for lv in levels]
+        out["service"] = [{k: round(v, 2) for k, v in lv.items()} for lv in levels]
         rss, hwm = rss_mb(server.pid)
-        results["rss_after_mb"], results["rss_peak_mb"] = round(rss, 1), round(hwm, 1)
+        out["rss_after_mb"], out["rss_peak_mb"] = round(rss, 1), round(hwm, 1)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
             loaded = http.get("/v1/models").json()["loaded"]
-        results["loaded"] = [
-            {k: m[k] for k in ("version", "engine", "device", "batches_run", "images_run")} for m in loaded
+        out["loaded"] = [
+            {k: m.get(k) for k in ("version", "engine", "device", "streams", "batches_run", "images_run")}
+            for m in loaded
         ]
     finally:
         server.terminate()
@@ -301,29 +311,101 @@ def main() -> None:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+    return out
+
+
+def ultralytics_onnx(weights: Path, home: Path, imgsz: int) -> Path:
+    """The same ``.pt`` exported by Ultralytics' own exporter (its defaults: static shape), in this run."""
+    from hazardlens.models.ultralytics_env import prepare_ultralytics
+
+    prepare_ultralytics()
+    import shutil
+
+    from ultralytics import YOLO
+
+    local = home / "ultralytics-export" / "model.pt"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, local)
+    return Path(YOLO(str(local), task="detect").export(format="onnx", imgsz=imgsz, device="cpu", verbose=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="a YOLO .pt (default: shipped baseline, else random weights)")
+    parser.add_argument("--classes", help="comma-separated taxonomy keys of --weights' classes")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--engines", default=os.environ.get("HAZARDLENS_ENGINE", "onnx,openvino"))
+    parser.add_argument("--device", default=os.environ.get("HAZARDLENS_DEVICE", "auto"))
+    parser.add_argument("--levels", default="1,16")
+    parser.add_argument("--torch", action="store_true", help="also time Ultralytics' PyTorch predict")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    files = photos(args.count)
+    payloads = [(f.name, f.read_bytes()) for f in files]
+    home = Path(tempfile.mkdtemp(prefix="hazardlens-serve-bench-"))
+    weights, model_desc = prepare_home(home, args)
+
+    from hazardlens.auth import create_key
+    from hazardlens.context import Context
+    from hazardlens.settings import Settings
+
+    ctx = Context(Settings(home=home))
+    with ctx.db.session() as s:
+        key, _ = create_key(s, "420000", "service", "bench")
+    ctx.close()
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    calibration = sorted((DATA / "sfchd-ppe" / "images").glob("*.jpg"))[-32:]
+    for engine in engines:
+        if engine.endswith("-int8"):
+            quantize_for_timing(home, engine, calibration)
+    results: dict[str, Any] = {
+        "model": model_desc,
+        "imgsz": args.imgsz,
+        "photos": len(files),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "load_average_start": os.getloadavg(),
+        "engines": [serve(home, key, engine, args, payloads) for engine in engines],
+    }
 
     device = "cpu" if args.device in ("auto", "cpu") and not _cuda() else "cuda:0"
-    ul = ultralytics_predict(weights, files, args.imgsz, device)
-    results["ultralytics"] = {k: round(v, 2) for k, v in ul.items()}
-    by_c = {lv["concurrency"]: lv for lv in results["service"]}
-    if 1 in by_c:
-        results["ratio_p50_service1_vs_ultralytics"] = round(by_c[1]["p50_ms"] / ul["p50_ms"], 3)
-    if 1 in by_c and 16 in by_c:
-        results["ratio_throughput16_vs_1"] = round(by_c[16]["throughput_rps"] / by_c[1]["throughput_rps"], 3)
+    ul_onnx = ultralytics_predict(ultralytics_onnx(weights, home, args.imgsz), files, args.imgsz, device)
+    results["ultralytics_onnx"] = {k: round(v, 2) for k, v in ul_onnx.items()}
+    if args.torch:
+        results["ultralytics_torch"] = {
+            k: round(v, 2) for k, v in ultralytics_predict(weights, files, args.imgsz, device).items()
+        }
+    results["load_average_end"] = os.getloadavg()
 
-    print(f"model: {model_desc}; engine {args.engine}; {len(files)} photos; {os.cpu_count()} CPUs")
-    print(f"{'':>22} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
-    for lv in results["service"]:
-        print(
-            f"{'service @' + str(lv['concurrency']):>22} {lv['p50_ms']:>9.1f} {lv['p95_ms']:>9.1f} "
-            f"{lv['throughput_rps']:>8.2f}"
-        )
-    print(f"{'ultralytics predict b1':>22} {ul['p50_ms']:>9.1f} {ul['p95_ms']:>9.1f} {ul['throughput_rps']:>8.2f}")
-    if "ratio_p50_service1_vs_ultralytics" in results:
-        print(f"service p50@1 / ultralytics p50 = {results['ratio_p50_service1_vs_ultralytics']} (goal <= 1.0)")
-    if "ratio_throughput16_vs_1" in results:
-        print(f"throughput@16 / throughput@1   = {results['ratio_throughput16_vs_1']} (goal >= 1.3)")
-    print(f"server RSS with one model loaded: {results['rss_after_mb']} MiB (peak {results['rss_peak_mb']} MiB)")
+    print(f"model: {model_desc}; {len(files)} photos; {os.cpu_count()} CPUs; load {results['load_average_start']}")
+    print(f"{'':>30} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
+    for er in results["engines"]:
+        by_c = {lv["concurrency"]: lv for lv in er["service"]}
+        for lv in er["service"]:
+            label = f"{er['engine']} @{lv['concurrency']}"
+            print(f"{label:>30} {lv['p50_ms']:>9.1f} {lv['p95_ms']:>9.1f} {lv['throughput_rps']:>8.2f}")
+        if 1 in by_c:
+            er["ratio_p50_vs_ultralytics_onnx"] = round(by_c[1]["p50_ms"] / ul_onnx["p50_ms"], 3)
+        if 1 in by_c and 16 in by_c:
+            er["ratio_throughput16_vs_1"] = round(by_c[16]["throughput_rps"] / by_c[1]["throughput_rps"], 3)
+    for name in ("ultralytics_onnx", "ultralytics_torch"):
+        if name in results:
+            ul = results[name]
+            print(f"{name + ' b1':>30} {ul['p50_ms']:>9.1f} {ul['p95_ms']:>9.1f} {ul['throughput_rps']:>8.2f}")
+    base = next((er for er in results["engines"] if er["engine"] == "onnx"), None)
+    for er in results["engines"]:
+        ratio = er.get("ratio_p50_vs_ultralytics_onnx")
+        line = f"{er['engine']:>14}: p50@1 / ultralytics onnx p50 = {ratio} (goal <= 0.7)"
+        line += f"; throughput@16 / @1 = {er.get('ratio_throughput16_vs_1')} (goal >= 1.5)"
+        if base is not None and er is not base:
+            b1 = next(lv for lv in base["service"] if lv["concurrency"] == 1)
+            e1 = next(lv for lv in er["service"] if lv["concurrency"] == 1)
+            er["speed_vs_onnx_fp32_p50"] = round(b1["p50_ms"] / e1["p50_ms"], 3)
+            line += f"; speed vs onnx FP32 (p50@1) = {er['speed_vs_onnx_fp32_p50']}x"
+        print(line)
     print(json.dumps(results, ensure_ascii=False))
     if args.json:
         Path(args.json).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
