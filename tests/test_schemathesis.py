@@ -68,6 +68,11 @@ DOMAIN_STATUSES: dict[tuple[str, str], tuple[list[str], str]] = {
         "a task's image must resolve to a sample the caller can see or a decodable data: URI (unresolvable_image)",
     ),
     ("POST", "/v1/suggestions/request"): (["422"], "queue=true with an empty queue names no sample (no samples)"),
+    ("POST", "/v1/taxonomy/additions"): (
+        ["422"],
+        "the definition must be a valid item or class of the taxonomy in force (sector, items, fields) and the "
+        "legal clause is the domain's to require (missing_legal_clause), so its absence is answered in the error shape",
+    ),
 }
 
 
