@@ -32,11 +32,14 @@ pdftools:
 	@command -v pdftoppm >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils; }
 
 # Label Studio 1.23.2 for tests/test_labelstudio_live.py (slow), in a venv of its own under var/
-# (its pins conflict with ours); installed once. When it cannot be installed (no PyPI) the test
-# skips saying so, and the next `make test` tries again.
+# (its pins conflict with ours), installed once, with an empty database migrated once (`version`
+# applies the migrations and exits; the test starts from a copy). When it cannot be installed (no
+# PyPI) the test skips saying so, and the next `make test` tries again.
 LS_VENV ?= var/ls-venv
 $(LS_VENV)/.installed:
-	@python3 -m venv $(LS_VENV) && $(LS_VENV)/bin/pip install -q "label-studio==1.23.2" && touch $@ \
+	@python3 -m venv $(LS_VENV) && $(LS_VENV)/bin/pip install -q "label-studio==1.23.2" \
+	  && LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false $(LS_VENV)/bin/label-studio version --data-dir $(LS_VENV)/migrated >/dev/null \
+	  && touch $@ \
 	  || { echo "label-studio 1.23.2 not installed: tests/test_labelstudio_live.py will skip"; rm -rf $(LS_VENV); }
 
 labelstudio: $(LS_VENV)/.installed
