@@ -438,7 +438,7 @@ class FederationFeedback(Base):
 class Webhook(Base):
     """An organisation's endpoint for events (findings ready): called with a body signed by ``secret``
     (HMAC-SHA256; see hazardlens.labeling.webhooks). Deleting one sets ``deleted_at``: its delivery
-    log stays readable."""
+    log stays in the catalogue."""
 
     __tablename__ = "webhooks"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -95,10 +95,14 @@ def scope_org(principal: Principal, org: str | None) -> str | None:
 
 
 def parse_groups(group_by: str | Sequence[str] | None) -> list[str]:
-    raw = group_by.split(",") if isinstance(group_by, str) else list(group_by or [])
-    groups = list(dict.fromkeys(g.strip() for g in raw if g and g.strip())) or ["class"]  # a repeat counts once
+    """The dimensions of ``group_by`` (None: by class). A repeated one counts once; an empty list,
+    an unknown dimension or more than three are refused."""
+    if group_by is None:
+        return ["class"]
+    raw = group_by.split(",") if isinstance(group_by, str) else list(group_by)
+    groups = list(dict.fromkeys(g.strip() for g in raw if g and g.strip()))
     unknown = [g for g in groups if g not in STATS_GROUPS]
-    if unknown or len(groups) > MAX_GROUP_DIMS:
+    if unknown or not groups or len(groups) > MAX_GROUP_DIMS:
         raise Invalid(
             f"group_by takes 1-{MAX_GROUP_DIMS} different dimensions of {', '.join(STATS_GROUPS)}",
             code="invalid_group_by",

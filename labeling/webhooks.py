@@ -197,7 +197,7 @@ def create_webhook(
 
 
 def get_webhook(session: Session, principal: Principal, webhook_id: int, *, deleted: bool = False) -> Webhook:
-    """A hook of the caller's organisation; a deleted one only with ``deleted`` (its delivery log)."""
+    """A hook of the caller's organisation; a deleted one only with ``deleted``."""
     principal.require("webhooks:manage")
     hook = session.get(Webhook, webhook_id)
     if hook is None or hook.org_code != principal.org_code or (hook.deleted_at is not None and not deleted):
@@ -212,8 +212,8 @@ def list_webhooks(session: Session, principal: Principal) -> list[Webhook]:
 
 
 def delete_webhook(session: Session, principal: Principal, webhook_id: int) -> Webhook:
-    """Stop a hook (its log stays readable); deliveries still waiting are dropped as failed. A hook
-    already deleted is not found."""
+    """Stop a hook; deliveries still waiting are dropped as failed. A hook already deleted is not found
+    (nor is its log, over the API: the rows stay in the catalogue)."""
     hook = get_webhook(session, principal, webhook_id)
     if hook.deleted_at is None:
         hook.deleted_at = utcnow()
@@ -246,8 +246,9 @@ def delivery_dict(d: WebhookDelivery) -> dict[str, Any]:
 def list_deliveries(
     session: Session, principal: Principal, webhook_id: int, *, status: str | None = None, limit: int = 50
 ) -> list[WebhookDelivery]:
-    """A hook's delivery log, newest first (a deleted hook's too)."""
-    hook = get_webhook(session, principal, webhook_id, deleted=True)
+    """A hook's delivery log, newest first. A deleted hook is gone, its log with it (the rows stay in
+    the catalogue for the audit trail)."""
+    hook = get_webhook(session, principal, webhook_id)
     q = select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id)
     if status:
         q = q.where(WebhookDelivery.status == status)

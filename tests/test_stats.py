@@ -151,6 +151,7 @@ def test_bad_parameters_are_refused(api, make_key) -> None:
     key = make_key("420000", "inspector")
     for params, code in (
         ({"group_by": "colour"}, "invalid_group_by"),
+        ({"group_by": ""}, "invalid"),
         ({"group_by": "sector,class,month,org"}, "invalid_group_by"),
         ({"from": "yesterday"}, "invalid_date"),
     ):

@@ -204,7 +204,7 @@ def test_webhooks_belong_to_their_organisation(api, make_key, receiver) -> None:
     assert api.get("/v1/webhooks", headers=auth(admin)).json()["items"] == []
     assert api.get(f"/v1/webhooks/{hook['id']}", headers=auth(admin)).status_code == 404
     assert api.delete(f"/v1/webhooks/{hook['id']}", headers=auth(admin)).status_code == 404
-    assert api.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=auth(admin)).status_code == 200  # the log stays
+    assert api.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=auth(admin)).status_code == 404  # gone with it
     assert api.get("/v1/inspection-submissions/1", headers=auth(other)).status_code == 404
 
 

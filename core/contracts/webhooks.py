@@ -39,7 +39,7 @@ class WebhookPublic(Public):
     events: list[str]
     description: str | None
     created_at: str | None
-    deleted_at: str | None = Field(description="set once deleted: nothing more is sent; the log stays readable")
+    deleted_at: str | None = Field(description="set once deleted: nothing more is sent")
     secret_hint: str = Field(description="the first characters of the signing secret, to tell hooks apart")
 
 

@@ -73,6 +73,7 @@ def finding_stats(
     group_by: Annotated[
         str,
         Query(
+            min_length=1,
             max_length=100,
             description="1-3 comma-separated dimensions: sector, item, class, rule, enterprise, month, org",
             json_schema_extra={"pattern": rf"^{_DIM}(,{_DIM}){{0,2}}$"},

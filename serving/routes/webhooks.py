@@ -169,7 +169,7 @@ def get_webhook(webhook_id: HookId, ctx: CtxDep, principal: Manager) -> Any:
 @router.delete(
     "/v1/webhooks/{webhook_id}",
     response_model=WebhookPublic,
-    summary="Stop a webhook (deliveries still waiting are dropped; the log stays readable)",
+    summary="Stop a webhook (deliveries still waiting are dropped)",
     responses=errors(401, 403, 404, 422),
 )
 def delete_webhook(webhook_id: HookId, ctx: CtxDep, principal: Manager) -> Any:
