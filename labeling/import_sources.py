@@ -81,8 +81,9 @@ def library_bytes(data: bytes, max_pixels: int) -> tuple[bytes, str | None]:
 # --- zip uploads (API) -----------------------------------------------------------------------------
 
 #: What zipfile raises for a damaged member: a bad header or CRC (BadZipFile), data cut short
-#: (EOFError), a broken deflate stream (zlib.error), a compression method it lacks (NotImplementedError).
-_DAMAGED_MEMBER = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError)
+#: (EOFError), a broken deflate stream (zlib.error), a compression method it lacks (NotImplementedError),
+#: an offset before the start of the file (ValueError: negative seek).
+_DAMAGED_MEMBER = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, ValueError)
 #: What the filesystem says when one entry's path runs into another's (a file where a folder must be).
 _CLASHING_ENTRY = (FileExistsError, IsADirectoryError, NotADirectoryError)
 

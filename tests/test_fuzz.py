@@ -803,10 +803,11 @@ def test_regression_yaml_with_control_characters_is_refused(tmp_path: Path) -> N
         ClassMap.load(tmp_path / "map.yaml")
 
 
-@pytest.mark.parametrize("damage", ["crc", "truncated", "header_name", "magic"])
+@pytest.mark.parametrize("damage", ["crc", "truncated", "header_name", "magic", "shifted"])
 def test_regression_damaged_zip_member_is_bad_archive(tmp_path: Path, damage: str) -> None:
     """test_fuzz_dataset_import_zip found members with a bad CRC, data cut short, a local header
-    that disagrees with the directory, or no local header at all: zipfile's BadZipFile/EOFError
+    that disagrees with the directory, no local header at all, or an offset before the file's start:
+    zipfile's BadZipFile/EOFError/ValueError
     escaped the import's unpacking as internal errors. Now: 422 bad_archive, nothing unpacked kept."""
     from hazardlens.errors import Invalid
     from hazardlens.labeling.import_sources import safe_extract_zip
@@ -826,6 +827,8 @@ def test_regression_damaged_zip_member_is_bad_archive(tmp_path: Path, damage: st
         data[offset : offset + 4] = struct.pack("<I", start + 10)
     elif damage == "header_name":
         data[30:35] = b"b.jpg"
+    elif damage == "shifted":  # make fuzz: the first byte gone, every offset one too far (negative seek)
+        data = data[1:]
     else:
         data[0:4] = b"XXXX"
     dest = tmp_path / "out"
