@@ -7,12 +7,12 @@ an evaluation saved (``rule_inputs.json``, written by ``hazardlens evaluate``), 
 
 For every combination of the subject-only factor (how much a person with nothing seen in its head
 region counts; a low factor leaves mostly the findings with direct evidence, a detected head), the
-rule's minimum confidence and the subject's minimum height, prints precision and recall per source and
-the worst of them; the best
-variant is the one whose worst precision-or-recall over the named sources is highest (the issue's goal
-is that both reach 0.6 on every source). Use it on a VALIDATION evaluation; report the chosen setting on
-the test split with ``hazardlens evaluate`` (never choose on the split you report). ``--write`` puts the
-chosen values into a rules file (comments are lost: edit the shipped one by hand instead).
+rule's minimum confidence and the subject's minimum height, prints precision and recall per source
+and the worst of them; the best variant is the one whose worst precision-or-recall over the named
+sources is highest, ties going to the higher mean (the issue's goal is that both reach 0.6 on every
+source). Use it on a VALIDATION evaluation; report the chosen setting on the test split with
+``hazardlens evaluate`` (never choose on the split you report). ``--write`` puts the chosen values
+into a rules file (comments are lost: edit the shipped one by hand instead).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
 
     base = yaml.safe_load((args.rules or config_path("rules.yaml")).read_text(encoding="utf-8"))
     taxonomy = default_taxonomy()
-    results: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
+    results: list[tuple[float, float, dict[str, Any], dict[str, Any]]] = []
     print(f"rule {args.rule} on {args.eval_dir}")
     print("| factor | min conf | min height | " + " | ".join(f"{s} P | {s} R" for s in args.sources) + " | worst |")
     print("|---" * (4 + 2 * len(args.sources)) + "|")
@@ -66,8 +66,9 @@ def main() -> None:
             cells += [f"{p:.3f}", f"{r:.3f}"]
             worst = min(worst, p, r)
         print(f"| {factor} | {floor} | {height} | " + " | ".join(cells) + f" | {worst:.3f} |")
-        results.append((worst, {"factor": factor, "min_confidence": floor, "min_height_px": height}, raw))
-    best_worst, best, raw = max(results, key=lambda t: t[0])
+        mean = sum(float(c) for c in cells) / max(len(cells), 1)
+        results.append((worst, mean, {"factor": factor, "min_confidence": floor, "min_height_px": height}, raw))
+    best_worst, _, best, raw = max(results, key=lambda t: (t[0], t[1]))  # ties: the higher mean P/R
     print(f"best: {best} (worst precision-or-recall over {', '.join(args.sources)}: {best_worst:.3f})")
     if args.write:
         args.write.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -21,14 +21,27 @@ SHIPPED_RULES = config_path("rules.yaml")
 HELMET, CLOTHES = "person_without_helmet", "person_without_work_clothes"
 
 
+#: The geometry cases below are written for these values of person_without_helmet; the shipped file's
+#: factor and floor are tuned on validation data (benchmarks/rule_sweep.py) and may move.
+PINNED = {"factor": 0.6, "min_confidence": 0.1}
+
+
+def _pinned(raw: dict[str, Any]) -> dict[str, Any]:
+    for rule in raw["rules"]:
+        if rule["key"] == HELMET:
+            rule.update(PINNED)
+    return raw
+
+
 @pytest.fixture(scope="module")
 def raw_rules() -> dict[str, Any]:
-    return yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))
+    return _pinned(yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8")))
 
 
 @pytest.fixture(scope="module")
 def rules(taxonomy: Taxonomy) -> RuleSet:
-    return RuleSet.load(SHIPPED_RULES, taxonomy)
+    RuleSet.load(SHIPPED_RULES, taxonomy)  # the shipped file itself is valid
+    return RuleSet.from_dict(_pinned(yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))), taxonomy)
 
 
 def dets(*boxes: tuple[str, float, float, float, float, float]) -> Detections:
@@ -385,7 +398,8 @@ def test_detect_returns_rule_findings(scripted_api: Any, make_key: Any) -> None:
     assert strong["confidence"] == pytest.approx(1 - 0.3 * (1 - 0.9 * 0.3), abs=1e-3)
     assert strong["box"] == {"x1": 51.2, "y1": 52.8, "x2": 76.8, "y2": 96.0}  # the head box
     assert [i["class_key"] for i in strong["inputs"]] == ["head", "person"]
-    assert weak["confidence"] == pytest.approx(0.8 * 0.6, abs=1e-3)
+    shipped = next(r for r in yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))["rules"] if r["key"] == HELMET)
+    assert weak["confidence"] == pytest.approx(0.8 * shipped["factor"], abs=1e-3)  # the service runs the shipped file
     assert weak["box"]["x1"] == pytest.approx(448.0) and weak["box"]["y2"] == pytest.approx(124.8)
     assert strong["finding_zh"] == "作业人员未佩戴安全帽" and strong["inspection_items"] == ["YX-04"]
     assert strong["legal_basis"] and strong["severity"] == "high"
