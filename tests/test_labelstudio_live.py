@@ -97,6 +97,8 @@ def label_studio(data_dir: Path) -> Iterator[str]:
             str(LS_BIN),
             "start",
             "--no-browser",
+            "--internal-host",
+            "127.0.0.1",  # loopback only (its default is 0.0.0.0)
             "--port",
             str(port),
             "--data-dir",
