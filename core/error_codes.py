@@ -45,7 +45,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "model_unavailable": _c(503, "no production model is loaded in this worker (yet)"),
     "broker_unavailable": _c(503, "the job queue's broker cannot be reached; the job was not queued"),
     "store_unavailable": _c(503, "the object store (MinIO/S3, or its disk) cannot be reached now; retry later"),
-    "catalogue_unavailable": _c(503, "the catalogue database cannot be reached, is restarting, or is busy; retry later"),
+    "catalogue_unavailable": _c(503, "the catalogue database cannot be reached, is restarting or is busy; retry later"),
     "insufficient_storage": _c(507, "the disk of the object store or the catalogue is full; nothing was stored"),
     "timeout": _c(504, "the request or the inference took longer than allowed"),
     "error": _c(400, "an HTTP error status without a code of its own (answered with that status)"),
