@@ -235,6 +235,7 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
     ax.plot(xs, [r[2] for r in rows if r[0] > 0], "s--", label="old classes: mean AP50 (old sources' val)")
     ax.axhline(rows[0][2], color="grey", lw=0.8, ls=":", label="old classes before fine-tuning")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(xs)
     ax.set_xticklabels([str(x) for x in xs])
     ax.set_xlabel("images labelled with the new class")
