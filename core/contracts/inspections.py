@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from hazardlens.contracts.common import Contract, Key, Public, Text100, Text200
 from hazardlens.contracts.filters import When
@@ -97,7 +97,8 @@ class CaptureSettings(Public):
 class CaptureSettingsUpdate(Contract):
     """An administrator's change; fields left out stay as they are."""
 
-    keep_original_photos: bool | None = Field(None, description="null or left out: unchanged")
+    # Strict bool: JSON 0/1 is not a boolean in the schema; schemathesis sends it and expects a 422.
+    keep_original_photos: StrictBool | None = Field(None, description="null or left out: unchanged")
     photo_max_side: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)] | None = Field(
         None, description=f"{MIN_SIDE}-{MAX_SIDE}; null: back to what detection reads; left out: unchanged"
     )
