@@ -272,7 +272,7 @@ def test_the_inspectors_round_on_a_phone(phone: tuple[Any, Any], world: World) -
     # Reject the head, with a reason.
     rows.nth(2).get_by_test_id("reject-finding").click()  # (the first tap after CDP touches is swallowed)
     page.get_by_test_id("finding-reason-input").fill("现场核实已佩戴安全帽，帽子被遮挡")
-    page.locator('dialog button[value="reject"]').tap()
+    page.locator('dialog button[value="reject"]').click()  # click: taps after CDP touches get lost
     expect(rows.nth(2)).to_have_attribute("data-status", "rejected")
     expect(rows.nth(2).get_by_test_id("finding-reason")).to_contain_text("已佩戴安全帽")
     expect(page.get_by_test_id("count-confirmed")).to_have_text("已确认 2")
@@ -302,7 +302,7 @@ def test_the_inspectors_round_on_a_phone(phone: tuple[Any, Any], world: World) -
 
     # Print the record: the PDF of GET /v1/inspections/{record_no}/report.pdf, fetched with the key.
     with page.expect_download() as download:
-        page.get_by_test_id("print-record").tap()
+        page.get_by_test_id("print-record").click()
     pdf = Path(download.value.path()).read_bytes()
     assert pdf.startswith(b"%PDF") and download.value.suggested_filename == f"{OPEN}.pdf"
 
