@@ -421,3 +421,20 @@ def test_touch_pinch_zoom_then_draw_a_small_box(chromium: Any, console_world: Co
         assert problems == []
     finally:
         context.close()
+
+
+def test_a_page_that_cannot_load_says_so_instead_of_staying_put(
+    console_page: Any, console_world: ConsoleWorld
+) -> None:
+    """A nav click whose page module cannot be fetched (the server went away for a moment) shows an
+    error with a retry, not the previous page as if the click had been lost."""
+    page, world = console_page, console_world
+    login(page, world, world.keys["admin"])
+    expect(page.get_by_test_id("sample-grid")).to_be_attached()
+    page.route("**/console/pages/jobs.js*", lambda route: route.abort())
+    page.locator('[data-route="jobs"]').click()
+    error = page.get_by_test_id("route-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("页面加载失败")
+    expect(page.get_by_test_id("sample-grid")).to_have_count(0)  # the library is not left on screen
+    assert any("jobs.js" in p or "import" in p.lower() for p in page.console_problems), page.console_problems

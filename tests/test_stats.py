@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
@@ -217,7 +218,9 @@ def test_dashboard_charts_the_outcomes_offline(console_page, console_world) -> N
     page.get_by_test_id("login-key").fill(console_world.keys["admin"])
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("me-role")).to_be_visible()
+    expect(page.get_by_test_id("sample-grid")).to_be_attached()  # the login's own navigation has ended
     page.locator('[data-route="dashboard"]').click()
+    expect(page).to_have_url(re.compile(r"#/dashboard$"))
     # A generous first wait: the shared 2-core build machine may be busy training.
     expect(page.get_by_test_id("dash-findings").locator(".dash-count")).to_have_text("4", timeout=60_000)
     for outcome in ("confirmed", "corrected", "rejected", "pending"):

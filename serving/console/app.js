@@ -103,7 +103,19 @@ async function route() {
   renderTopbar();
   const view = document.getElementById("view");
   if (!load) { clear(view).append(h("p", { class: "empty" }, t("app.not_found"))); return; }
-  const page = await load();
+  let page;
+  try {
+    page = await load();
+  } catch (e) {
+    // A page's module that could not be fetched (a server restart, a flaky link) says so and offers
+    // a retry, instead of leaving the previous page on screen as if the click had not happened.
+    if (token !== renderToken) return;
+    console.error(e);
+    clear(view).append(h("div", { class: "empty", role: "alert", "data-testid": "route-error" },
+      h("p", {}, t("app.load_failed", { message: e.message || String(e) })),
+      button("undo", t("app.retry"), { onclick: () => route() })));
+    return;
+  }
   if (token !== renderToken) return;
   clear(view);
   view.className = `view view-${target.name}`;
