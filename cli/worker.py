@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run background jobs from the broker (HAZARDLENS_BROKER_URL) until stopped (Ctrl-C, SIGTERM:
         the running task finishes first; a worker killed outright loses nothing: its task is
-        delivered again and taken over)."""
+        delivered again and taken over). ``kill -USR1 PID`` makes Celery print every thread's stack
+        to the log (a worker that seems stuck says where, without being stopped)."""
         from hazardlens.broker import run_worker
 
         logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.INFO))

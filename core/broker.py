@@ -89,6 +89,10 @@ def _make_app(settings: Settings) -> Celery:
             # look for abandoned messages at least every 10 s (a fifth of the timeout when shorter)
             "unacked_restore_interval": max(1, min(10, int(visibility / 5))),
             "unacked_restore_throttle": 1,
+            # a publish or an ack on a connection the broker dropped without closing fails after 30 s
+            # (then the task is sent again) instead of blocking its worker for ever (kombu's default)
+            "socket_timeout": 30.0,
+            "socket_connect_timeout": 10.0,
         },
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         worker_hijack_root_logger=False,

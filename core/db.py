@@ -49,7 +49,20 @@ def make_engine(url: str, *, write: bool = True) -> Engine:
 
         _disable_pysqlite_autobegin(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A statement waits at most 30 s for a row or table lock (as SQLite's busy timeout above), then
+    # fails: a lock held by a stuck or half-dead client becomes an error its caller retries (a job
+    # unit is sent again), never a worker that waits for ever and takes its queue with it.
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    @event.listens_for(engine, "connect")
+    def _pg_lock_timeout(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # SET, not a connect option: the URL's own options (a search_path) stay as they are.
+        cur = dbapi_conn.cursor()
+        cur.execute("SET lock_timeout = '30s'")
+        cur.close()
+        dbapi_conn.commit()  # a rolled-back SET would be undone
+
+    return engine
 
 
 def _disable_pysqlite_autobegin(engine: Engine) -> None:

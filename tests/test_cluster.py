@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from hazardlens.context import Context
 from hazardlens.jobrun import owner_pid
@@ -78,12 +78,21 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def logs(self) -> str:
+    def logs(self, stacks: bool = False) -> str:
+        """Each process's output after its start-up banner; with ``stacks``, the live workers first
+        print every thread's stack (Celery's worker dumps them on SIGUSR1)."""
+        if stacks:
+            for name, proc in self.procs.items():
+                if name.startswith("worker") and proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(2)
         out = []
         for name in self.procs:
             path = self.home.parent / f"{name}.log"
             text = path.read_text(errors="replace") if path.exists() else ""
-            out.append(f"--- {name} (last 3000 chars)\n{text[-3000:]}")
+            body = text.split(" ready.", 1)[-1]  # what it did once ready (not Celery's banner)
+            out.append(f"--- {name} (last 8000 chars of its log)\n{body[-8000:]}")
         return "\n".join(out)
 
     def stop(self) -> None:
@@ -134,14 +143,14 @@ def cluster_ctx(tmp_path: Path, catalogue_url: str, model_variants: list[Path]) 
     ctx.close()
 
 
-def _wait(predicate: Any, timeout: float, what: str, cluster: Cluster, interval: float = 0.05) -> Any:
+def _wait(predicate: Any, timeout: float, what: str, cluster: Cluster, interval: float = 0.05, state: Any = str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{cluster.logs()}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{state()}\n{cluster.logs(stacks=True)}")
 
 
 def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster_ctx: Context) -> None:
@@ -206,7 +215,24 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster_ctx: Conte
             return body if body["status"] in ("completed", "failed") else None
 
         # (generous: on an idle machine the rest takes well under a minute)
-        job = _wait(finished, 600, "the job to finish on the surviving worker", cluster, interval=0.5)
+        def state() -> str:
+            """The job's units and the catalogue's sessions, for a message that says where it stuck."""
+            with ctx.db.read_session() as s:
+                units = [
+                    (u.idx, u.status, u.owner, u.attempts, str(u.heartbeat_at))
+                    for u in s.scalars(select(JobShard).where(JobShard.job_id == job_id).order_by(JobShard.idx))
+                ]
+                sessions = []
+                if ctx.db.engine.dialect.name == "postgresql":
+                    sessions = s.execute(
+                        text(
+                            "SELECT pid, state, wait_event_type, wait_event, left(query, 160) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    ).all()
+            return f"shards (idx, status, owner, attempts, heartbeat): {units}\ncatalogue sessions: {sessions}"
+
+        job = _wait(finished, 300, "the job to finish on the surviving worker", cluster, interval=0.5, state=state)
         assert job["status"] == "completed", (job, cluster.logs())
         assert job["shards"] == SAMPLES // SHARD and job["progress"] == 1.0
         result = job["result"]
@@ -233,3 +259,34 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster_ctx: Conte
     finally:
         cluster.stop()
         broker.flushdb()
+
+
+def test_a_lock_held_by_a_stuck_client_fails_the_waiting_statement(catalogue_url: str) -> None:
+    """A row lock held by a client that is stuck (alive, its transaction open) fails the next
+    writer after the catalogue's lock timeout instead of blocking it for ever: the waiting job unit
+    errors and is sent again, its worker and queue go on. Replayed with the real PostgreSQL."""
+    if not catalogue_url.startswith("postgresql"):
+        pytest.skip("the lock timeout is PostgreSQL's (SQLite waits its busy timeout, 30 s, then fails)")
+    from sqlalchemy.exc import OperationalError
+
+    from hazardlens.db import make_engine
+
+    engine = make_engine(catalogue_url)
+    try:
+        with engine.begin() as c:
+            assert c.execute(text("SHOW lock_timeout")).scalar() == "30s"  # every catalogue connection
+            c.execute(text("CREATE TABLE lock_probe (id integer PRIMARY KEY, v text)"))
+            c.execute(text("INSERT INTO lock_probe VALUES (1, 'free')"))
+        holder, waiter = engine.connect(), engine.connect()
+        try:
+            holder.execute(text("UPDATE lock_probe SET v = 'held'"))  # the stuck client's open transaction
+            waiter.execute(text("SET lock_timeout = '1s'"))  # the same path as the 30 s, quicker here
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="lock timeout"):
+                waiter.execute(text("UPDATE lock_probe SET v = 'waiting'"))
+            assert time.monotonic() - started < 20
+        finally:
+            waiter.close()
+            holder.close()
+    finally:
+        engine.dispose()
