@@ -49,6 +49,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # the enforcement system's callbacks (webhooks): the organisation's admin or its service account
     "webhooks:manage": frozenset({"admin", "service"}),
     "organisation:settings": frozenset({"admin"}),  # the organisation's own choices (capture settings)
+    # removing unreferenced objects from the one shared store (blob_gc): admins, of the system organisation only
+    "store:gc": frozenset({"admin"}),
 }
 
 

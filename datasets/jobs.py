@@ -52,7 +52,10 @@ def run_export(ctx: Context, job: Job, principal: Principal, progress: jobs.Prog
 
 
 def register() -> None:
+    from hazardlens.datasets import blob_gc  # registers blob_gc (garbage collection of the store) too
+
     jobs.register("dataset_export", permission="datasets:write", handler=run_export, check=check_dataset)
+    blob_gc.register()
 
 
 register()

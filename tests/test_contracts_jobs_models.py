@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from hazardlens.context import Context
 from hazardlens.contracts.datasets import DatasetPage, DatasetVersionDetail
 from hazardlens.contracts.jobs import (
+    JOB_KINDS,
     DatasetExportJobParams,
     JobPage,
     JobPublic,
@@ -191,7 +192,7 @@ def test_the_document_describes_bodies_answers_and_errors(client: Any) -> None:
 
     body = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["discriminator"]["propertyName"] == "kind"
-    assert set(body["discriminator"]["mapping"]) == {"train", "dataset_export", "prelabel"}
+    assert set(body["discriminator"]["mapping"]) == set(JOB_KINDS)
     assert schemas["TrainJobParams"]["additionalProperties"] is False
     assert "register" in schemas["TrainJobParams"]["properties"]
     assert schemas["DatasetExportJobParams"]["properties"]["format"]["enum"] == ["yolo", "coco"]

@@ -19,9 +19,9 @@ from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import Timestamp
 from hazardlens.errors import Invalid
 
-JobKind = Literal["train", "dataset_export", "prelabel"]
+JobKind = Literal["train", "dataset_export", "prelabel", "blob_gc"]
 JobStatus = Literal["queued", "running", "completed", "failed"]
-JOB_KINDS: tuple[str, ...] = ("train", "dataset_export", "prelabel")
+JOB_KINDS: tuple[str, ...] = ("train", "dataset_export", "prelabel", "blob_gc")
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed")
 
 #: ``NAME@VERSION``: a dataset name (as ``datasets create`` accepts it) and ``latest``, a number
@@ -134,6 +134,23 @@ class PrelabelJobParams(Contract):
         return {} if value is None else value
 
 
+class BlobGcJobParams(Contract):
+    """Remove stored objects no catalogue row names (a failed insert can leave its blob behind):
+    content-addressed photos and thumbnails no sample has, files of model versions that were never
+    registered. Only objects older than ``grace_hours`` go, so that what an ingest in flight has just
+    written (its row not committed yet) is never removed. System organisation's admins only."""
+
+    dry_run: StrictBool = Field(False, description="only report what would be removed; delete nothing")
+    grace_hours: float = Field(
+        24.0,
+        ge=0.0,
+        le=24.0 * 366,
+        allow_inf_nan=False,
+        description="keep unreferenced objects younger than this (hours); an ingest writes its photo before its "
+        "row, so a small value risks removing a photo being ingested right now",
+    )
+
+
 class TrainJobIn(Contract):
     kind: Literal["train"]
     params: TrainJobParams
@@ -149,15 +166,21 @@ class PrelabelJobIn(Contract):
     params: PrelabelJobParams = Field(default_factory=PrelabelJobParams)
 
 
-AnyJobIn = TrainJobIn | DatasetExportJobIn | PrelabelJobIn
+class BlobGcJobIn(Contract):
+    kind: Literal["blob_gc"]
+    params: BlobGcJobParams = Field(default_factory=BlobGcJobParams)
+
+
+AnyJobIn = TrainJobIn | DatasetExportJobIn | PrelabelJobIn | BlobGcJobIn
 #: What ``POST /v1/jobs`` accepts: ``{"kind": ..., "params": {...}}``, the params model chosen by ``kind``.
 JobIn = Annotated[AnyJobIn, Field(discriminator="kind")]
-JobParams = TrainJobParams | DatasetExportJobParams | PrelabelJobParams
+JobParams = TrainJobParams | DatasetExportJobParams | PrelabelJobParams | BlobGcJobParams
 _JOB_IN: TypeAdapter[AnyJobIn] = TypeAdapter(JobIn)
 _PARAMS_MODELS: dict[str, type[BaseModel]] = {
     "train": TrainJobParams,
     "dataset_export": DatasetExportJobParams,
     "prelabel": PrelabelJobParams,
+    "blob_gc": BlobGcJobParams,
 }
 
 
@@ -183,7 +206,7 @@ def invalid_job(kind: str, exc: ValidationError) -> Invalid:
     unknown = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and e["loc"])
     model = _PARAMS_MODELS.get(kind, DatasetExportJobParams)
     if unknown:
-        what = {"train": "train", "prelabel": "prelabel"}.get(kind, "export")
+        what = {"train": "train", "prelabel": "prelabel", "blob_gc": "blob_gc"}.get(kind, "export")
         known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
         return Invalid(
             f"unknown {what} parameter(s) {', '.join(unknown)}; known: {known}",
@@ -205,7 +228,8 @@ class JobSummary(Public):
     kind: JobKind
     status: JobStatus
     params: dict[str, Any] = Field(
-        description="the validated parameters (TrainJobParams, DatasetExportJobParams or PrelabelJobParams)"
+        description="the validated parameters (TrainJobParams, DatasetExportJobParams, PrelabelJobParams or "
+        "BlobGcJobParams)"
     )
     progress: float = Field(ge=0.0, le=1.0, description="0..1, written while the job runs")
     message: str | None = Field(description="the latest progress message")
@@ -214,7 +238,9 @@ class JobSummary(Public):
             "when completed: train: {run_id, run_dir, status, dataset, device, metrics, best, last, model, resumed}; "
             "dataset_export: {dataset, dataset_id, format, path, files, output}; "
             "prelabel: {model_version, samples, suggested, boxes, failed, failures: [{sample_id, reason}], "
-            "shards, shards_failed: [{shard, attempts, error}]}"
+            "shards, shards_failed: [{shard, attempts, error}]}; "
+            "blob_gc: {dry_run, grace_hours, scanned, referenced, orphans, young_orphans, deleted, bytes_freed, "
+            "restored, failed, failures: [{key, reason}], removed: [key], unrecognised}"
         )
     )
     error: str | None = Field(description="when failed: 'code: message' (or 'interrupted by restart')")
@@ -239,6 +265,8 @@ class JobPage(Public):
 
 __all__ = [
     "JOB_KINDS",
+    "BlobGcJobIn",
+    "BlobGcJobParams",
     "JOB_STATUSES",
     "ConfigName",
     "DatasetExportJobIn",

@@ -37,6 +37,9 @@ class ObjectInfo:
     key: str
     size: int
     content_type: str | None = None
+    #: When the object was last written (seconds since the epoch), where the answer carries it
+    #: (:meth:`ObjectStore.list_info`); garbage collection spares what is younger than its grace.
+    modified: float | None = None
 
 
 def blob_key(sha256: str) -> str:
@@ -79,6 +82,16 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]: ...
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """:meth:`list` with each object's size and time of writing, for a walk over the whole store
+        (garbage collection) that must not cost a request per object. Backends that keep the time
+        answer it; this fallback answers ``modified=None`` (treated as "too young to collect")."""
+        for key in self.list(prefix):
+            try:
+                yield self.stat(key)
+            except ObjectNotFound:
+                continue  # removed while listing
 
     @abc.abstractmethod
     def url(self, key: str, expires_s: int = 3600) -> str | None:

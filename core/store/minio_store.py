@@ -238,6 +238,18 @@ class MinioStore(ObjectStore):
             if exc.code != "NoSuchBucket":
                 raise
 
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The listing already carries size and LastModified: no request per object."""
+        try:
+            with _reachable():
+                for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
+                    if obj.object_name and not obj.is_dir:
+                        stamp = obj.last_modified.timestamp() if obj.last_modified is not None else None
+                        yield ObjectInfo(key=obj.object_name, size=int(obj.size or 0), modified=stamp)
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
+
     def url(self, key: str, expires_s: int = 3600) -> str | None:
         validate_key(key)
         try:

@@ -86,6 +86,10 @@ _EXAMPLES = {
         "summary": "pre-label the organisation's unlabelled dust samples (suggestions:request)",
         "value": {"kind": "prelabel", "params": {"filters": {"sector": "dust", "status": "unlabeled"}}},
     },
+    "blob_gc": {
+        "summary": "report the store's unreferenced objects older than a day (system organisation's admin)",
+        "value": {"kind": "blob_gc", "params": {"dry_run": True, "grace_hours": 24}},
+    },
 }
 
 
@@ -93,7 +97,8 @@ _EXAMPLES = {
     "",
     status_code=202,
     response_model=JobPublic,
-    summary="Submit a job (train needs admin; dataset_export datasets:write; prelabel suggestions:request)",
+    summary="Submit a job (train needs admin; dataset_export datasets:write; prelabel suggestions:request; "
+    "blob_gc an admin of the system organisation)",
     description="Parameters are checked now (unknown ones, a missing training config, a dataset the "
     "caller cannot see), so a typo fails the request, not the job an hour later.",
     responses=errors(401, 403, 404, 409, 413, 422, 503),
