@@ -11,6 +11,12 @@ about what the server accepts and answers (``create_app`` installs :func:`instal
 * **Statuses every route shares**, in the one error shape: a route that reads a body answers 400 (a
   body that cannot be parsed), 408 (a body that stalls) and 413 (a body over the limit), and every
   route answers 504 when it runs out of time (:mod:`hazardlens.serving.limits`).
+* **Outages, where they can happen** (issue 13), in the one error shape with the codes a client
+  retries on: 503 ``catalogue_unavailable`` on every route that needs a key (the key is looked up in
+  the catalogue), ``store_unavailable`` on those that read or write stored objects,
+  ``broker_unavailable`` on those that queue a job, ``overloaded`` (with ``Retry-After``) on those that
+  run the model; 507 ``insufficient_storage`` on every keyed write (the catalogue's disk, or the
+  store's for the routes that store bytes). Each such answer lists its codes in ``x-error-codes``.
 * **Who may call.** Routes that need an API key declare it (bearer, or basic auth whose password is
   the key, as Label Studio sends it), so clients know, and a 401 is documented.
 """
@@ -42,6 +48,88 @@ _SHARED = {
     413: "file, body or image too large",
     504: "timed out",
 }
+
+
+#: Operations that read or write the object store (photos, thumbnails, manifests, exports, reports):
+#: 503 ``store_unavailable``; those that write it can also meet a full store (507).
+STORE_ROUTES = frozenset(
+    {
+        ("post", "/v1/samples"),
+        ("post", "/v1/samples/archive"),
+        ("get", "/v1/samples/{sample_id}/image"),
+        ("get", "/v1/samples/{sample_id}/thumbnail"),
+        ("post", "/v1/imports"),
+        ("post", "/v1/exports"),
+        ("post", "/v1/datasets"),
+        ("get", "/v1/datasets/{name}/{version}"),
+        ("post", "/v1/inspections/{record_no}/photos"),
+        ("get", "/v1/inspections/{record_no}/report.pdf"),
+        ("post", "/v1/suggestions/request"),
+        ("post", "/labelstudio/predict"),
+    }
+)
+#: Operations that queue a job (sent to the broker when one is configured): 503 ``broker_unavailable``.
+JOB_ROUTES = frozenset({("post", "/v1/jobs"), ("post", "/v1/prelabel")})
+#: Operations that wait for the model's queue: 503 ``overloaded`` with ``Retry-After`` when it is full.
+MODEL_ROUTES = frozenset(
+    {
+        ("post", "/v1/detect"),
+        ("post", "/v1/detect/batch"),
+        ("post", "/v1/inspections/{record_no}/photos"),
+        ("post", "/v1/suggestions/request"),
+        ("post", "/labelstudio/predict"),
+    }
+)
+_OUTAGE_TEXT = {
+    "catalogue_unavailable": "the catalogue cannot be reached, is restarting or is busy",
+    "store_unavailable": "the object store cannot be reached",
+    "broker_unavailable": "the job queue's broker cannot be reached (the job was not queued)",
+    "overloaded": "the model's queue is full (wait Retry-After seconds)",
+}
+_WRITES = frozenset({"post", "put", "patch", "delete"})
+
+
+def outage_codes(method: str, path: str, keyed: bool) -> tuple[list[str], list[str]]:
+    """The 503 and the 507 codes an operation can answer when what it stands on fails."""
+    unavailable = ["catalogue_unavailable"] if keyed else []
+    if (method, path) in STORE_ROUTES:
+        unavailable.append("store_unavailable")
+    if (method, path) in JOB_ROUTES:
+        unavailable.append("broker_unavailable")
+    if (method, path) in MODEL_ROUTES:
+        unavailable.append("overloaded")
+    full = ["insufficient_storage"] if keyed and method in _WRITES else []
+    return unavailable, full
+
+
+def _declare_outages(responses: dict[str, Any], method: str, path: str, keyed: bool, error: dict[str, Any]) -> None:
+    """Add (or extend: a model route's own 503) the outage answers of one operation."""
+    unavailable, full = outage_codes(method, path, keyed)
+    if unavailable:
+        answer = responses.setdefault("503", {"description": "service unavailable", "content": error})
+        answer.setdefault("content", error)
+        codes = [
+            *answer.get("x-error-codes", []),
+            *(c for c in unavailable if c not in answer.get("x-error-codes", [])),
+        ]
+        answer["x-error-codes"] = codes
+        reasons = "; ".join(f"`{c}`: {_OUTAGE_TEXT[c]}" for c in unavailable)
+        answer["description"] = f"{answer['description']}; retry later. {reasons}"
+        if "overloaded" in unavailable:
+            answer.setdefault("headers", {})["Retry-After"] = {
+                "description": "seconds to wait before retrying (with `overloaded`)",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+    if full:
+        responses.setdefault(
+            "507",
+            {
+                "description": "`insufficient_storage`: the disk of the catalogue or the object store is full; "
+                "nothing of the request was kept",
+                "content": error,
+                "x-error-codes": full,
+            },
+        )
 
 
 def leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
@@ -131,6 +219,7 @@ def refine(app: FastAPI, document: dict[str, Any], enums: dict[str, list[str]]) 
                 responses.setdefault(
                     str(status), {"description": _SHARED.get(status, "missing or invalid API key"), "content": error}
                 )
+            _declare_outages(responses, method, path, (method, path) in keyed, error)
             for media, content in (body or {}).get("content", {}).items():
                 if media not in _FORM_TYPES:
                     continue
@@ -154,4 +243,15 @@ def install(app: FastAPI, enums: dict[str, Callable[[FastAPI], list[str]]]) -> N
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-__all__ = ["ENUM_MARKER", "api_routes", "install", "leaf_routes", "refine", "sectors"]
+__all__ = [
+    "ENUM_MARKER",
+    "JOB_ROUTES",
+    "MODEL_ROUTES",
+    "STORE_ROUTES",
+    "api_routes",
+    "install",
+    "leaf_routes",
+    "outage_codes",
+    "refine",
+    "sectors",
+]
