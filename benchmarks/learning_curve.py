@@ -35,19 +35,14 @@ from typing import Any
 
 import yaml
 
+from hazardlens.training.evaluate import label_path
+
 ROOT = Path(__file__).resolve().parents[1]
 OLD_CLASSES = ("person", "helmet", "safety_clothes", "fire", "smoke")
 
 
-def _label_path(image: Path) -> Path:
-    parts = list(image.parts)
-    i = len(parts) - 1 - parts[::-1].index("images")
-    parts[i] = "labels"
-    return Path(*parts).with_suffix(".txt")
-
-
 def _read_labels(image: Path) -> list[list[str]]:
-    path = _label_path(image)
+    path = label_path(image)
     if not path.is_file():
         return []
     return [line.split() for line in path.read_text().splitlines() if line.strip()]

@@ -155,49 +155,37 @@ def _stale(table: type[Job] | type[JobShard], lease_s: float) -> Any:
     return and_(table.status == "running", or_(table.heartbeat_at.is_(None), table.heartbeat_at < limit))
 
 
-def claim_job(ctx: Context, job_id: int, owner: str) -> bool:
-    """Take a queued job, or a running one whose runner stopped beating (one UPDATE: atomic across processes)."""
+def _claim(ctx: Context, table: type[Job] | type[JobShard], row_id: int, owner: str, **values: Any) -> bool:
+    """Take a queued unit, or a running one whose runner stopped beating (one UPDATE: atomic across
+    processes); ``values`` are what the kind of unit also resets when taken."""
     now = _now()
     with ctx.db.session() as session:
         res = cast(
             CursorResult[Any],
             session.execute(
-                update(Job)
-                .where(Job.id == job_id, or_(Job.status == "queued", _stale(Job, ctx.settings.job_lease_s)))
+                update(table)
+                .where(table.id == row_id, or_(table.status == "queued", _stale(table, ctx.settings.job_lease_s)))
                 .values(
                     status="running",
                     owner=owner,
                     heartbeat_at=now,
-                    attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, now),
+                    attempts=table.attempts + 1,
+                    started_at=func.coalesce(table.started_at, now),
+                    **values,
                 )
             ),
         )
         return res.rowcount == 1
+
+
+def claim_job(ctx: Context, job_id: int, owner: str) -> bool:
+    """Take job ``job_id`` (see :func:`_claim`)."""
+    return _claim(ctx, Job, job_id, owner)
 
 
 def claim_shard(ctx: Context, shard_id: int, owner: str) -> bool:
-    now = _now()
-    with ctx.db.session() as session:
-        res = cast(
-            CursorResult[Any],
-            session.execute(
-                update(JobShard)
-                .where(
-                    JobShard.id == shard_id,
-                    or_(JobShard.status == "queued", _stale(JobShard, ctx.settings.job_lease_s)),
-                )
-                .values(
-                    status="running",
-                    owner=owner,
-                    heartbeat_at=now,
-                    attempts=JobShard.attempts + 1,
-                    error=None,
-                    started_at=func.coalesce(JobShard.started_at, now),
-                )
-            ),
-        )
-        return res.rowcount == 1
+    """Take shard ``shard_id``, clearing the error of its previous attempt (see :func:`_claim`)."""
+    return _claim(ctx, JobShard, shard_id, owner, error=None)
 
 
 class Heartbeat:

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from hazardlens.detections import Box
-from hazardlens.errors import Invalid
+from hazardlens.errors import Conflict, Invalid
 from hazardlens.imagefiles import DATASET_SUFFIXES, register_heif
 
 from .records import ExportItem, ImageSource, ImportRecord, ImportReport
@@ -228,3 +228,19 @@ def write_image(source: ImageSource, dest: Path) -> None:
         shutil.copyfile(source, dest)
     else:
         source(dest)
+
+
+def clear_previous_export(out: Path, ours: Iterable[Path], fmt: str, overwrite: bool) -> None:
+    """Remove the files and folders an earlier export of ``fmt`` wrote to ``out`` when ``overwrite``
+    says so; refuse otherwise, so an export never mixes two versions' files (nothing else in ``out``
+    is touched)."""
+    paths = list(ours)
+    if not any(p.exists() for p in paths):
+        return
+    if not overwrite:
+        raise Conflict(f"{out} already holds a {fmt} export; pass overwrite=True to replace it")
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()

@@ -17,7 +17,6 @@ written as ``<id>.jpg`` (PNG/WebP re-encoded as JPEG) and corners are 1-based in
 
 from __future__ import annotations
 
-import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -26,13 +25,14 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from PIL import Image
 
-from hazardlens.errors import Conflict, Invalid, NotFound
+from hazardlens.errors import Invalid, NotFound
 
 from ._util import (
     IMAGE_SUFFIXES,
     check_export,
     check_size,
     checked_box,
+    clear_previous_export,
     clip_for_export,
     dedupe,
     list_images,
@@ -215,15 +215,9 @@ def write_voc(
             raise Invalid(f"cannot export: image id {voc_id!r} used twice (VOC ids are file names without suffix)")
         seen.add(voc_id.lower())
     out = Path(out_dir)
-    ours = [out / "Annotations", out / "JPEGImages", out / "ImageSets", out / "labels.txt"]
-    if any(p.exists() for p in ours):
-        if not overwrite:
-            raise Conflict(f"{out} already holds a VOC export; pass overwrite=True to replace it")
-        for p in ours:
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    clear_previous_export(
+        out, [out / "Annotations", out / "JPEGImages", out / "ImageSets", out / "labels.txt"], "VOC", overwrite
+    )
     sets: dict[str, list[str]] = {}
     boxes = negatives = dropped = 0
     for item, voc_id in zip(items, ids, strict=True):

@@ -9,20 +9,20 @@ YOLO convention); an unreadable label file is not.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hazardlens.errors import Conflict, Invalid, NotFound
+from hazardlens.errors import Invalid, NotFound
 from hazardlens.safeyaml import MAX_NAME_CHARS, load_user_yaml_file, short_scalar
 
 from ._util import (
     SPLIT_ALIASES,
     check_export,
     checked_box,
+    clear_previous_export,
     clip_for_export,
     dedupe,
     list_images,
@@ -269,15 +269,7 @@ def write_yolo(
         )
     items = check_export(items, class_names, need_images=True)
     out = Path(out_dir)
-    ours = [out / "images", out / "labels", *(out / n for n in YAML_NAMES)]
-    if any(p.exists() for p in ours):
-        if not overwrite:
-            raise Conflict(f"{out} already holds a YOLO export; pass overwrite=True to replace it")
-        for p in ours:
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    clear_previous_export(out, [out / "images", out / "labels", *(out / n for n in YAML_NAMES)], "YOLO", overwrite)
     index = {name: i for i, name in enumerate(class_names)}
     splits: list[str] = []
     boxes = negatives = dropped = 0

@@ -227,7 +227,8 @@ def _split_images(data_yaml: Path, split: str) -> tuple[dict[str, Any], list[Pat
     return data, images
 
 
-def _label_path(image: Path) -> Path:
+def label_path(image: Path) -> Path:
+    """Where Ultralytics looks for an image's label file (the benchmarks read them the same way)."""
     parts = list(image.parts)
     idx = len(parts) - 1 - parts[::-1].index("images")  # Ultralytics: the last /images/ becomes /labels/
     parts[idx] = "labels"
@@ -264,7 +265,7 @@ def _aligned_data(
             except OSError:
                 shutil.copyfile(image, target)
         lines = []
-        label = _label_path(image)
+        label = label_path(image)
         if label.is_file():
             for line in label.read_text(encoding="utf-8").splitlines():
                 parts = line.split()
