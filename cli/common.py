@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,19 +33,55 @@ def cli_principal(ctx: Context, org: str) -> Principal:
         return principal_of(user)
 
 
+def outage(exc: BaseException) -> HazardError | None:
+    """The catalogue failing under a command (PostgreSQL down or restarting, SQLite's disk full) as
+    the same coded error the API answers (``catalogue_unavailable`` / ``insufficient_storage``), with
+    the driver's own first line and the catalogue's URL (password hidden), so the operator sees what
+    could not be reached instead of a traceback; None for anything else (a bug stays a traceback).
+    The object store and the broker raise coded errors of their own already."""
+    from hazardlens.outages import catalogue_error
+
+    err = catalogue_error(exc)
+    if err is None:
+        return None
+    orig = getattr(exc, "orig", None)
+    cause = str(orig if orig is not None else exc).strip().splitlines()
+    where = ""
+    try:
+        from sqlalchemy.engine import make_url
+
+        from hazardlens.settings import get_settings
+
+        where = make_url(get_settings().database).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - the URL is a courtesy; the error is what matters
+        pass
+    detail = f" ({cause[0][:300]})" if cause else ""
+    return type(err)(f"{err.message}{detail}" + (f"; the catalogue is {where}" if where else ""))
+
+
 def friendly_errors(func: F) -> F:
-    """Show a HazardError as one clear line (and its details) with exit code 2, never a traceback."""
+    """Show a HazardError, or an outage of the catalogue (:func:`outage`), as one clear line (and its
+    details) with exit code 2, never a traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except HazardError as exc:
-            console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
-            if exc.details:
-                details = exc.details if isinstance(exc.details, list) else [exc.details]
-                for d in details[:50]:
-                    console.print(f"  - {d}")
-            raise typer.Exit(2) from None
+            _show(exc)
+        except Exception as exc:
+            err = outage(exc)
+            if err is None:
+                raise
+            _show(err)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _show(exc: HazardError) -> NoReturn:
+    console.print(f"[red]error[/red] ({exc.code}): {exc.message}", highlight=False, soft_wrap=True)
+    if exc.details:
+        details = exc.details if isinstance(exc.details, list) else [exc.details]
+        for d in details[:50]:
+            console.print(f"  - {d}", highlight=False)
+    raise typer.Exit(2) from None

@@ -7,6 +7,20 @@ import typer
 from hazardlens.cli.common import console, context, friendly_errors
 
 
+def _reachable_or_exit() -> None:
+    """Before serving: a catalogue server (PostgreSQL) or an object store that cannot be reached ends
+    the command with one line (``friendly_errors``) instead of the server's start-up traceback. The
+    embedded SQLite catalogue is created by the start-up itself, so it is not opened here."""
+    ctx = context()
+    try:
+        if ctx.settings.database_url:
+            with ctx.db.engine.connect():
+                pass
+        ctx.store.ping()
+    finally:
+        ctx.close()
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @friendly_errors
@@ -27,6 +41,7 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
+    @friendly_errors
     def serve(
         host: str = typer.Option("127.0.0.1", help="address to bind"),
         port: int = typer.Option(8000, help="port to bind"),
@@ -36,6 +51,7 @@ def register(app: typer.Typer) -> None:
         """Serve the API and the web console."""
         import uvicorn
 
+        _reachable_or_exit()
         uvicorn.run(
             "hazardlens.serving.main:app",
             host=host,
