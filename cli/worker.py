@@ -38,6 +38,7 @@ def detector_services() -> Any:
 
 def register_kinds() -> None:
     """Every job kind, registered with the queue (the worker runs whatever it is sent)."""
+    import hazardlens.federation.jobs  # noqa: F401
     import hazardlens.labeling.prelabel  # noqa: F401
     import hazardlens.training.jobs  # noqa: F401
 

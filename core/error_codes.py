@@ -222,6 +222,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "peer_unreachable": _c(502, "the peer instance cannot be reached"),
     "peer_refused": _c(502, "the peer answered with an error (its code and message are passed on)"),
     "not_federated": _c(404, "the sample is this instance's own, not pulled from a peer"),
+    "already_adopted": _c(409, "the pulled taxonomy addition was already adopted here"),
+    "addition_withdrawn": _c(409, "the pulled taxonomy addition is no longer offered by its instance"),
 }
 
 

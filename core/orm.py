@@ -382,6 +382,15 @@ class Peer(Base):
     allow: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The scheduled pull (off while ``pull_every_s`` is None): what it pulls, how often, how often from
+    # cursor 0, and when next. A tick claims a due pull by one conditional UPDATE of ``next_pull_at``
+    # (once across processes); ``pull_job_id`` is its job, so none is submitted while that one is active.
+    pull_every_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    full_pull_every_s: Mapped[int | None] = mapped_column(Integer, default=None)
+    pull_what: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    next_pull_at: Mapped[datetime | None] = mapped_column(default=None)
+    next_full_pull_at: Mapped[datetime | None] = mapped_column(default=None)
+    pull_job_id: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class SyncState(Base):
@@ -411,6 +420,33 @@ class FederatedSample(Base):
     withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     __table_args__ = (UniqueConstraint("peer_id", "origin_sample_id", name="uq_federated_samples_origin"),)
+
+
+class FederatedAddition(Base):
+    """A peer's approved provincial item or class (legal clause, reviewer, origin organisation) pulled
+    for national adoption: read-only here and usable by no organisation until a system administrator
+    adopts it (``adopted_addition_id``: the local addition made from it)."""
+
+    __tablename__ = "federated_additions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peers.id"))
+    origin_id: Mapped[int] = mapped_column(BigInteger)  # the addition's id at the peer
+    origin_org: Mapped[str] = mapped_column(String(12))
+    kind: Mapped[str] = mapped_column(String(10))
+    key: Mapped[str] = mapped_column(String(80))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    legal_text: Mapped[str] = mapped_column(Text)
+    legal_citation: Mapped[str] = mapped_column(String(500))
+    proposed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    reviewed_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    review_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    pulled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
+    adopted_addition_id: Mapped[int | None] = mapped_column(ForeignKey("taxonomy_additions.id"), default=None)
+    adopted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    adopted_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (UniqueConstraint("peer_id", "origin_id", name="uq_federated_additions_origin"),)
 
 
 class FederationFeedback(Base):

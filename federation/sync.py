@@ -170,13 +170,15 @@ def _when(text: str | None) -> datetime | None:
 # ---- samples ------------------------------------------------------------------------------------
 
 
-def pull_samples(ctx: Context, peer_name: str, page_size: int = 100) -> dict[str, int]:
+def pull_samples(ctx: Context, peer_name: str, page_size: int = 100, *, full: bool = False) -> dict[str, int]:
     """Pull the peer's shared-library changes since the last pull; returns counts (``blob_bytes``:
-    image bytes moved; 0 when nothing changed)."""
+    image bytes moved; 0 when nothing changed). ``full``: from cursor 0, every shared sample again,
+    which closes the cursor gap (docs/federation.md) and moves no bytes already held, writing nothing
+    for a sample that did not change."""
     with ctx.db.session() as s:
         peer = get_peer(s, peer_name)
         s.expunge(peer)
-        cursor = _state(s, peer, "samples").cursor
+        cursor = 0 if full else _state(s, peer, "samples").cursor
     client = PeerClient(ctx, peer)
     stats: Counter[str] = Counter()
     try:
@@ -281,6 +283,8 @@ def _apply(ctx: Context, session: Session, peer: Peer, change: SampleChange) -> 
         assert sample is not None
         if fs.withdrawn_at is not None:
             outcome = "restored"
+        elif _same(sample, fs, change):
+            return "unchanged"  # a re-pull (from cursor 0) writes nothing, not even an audit event
     fs.withdrawn_at = None
     sample.deleted_at, sample.scope, sample.sector = None, "shared", change.sector
     sample.tags = list(change.tags)
@@ -299,6 +303,17 @@ def _apply(ctx: Context, session: Session, peer: Peer, change: SampleChange) -> 
            after={"peer": peer.name, "origin_org": change.org_code, "origin_sample_id": change.origin_sample_id,
                   "origin_revision_id": fs.origin_revision_id})  # fmt: skip
     return outcome
+
+
+def _same(sample: Sample, fs: FederatedSample, change: SampleChange) -> bool:
+    rev = change.revision
+    return (
+        sample.deleted_at is None
+        and sample.scope == "shared"
+        and sample.sector == change.sector
+        and list(sample.tags or []) == list(change.tags)
+        and (rev is None or rev.origin_revision_id == fs.origin_revision_id)
+    )
 
 
 def _add_revision(session: Session, peer: Peer, fs: FederatedSample, sample: Sample, change: SampleChange) -> None:

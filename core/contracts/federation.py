@@ -4,9 +4,10 @@ a peer's answer is parsed like any other input."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from hazardlens.contracts.common import Contract, Key, OrgCode, Public, Scope
 
@@ -77,6 +78,43 @@ class ModelOffers(Contract):
     models: list[ModelOffer] = Field(max_length=1000)
 
 
+#: An item code (``GT-01``) or a class key (``oil_leak``).
+AdditionKey = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+MAX_DEFINITION_CHARS = 20_000
+
+
+class AdditionOffer(Contract):
+    """One approved provincial item or class as its instance serves it: the definition, the legal clause
+    it rests on and who approved it when (the peer's own additions, never copies pulled from others)."""
+
+    origin_id: int = Field(ge=1, le=2**62)
+    kind: Literal["item", "class"]
+    key: AdditionKey
+    org_code: OrgCode
+    definition: dict[str, Any] = Field(max_length=60)
+    legal_text: str = Field(min_length=1, max_length=5000)
+    legal_citation: str = Field(min_length=1, max_length=500)
+    proposed_by: str | None = Field(None, max_length=200)
+    reviewed_by: str | None = Field(None, max_length=200)
+    review_reason: str | None = Field(None, max_length=2000)
+    reviewed_at: str | None = Field(None, max_length=40)
+
+    @field_validator("definition")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, ensure_ascii=False, default=str)) > MAX_DEFINITION_CHARS:
+            raise ValueError(f"a definition is limited to {MAX_DEFINITION_CHARS} characters of JSON")
+        return value
+
+
+class AdditionOffers(Contract):
+    """A page of approved additions in id order; ``next``: the ``after`` of the next page."""
+
+    additions: list[AdditionOffer] = Field(max_length=500)
+    next: int = Field(ge=0)
+    more: bool
+
+
 class FeedbackCount(Contract):
     """Inspector decisions on suggested findings of one model version and class (totals)."""
 
@@ -99,6 +137,17 @@ class FeedbackAck(Contract):
 # ---- what the API shows ---------------------------------------------------------------------
 
 
+class PeerSchedule(Public):
+    """The peer's scheduled pull (``pull_every_s`` None: off)."""
+
+    pull_every_s: int | None
+    full_pull_every_s: int | None = Field(description="every how often the scheduled pull starts from cursor 0")
+    pull_what: list[str]
+    next_pull_at: str | None
+    next_full_pull_at: str | None
+    pull_job_id: int | None = Field(description="the job of the last scheduled pull (GET /v1/jobs/{id})")
+
+
 class PeerPublic(Public):
     name: str
     url: str
@@ -108,6 +157,7 @@ class PeerPublic(Public):
     allow: list[str]
     created_at: str | None
     last_seen_at: str | None
+    schedule: PeerSchedule
 
 
 class PeersResponse(Public):
@@ -142,6 +192,38 @@ class FieldFeedbackRow(Public):
 
 class FieldFeedback(Public):
     rows: list[FieldFeedbackRow]
+
+
+class PulledAddition(Public):
+    """A peer's approved addition pulled here: read-only, usable by no organisation until adopted."""
+
+    id: int
+    instance: str = Field(description="the peer (instance) it was pulled from")
+    origin_id: int = Field(description="the addition's id at that instance")
+    org_code: str = Field(description="the organisation that proposed it there")
+    kind: Literal["item", "class"]
+    key: str
+    definition: dict[str, Any]
+    legal_text: str
+    legal_citation: str
+    proposed_by: str | None
+    reviewed_by: str | None = Field(description="the legal reviewer who approved it there")
+    review_reason: str | None
+    reviewed_at: str | None
+    pulled_at: str | None
+    withdrawn_at: str | None = Field(description="set when the peer no longer offers it")
+    adopted_addition_id: int | None = Field(description="the local addition made from it (GET /v1/taxonomy/additions)")
+    adopted_at: str | None
+
+
+class PulledAdditions(Public):
+    additions: list[PulledAddition]
+
+
+class AdoptAddition(Contract):
+    """Adopt a pulled addition for one organisation of this instance (default: the system organisation)."""
+
+    org_code: OrgCode | None = Field(None, description="the organisation that may use it (default: the system one)")
 
 
 class ScopeChange(Contract):

@@ -19,9 +19,9 @@ from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import Timestamp
 from hazardlens.errors import Invalid
 
-JobKind = Literal["train", "dataset_export", "prelabel", "blob_gc"]
+JobKind = Literal["train", "dataset_export", "prelabel", "blob_gc", "federation_pull"]
 JobStatus = Literal["queued", "running", "completed", "failed"]
-JOB_KINDS: tuple[str, ...] = ("train", "dataset_export", "prelabel", "blob_gc")
+JOB_KINDS: tuple[str, ...] = ("train", "dataset_export", "prelabel", "blob_gc", "federation_pull")
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed")
 
 #: ``NAME@VERSION``: a dataset name (as ``datasets create`` accepts it) and ``latest``, a number
@@ -151,6 +151,29 @@ class BlobGcJobParams(Contract):
     )
 
 
+#: What a federation pull fetches from a peer (docs/federation.md).
+PullPart = Literal["samples", "models", "taxonomy"]
+
+
+def _default_parts() -> list[PullPart]:
+    return ["samples", "models"]
+
+
+class FederationPullJobParams(Contract):
+    """Pull from a registered peer (system organisation): what its scheduled pull or ``hazardlens sync
+    pull`` fetches, as a job, so that it runs on the embedded runner or a Celery worker alike."""
+
+    peer: str = Field(
+        min_length=1, max_length=60, pattern=r"^[a-z0-9_-]+$", description="the peer's name", examples=["hubei"]
+    )
+    what: list[PullPart] = Field(default_factory=_default_parts, min_length=1, max_length=3, description="what to pull")
+    full: StrictBool = Field(
+        False, description="samples from cursor 0 (moves no bytes already held; closes the cursor gap)"
+    )
+    page_size: Annotated[int, Field(strict=True, ge=1, le=500)] = Field(100, description="samples per page")
+    scheduled: StrictBool = Field(False, description="submitted by the peer's schedule")
+
+
 class TrainJobIn(Contract):
     kind: Literal["train"]
     params: TrainJobParams
@@ -171,16 +194,22 @@ class BlobGcJobIn(Contract):
     params: BlobGcJobParams = Field(default_factory=BlobGcJobParams)
 
 
-AnyJobIn = TrainJobIn | DatasetExportJobIn | PrelabelJobIn | BlobGcJobIn
+class FederationPullJobIn(Contract):
+    kind: Literal["federation_pull"]
+    params: FederationPullJobParams
+
+
+AnyJobIn = TrainJobIn | DatasetExportJobIn | PrelabelJobIn | BlobGcJobIn | FederationPullJobIn
 #: What ``POST /v1/jobs`` accepts: ``{"kind": ..., "params": {...}}``, the params model chosen by ``kind``.
 JobIn = Annotated[AnyJobIn, Field(discriminator="kind")]
-JobParams = TrainJobParams | DatasetExportJobParams | PrelabelJobParams | BlobGcJobParams
+JobParams = TrainJobParams | DatasetExportJobParams | PrelabelJobParams | BlobGcJobParams | FederationPullJobParams
 _JOB_IN: TypeAdapter[AnyJobIn] = TypeAdapter(JobIn)
 _PARAMS_MODELS: dict[str, type[BaseModel]] = {
     "train": TrainJobParams,
     "dataset_export": DatasetExportJobParams,
     "prelabel": PrelabelJobParams,
     "blob_gc": BlobGcJobParams,
+    "federation_pull": FederationPullJobParams,
 }
 
 
@@ -206,7 +235,12 @@ def invalid_job(kind: str, exc: ValidationError) -> Invalid:
     unknown = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and e["loc"])
     model = _PARAMS_MODELS.get(kind, DatasetExportJobParams)
     if unknown:
-        what = {"train": "train", "prelabel": "prelabel", "blob_gc": "blob_gc"}.get(kind, "export")
+        what = {
+            "train": "train",
+            "prelabel": "prelabel",
+            "federation_pull": "federation pull",
+            "blob_gc": "blob_gc",
+        }.get(kind, "export")
         known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
         return Invalid(
             f"unknown {what} parameter(s) {', '.join(unknown)}; known: {known}",
@@ -240,7 +274,9 @@ class JobSummary(Public):
             "prelabel: {model_version, samples, suggested, boxes, failed, failures: [{sample_id, reason}], "
             "shards, shards_failed: [{shard, attempts, error}]}; "
             "blob_gc: {dry_run, grace_hours, scanned, referenced, orphans, young_orphans, deleted, bytes_freed, "
-            "restored, failed, failures: [{key, reason}], removed: [key], unrecognised}"
+            "restored, failed, failures: [{key, reason}], removed: [key], unrecognised}; "
+            "federation_pull: {peer, full, scheduled, samples: {added, updated, withdrawn, blobs, blob_bytes, "
+            "cursor, ...}, models: {registered, already_held}, taxonomy: {received, added, updated, withdrawn}}"
         )
     )
     error: str | None = Field(description="when failed: 'code: message' (or 'interrupted by restart')")
@@ -272,6 +308,8 @@ __all__ = [
     "DatasetExportJobIn",
     "DatasetExportJobParams",
     "DatasetRef",
+    "FederationPullJobIn",
+    "FederationPullJobParams",
     "ExportFormat",
     "JobIn",
     "JobKind",

@@ -8,9 +8,11 @@ people's clients call; those routes are ``/v1/federation/*`` and the sample's or
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -18,23 +20,47 @@ from pydantic import ValidationError
 from hazardlens.auth import Principal, require_system
 from hazardlens.context import Context
 from hazardlens.contracts.federation import (
+    AdoptAddition,
     FeedbackAck,
     FeedbackReport,
     FieldFeedback,
     PeersResponse,
+    PulledAdditions,
     SampleOrigin,
     ScopeChange,
     ScopeChanged,
 )
+from hazardlens.contracts.legal_review import AdditionPublic
 from hazardlens.datasets.scope import set_scope
 from hazardlens.datasets.tenancy import get_sample
 from hazardlens.errors import Invalid, NotFound, TooLarge
-from hazardlens.federation import peers, serve, sync
+from hazardlens.federation import additions, peers, serve, sync
 from hazardlens.federation.signing import SIG_HEADER, Signer, key_id, public_path
 from hazardlens.serving.deps import CtxDep, require
 from hazardlens.serving.schemas import errors
 
-router = APIRouter(tags=["federation"])
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Every serving process ticks the peers' scheduled pulls (a due pull is claimed once across
+    # processes: hazardlens.federation.schedule); the jobs it submits run wherever jobs run.
+    from hazardlens.federation.schedule import TICK_S, Scheduler, runner_submit
+
+    scheduler: Scheduler | None = None
+    if getattr(app.state, "start_background", False):
+        ctx = app.state.ctx
+        submit = runner_submit(ctx, lambda: getattr(app.state, "job_runner", None))
+        scheduler = Scheduler(ctx, submit, getattr(app.state, "federation_tick_s", TICK_S))
+        scheduler.start()
+        app.state.federation_scheduler = scheduler
+    try:
+        yield
+    finally:
+        if scheduler is not None:
+            scheduler.stop()
+
+
+router = APIRouter(tags=["federation"], lifespan=_lifespan)
 
 SampleId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 MAX_FEEDBACK_BODY = 8 * 1024 * 1024
@@ -102,6 +128,19 @@ def weights(
     return _signed(request, ctx, data, "application/octet-stream")
 
 
+@router.get("/federation/v1/taxonomy", include_in_schema=False, response_model=None)
+def taxonomy(
+    request: Request,
+    ctx: CtxDep,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=additions.MAX_PAGE)] = 100,
+) -> Response:
+    with ctx.db.read_session() as s:
+        serve.authenticate(s, "GET", _path(request), request.headers, b"", "taxonomy")
+        page = additions.offered(s, after, limit)
+    return _signed(request, ctx, page.model_dump_json().encode())
+
+
 @router.post("/federation/v1/feedback", include_in_schema=False, response_model=None)
 async def feedback(request: Request, ctx: CtxDep) -> Response:
     body = bytearray()
@@ -152,6 +191,46 @@ def field_feedback(ctx: CtxDep, principal: Annotated[Principal, Depends(require(
     require_system(principal, "the field feedback of every province", ctx.settings.system_org)
     with ctx.db.read_session() as s:
         return FieldFeedback.model_validate({"rows": serve.field_feedback(s)})
+
+
+@router.get(
+    "/v1/federation/additions",
+    response_model=PulledAdditions,
+    summary="Taxonomy additions pulled from peers, with their origin and legal clause (read-only until adopted)",
+    description="Approved provincial items and classes of other instances, for national adoption: usable "
+    "by no organisation here until a system administrator adopts one.",
+    responses=errors(401, 403, 422),
+)
+def pulled_additions(
+    ctx: CtxDep,
+    principal: Annotated[Principal, Depends(require("taxonomy:read_additions"))],
+    include_withdrawn: Annotated[bool, Query(description="also those the peer no longer offers")] = False,
+) -> PulledAdditions:
+    with ctx.db.read_session() as s:
+        rows = additions.list_pulled(s, principal, include_withdrawn)
+        return PulledAdditions(additions=[additions.pulled_public(s, r) for r in rows])
+
+
+@router.post(
+    "/v1/federation/additions/{pulled_id}/adopt",
+    response_model=AdditionPublic,
+    status_code=201,
+    summary="Adopt a pulled addition: usable in one organisation here (system organisation admins)",
+    description="Makes a local approved addition carrying the origin's clause and approval. 409 "
+    "already_adopted, addition_withdrawn or duplicate_addition; 403 system_only.",
+    responses=errors(401, 403, 404, 409, 422),
+)
+def adopt_addition(
+    pulled_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    ctx: CtxDep,
+    principal: Annotated[Principal, Depends(require("taxonomy:read_additions"))],
+    body: AdoptAddition | None = None,
+) -> AdditionPublic:
+    from hazardlens import legal_review
+
+    with ctx.db.session() as s:
+        row = additions.adopt(ctx, s, principal, pulled_id, body.org_code if body else None)
+        return legal_review.addition_public(s, row)
 
 
 @router.get(

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 
+import hazardlens.federation.jobs  # noqa: F401 - registers federation_pull
 import hazardlens.labeling.prelabel  # noqa: F401 - registers prelabel
 import hazardlens.training.jobs  # noqa: F401 - registers the job kinds with the queue
 from hazardlens.auth import Principal
