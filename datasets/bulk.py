@@ -4,12 +4,14 @@ memory, never extracted), decoded in worker threads while one thread writes the 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import struct
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -115,6 +117,27 @@ def unsafe_entry(name: str) -> str | None:
     return None
 
 
+#: What zipfile raises on a damaged member: a bad CRC or a local header that disagrees with the
+#: directory (BadZipFile), data cut short (EOFError), a broken deflate stream (zlib.error), a
+#: compression method it lacks (NotImplementedError), an offset before the start of the file
+#: (ValueError: negative seek, on an in-memory upload) or beyond what a file offset holds (OverflowError).
+_DAMAGED_MEMBER = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, ValueError, OverflowError)
+
+
+def _damaged(exc: BaseException) -> bool:
+    # A negative or impossible seek on an upload spooled to disk is EINVAL; other OS errors (the disk
+    # failing under a local archive) are not the archive's fault and stay what they are.
+    return isinstance(exc, _DAMAGED_MEMBER) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL)
+
+
+def _outside(info: zipfile.ZipInfo, zf: zipfile.ZipFile) -> bool:
+    """Whether the directory puts the member's local header outside the archive's data: before the
+    file's start (an archive cut at the front, or a directory offset that lies) or at or after the
+    directory itself (a zip64 offset of 2**64-1)."""
+    start_dir = getattr(zf, "start_dir", None)
+    return info.header_offset < 0 or (isinstance(start_dir, int) and info.header_offset >= start_dir)
+
+
 def _zip_sources(zf: zipfile.ZipFile, label: str, limit: int, lock: threading.Lock) -> Iterator[_Source]:
     for info in zf.infolist():
         entry = info.filename
@@ -144,6 +167,17 @@ def _zip_sources(zf: zipfile.ZipFile, label: str, limit: int, lock: threading.Lo
         if info.flag_bits & 0x1:
             yield _Source(shown, entry, refusal=Refusal(shown, "encrypted", "encrypted archive entries are not read"))
             continue
+        if _outside(info, zf):
+            yield _Source(
+                shown,
+                entry,
+                refusal=Refusal(
+                    shown,
+                    "bad_archive",
+                    f"damaged archive: the entry's offset ({info.header_offset}) is outside the data",
+                ),
+            )
+            continue
         if info.file_size > limit:
             yield _Source(
                 shown,
@@ -154,8 +188,13 @@ def _zip_sources(zf: zipfile.ZipFile, label: str, limit: int, lock: threading.Lo
 
         def read(info: zipfile.ZipInfo = info) -> bytes:
             # Read in memory, bounded: the size in the header may lie (a zip bomb).
-            with lock, zf.open(info) as fh:
-                data = fh.read(limit + 1)
+            try:
+                with lock, zf.open(info) as fh:
+                    data = fh.read(limit + 1)
+            except Exception as exc:
+                if not _damaged(exc):
+                    raise
+                raise Invalid(f"damaged archive entry ({type(exc).__name__}: {exc})", code="bad_archive") from exc
             if len(data) > limit:
                 raise TooLarge(f"entry is larger than the limit of {limit:,} bytes", code="file_too_large")
             return data
@@ -341,7 +380,9 @@ def ingest_zip(
 ) -> IngestSummary:
     """Ingest the images of an uploaded zip archive (a file-like object; read in place). More than
     ``max_entries`` entries is refused as a whole (TooLarge ``archive_too_large``), before the
-    archive's directory is listed when its end record says so, else right after."""
+    archive's directory is listed when its end record says so, else right after. A directory that
+    places entries before the start of the file is refused as a whole too (Invalid ``bad_archive``,
+    nothing stored); a damaged entry is refused alone (``bad_archive`` in the summary)."""
     declared = _declared_entries(fileobj)
     if declared is not None and declared > max_entries:
         raise _too_many(declared, max_entries)
@@ -352,6 +393,17 @@ def ingest_zip(
     if len(zf.infolist()) > max_entries:  # the end record understated it
         zf.close()
         raise _too_many(len(zf.infolist()), max_entries)
+    shifted = [i for i in zf.infolist() if i.header_offset < 0]
+    if shifted:
+        # zipfile moves every offset by the same amount when the end record and the directory
+        # disagree (``concat``); one before the file's start means none of them can be trusted: the
+        # archive is refused as a whole, before anything of it is stored.
+        zf.close()
+        raise Invalid(
+            f"damaged zip archive: its directory places {len(shifted)} entr{'y' if len(shifted) == 1 else 'ies'} "
+            f"before the start of the file (e.g. {shifted[0].filename!r}); was it cut or altered?",
+            code="bad_archive",
+        )
     with zf:
         sources = list(_zip_sources(zf, name, ctx.settings.max_upload_bytes, threading.Lock()))
         return _ingest_sources(ctx, principal, sources, meta, progress, workers)

@@ -873,3 +873,107 @@ def test_regression_cut_short_interlaced_1bit_png_is_truncated_image() -> None:
     assert caught.value.code == "truncated_image"
     with pytest.raises(UnsupportedMedia):
         decode_image(data, 640, max_pixels=MAX_PIXELS)
+
+
+def _two_photo_zip(compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        zf.writestr("a.jpg", seed_images()["jpeg"])
+        zf.writestr("b.png", seed_images()["png"])
+    return buf.getvalue()
+
+
+def _central_entries(data: bytes) -> list[int]:
+    """Positions of the central directory's entries."""
+    out, at = [], data.find(b"PK\x01\x02")
+    while at >= 0:
+        out.append(at)
+        at = data.find(b"PK\x01\x02", at + 4)
+    return out
+
+
+def _shift_directory(data: bytes, by: int) -> bytes:
+    """The end record says the directory starts ``by`` bytes later than it does: zipfile then moves
+    every member's offset ``by`` bytes back, the first one before the file's start."""
+    out = bytearray(data)
+    at = out.rindex(b"PK\x05\x06") + 16
+    (offset,) = struct.unpack("<I", out[at : at + 4])
+    out[at : at + 4] = struct.pack("<I", offset + by)
+    return bytes(out)
+
+
+def _samples(ctx: Any) -> int:
+    from sqlalchemy import func, select
+
+    from hazardlens.orm import Sample
+
+    with ctx.db.read_session() as s:
+        return int(s.scalar(select(func.count()).select_from(Sample)) or 0)
+
+
+@pytest.mark.parametrize("how", ["end_record_offset", "first_byte_cut"])
+def test_regression_sample_archive_offsets_before_the_file(how: str, tmp_path: Path) -> None:
+    """A fuzz run once saw ingest_zip (POST /v1/samples/archive) meet a negative seek: an archive whose
+    end record and directory disagree makes zipfile move every member's offset before the file's
+    start, and reading a member raised ValueError (OSError EINVAL once spooled to disk), a refusal
+    with no code and a traceback in the log. Now the archive is refused as a whole, 422 bad_archive,
+    before anything of it is stored; an in-memory and an on-disk upload alike."""
+    from hazardlens.datasets import library
+    from hazardlens.errors import Invalid
+
+    good = _two_photo_zip()
+    data = _shift_directory(good, 7) if how == "end_record_offset" else good[1:]
+    assert min(i.header_offset for i in zipfile.ZipFile(io.BytesIO(data)).infolist()) < 0  # the crafted damage
+    ctx, principal = library_context()
+    meta = library.IngestMeta(sector="general", scope="private", source="import")
+    before = _samples(ctx)
+    with tempfile.TemporaryFile(dir=tmp_path) as on_disk:
+        on_disk.write(data)
+        for upload in (io.BytesIO(data), on_disk):
+            upload.seek(0)
+            with pytest.raises(Invalid) as caught:
+                library.ingest_zip(ctx, principal, upload, meta, name="shifted.zip", workers=1)
+            assert caught.value.code == "bad_archive" and "before the start of the file" in caught.value.message
+    assert _samples(ctx) == before
+    # the same bytes undamaged are ingested: the refusal is about the damage, not the photos
+    summary = library.ingest_zip(ctx, principal, io.BytesIO(good), meta, name="good.zip", workers=1)
+    assert not summary.refused and summary.stored + summary.deduplicated == 2
+
+
+@pytest.mark.parametrize("damage", ["offset_past_data", "zip64_offset", "deflate", "crc"])
+def test_regression_sample_archive_damaged_member_is_refused_alone(damage: str) -> None:
+    """One damaged member (its directory offset pointing past the data, a zip64 offset of 2**64-1,
+    a broken deflate stream, a bad CRC) is refused as bad_archive with a reason; the other member is
+    stored (nothing lost), and nothing raised."""
+    from hazardlens.datasets import library
+
+    good = _two_photo_zip(zipfile.ZIP_DEFLATED if damage == "deflate" else zipfile.ZIP_STORED)
+    data = bytearray(good)
+    second = _central_entries(good)[1]  # b.png's directory entry
+    if damage == "offset_past_data":
+        data[second + 42 : second + 46] = struct.pack("<I", good.index(b"PK\x01\x02") + 3)
+    elif damage == "zip64_offset":
+        # zipfile reads a zip64 extra field's offset when the directory's says 0xFFFFFFFF
+        name_len, extra_len = struct.unpack("<HH", data[second + 28 : second + 32])
+        assert extra_len == 0
+        extra = struct.pack("<HHQ", 0x0001, 8, 2**64 - 1)
+        data[second + 42 : second + 46] = b"\xff\xff\xff\xff"
+        data[second + 30 : second + 32] = struct.pack("<H", len(extra))
+        cut = second + 46 + name_len
+        data[cut:cut] = extra
+        end = data.rindex(b"PK\x05\x06")
+        (size,) = struct.unpack("<I", data[end + 12 : end + 16])
+        data[end + 12 : end + 16] = struct.pack("<I", size + len(extra))
+    else:  # damage inside b.png's data: its local header is 30 bytes and the name
+        (local,) = struct.unpack("<I", good[second + 42 : second + 46])
+        at = local + 30 + len("b.png") + (2 if damage == "deflate" else 40)
+        data[at] ^= 0xFF
+        if damage == "deflate":
+            data[at + 1] ^= 0xFF
+    ctx, principal = library_context()
+    meta = library.IngestMeta(sector="general", scope="private", source="import", tags=(f"dmg-{damage}",))
+    summary = library.ingest_zip(ctx, principal, io.BytesIO(bytes(data)), meta, name="dmg.zip", workers=1)
+    refused = {r.name: r for r in summary.refused}
+    assert list(refused) == ["dmg.zip!b.png"], summary.to_dict()
+    assert refused["dmg.zip!b.png"].code == "bad_archive" and refused["dmg.zip!b.png"].message
+    assert summary.stored + summary.deduplicated == 1  # a.jpg is kept
