@@ -20,8 +20,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 
 def utcnow() -> datetime:
@@ -88,7 +91,7 @@ class Sample(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     original_name: Mapped[str | None] = mapped_column(String(500), default=None)
     org_code: Mapped[str] = mapped_column(ForeignKey("organisations.code"), index=True)
-    sector: Mapped[str] = mapped_column(String(40), index=True)
+    sector: Mapped[str] = mapped_column(String(40))  # indexed with id: ix_samples_sector_id
     scope: Mapped[str] = mapped_column(String(10), default="private", index=True)
     source: Mapped[str] = mapped_column(String(20), default="import")
     site_id: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
@@ -96,12 +99,14 @@ class Sample(Base):
     camera_id: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
     inspection_record: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     uploader_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
-    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # JSONB on PostgreSQL (migration 0010): the tag filter's containment test is then an index lookup
+    # (GIN ix_samples_tags) instead of parsing every row's JSON text.
+    tags: Mapped[list[Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"), default=list)
     captured_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     gps_lat: Mapped[float | None] = mapped_column(Float, default=None)
     gps_lon: Mapped[float | None] = mapped_column(Float, default=None)
     dup_group: Mapped[int | None] = mapped_column(Integer, default=None, index=True)  # near-duplicate group id
-    annotation_status: Mapped[str] = mapped_column(String(20), default="unlabeled", index=True)
+    annotation_status: Mapped[str] = mapped_column(String(20), default="unlabeled")  # ix_samples_status_id
     current_revision_id: Mapped[int | None] = mapped_column(Integer, default=None)
     approved_revision_id: Mapped[int | None] = mapped_column(Integer, default=None)
     class_keys: Mapped[list[Any]] = mapped_column(JSON, default=list)  # classes in the current revision
@@ -111,7 +116,43 @@ class Sample(Base):
     __table_args__ = (
         UniqueConstraint("sha256", "org_code", name="uq_samples_sha256_org"),
         Index("ix_samples_org_id", "org_code", "id"),
+        # Newest first with a filter (migration 0010): (column, id) answers "col = x ORDER BY id DESC
+        # LIMIT n" by walking one index backwards, where an index on the column alone makes the
+        # database fetch and sort every match (a status queue holds 10^5 samples at 10^6 rows).
+        Index("ix_samples_sector_id", "sector", "id"),
+        Index("ix_samples_status_id", "annotation_status", "id"),
     )
+
+
+#: Multi-index hashing of the 64-bit perceptual hash, for the near-duplicate lookup at ingest: the
+#: hash is cut into PHASH_BANDS bands of PHASH_BAND_BITS bits, each with an expression index
+#: (migration 0010). Two hashes within Hamming distance k agree to within k // PHASH_BANDS bits on at
+#: least one band (pigeonhole), so the candidates are an index lookup, not a scan of every hash.
+PHASH_BANDS = 4
+PHASH_BAND_BITS = 16
+
+
+def phash_band(band: int) -> ColumnElement[int]:
+    """Band ``band`` (0 = lowest bits) of ``samples.phash`` as the SQL expression its index is on.
+
+    Shift and mask are literals, not bound parameters: SQLite only uses an index on an expression
+    when the query holds the same expression, and a parameter is not the same expression. Both
+    databases shift a signed 64-bit integer arithmetically; the mask makes the band unsigned."""
+    column: ColumnElement[int] = Sample.__table__.c.phash
+    if band:
+        column = column.op(">>", return_type=BigInteger)(literal_column(str(band * PHASH_BAND_BITS)))
+    mask: ColumnElement[int] = literal_column(str((1 << PHASH_BAND_BITS) - 1))
+    return column.op("&", return_type=Integer)(mask)
+
+
+def phash_bands(phash: int) -> list[int]:
+    """The band values of one hash, in Python, equal to :func:`phash_band` in the database."""
+    mask = (1 << PHASH_BAND_BITS) - 1
+    return [(phash >> (band * PHASH_BAND_BITS)) & mask for band in range(PHASH_BANDS)]
+
+
+for _band in range(PHASH_BANDS):
+    Index(f"ix_samples_phash_b{_band}", phash_band(_band))
 
 
 class SampleClass(Base):
@@ -119,7 +160,9 @@ class SampleClass(Base):
 
     __tablename__ = "sample_classes"
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
-    class_key: Mapped[str] = mapped_column(String(80), primary_key=True, index=True)
+    class_key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    # (class, sample id): the samples of one class newest first, by one backward index walk.
+    __table_args__ = (Index("ix_sample_classes_class_sample", "class_key", "sample_id"),)
 
 
 class NearDuplicate(Base):

@@ -35,7 +35,12 @@ def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
     raise NotImplementedError(f"tag filter on {dialect}")  # pragma: no cover
 
 
-def apply_filters(session: Session, query: Select[Any], f: SampleFilter) -> Select[Any]:
+def apply_filters(session: Session, query: Select[Any], f: SampleFilter, *, below_id: int | None = None) -> Select[Any]:
+    """``query`` narrowed to the samples ``f`` selects; ``below_id`` (a keyset page's cursor) also
+    bounds the class subquery, because the database does not carry ``samples.id < n`` over to
+    ``sample_classes.sample_id`` itself and would walk the class's index from its newest row."""
+    if below_id is not None:
+        query = query.where(Sample.id < below_id)
     eq = {
         Sample.sector: f.sector,
         Sample.annotation_status: f.status,
@@ -52,7 +57,10 @@ def apply_filters(session: Session, query: Select[Any], f: SampleFilter) -> Sele
         if value is not None:
             query = query.where(col == value)
     if f.class_key is not None:
-        query = query.where(Sample.id.in_(select(SampleClass.sample_id).where(SampleClass.class_key == f.class_key)))
+        members = select(SampleClass.sample_id).where(SampleClass.class_key == f.class_key)
+        if below_id is not None:
+            members = members.where(SampleClass.sample_id < below_id)
+        query = query.where(Sample.id.in_(members))
     bounds = ((Sample.captured_at, f.captured_from, f.captured_to), (Sample.created_at, f.created_from, f.created_to))
     for column, lo, hi in bounds:
         if lo is not None:
@@ -91,9 +99,8 @@ def search(
     the same as page 1."""
     if not 1 <= limit <= MAX_LIMIT:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit")
-    query = apply_filters(session, visible_samples(principal), filters or SampleFilter())
-    if cursor:
-        query = query.where(Sample.id < decode_cursor(cursor))
+    below = decode_cursor(cursor) if cursor else None
+    query = apply_filters(session, visible_samples(principal), filters or SampleFilter(), below_id=below)
     rows = list(session.scalars(query.order_by(Sample.id.desc()).limit(limit + 1)))
     if len(rows) > limit:
         return rows[:limit], encode_cursor(rows[limit - 1].id)
