@@ -9,7 +9,8 @@ a tick while it is queued or running submits nothing, the job's summary is its r
 re-pull (cursor 0) brings what the cursor passed over and rewrites nothing else, and a disabled
 schedule submits nothing. Taxonomy: A's approved addition crosses with its clause, approver and
 origin, its rejected and pending ones do not, it is unusable at M until M's system admin adopts it,
-and a peer without the ``taxonomy`` grant is refused.
+and a peer without the ``taxonomy`` grant is refused; a peer's answer is bounded; the CLI schedules,
+lists and adopts.
 """
 
 from __future__ import annotations
@@ -348,3 +349,70 @@ def test_cli_schedules_and_stops_a_peers_pull(home: Path, tmp_path: Path) -> Non
     assert code == 0 and json.loads(out[out.index("{") :])["pull_every_s"] is None
     code, out = run("sync", "pull", "hubei", "--what", "taxonomy")
     assert code == 2 and "peer_unreachable" in out
+
+
+def test_a_peers_taxonomy_answer_is_bounded() -> None:
+    from pydantic import ValidationError
+
+    from hazardlens.contracts.federation import AdditionOffers
+
+    entry = {
+        "origin_id": 1,
+        "kind": "class",
+        "key": "oil_leak",
+        "org_code": HB,
+        "definition": OIL_LEAK,
+        "legal_text": CLAUSE[0],
+        "legal_citation": CLAUSE[1],
+    }
+    assert (
+        AdditionOffers.model_validate({"additions": [entry], "next": 1, "more": False}).additions[0].key == "oil_leak"
+    )
+    bad = [
+        {**entry, "definition": {**OIL_LEAK, "finding_zh": "漏" * 20_001}},  # a definition over 20,000 characters
+        {**entry, "legal_text": ""},  # no clause: nothing crosses without one
+        {**entry, "key": "../etc"},
+        {**entry, "kind": "rule"},
+        {**entry, "reviewed_by": "x" * 201},
+    ]
+    for b in bad:
+        with pytest.raises(ValidationError):
+            AdditionOffers.model_validate({"additions": [b], "next": 1, "more": False})
+    with pytest.raises(ValidationError):  # at most 500 entries a page
+        AdditionOffers.model_validate({"additions": [entry] * 501, "next": 1, "more": True})
+
+
+def test_cli_lists_and_adopts_a_pulled_addition(home: Path, tmp_path: Path) -> None:
+    import json
+
+    from hazardlens.orm import FederatedAddition
+    from hazardlens.settings import get_settings
+
+    assert run("init")[0] == 0
+    ctx = Context(get_settings())
+    other = Settings(home=tmp_path / "other")
+    with ctx.db.session() as s:
+        ensure_user(s, HB, "admin-hb", "admin")  # organisation 420000 exists here
+        add_peer(s, SYSTEM, "hubei", "http://127.0.0.1:9", ensure_keypair(other), HB, ["feedback"])
+        peer = s.scalar(select(Peer).where(Peer.name == "hubei"))
+        assert peer is not None
+        s.add(
+            FederatedAddition(
+                peer_id=peer.id, origin_id=7, origin_org=HB, kind="class", key="oil_leak",
+                payload={**OIL_LEAK, "legal_basis": [CLAUSE[1]]}, legal_text=CLAUSE[0], legal_citation=CLAUSE[1],
+                proposed_by="admin-hb", reviewed_by="legal-hb", review_reason="条款为强制性规定",
+            )
+        )  # fmt: skip
+    ctx.close()
+    code, out = run("sync", "additions")
+    rows = json.loads(out[out.index("[") :])
+    assert code == 0 and [(r["instance"], r["key"], r["reviewed_by"]) for r in rows] == [
+        ("hubei", "oil_leak", "legal-hb")
+    ]
+    code, out = run("sync", "adopt", str(rows[0]["id"]), "--org", HB)
+    assert code == 0 and "of organisation 420000" in out, out
+    code, out = run("sync", "adopt", str(rows[0]["id"]))
+    assert code == 2 and "already_adopted" in out
+    code, out = run("taxonomy", "additions", "--org", HB)
+    local = json.loads(out[out.index("[") :])
+    assert [(r["key"], r["status"], r["org_code"]) for r in local] == [("oil_leak", "approved", HB)]
