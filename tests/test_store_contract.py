@@ -8,6 +8,7 @@ import http.client
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -103,6 +104,21 @@ def test_list_is_sorted_and_filters_by_prefix(store: ObjectStore) -> None:
     assert list(store.list("zz")) == []
     store.delete("ab")
     assert "ab" not in list(store.list())
+
+
+def test_list_info_has_sizes_and_times_of_writing(store: ObjectStore) -> None:
+    """What garbage collection walks: the same keys as list(), each with its size and when it was
+    written (to the second at worst), without a request per object."""
+    assert list(store.list_info()) == []
+    before = time.time()
+    for key, data in (("blobs/aa/x", b"12345"), ("thumbnails/y.jpg", b"1"), ("z", b"")):
+        store.put(key, data)
+    infos = list(store.list_info())
+    assert [i.key for i in infos] == list(store.list())
+    assert {i.key: i.size for i in infos} == {"blobs/aa/x": 5, "thumbnails/y.jpg": 1, "z": 0}
+    for info in infos:
+        assert info.modified is not None and before - 2 <= info.modified <= time.time() + 2
+    assert [i.key for i in store.list_info("thumbnails/")] == ["thumbnails/y.jpg"]
 
 
 def test_missing_key_raises_object_not_found(store: ObjectStore) -> None:
