@@ -223,3 +223,25 @@ def test_gc_cli(home: Path) -> None:
     code, out = run("blobs", "gc", "--org", "420000")
     assert code == 2 and "system_only" in out
     ctx.close()
+
+
+def test_gc_reads_references_on_both_catalogues(catalogue_ctx: Context) -> None:
+    """The reference look-ups (SHA-256 IN, (name, version) IN) on SQLite and PostgreSQL alike."""
+    ctx = catalogue_ctx
+    admin = _admin(ctx)
+    with ctx.db.session() as s:
+        kept = ingest(ctx, s, admin, make_image(seed=11), IngestMeta(sector="dust")).sample.sha256
+        s.add(
+            ModelVersion(
+                name="m", version="2", stage="candidate", weights_key="k", weights_sha256="0" * 64, classes=[], card={}
+            )
+        )
+    ctx.store.put("models/m/2/weights.pt", b"w")
+    ctx.store.put("models/m/3/weights.pt", b"w3")
+    orphan, thumb, _ = _orphan(ctx, 12)
+    for key in (blob_key(kept), thumbnail_key(kept), "models/m/2/weights.pt", "models/m/3/weights.pt", orphan, thumb):
+        _age(ctx, key, 48 * HOUR)
+    summary = blob_gc.collect(ctx, grace_hours=24.0)
+    assert sorted(summary.removed) == sorted([orphan, thumb, "models/m/3/weights.pt"])
+    assert summary.referenced == 3 and summary.deleted == 3
+    assert ctx.store.exists(blob_key(kept)) and ctx.store.exists("models/m/2/weights.pt")
