@@ -23,7 +23,6 @@ each entry says why. Everything else is expressed in the document itself (patter
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import schemathesis
@@ -35,8 +34,6 @@ from tests.fixtures.core import auth
 from tests.fixtures.serving import register
 
 EXAMPLES = 8
-#: The whole run (server start, every phase) stays well inside this on a busy 2-core machine.
-TIME_BUDGET_S = 170
 
 #: positive_data_acceptance's defaults, plus the statuses a valid request may get for reasons outside
 #: the schema. Keys are (method, path); the reason is the value's second item.
@@ -130,7 +127,6 @@ def test_openapi_document_is_the_truth(ctx, serving_app, model_variants, live_se
     errors: list[str] = []
     tested: set[str] = set()
     skipped: dict[str, str] = {}
-    started = time.monotonic()
     with live_server(serving_app()) as server:
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=_config(key), headers=auth(key))
         schema.config.update(base_url=server.url)
@@ -153,11 +149,9 @@ def test_openapi_document_is_the_truth(ctx, serving_app, model_variants, live_se
             elif isinstance(event, events.EngineFinished):
                 for failure in event.failures:  # run-level checks
                     failures[(failure.operation or "run", failure.title)] = [1, failure.message]
-    elapsed = time.monotonic() - started
     assert len(labels) >= 40, sorted(labels)
     assert not errors, "\n".join(errors)
     assert not failures, f"{len(failures)} kinds of failure:\n\n{_report(failures)}"
     # Nothing skipped silently: every operation in the document was exercised.
     untested = {label: skipped.get(label, "never run") for label in labels - tested}
     assert not untested, untested
-    assert elapsed < TIME_BUDGET_S, f"the run took {elapsed:.0f} s"
