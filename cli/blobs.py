@@ -19,7 +19,7 @@ from hazardlens.cli.common import ORG_HELP, cli_principal, console, context, fri
 def _summary_line(job: Any) -> str:
     r = job.result or {}
     verb = "would remove" if r.get("dry_run") else "removed"
-    count = len(r.get("removed", [])) if r.get("dry_run") else r.get("deleted", 0)
+    count = r.get("collectable", 0) if r.get("dry_run") else r.get("deleted", 0)
     line = (
         f"job {job.id} {job.status}: {r.get('scanned', 0)} object(s) looked at, {r.get('referenced', 0)} referenced, "
         f"{r.get('orphans', 0)} unreferenced ({r.get('young_orphans', 0)} younger than "

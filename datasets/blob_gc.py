@@ -66,6 +66,7 @@ class Summary:
     referenced: int = 0
     orphans: int = 0
     young_orphans: int = 0
+    collectable: int = 0  # unreferenced and past the grace period: removed, or (dry run) would be
     deleted: int = 0
     bytes_freed: int = 0
     restored: int = 0
@@ -82,6 +83,7 @@ class Summary:
             "referenced": self.referenced,
             "orphans": self.orphans,
             "young_orphans": self.young_orphans,
+            "collectable": self.collectable,
             "deleted": self.deleted,
             "bytes_freed": self.bytes_freed,
             "restored": self.restored,
@@ -195,6 +197,7 @@ def collect(
             if info.modified is None or info.modified > cutoff:
                 summary.young_orphans += 1
                 continue
+            summary.collectable += 1
             if dry_run:
                 summary.removed.append(info.key)
                 summary.bytes_freed += info.size

@@ -111,7 +111,7 @@ def test_gc_removes_old_orphans_only(gc_ctx: Context) -> None:
     assert dry.status == "completed", dry.error
     r = dry.result
     assert sorted(r["removed"]) == sorted([old_blob, old_thumb, "models/ghost/7/weights.pt"])
-    assert r["deleted"] == 0 and r["young_orphans"] == 2 and r["orphans"] == 5
+    assert r["deleted"] == 0 and r["young_orphans"] == 2 and r["orphans"] == 5 and r["collectable"] == 3
     assert r["bytes_freed"] == len(old_data) + len(b"thumb") + len(b"never registered")
     assert ctx.store.exists(old_blob) and ctx.store.exists(old_thumb)
 

@@ -273,8 +273,8 @@ class JobSummary(Public):
             "dataset_export: {dataset, dataset_id, format, path, files, output}; "
             "prelabel: {model_version, samples, suggested, boxes, failed, failures: [{sample_id, reason}], "
             "shards, shards_failed: [{shard, attempts, error}]}; "
-            "blob_gc: {dry_run, grace_hours, scanned, referenced, orphans, young_orphans, deleted, bytes_freed, "
-            "restored, failed, failures: [{key, reason}], removed: [key], unrecognised}; "
+            "blob_gc: {dry_run, grace_hours, scanned, referenced, orphans, young_orphans, collectable, deleted, "
+            "bytes_freed, restored, failed, failures: [{key, reason}], removed: [key], unrecognised}; "
             "federation_pull: {peer, full, scheduled, samples: {added, updated, withdrawn, blobs, blob_bytes, "
             "cursor, ...}, models: {registered, already_held}, taxonomy: {received, added, updated, withdrawn}}"
         )
