@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, cast, exists, func, literal, select
@@ -72,6 +73,23 @@ def apply_filters(session: Session, query: Select[Any], f: SampleFilter, *, belo
     return query
 
 
+#: A capture or upload date range at most this wide is answered from its date index (a month of a
+#: million-sample library is ~17,000 rows, fetched and sorted in milliseconds), not by walking the id
+#: index newest first: PostgreSQL assumes the matches are spread evenly over the ids and walks, but
+#: dates follow the ids, so for a month three years back it passed 450,000 rows first (1 s).
+NARROW_DATE_RANGE = timedelta(days=92)
+
+
+def narrow_date_range(f: SampleFilter) -> bool:
+    """Whether ``f`` bounds a capture or upload date to at most :data:`NARROW_DATE_RANGE`."""
+    now = datetime.now(UTC)
+    for lo, hi in ((f.captured_from, f.captured_to), (f.created_from, f.created_to)):
+        start, end = utc(lo), utc(hi) or now
+        if start is not None and end - start <= NARROW_DATE_RANGE:
+            return True
+    return False
+
+
 def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"s1:{last_id}".encode()).decode().rstrip("=")
 
@@ -100,8 +118,11 @@ def search(
     if not 1 <= limit <= MAX_LIMIT:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_limit")
     below = decode_cursor(cursor) if cursor else None
-    query = apply_filters(session, visible_samples(principal), filters or SampleFilter(), below_id=below)
-    rows = list(session.scalars(query.order_by(Sample.id.desc()).limit(limit + 1)))
+    f = filters or SampleFilter()
+    query = apply_filters(session, visible_samples(principal), f, below_id=below)
+    # "id + 0" is the same order, but no index provides it: the database takes the date index.
+    newest_first = (Sample.id + 0).desc() if narrow_date_range(f) else Sample.id.desc()
+    rows = list(session.scalars(query.order_by(newest_first).limit(limit + 1)))
     if len(rows) > limit:
         return rows[:limit], encode_cursor(rows[limit - 1].id)
     return rows, None

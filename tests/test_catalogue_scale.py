@@ -24,7 +24,8 @@ from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.contracts.filters import SampleFilter
 from hazardlens.datasets.near_duplicates import MAX_NEAR_DUPLICATE_LINKS, band_match, band_probes, find_near_duplicates
-from hazardlens.datasets.search import search
+from hazardlens.datasets.search import narrow_date_range, search
+from hazardlens.dates import utc
 from hazardlens.db import alembic_config
 from hazardlens.images import hamming
 from hazardlens.orm import PHASH_BAND_BITS, PHASH_BANDS, Organisation, Sample, SampleClass, phash_bands
@@ -168,6 +169,14 @@ def test_migration_0010_goes_down_and_up(ctx: Context) -> None:
     assert new <= indexes() and not old & indexes()
 
 
+def test_narrow_date_ranges() -> None:
+    assert narrow_date_range(SampleFilter.parse({"captured_from": "2023-01-01", "captured_to": "2023-03-31"}))
+    assert narrow_date_range(SampleFilter.parse({"created_from": datetime.now(UTC).date().isoformat()}))
+    assert not narrow_date_range(SampleFilter.parse({"captured_from": "2023-01-01", "captured_to": "2023-12-31"}))
+    assert not narrow_date_range(SampleFilter.parse({"created_to": "2023-01-31"}))  # since the beginning
+    assert not narrow_date_range(SampleFilter())
+
+
 # --- the benchmark's loader and queries on PostgreSQL, at 20,000 rows ---------------------------------
 
 
@@ -240,6 +249,7 @@ def _expected_ids(ctx: Context, f: SampleFilter) -> list[int]:
                 Sample.annotation_status,
                 Sample.sector,
                 Sample.tags,
+                Sample.created_at,
             )
         ).all()
         classes: dict[int, set[str]] = {}
@@ -248,13 +258,15 @@ def _expected_ids(ctx: Context, f: SampleFilter) -> list[int]:
     return sorted(
         (
             sid
-            for sid, org, scope, deleted, status, sector, tags in rows
+            for sid, org, scope, deleted, status, sector, tags, created in rows
             if deleted is None
             and (org == ME.org_code or scope == "shared")
             and f.status in (None, status)
             and f.sector in (None, sector)
             and (f.class_key is None or f.class_key in classes.get(sid, set()))
             and (f.tag is None or f.tag in tags)
+            and (f.created_from is None or utc(created) >= utc(f.created_from))
+            and (f.created_to is None or utc(created) <= utc(f.created_to))
         ),
         reverse=True,
     )
@@ -263,7 +275,15 @@ def _expected_ids(ctx: Context, f: SampleFilter) -> list[int]:
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     "filters",
-    [{}, {"status": "approved"}, {"class_key": "person"}, {"sector": "dust", "status": "approved"}, {"tag": "retake"}],
+    [
+        {},
+        {"status": "approved"},
+        {"class_key": "person"},
+        {"sector": "dust", "status": "approved"},
+        {"tag": "retake"},
+        {"created_from": "2022-03-01", "created_to": "2022-04-30"},  # narrow: from the date index
+        {"created_from": "2022-03-01", "created_to": "2023-04-30", "status": "submitted"},  # wide
+    ],
 )
 def test_keyset_pages_neither_repeat_nor_skip(loaded_pg: tuple[Context, Any], filters: dict[str, str]) -> None:
     ctx, _ = loaded_pg
@@ -311,6 +331,7 @@ def test_banded_lookup_equals_brute_force_on_the_loaded_library(loaded_pg: tuple
         ("status submitted (review queue)", "Index"),
         ("tag (0.6 %)", "ix_samples_tags"),
         ("keyset page at 5 %, class", "Index"),
+        ("captured a month 3 y ago", "ix_samples_captured_at"),
     ],
 )
 def test_plans_use_the_indexes(bench: ModuleType, loaded_pg: tuple[Context, Any], name: str, index: str) -> None:
