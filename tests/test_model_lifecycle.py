@@ -80,7 +80,7 @@ def test_in_flight_request_finishes_on_the_engine_it_started_on(
     ctx, serving_app, model_variants, make_key, tracked
 ) -> None:
     loader, engines, knobs = tracked
-    knobs["delay"]["1"] = 1.5
+    release = knobs["gate"]["1"] = threading.Event()  # our request stays in version 1's engine until set
     register(ctx, model_variants[0], "1")
     register(ctx, model_variants[1], "2", stage="candidate")
     service = make_key("420000", "service")
@@ -93,6 +93,8 @@ def test_in_flight_request_finishes_on_the_engine_it_started_on(
         promote(ctx, "2")
         assert wait_for(lambda: _serving(client, service) == "2", 20)
         assert not engines["1"][0].closed, "closed under a running request"
+        assert slow.is_alive()  # still in flight when the new version took over
+        release.set()
         slow.join(30)
         assert result["r"].status_code == 200 and result["r"].json()["model"]["version"] == "1"
         assert wait_for(lambda: engines["1"][0].closed, 5)
