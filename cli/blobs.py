@@ -7,13 +7,11 @@ system organisation's admin (``--org`` defaults to 000000), the only one allowed
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import typer
 
-from hazardlens.cli.common import ORG_HELP, cli_principal, console, context, friendly_errors
+from hazardlens.cli.common import ORG_HELP, cli_principal, context, follow_job, friendly_errors
 
 
 def _summary_line(job: Any) -> str:
@@ -28,6 +26,11 @@ def _summary_line(job: Any) -> str:
         f"{r.get('failed', 0)} failed"
     )
     return line + (f"; error: {job.error}" if job.error else "")
+
+
+def _detail_lines(result: dict[str, Any]) -> list[str]:
+    failures = [f"{f['key']}: {f['reason']}" for f in result.get("failures", [])[:20]]
+    return [*result.get("removed", [])[:20], *failures]
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +50,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Remove blobs, thumbnails and model files no catalogue row names, older than the grace period."""
         from hazardlens.cli.worker import register_kinds
-        from hazardlens.jobs import JobRunner, job_public
+        from hazardlens.jobs import JobRunner
 
         register_kinds()
         ctx = context()
@@ -55,28 +58,19 @@ def register(app: typer.Typer) -> None:
         principal = cli_principal(ctx, org)
         runner = JobRunner(ctx)
         job = runner.submit("blob_gc", {"dry_run": dry_run, "grace_hours": grace_hours}, principal)
-        if not runner.uses_broker:
-            with console.status(f"collecting (job {job.id}) in this process..."):
-                runner.run(job.id)
-        elif wait:
-            console.print(f"queued blob_gc job {job.id}; following it (Ctrl-C stops following, not the job)")
-            while runner.get_job(job.id).status not in ("completed", "failed"):
-                time.sleep(2.0)
-        final = job_public(runner.get_job(job.id))
-        ctx.close()
-        if as_json:
-            print(json.dumps(final.model_dump(mode="json"), ensure_ascii=False, indent=2))
-        elif final.status in ("completed", "failed"):
-            console.print(_summary_line(final), highlight=False)
-            for key in (final.result or {}).get("removed", [])[:20]:
-                console.print(f"  {key}", highlight=False)
-            for failure in (final.result or {}).get("failures", [])[:20]:
-                console.print(f"  {failure['key']}: {failure['reason']}", highlight=False)
-        else:
-            console.print(f"queued blob_gc job {final.id} ({final.status}); `hazardlens jobs show {final.id}`")
-            print(final.id)
-        if final.status == "failed":
-            raise typer.Exit(1)
+        follow_job(
+            ctx,
+            runner,
+            job,
+            doing="collecting",
+            wait=wait,
+            as_json=as_json,
+            summary=_summary_line,
+            details=lambda r: [
+                *r.get("removed", [])[:20],
+                *(f"{f['key']}: {f['reason']}" for f in r.get("failures", [])),
+            ],
+        )
 
 
 __all__ = ["register"]

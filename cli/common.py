@@ -85,3 +85,48 @@ def _show(exc: HazardError) -> NoReturn:
         for d in details[:50]:
             console.print(f"  - {d}", highlight=False)
     raise typer.Exit(2) from None
+
+
+def follow_job(
+    ctx: Context,
+    runner: Any,
+    job: Any,
+    *,
+    doing: str,
+    wait: bool,
+    as_json: bool,
+    summary: Callable[[Any], str],
+    details: Callable[[dict[str, Any]], list[str]],
+) -> None:
+    """Run a just-submitted batch job here (no broker: the embedded runner) or follow it on the
+    workers (``wait``), then print its outcome: the JSON of the job, or ``summary`` and the lines of
+    ``details(result)``; exit 1 when it failed. One place, so every batch command reads the same."""
+    import json
+    import time
+
+    from hazardlens.jobs import job_public
+
+    if not runner.uses_broker:
+        with console.status(f"{doing} (job {job.id}) in this process..."):
+            runner.run(job.id)
+    elif wait:
+        console.print(f"queued {job.kind} job {job.id}; following it (Ctrl-C stops following, not the job)")
+        while True:
+            current = runner.get_job(job.id)
+            if current.status in ("completed", "failed"):
+                break
+            console.print(f"  {current.progress:.0%} {current.message or ''}", highlight=False)
+            time.sleep(2.0)
+    final = job_public(runner.get_job(job.id))
+    ctx.close()
+    if as_json:
+        print(json.dumps(final.model_dump(mode="json"), ensure_ascii=False, indent=2))
+    elif final.status in ("completed", "failed"):
+        console.print(summary(final), highlight=False)
+        for line in details(final.result or {}):
+            console.print(f"  {line}", highlight=False)
+    else:
+        console.print(f"queued {final.kind} job {final.id} ({final.status}); `hazardlens jobs show {final.id}`")
+        print(final.id)
+    if final.status == "failed":
+        raise typer.Exit(1)

@@ -6,13 +6,11 @@ queued for the workers (``--wait`` follows it); without one it runs here, shard 
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import typer
 
-from hazardlens.cli.common import ORG_HELP, cli_principal, console, context, friendly_errors
+from hazardlens.cli.common import ORG_HELP, cli_principal, context, follow_job, friendly_errors
 
 
 def _summary_line(job: Any) -> str:
@@ -46,7 +44,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Pre-label every sample of ORG matching the filters (one open suggestion each, never a label)."""
         from hazardlens.cli.worker import detector_services, register_kinds
-        from hazardlens.jobs import JobRunner, job_public
+        from hazardlens.jobs import JobRunner
 
         register_kinds()
         ctx = context()
@@ -67,30 +65,16 @@ def register(app: typer.Typer) -> None:
             params["shard_size"] = shard_size
         runner = JobRunner(ctx, services=detector_services())
         job = runner.submit("prelabel", params, principal)
-        if not runner.uses_broker:
-            with console.status(f"pre-labelling (job {job.id}) in this process..."):
-                runner.run(job.id)
-        elif wait:
-            console.print(f"queued prelabel job {job.id}; following it (Ctrl-C stops following, not the job)")
-            while True:
-                current = runner.get_job(job.id)
-                if current.status in ("completed", "failed"):
-                    break
-                console.print(f"  {current.progress:.0%} {current.message or ''}", highlight=False)
-                time.sleep(2.0)
-        final = job_public(runner.get_job(job.id))
-        ctx.close()
-        if as_json:
-            print(json.dumps(final.model_dump(mode="json"), ensure_ascii=False, indent=2))
-        elif final.status in ("completed", "failed"):
-            console.print(_summary_line(final), highlight=False)
-            for failure in (final.result or {}).get("failures", [])[:20]:
-                console.print(f"  sample {failure['sample_id']}: {failure['reason']}", highlight=False)
-        else:
-            console.print(f"queued prelabel job {final.id} ({final.status}); `hazardlens jobs show {final.id}`")
-            print(final.id)
-        if final.status == "failed":
-            raise typer.Exit(1)
+        follow_job(
+            ctx,
+            runner,
+            job,
+            doing="pre-labelling",
+            wait=wait,
+            as_json=as_json,
+            summary=_summary_line,
+            details=lambda r: [f"sample {f['sample_id']}: {f['reason']}" for f in r.get("failures", [])[:20]],
+        )
 
 
 __all__ = ["register"]

@@ -423,9 +423,7 @@ def test_touch_pinch_zoom_then_draw_a_small_box(chromium: Any, console_world: Co
         context.close()
 
 
-def test_a_page_that_cannot_load_says_so_instead_of_staying_put(
-    console_page: Any, console_world: ConsoleWorld
-) -> None:
+def test_a_page_that_cannot_load_says_so_instead_of_staying_put(console_page: Any, console_world: ConsoleWorld) -> None:
     """A nav click whose page module cannot be fetched (the server went away for a moment) shows an
     error with a retry, not the previous page as if the click had been lost."""
     page, world = console_page, console_world
