@@ -15,6 +15,16 @@ def test_me_reports_name_org_role_and_permissions(client: Any, make_key: Callabl
     assert body["name"] == "审核员甲" and body["org_code"] == "420000" and body["role"] == "reviewer"
     assert "annotations:review" in body["permissions"] and "models:promote" not in body["permissions"]
     assert set(body["permissions"]) == {p for p, roles in PERMISSIONS.items() if "reviewer" in roles}
+    assert body["system"] is False
+
+
+def test_me_says_who_is_the_system_organisations_admin(ctx: Any, client: Any, make_key: Callable[..., str]) -> None:
+    """The console asks the API (not a hard-coded 000000) whether to offer every organisation's figures."""
+    assert client.get("/v1/me", headers=auth(make_key("000000", "admin"))).json()["system"] is True
+    assert client.get("/v1/me", headers=auth(make_key("000000", "reviewer"))).json()["system"] is False
+    ctx.settings = ctx.settings.with_(system_org="990000")  # a deployment naming its own system organisation
+    assert client.get("/v1/me", headers=auth(make_key("990000", "admin"))).json()["system"] is True
+    assert client.get("/v1/me", headers=auth(make_key("000000", "admin"))).json()["system"] is False
 
 
 def test_me_refuses_a_wrong_key_with_the_api_error_shape(client: Any) -> None:

@@ -27,6 +27,10 @@ class Me(Public):
     org_code: str
     role: str
     permissions: list[str]
+    system: bool = Field(
+        description="an administrator of the system organisation (HAZARDLENS_SYSTEM_ORG): may see and act on "
+        "every organisation's figures, jobs and registry"
+    )
 
 
 class SectorPublic(Public):

@@ -18,10 +18,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from hazardlens.auth import PERMISSIONS
+from hazardlens.auth import PERMISSIONS, is_system
 from hazardlens.contracts.service import Me
 from hazardlens.errors import NotFound
-from hazardlens.serving.deps import PrincipalDep
+from hazardlens.serving.deps import CtxDep, PrincipalDep
 from hazardlens.serving.schemas import errors
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
@@ -59,12 +59,13 @@ router = APIRouter(tags=["console"])
     response_model=Me,
     responses=errors(401),
 )
-def me(principal: PrincipalDep) -> dict[str, Any]:
+def me(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
     return {
         "name": principal.name,
         "org_code": principal.org_code,
         "role": principal.role,
         "permissions": sorted(p for p in PERMISSIONS if principal.can(p)),
+        "system": is_system(principal, ctx.settings.system_org),
     }
 
 
