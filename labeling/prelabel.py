@@ -103,7 +103,16 @@ def _detect(work: ShardWork, version: str, conf: float, shas: list[tuple[int, st
                     raise
                 failures.append({"sample_id": sample_id, "reason": f"{exc.code}: {exc.message}"[:300]})
         if images:
-            _, results = detector.detect_many(images, version=version, conf=conf, max_pixels=ctx.settings.max_pixels)
+            # bounded like a request: an inference that never answers fails the shard (504, retried with a
+            # fresh lease) instead of holding the worker and its queue for ever (seen once in CI, after a
+            # model swap in the worker, waiting on the micro-batcher)
+            _, results = detector.detect_many(
+                images,
+                version=version,
+                conf=conf,
+                max_pixels=ctx.settings.max_pixels,
+                timeout=ctx.settings.request_timeout_s,
+            )
             for sample_id, result in zip(ids, results, strict=True):
                 if isinstance(result, HazardError):
                     if result.status >= 500:  # the model, not the photo: retry the shard
