@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from hazardlens.auth import Principal
 from hazardlens.errors import NotFound
@@ -23,10 +23,16 @@ def visibility(principal: Principal, include_deleted: bool = False) -> ColumnEle
     ``include_deleted`` is for the record (history of a deleted sample): it shows the caller's own
     deleted samples, never another organisation's, even one that was shared before deletion.
     """
+    return org_visibility(principal.org_code, include_deleted)
+
+
+def org_visibility(org: str | BindParameter[str], include_deleted: bool = False) -> ColumnElement[bool]:
+    """:func:`visibility` for organisation ``org``: a code, or a bound parameter for a statement built
+    once and run for any caller (the near-duplicate lookup at ingest, run for every photo)."""
     live = Sample.deleted_at.is_(None)
     if include_deleted:
-        return or_(Sample.org_code == principal.org_code, and_(live, Sample.scope == "shared"))
-    return and_(live, or_(Sample.org_code == principal.org_code, Sample.scope == "shared"))
+        return or_(Sample.org_code == org, and_(live, Sample.scope == "shared"))
+    return and_(live, or_(Sample.org_code == org, Sample.scope == "shared"))
 
 
 def visible_samples(principal: Principal, include_deleted: bool = False) -> Select[Sample]:

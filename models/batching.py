@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sys
 import threading
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -141,6 +143,7 @@ class MicroBatcher:
         except FutureTimeout:
             if request.future.cancel():
                 self._done(1)
+            self._log_stall([request])
             raise HazardError("inference timed out", code="timeout", status=504) from None
 
     def submit_many(
@@ -160,7 +163,27 @@ class MicroBatcher:
             ]
         except FutureTimeout:
             self._done(sum(1 for r in requests if r.future.cancel()))
+            self._log_stall(requests)
             raise HazardError("inference timed out", code="timeout", status=504) from None
+
+    def _log_stall(self, requests: list[_Request]) -> None:
+        """A request timed out: say what the batcher was doing (its counters and its worker threads'
+        stacks), so a stall is diagnosable from the log instead of only a 504."""
+        frames = sys._current_frames()
+        stacks = {
+            t.name: "".join(traceback.format_stack(frames[t.ident])[-6:]) if t.ident in frames else "(gone)"
+            for t in self._threads
+        }
+        log.warning(
+            "micro-batcher request timed out: in_flight=%s expected=%s queued=%s closed=%s futures=%s alive=%s\n%s",
+            self._in_flight,
+            self._expected,
+            self._queue.qsize(),
+            self._closed,
+            [r.future._state for r in requests],  # noqa: SLF001 - diagnostics only
+            [t.is_alive() for t in self._threads],
+            "\n".join(f"-- {name}:\n{stack}" for name, stack in stacks.items()),
+        )
 
     def _done(self, count: int) -> None:
         with self._lock:
