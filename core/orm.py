@@ -20,10 +20,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    delete,
+    event,
+    insert,
     literal_column,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 
@@ -99,8 +102,8 @@ class Sample(Base):
     camera_id: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
     inspection_record: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     uploader_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
-    # JSONB on PostgreSQL (migration 0010): the tag filter's containment test is then an index lookup
-    # (GIN ix_samples_tags) instead of parsing every row's JSON text.
+    # The sample's tags as shown and exported (JSONB on PostgreSQL since migration 0010); the tag filter
+    # reads their copy in ``sample_tags`` (kept in step on every flush, see SampleTag).
     tags: Mapped[list[Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"), default=list)
     captured_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     gps_lat: Mapped[float | None] = mapped_column(Float, default=None)
@@ -163,6 +166,42 @@ class SampleClass(Base):
     class_key: Mapped[str] = mapped_column(String(80), primary_key=True)
     # (class, sample id): the samples of one class newest first, by one backward index walk.
     __table_args__ = (Index("ix_sample_classes_class_sample", "class_key", "sample_id"),)
+
+
+class SampleTag(Base):
+    """One row per (sample, tag) of ``samples.tags``: makes "filter by tag" an index lookup like the
+    class filter (migration 0011). A JSON containment test cannot do it at a million samples: a rare
+    tag made PostgreSQL walk the id index testing each row's JSONB (47 ms median), the GIN index priced
+    too high. Written by :func:`_sync_sample_tags` after every flush that changes a sample's tags, so
+    no code path that sets ``Sample.tags`` through the ORM can leave it stale."""
+
+    __tablename__ = "sample_tags"
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)  # federation allows 100
+    # (tag, sample id): the samples of one tag newest first, by one backward index walk.
+    __table_args__ = (Index("ix_sample_tags_tag_sample", "tag", "sample_id"),)
+
+
+@event.listens_for(Session, "after_flush")
+def _sync_sample_tags(session: Session, _context: Any) -> None:
+    """Copy the tags of every sample inserted, or whose ``tags`` changed, in this flush into
+    ``sample_tags`` (in the same transaction, so the two never disagree after a commit)."""
+    changed: list[Sample] = []
+    for obj in session.new:
+        if isinstance(obj, Sample):
+            changed.append(obj)
+    for obj in session.dirty:
+        if isinstance(obj, Sample) and attributes.get_history(obj, "tags").has_changes():
+            changed.append(obj)
+    if not changed:
+        return
+    connection = session.connection()
+    connection.execute(delete(SampleTag).where(SampleTag.sample_id.in_([int(s.id) for s in changed])))
+    rows = [
+        {"sample_id": int(s.id), "tag": tag} for s in changed for tag in dict.fromkeys(str(t) for t in (s.tags or []))
+    ]
+    if rows:
+        connection.execute(insert(SampleTag), rows)
 
 
 class NearDuplicate(Base):

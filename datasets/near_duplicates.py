@@ -3,7 +3,7 @@ picture (re-encoded, resized, the next frame of a fixed camera), found by percep
 
 They are kept but linked and grouped (``dup_group``), because a dataset split that puts two of them
 on both sides measures memory, not detection. The search is an index lookup in the catalogue
-(multi-index hashing over the hash's bands, :func:`band_match`), filtered by
+(multi-index hashing over the hash's bands, :data:`NEAR_CANDIDATES`), filtered by
 :func:`~hazardlens.datasets.tenancy.visibility` in the same query, so it costs the same in every
 process and at 10^6 samples as at 10^3, with nothing held in memory.
 """
@@ -11,10 +11,13 @@ process and at 10^6 samples as at 10^3, with nothing held in memory.
 from __future__ import annotations
 
 from itertools import combinations
+from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy import Boolean, bindparam, insert, or_, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from hazardlens.audit import record as audit
 from hazardlens.auth import Principal
@@ -38,24 +41,55 @@ def band_probes(value: int, radius: int) -> list[int]:
     return probes
 
 
-def band_match(phash: int, max_distance: int) -> ColumnElement[bool]:
-    """Multi-index hashing: every hash within ``max_distance`` of ``phash`` is within
-    ``max_distance // PHASH_BANDS`` bits of it on at least one band (pigeonhole), so "some band
-    equals one of its probes" finds them all through the band indexes (4 x 17 index probes at the
-    default distance 6). It finds some farther hashes too; the caller checks the exact distance."""
-    radius = max_distance // PHASH_BANDS
-    return or_(*(phash_band(band).in_(band_probes(value, radius)) for band, value in enumerate(phash_bands(phash))))
+class _NotAnIndexPath(ColumnElement[bool]):
+    """A condition SQLite's planner must test on the rows found, not use to find them.
+
+    Without statistics SQLite guesses that ``org_code = ?`` matches fewer rows than 68 band probes and
+    drove the near-duplicate lookup with the organisation's index: a scan of every photo the caller
+    can see, per photo ingested. A unary ``+`` (SQLite's documented way to keep a term off the indexes)
+    makes it take the band indexes; PostgreSQL, which has statistics, gets the plain condition."""
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [("condition", InternalTraversal.dp_clauseelement)]  # its part of the cache key
+
+    def __init__(self, condition: ColumnElement[bool]) -> None:
+        self.condition = condition
+
+    def get_children(self, **kw: Any) -> tuple[ColumnElement[bool], ...]:
+        return (self.condition,)
+
+
+@compiles(_NotAnIndexPath)
+def _plain(element: _NotAnIndexPath, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.condition, **kw))
+
+
+@compiles(_NotAnIndexPath, "sqlite")
+def _unary_plus(element: _NotAnIndexPath, compiler: Any, **kw: Any) -> str:
+    return f"+({compiler.process(element.condition, **kw)})"
 
 
 #: The candidate query of :func:`_near_rows`, built once: every value is a bound parameter (each
 #: band's probes an expanding one), so each photo of an ingest runs the compiled statement from
 #: SQLAlchemy's cache instead of building and compiling an expression of 4 x 17 probes anew (that
-#: was most of the near-duplicate step's time). Same rule as :func:`band_match` and ``visibility``.
-_CANDIDATES = select(Sample.id, Sample.phash, Sample.dup_group).where(
+#: was most of the near-duplicate step's time).
+#:
+#: Multi-index hashing: every hash within ``max_distance`` of a photo's is within
+#: ``max_distance // PHASH_BANDS`` bits of it on at least one band (pigeonhole), so "some band equals one
+#: of its probes" (:func:`band_probes`) finds them all through the band indexes (4 x 17 index probes at
+#: the default distance 6). It finds some farther hashes too; :func:`_near_rows` checks the exact distance.
+NEAR_CANDIDATES = select(Sample.id, Sample.phash, Sample.dup_group).where(
     or_(*(phash_band(band).in_(bindparam(f"band{band}", expanding=True)) for band in range(PHASH_BANDS))),
-    org_visibility(bindparam("org")),
+    _NotAnIndexPath(org_visibility(bindparam("org"))),
     Sample.id != bindparam("exclude_id"),
 )
+
+
+def candidate_params(phash: int, max_distance: int) -> dict[str, list[int]]:
+    """The band probes of :data:`NEAR_CANDIDATES` for ``phash`` at ``max_distance``."""
+    radius = max_distance // PHASH_BANDS
+    return {f"band{band}": band_probes(value, radius) for band, value in enumerate(phash_bands(phash))}
 
 
 def _near_rows(
@@ -67,11 +101,8 @@ def _near_rows(
     max_distance = ctx.settings.near_duplicate_distance
     if max_distance < 0:
         return []
-    radius = max_distance // PHASH_BANDS
-    params: dict[str, object] = {
-        f"band{band}": band_probes(value, radius) for band, value in enumerate(phash_bands(phash))
-    }
-    rows = session.execute(_CANDIDATES, {**params, "org": principal.org_code, "exclude_id": exclude_id}).all()
+    params = {**candidate_params(phash, max_distance), "org": principal.org_code, "exclude_id": exclude_id}
+    rows = session.execute(NEAR_CANDIDATES, params).all()
     found = sorted((d, sid, group) for sid, ph, group in rows if (d := hamming(ph, phash)) <= max_distance)
     return [(sid, d, group) for d, sid, group in found[:MAX_NEAR_DUPLICATE_LINKS]]
 

@@ -10,36 +10,24 @@ import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, cast, exists, func, literal, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
 from hazardlens.auth import Principal
 from hazardlens.contracts.filters import SampleFilter
 from hazardlens.datasets.tenancy import visible_samples
 from hazardlens.dates import utc
 from hazardlens.errors import Invalid
-from hazardlens.orm import Sample, SampleClass
+from hazardlens.orm import Sample, SampleClass, SampleTag
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
 
 
-def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return cast(Sample.tags, JSONB).contains([tag])
-    if dialect == "sqlite":
-        each = func.json_each(Sample.tags).table_valued("value")
-        return exists(select(literal(1)).select_from(each).where(each.c.value == tag))
-    raise NotImplementedError(f"tag filter on {dialect}")  # pragma: no cover
-
-
 def apply_filters(session: Session, query: Select[Any], f: SampleFilter, *, below_id: int | None = None) -> Select[Any]:
     """``query`` narrowed to the samples ``f`` selects; ``below_id`` (a keyset page's cursor) also
     bounds the class subquery, because the database does not carry ``samples.id < n`` over to
-    ``sample_classes.sample_id`` itself and would walk the class's index from its newest row."""
+    ``sample_classes.sample_id`` (or ``sample_tags``) itself and would walk the index from its newest row."""
     if below_id is not None:
         query = query.where(Sample.id < below_id)
     eq = {
@@ -57,19 +45,22 @@ def apply_filters(session: Session, query: Select[Any], f: SampleFilter, *, belo
     for col, value in eq.items():
         if value is not None:
             query = query.where(col == value)
-    if f.class_key is not None:
-        members = select(SampleClass.sample_id).where(SampleClass.class_key == f.class_key)
-        if below_id is not None:
-            members = members.where(SampleClass.sample_id < below_id)
-        query = query.where(Sample.id.in_(members))
+    # Class and tag: the members' own (key, sample id) index, bounded by the cursor as well.
+    for key, sample_id, value in (
+        (SampleClass.class_key, SampleClass.sample_id, f.class_key),
+        (SampleTag.tag, SampleTag.sample_id, f.tag),
+    ):
+        if value is not None:
+            members = select(sample_id).where(key == value)
+            if below_id is not None:
+                members = members.where(sample_id < below_id)
+            query = query.where(Sample.id.in_(members))
     bounds = ((Sample.captured_at, f.captured_from, f.captured_to), (Sample.created_at, f.created_from, f.created_to))
     for column, lo, hi in bounds:
         if lo is not None:
             query = query.where(column >= utc(lo))
         if hi is not None:
             query = query.where(column <= utc(hi))
-    if f.tag is not None:
-        query = query.where(_has_tag(session, f.tag))
     return query
 
 

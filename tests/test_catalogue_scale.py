@@ -23,7 +23,13 @@ from sqlalchemy import insert, select, text
 from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.contracts.filters import SampleFilter
-from hazardlens.datasets.near_duplicates import MAX_NEAR_DUPLICATE_LINKS, band_match, band_probes, find_near_duplicates
+from hazardlens.datasets.near_duplicates import (
+    MAX_NEAR_DUPLICATE_LINKS,
+    NEAR_CANDIDATES,
+    band_probes,
+    candidate_params,
+    find_near_duplicates,
+)
 from hazardlens.datasets.search import narrow_date_range, search
 from hazardlens.dates import utc
 from hazardlens.db import alembic_config
@@ -143,7 +149,7 @@ def test_banded_lookup_equals_brute_force(catalogue_ctx: Context) -> None:
 
 def test_sqlite_lookup_uses_the_band_indexes(ctx: Context) -> None:
     with ctx.db.read_session() as s:
-        query = select(Sample.id).where(band_match(12345, 6))
+        query = NEAR_CANDIDATES.params(**candidate_params(12345, 6), org="420000", exclude_id=0)
         sql = str(query.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
         plan = " | ".join(str(row[-1]) for row in s.execute(text("EXPLAIN QUERY PLAN " + sql)))
     assert all(f"ix_samples_phash_b{b}" in plan for b in range(PHASH_BANDS)), plan
@@ -329,7 +335,7 @@ def test_banded_lookup_equals_brute_force_on_the_loaded_library(loaded_pg: tuple
         ("near-dup: next frame (hit)", "ix_samples_phash_b"),
         ("newest first", "samples_pkey"),
         ("status submitted (review queue)", "Index"),
-        ("tag (0.6 %)", "ix_samples_tags"),
+        ("tag (0.6 %)", "ix_sample_tags_tag_sample"),
         ("keyset page at 5 %, class", "Index"),
         ("captured a month 3 y ago", "ix_samples_captured_at"),
     ],
