@@ -104,8 +104,8 @@ def _detect(work: ShardWork, version: str, conf: float, shas: list[tuple[int, st
                 failures.append({"sample_id": sample_id, "reason": f"{exc.code}: {exc.message}"[:300]})
         if images:
             # bounded like a request: an inference that never answers fails the shard (504, retried with a
-            # fresh lease) instead of holding the worker and its queue for ever (seen once in CI, after a
-            # model swap in the worker, waiting on the micro-batcher)
+            # fresh lease) instead of holding the worker and its queue for ever (as a micro-batcher stall
+            # once did in CI; its cause, SimpleQueue.get overshooting its timeout, is fixed in batching.py)
             _, results = detector.detect_many(
                 images,
                 version=version,

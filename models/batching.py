@@ -83,7 +83,11 @@ class MicroBatcher:
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.workers = max(1, int(workers if workers is not None else getattr(engine, "streams", 1) or 1))
         self.max_queue = max(0, int(max_queue))  # 0: unbounded
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) can wait far past its
+        # timeout (until the next put) when another consumer took the item its wake-up was for; with two
+        # stream workers that held a gathered batch while every caller waited on it (tests/test_batching.py
+        # replays the race).
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
         self._in_flight = 0

@@ -399,3 +399,33 @@ def test_prepare_ultralytics_switches_off_network_and_installs_fonts(ultralytics
 
     font = ImageFont.truetype(str(cjk), 24)
     assert font.getbbox("隐患")[2] > 30  # two real glyphs, not empty boxes
+
+
+def test_microbatcher_stream_workers_never_hold_a_batch_past_its_wait() -> None:
+    """Two stream workers, callers announcing themselves (``expect``) and submitting a moment later:
+    the gathering worker waits at most ``max_wait_ms`` for them. With CPython's SimpleQueue as the
+    queue, ``get(timeout)`` in the gathering worker could block until the next put when the other
+    worker took the item it woke for, holding its batch while every caller waited on it (the cluster
+    test's stalled shard); each round here would then wait out the callers' timeout."""
+    engine = _RecordingEngine(delay=0.0)
+    rng = np.random.default_rng(0)
+    stalled: list[BaseException] = []
+    with MicroBatcher(engine, max_batch=8, max_wait_ms=5, workers=2) as batcher:  # type: ignore[arg-type]
+
+        def caller(pause: float) -> None:
+            try:
+                with batcher.expect():
+                    time.sleep(pause)
+                batcher.submit(np.full((4, 4, 3), 1, np.uint8), timeout=2)
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                stalled.append(exc)
+
+        for _ in range(150):
+            threads = [threading.Thread(target=caller, args=(float(p),)) for p in rng.uniform(0, 0.003, 4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            if stalled:
+                break
+    assert not stalled, stalled
