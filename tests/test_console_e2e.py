@@ -436,3 +436,56 @@ def test_a_page_that_cannot_load_says_so_instead_of_staying_put(console_page: An
     expect(error).to_contain_text("页面加载失败")
     expect(page.get_by_test_id("sample-grid")).to_have_count(0)  # the library is not left on screen
     assert any("jobs.js" in p or "import" in p.lower() for p in page.console_problems), page.console_problems
+
+
+def test_the_system_admin_adopts_an_addition_pulled_from_a_peer(console_page: Any, console_world: ConsoleWorld) -> None:
+    """Issue 17: the legal page lists the approved additions pulled from other instances with their
+    origin and clause; the system organisation's admin adopts one for an organisation here, which
+    then has it as an approved addition of its own; an organisation's admin sees the list, no button."""
+    from hazardlens.auth import SYSTEM
+    from hazardlens.federation.peers import add_peer
+    from hazardlens.federation.signing import ensure_keypair
+    from hazardlens.orm import FederatedAddition, Peer
+    from hazardlens.settings import Settings
+
+    ctx = console_world.ctx
+    system_org = ctx.settings.system_org
+    with ctx.db.session() as s:
+        system_key, _ = create_key(s, system_org, "admin", name="ministry-admin")
+        peer_keys = ensure_keypair(Settings(home=ctx.settings.home.parent / "peer-home"))
+        add_peer(s, SYSTEM, "hubei", "http://127.0.0.1:9", peer_keys, "420000", ["feedback"])
+        peer = s.scalar(select(Peer).where(Peer.name == "hubei"))
+        assert peer is not None
+        pulled = FederatedAddition(
+            peer_id=peer.id, origin_id=7, origin_org="420000", kind="class", key="oil_leak",
+            payload={"key": "oil_leak", "name_zh": "漏油", "name_en": "oil leak", "sector": "general",
+                     "inspection_items": [], "severity": "medium", "finding_zh": "设备漏油", "is_hazard": True,
+                     "legal_basis": ["《示例条例》第一条"]},
+            legal_text="设备不得漏油。", legal_citation="《示例条例》第一条",
+            proposed_by="admin-hb", reviewed_by="legal-hb", review_reason="条款为强制性规定",
+        )  # fmt: skip
+        s.add(pulled)
+        s.flush()
+        pulled_id = pulled.id
+    page = console_page
+    login(page, console_world, console_world.keys["admin"])  # an organisation's admin: reads, cannot adopt
+    page.goto(f"{console_world.url}/console/#/legal")
+    row = page.locator(f'[data-testid="pulled-table"] tr[data-pulled="{pulled_id}"]')
+    expect(row).to_contain_text("hubei")
+    expect(row).to_contain_text("《示例条例》第一条")
+    expect(page.get_by_test_id(f"adopt-{pulled_id}")).to_have_count(0)
+    logout(page)
+
+    login(page, console_world, system_key)
+    page.goto(f"{console_world.url}/console/#/legal")
+    expect(page.get_by_test_id("me-role")).to_contain_text("管理员")
+    page.get_by_test_id(f"adopt-{pulled_id}").click()
+    page.get_by_test_id("adopt-org").fill("420000")
+    page.locator('dialog button[value="ok"]').click()
+    expect(page.get_by_test_id(f"adopted-{pulled_id}")).not_to_have_text("—")
+    expect(page.get_by_test_id(f"adopt-{pulled_id}")).to_have_count(0)
+    local = api(console_world, console_world.keys["admin"], "/v1/taxonomy/additions")["additions"]
+    assert [(a["key"], a["status"], a["org_code"]) for a in local if a["key"] == "oil_leak"] == [
+        ("oil_leak", "approved", "420000")
+    ]
+    assert_clean(page)
