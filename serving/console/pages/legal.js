@@ -21,14 +21,19 @@ export async function render(view) {
   return null;
 }
 
-async function ownAdditions(view) {
-  let rows;
+/** The `additions` of `path`, or null after showing the API's error in the view. */
+async function additionsOf(view, path) {
   try {
-    rows = (await api("/v1/taxonomy/additions")).additions || [];
+    return (await api(path)).additions || [];
   } catch (e) {
     view.append(h("p", { class: "form-error", role: "alert" }, e.message));
-    return;
+    return null;
   }
+}
+
+async function ownAdditions(view) {
+  const rows = await additionsOf(view, "/v1/taxonomy/additions");
+  if (rows === null) return;
   if (!rows.length) { view.append(h("p", { class: "empty" }, L("尚无新增事项或类别。", "No additions yet."))); return; }
   const reviewer = can("taxonomy:review");
   view.append(h("div", { class: "table-wrap" }, h("table", { class: "table", "data-testid": "legal-table" },
@@ -49,13 +54,8 @@ async function ownAdditions(view) {
 }
 
 async function pulledAdditions(view) {
-  let rows;
-  try {
-    rows = (await api("/v1/federation/additions")).additions || [];
-  } catch (e) {
-    view.append(h("p", { class: "form-error", role: "alert" }, e.message));
-    return;
-  }
+  const rows = await additionsOf(view, "/v1/federation/additions");
+  if (rows === null) return;
   view.append(h("h2", {}, L("其他实例的新增（供全国采纳）", "From other instances (for national adoption)")));
   if (!rows.length) {
     view.append(h("p", { class: "empty", "data-testid": "pulled-empty" }, L("尚未从其他实例拉取新增。", "Nothing pulled from other instances yet.")));
