@@ -30,7 +30,7 @@ from hazardlens.context import Context
 from hazardlens.jobrun import owner_pid
 from hazardlens.orm import JobShard, Suggestion
 from hazardlens.settings import Settings
-from tests.fixtures.core import PG_AVAILABLE, auth
+from tests.fixtures.core import PG_AVAILABLE, auth, redis_or_skip
 from tests.fixtures.serving import photo, register
 
 # Slow: a few hundred photos ingested and five processes started. On the 2-core development machine,
@@ -42,19 +42,6 @@ REDIS_URL = os.environ.get("HAZARDLENS_TEST_REDIS", "redis://127.0.0.1:6379/13")
 SAMPLES = 200
 SHARD = 20
 HAZARDLENS = str(Path(sys.executable).with_name("hazardlens"))
-
-
-def _redis() -> Any:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} must answer in CI ({exc})")
-        pytest.skip(f"no broker: Redis at {REDIS_URL} does not answer ({exc})")
-    return client
 
 
 def _free_port() -> int:
@@ -155,7 +142,7 @@ def _wait(predicate: Any, timeout: float, what: str, cluster: Cluster, interval:
 
 def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster_ctx: Context) -> None:
     ctx = cluster_ctx
-    broker = _redis()
+    broker = redis_or_skip(REDIS_URL)
     broker.flushdb()  # only this test's database
     from hazardlens.auth import create_key
 

@@ -15,6 +15,7 @@ lists and adopts.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -41,7 +42,7 @@ from hazardlens.labeling import annotations as ann
 from hazardlens.orm import AuditEvent, FederatedSample, Job, Peer, SyncState, utcnow
 from hazardlens.settings import Settings
 from tests.fixtures.cli import run
-from tests.fixtures.core import auth, make_image
+from tests.fixtures.core import auth, make_image, redis_or_skip
 from tests.fixtures.serving import LiveServer, wait_for
 
 HB = "420000"
@@ -416,3 +417,56 @@ def test_cli_lists_and_adopts_a_pulled_addition(home: Path, tmp_path: Path) -> N
     code, out = run("taxonomy", "additions", "--org", HB)
     local = json.loads(out[out.index("[") :])
     assert [(r["key"], r["status"], r["org_code"]) for r in local] == [("oil_leak", "approved", HB)]
+
+
+def test_a_scheduled_pull_runs_on_a_celery_worker(pair: dict[str, Any], tmp_path: Path) -> None:
+    """With a broker, the ministry's tick sends the due pull to the job queue like any job, and a real
+    ``hazardlens worker`` process (sharing its catalogue, on PostgreSQL) runs it over HTTP from the
+    province: the shared samples arrive, the job completes, the peer's schedule moves on."""
+    import os
+    import subprocess
+    import sys
+
+    url = os.environ.get("HAZARDLENS_TEST_REDIS_FEDERATION", "redis://127.0.0.1:6379/11")  # db 11: this test's
+    broker = redis_or_skip(url)
+    broker.flushdb()
+    a, m = pair["a"], pair["m"]
+    _share(a, 3, seed=7100)
+    with m.db.session() as s:
+        set_schedule(s, SYSTEM, "hubei", 900, None, ["samples"])
+    m.settings = m.settings.with_(broker_url=url)  # this API process now sends its jobs to the broker
+    env = {
+        **os.environ,
+        "HAZARDLENS_HOME": str(m.settings.home),
+        "HAZARDLENS_DATABASE_URL": m.settings.database,
+        "HAZARDLENS_BROKER_URL": url,
+        "YOLO_OFFLINE": "1",
+    }
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).with_name("hazardlens")), "worker", "--queues", "cpu", "--name", "fed@test"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        [job_id] = tick(m, runner_submit(m), now=utcnow())
+        finished = wait_for(lambda: _job(m, job_id).status in ("completed", "failed"), timeout=240, interval=0.5)
+        job = _job(m, job_id)
+        worker_log = log_path.read_text(errors="replace")[-4000:]
+        assert finished and job.status == "completed", (job.status, job.error, worker_log)
+        assert re.search(r"Task hazardlens\.job\[[^]]+\] succeeded", worker_log), worker_log  # the worker ran it
+        with m.db.read_session() as s:
+            arrived = s.scalar(select(func.count()).select_from(FederatedSample))
+            peer = s.scalar(select(Peer).where(Peer.name == "hubei"))
+        assert arrived == 3
+        assert peer is not None and peer.pull_job_id == job_id and peer.next_pull_at is not None
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        broker.flushdb()
