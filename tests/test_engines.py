@@ -152,7 +152,8 @@ def test_onnx_raw_output_matches_pytorch(onnx_engine: OnnxEngine, tiny_yolo_pt: 
     reference = (out[0] if isinstance(out, (list, tuple)) else out).numpy()
     assert ours.shape == reference.shape == (1, 4 + len(TINY_CLASS_KEYS), 84)
     assert np.allclose(ours[:, 4:], reference[:, 4:], atol=1e-3)  # class scores
-    assert np.allclose(ours[:, :4], reference[:, :4], atol=0.05)  # box pixels
+    # box pixels (up to ~420 here): float32 sums over the network differ by ~1e-4 relative between runtimes
+    assert np.allclose(ours[:, :4], reference[:, :4], rtol=1e-3, atol=0.05)
 
 
 def test_onnx_and_ultralytics_agree(onnx_engine: OnnxEngine, ultralytics_engine: UltralyticsEngine) -> None:

@@ -117,9 +117,13 @@ async function route() {
     return;
   }
   if (token !== renderToken) return;
-  clear(view);
+  // Each render gets a container of its own: a page whose render is still awaiting the API when the
+  // user (or a test) moves on keeps appending to its own container, now detached, never into the
+  // page that replaced it (a late library grid once landed on the review page).
+  const root = h("div", { class: "page-root" });
   view.className = `view view-${target.name}`;
-  cleanup = (await page.render(view, target)) || null;
+  clear(view).append(root);
+  cleanup = (await page.render(root, target)) || null;
   if (token !== renderToken && cleanup) { cleanup(); cleanup = null; }
 }
 
