@@ -19,6 +19,7 @@ from hazardlens.broker import BrokerUnavailable
 from hazardlens.context import Context
 from hazardlens.jobs import JobRunner, queue_for
 from hazardlens.orm import Job
+from tests.fixtures.core import redis_or_skip
 from tests.fixtures.training import TinyDataset
 
 REDIS_URL = os.environ.get("HAZARDLENS_TEST_REDIS_SEND", "redis://127.0.0.1:6379/14")  # db 14: this file's own
@@ -26,15 +27,7 @@ REDIS_URL = os.environ.get("HAZARDLENS_TEST_REDIS_SEND", "redis://127.0.0.1:6379
 
 @pytest.fixture
 def redis_db() -> Iterator[Any]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} must answer in CI ({exc})")
-        pytest.skip(f"no broker: Redis at {REDIS_URL} does not answer ({exc})")
+    client = redis_or_skip(REDIS_URL)
     client.flushdb()
     yield client
     client.flushdb()
