@@ -17,10 +17,13 @@ walks the store and removes those leftovers:
 
 Only objects older than ``grace_hours`` are removed: an ingest in flight has written its bytes
 and not yet committed its row, and that window is seconds, not hours. An upload of bytes that are
-already stored does not write them again, so a second check guards the one remaining race (an
-upload of exactly an old orphan's bytes while it is being removed): the references are read again
-right before each removal, the bytes are held while the object is removed, and they are put back
-if a row has named them meanwhile (counted as ``restored``).
+already stored does not write them again, so two checks guard the remaining race (an upload of
+exactly an old orphan's bytes while it is being removed). Here: the references are read again right
+before each removal, the bytes are held while the object is removed, and they are put back if a row
+has named them meanwhile (counted as ``restored``). On the ingest side: a new row over bytes the
+upload found stored has them checked again after its commit and written back if they are gone
+(:mod:`hazardlens.datasets.ingest`), which covers a removal that falls between the upload's check and
+its commit.
 
 The store is the installation's, shared by every organisation, so only an administrator of the
 system organisation may run this (``store:gc`` and :func:`hazardlens.auth.require_system`); the

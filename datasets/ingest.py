@@ -7,20 +7,29 @@ Ingest is split in two so that bulk imports can overlap work: :func:`prepare` (d
 the objects; no catalogue) and :func:`record` (one short catalogue transaction). The object writes
 happen before the catalogue commit and are atomic, so a crash leaves at worst an unreferenced
 content-addressed blob, never a row without its bytes.
+
+Such a leftover is what the garbage collector (:mod:`hazardlens.datasets.blob_gc`) removes, and an
+upload of exactly its bytes finds them stored and does not write them again. If the collector
+removes them between that check and the new row's commit, the row would name missing bytes: so a
+row recorded over bytes this upload did not write has them checked again once its transaction has
+committed, and written back if they are gone (:func:`_recheck_reused`). The other order (the
+collector removes them after that check) is the collector's to mend: it reads the catalogue again
+after each removal and puts back bytes a row named meanwhile.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from hazardlens.audit import record as audit
 from hazardlens.audit import snapshot
@@ -33,6 +42,8 @@ from hazardlens.images import ImageInfo, inspect_image
 from hazardlens.orm import SCOPES, SOURCES, Sample, utcnow
 from hazardlens.store import blob_key
 from hazardlens.textnorm import record_number
+
+log = logging.getLogger("hazardlens.library")
 
 MAX_TAGS = 50
 MAX_TAG_CHARS = 50
@@ -125,6 +136,9 @@ class Prepared:
     size: int
     info: ImageInfo
     meta: IngestMeta
+    #: The bytes, kept only when they were found stored and not written again (an old orphan's, say):
+    #: a new row over them has them checked again after its commit (:func:`_recheck_reused`).
+    reused: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -153,14 +167,58 @@ def prepare(ctx: Context, data: bytes, meta: IngestMeta, maybe_stored: Callable[
     sha = hashlib.sha256(data).hexdigest()
     store = ctx.store
     key, thumb = blob_key(sha), thumbnail_key(sha)
+    reused: bytes | None = None
     if (maybe_stored is not None and not maybe_stored(sha)) or not store.exists(key):
         store.put(key, data, content_type=info.mime)
         # New bytes have no thumbnail either; skip asking. A concurrent upload of the same bytes
         # writes the same thumbnail, atomically.
         store.put(thumb, info.thumbnail_jpeg, content_type="image/jpeg")
-    elif not store.exists(thumb):
-        store.put(thumb, info.thumbnail_jpeg, content_type="image/jpeg")
-    return Prepared(sha256=sha, size=len(data), info=info, meta=meta)
+    else:
+        reused = data
+        if not store.exists(thumb):
+            store.put(thumb, info.thumbnail_jpeg, content_type="image/jpeg")
+    return Prepared(sha256=sha, size=len(data), info=info, meta=meta, reused=reused)
+
+
+#: session.info key: (store, sha256, bytes, mime, thumbnail) of rows recorded over reused bytes.
+_RECHECK = "hazardlens.ingest.recheck"
+
+
+def _after_commit_recheck(session: Session, ctx: Context, prepared: Prepared) -> None:
+    """Have the bytes of a row just recorded over reused bytes checked again once it commits."""
+    if prepared.reused is None:
+        return
+    session.info.setdefault(_RECHECK, []).append(
+        (ctx.store, prepared.sha256, prepared.reused, prepared.info.mime, prepared.info.thumbnail_jpeg)
+    )
+
+
+@event.listens_for(Session, "after_commit")
+def _recheck_reused(session: Session) -> None:
+    """The committed rows' reused bytes (and thumbnails) are still stored, or written back now.
+
+    Runs after the commit, so a collector that reads the catalogue from here on sees the row and keeps
+    the bytes; one that removed them before is undone here. A failure is logged, never raised: the
+    row is committed and the caller's work done; the collector's own put-back and a re-upload mend it."""
+    pending = session.info.pop(_RECHECK, None)
+    for store, sha, data, mime, thumbnail in pending or ():
+        try:
+            if not store.exists(blob_key(sha)):
+                store.put(blob_key(sha), data, content_type=mime)
+                log.warning("ingest: stored bytes %s were removed before their row committed; written back", sha)
+            if not store.exists(thumbnail_key(sha)):
+                store.put(thumbnail_key(sha), thumbnail, content_type="image/jpeg")
+        except Exception:
+            log.exception("ingest: could not check the bytes of %s again after the commit", sha)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_reused(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended: after a commit the list was taken above; after a rollback
+    nothing was recorded, so nothing is checked (and no bytes are held any longer). A savepoint's
+    end (one bad file of a bulk batch) leaves the rest of the batch's list alone."""
+    if transaction.parent is None:
+        session.info.pop(_RECHECK, None)
 
 
 class KnownBytes:
@@ -250,6 +308,7 @@ def record(
             raise
         return IngestResult(winner, True, linked_ids(session, principal, winner.id))
 
+    _after_commit_recheck(session, ctx, prepared)
     near = link_near_duplicates(ctx, session, principal, sample)
     audit(session, principal, "sample.create", "sample", sample.id, sample_id=sample.id, after=snapshot(sample))
     return IngestResult(sample, False, near)

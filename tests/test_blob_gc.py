@@ -176,6 +176,46 @@ def test_gc_puts_back_bytes_a_row_names_meanwhile(ctx: Context, monkeypatch: pyt
     assert ctx.store.get(key) == data
 
 
+def test_gc_between_an_uploads_check_and_its_commit_loses_nothing(gc_ctx: Context) -> None:
+    """The other order of that race (the gap the collector alone cannot close): an upload of exactly
+    an old orphan's bytes finds them stored and does not write them; the collector removes them, and
+    reads the catalogue again, before the upload's row commits. After the commit the bytes and the
+    thumbnail are there again, on both stores. A rolled back upload puts nothing back."""
+    from hazardlens.datasets.ingest import prepare, record
+
+    ctx = gc_ctx
+    admin = _admin(ctx)
+    key, thumb, data = _orphan(ctx, 7)
+    rolled_key, rolled_thumb, rolled_data = _orphan(ctx, 8)
+    if ctx.settings.store == "filesystem":
+        for k in (key, thumb, rolled_key, rolled_thumb):
+            _age(ctx, k, 48 * HOUR)
+        grace = 24.0
+    else:
+        time.sleep(6.5)
+        grace = 5.0 / HOUR
+    prepared = prepare(ctx, data, IngestMeta(sector="dust"))  # finds the orphan's bytes: no write
+    rolled = prepare(ctx, rolled_data, IngestMeta(sector="dust"))
+    assert prepared.reused == data and rolled.reused == rolled_data
+
+    summary = blob_gc.collect(ctx, grace_hours=grace)  # the whole collection runs in the gap
+    assert summary.deleted == 4 and summary.restored == 0
+    assert not ctx.store.exists(key) and not ctx.store.exists(thumb)
+
+    with ctx.db.session() as s:
+        result = record(ctx, s, admin, prepared)
+        assert not ctx.store.exists(key)  # not yet: the row is not committed
+    assert not result.deduplicated
+    assert ctx.store.get(key) == data and ctx.store.exists(thumb)
+
+    with pytest.raises(RuntimeError), ctx.db.session() as s:
+        record(ctx, s, admin, rolled)
+        raise RuntimeError("the caller's transaction fails after the insert")
+    assert not ctx.store.exists(rolled_key)  # no row names them: nothing to put back
+    with ctx.db.session() as s:  # the next transaction of that session checks nothing stale either
+        assert s.info.get("hazardlens.ingest.recheck") is None
+
+
 def test_gc_refused_to_others(ctx: Context) -> None:
     """Not an admin, or an admin of another organisation (the store is everybody's): refused at
     submission; nothing queued."""
