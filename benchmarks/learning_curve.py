@@ -3,7 +3,7 @@ against the number of images a curator labelled, and what the old classes lose m
 
     .venv/bin/python benchmarks/learning_curve.py --export DIR [--weights models/baseline/baseline.pt]
         [--counts 25 50 100 200] [--replay 120] [--epochs 6] [--out var/learning_curve]
-        [--png docs/learning-curve-head.png]
+        [--png docs/learning-curve-head.png] [--train-only]
 
 ``DIR`` is the product's materialised YOLO export of the dataset version ``combined`` (the folder
 ``hazardlens train`` writes under ``<home>/cache/datasets/``; its ``unlabeled_classes.json`` marks the
@@ -16,7 +16,9 @@ hardhat-workers training photos: only their ``head`` boxes are kept and every ot
 unlabelled on them (training masks those, training/partial_labels.py, as for any partially labelled
 source). They are mixed with a fixed replay of R photos of the old sources (sfchd-ppe, fire-smoke)
 with their full labels, and the production model is fine-tuned for E epochs with the product's own
-trainer (HazardTrainer), the recipe of ``configs/train/add_class.yaml``. Reported per N: head AP50 on
+trainer (HazardTrainer), the recipe of ``configs/train/add_class.yaml`` (or, with ``--train-only``, of
+``configs/train/add_class_exact.yaml``: only the new class's rows of the classification layer train, so
+the old classes stay exactly as they were, training/keep_classes.py). Reported per N: head AP50 on
 the held-out hardhat-workers test photos (never trained on), and the old classes' AP50 on the
 validation photos of the old sources, beside the starting model's, measured in the same run.
 Subsets are nested (the 25 are among the 50, ...) and drawn with a fixed seed.
@@ -114,6 +116,8 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
         "verbose": False,
     }
     trainer = trainer_class()(overrides=overrides)
+    if args.train_only:  # the new class's rows alone (training/keep_classes.py): the old classes stay exact
+        trainer.hl_train_only = [names.index("head")]
 
     def threads(_: Any) -> None:
         import torch
@@ -135,6 +139,11 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=120)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--freeze", type=int, default=10, help="backbone layers kept frozen (less forgetting)")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train only the new class's rows (configs/train/add_class_exact.yaml): old classes kept exactly",
+    )
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "learning_curve")
@@ -171,6 +180,7 @@ def main() -> None:
         "replay": args.replay,
         "epochs": args.epochs,
         "freeze": args.freeze,
+        "train_only": args.train_only,
         "imgsz": args.imgsz,
         "seed": args.seed,
         "new_pool": len(new_pool),

@@ -24,7 +24,7 @@ from typing import Any
 from hazardlens.errors import Invalid
 
 
-def _cls_heads(detect: Any) -> list[Any]:
+def cls_heads(detect: Any) -> list[Any]:
     """The classification branches of a Detect head (one-to-many, and one-to-one on end-to-end heads)."""
     heads = [detect.cv3]
     if getattr(detect, "one2one_cv3", None) is not None:
@@ -69,7 +69,7 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
     detect = model.model[-1]
     nc_new = len(new_names)
     strides = [float(s) for s in detect.stride]
-    for branch in _cls_heads(detect):
+    for branch in cls_heads(detect):
         for i, seq in enumerate(branch):
             old = seq[-1]
             new = torch.nn.Conv2d(

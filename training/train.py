@@ -29,6 +29,7 @@ from hazardlens.errors import Conflict, Invalid
 from hazardlens.orm import DatasetVersion
 from hazardlens.training.config import load_config, resolve_device
 from hazardlens.training.dataset import data_names, export_summary, materialise, resolve_dataset
+from hazardlens.training.keep_classes import class_ids
 from hazardlens.training.runs import (
     RUN_ID,
     TrainResult,
@@ -90,6 +91,7 @@ def train(
             code="empty_split",
         )
     device = resolve_device(cfg.device)
+    _check_train_only(cfg, classes, start_from)
 
     if resume:
         run_dir = find_resumable(ctx, dv, cfg, run_id)
@@ -150,6 +152,7 @@ def train(
     reporter = Reporter(run_dir, progress, cpu=device == "cpu")
     trainer = trainer_class()(overrides=args)
     trainer.hl_pipeline = pipeline
+    trainer.hl_train_only = _train_only_ids(cfg, classes, info.get("started_from"))
     for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_val_start"):
         trainer.add_callback(event, reporter.threads)
     trainer.add_callback("on_train_epoch_start", reporter.epoch_start)
@@ -220,6 +223,34 @@ def train(
         model=model,
         resumed=bool(resume),
     )
+
+
+def _check_train_only(cfg: TrainConfig, classes: list[str], start_from: str | None) -> None:
+    """``train_only_classes`` names classes of this dataset, and ``added`` needs ``--from``: refused
+    before a run folder exists."""
+    wanted = cfg.train_only_classes
+    if wanted == "added" and start_from is None:
+        raise Invalid(
+            "train_only_classes: added trains the classes `train --from MODEL` adds; this run has no --from",
+            code="invalid_config",
+        )
+    if isinstance(wanted, list):
+        class_ids(classes, wanted)
+
+
+def _train_only_ids(cfg: TrainConfig, classes: list[str], started_from: dict[str, Any] | None) -> list[int] | None:
+    """The class ids whose rows alone train (training/keep_classes.py), or None for a normal run."""
+    wanted = cfg.train_only_classes
+    if wanted is None:
+        return None
+    if wanted == "added":
+        wanted = list((started_from or {}).get("added_classes") or [])
+        if not wanted:
+            raise Invalid(
+                "train_only_classes: added, but the dataset has no class the model lacks: nothing would train",
+                code="invalid_config",
+            )
+    return class_ids(classes, list(wanted))
 
 
 def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:

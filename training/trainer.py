@@ -67,6 +67,8 @@ def trainer_class() -> type:
 
         hl_pipeline: Any = None
         hl_unlabeled: dict[str, list[int]] | None = None
+        #: class ids whose classification rows alone train (``train_only_classes``; keep_classes.py)
+        hl_train_only: list[int] | None = None
 
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
             dataset = super().build_dataset(img_path, mode, batch)
@@ -94,6 +96,13 @@ def trainer_class() -> type:
                     continue
                 callback(self)
 
+        def set_model_attributes(self) -> None:
+            super().set_model_attributes()
+            if self.hl_train_only:
+                from hazardlens.training.keep_classes import freeze_before_head
+
+                freeze_before_head(self)  # before Ultralytics applies ``freeze``, right after this
+
         def _setup_train(self) -> None:
             original = engine_trainer.check_amp
             engine_trainer.check_amp = _offline_check_amp
@@ -101,6 +110,10 @@ def trainer_class() -> type:
                 super()._setup_train()
             finally:
                 engine_trainer.check_amp = original
+            if self.hl_train_only:
+                from hazardlens.training.keep_classes import KeepOldClasses
+
+                KeepOldClasses(self, self.hl_train_only)
 
     _TRAINER_CLASS = HazardTrainer
     return HazardTrainer

@@ -139,6 +139,26 @@ class TrainConfig(BaseModel):
             lambda v: dict(v) if v else None,
         ),
     ] = None
+    #: Train only these classes' rows of the final classification layer; every other weight stays the
+    #: start model's, so its other classes score exactly as before (training/keep_classes.py). A list of
+    #: class keys, or ``added``: the classes ``train --from`` added to the model.
+    train_only_classes: Annotated[
+        list[str] | str | None,
+        _check(
+            lambda v: (
+                v is None
+                or v == "added"
+                or (
+                    isinstance(v, list)
+                    and bool(v)
+                    and all(isinstance(c, str) and c for c in v)
+                    and len(set(v)) == len(v)
+                )
+            ),
+            "'train_only_classes' is a list of distinct class keys, e.g. [explosion_vent], or 'added' "
+            "(the classes `train --from` adds), not {v!r}",
+        ),
+    ] = None
     device: Annotated[
         str,
         _check(
@@ -168,8 +188,10 @@ class TrainConfig(BaseModel):
         return d
 
     def sha256(self) -> str:
-        # train_repeat joined the config later: leaving it out when unset keeps earlier runs' hashes
-        body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k == "train_repeat" and v is None)}
+        # train_repeat and train_only_classes joined the config later: leaving them out when unset keeps
+        # earlier runs' hashes
+        later = ("train_repeat", "train_only_classes")
+        body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k in later and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
