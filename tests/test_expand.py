@@ -73,23 +73,16 @@ def test_train_from_a_registered_model_adds_a_class(tmp_path: Path) -> None:
     import json
 
     from hazardlens.context import Context
-    from hazardlens.datasets.versions import create_version
     from hazardlens.settings import Settings
     from hazardlens.training.train import train
-    from tests.fixtures.training import make_tiny_dataset, no_network, write_config
+    from tests.fixtures.training import fire_only_model, make_tiny_dataset, no_network, write_config
 
     ctx = Context(Settings(home=tmp_path / "home"))
     ctx.init()
     tiny = make_tiny_dataset(ctx)
-    with ctx.db.session() as s:
-        fire_only = create_version(
-            ctx, s, tiny.principal, "fireonly", group_by="camera", ratios=(0.5, 0.25, 0.25), seed=0, classes=["fire"]
-        )
+    ref = fire_only_model(ctx, tiny, tmp_path)
     config = write_config(tmp_path / "one.yaml", epochs=1)
     with no_network():
-        first = train(ctx, f"fireonly@{fire_only.id[:12]}", config, principal=tiny.principal)
-        assert first.model is not None and first.model["classes"] == ["fire"]
-        ref = f"{first.model['name']}:{first.model['version']}"
         second = train(ctx, tiny.ref, config, principal=tiny.principal, start_from=ref)
     ctx.close()
     run = json.loads((second.run_dir / "run.json").read_text())

@@ -47,27 +47,15 @@ def test_train_only_the_added_class_leaves_every_other_weight_as_it_was(tmp_path
     from ultralytics.nn.tasks import load_checkpoint
 
     from hazardlens.context import Context
-    from hazardlens.datasets.versions import create_version
     from hazardlens.settings import Settings
     from hazardlens.training.train import train
-    from tests.fixtures.training import make_tiny_dataset, no_network, write_config
+    from tests.fixtures.training import fire_only_model, make_tiny_dataset, no_network, write_config
 
     ctx = Context(Settings(home=tmp_path / "home"))
     ctx.init()
     tiny = make_tiny_dataset(ctx)
-    with ctx.db.session() as s:
-        fire_only = create_version(
-            ctx, s, tiny.principal, "fireonly", group_by="camera", ratios=(0.5, 0.25, 0.25), seed=0, classes=["fire"]
-        )
+    ref = fire_only_model(ctx, tiny, tmp_path)
     with no_network():
-        first = train(
-            ctx,
-            f"fireonly@{fire_only.id[:12]}",
-            write_config(tmp_path / "one.yaml", epochs=1),
-            principal=tiny.principal,
-        )
-        assert first.model is not None
-        ref = f"{first.model['name']}:{first.model['version']}"
         kept = train(
             ctx,
             tiny.ref,
@@ -100,3 +88,23 @@ def test_train_only_the_added_class_leaves_every_other_weight_as_it_was(tmp_path
         before, now = start_model(image)[0], kept_model(image)[0]
     assert torch.equal(now[:, :5], before[:, :5])  # boxes and fire's score
     assert not torch.equal(now[:, 5], before[:, 5])
+
+
+def test_train_only_classes_refused_before_a_run_starts(tmp_path: Path) -> None:
+    """'added' without --from, and a class the dataset lacks: refused with invalid_config before any
+    run folder exists (nothing trained, nothing to clean up)."""
+    from hazardlens.context import Context
+    from hazardlens.settings import Settings
+    from hazardlens.training.runs import runs_root
+    from hazardlens.training.train import train
+    from tests.fixtures.training import make_tiny_dataset, write_config
+
+    ctx = Context(Settings(home=tmp_path / "home"))
+    ctx.init()
+    tiny = make_tiny_dataset(ctx)
+    for value, says in (("added", "no --from"), (["ladle"], "ladle")):
+        with pytest.raises(Invalid) as err:
+            train(ctx, tiny.ref, write_config(tmp_path / "c.yaml", train_only_classes=value), principal=tiny.principal)
+        assert err.value.code == "invalid_config" and says in err.value.message
+    assert not runs_root(ctx).exists() or not any(runs_root(ctx).iterdir())
+    ctx.close()
