@@ -2,8 +2,8 @@
 against the number of images a curator labelled, and what the old classes lose meanwhile.
 
     .venv/bin/python benchmarks/learning_curve.py --export DIR [--weights models/baseline/baseline.pt]
-        [--counts 25 50 100 200] [--replay 120] [--epochs 6] [--out var/learning_curve]
-        [--png docs/learning-curve-head.png] [--train-only]
+        [--counts 25 50 100 200] [--replay 120] [--config configs/train/add_class.yaml]
+        [--out var/learning_curve] [--png docs/learning-curve-head.png]
 
 ``DIR`` is the product's materialised YOLO export of the dataset version ``combined`` (the folder
 ``hazardlens train`` writes under ``<home>/cache/datasets/``; its ``unlabeled_classes.json`` marks the
@@ -16,11 +16,13 @@ hardhat-workers training photos: only their ``head`` boxes are kept and every ot
 unlabelled on them (training masks those, training/partial_labels.py, as for any partially labelled
 source). They are mixed with a fixed replay of R photos of the old sources (sfchd-ppe, fire-smoke)
 with their full labels, and the production model is fine-tuned for E epochs with the product's own
-trainer (HazardTrainer), the recipe of ``configs/train/add_class.yaml`` (or, with ``--train-only``, of
-``configs/train/add_class_exact.yaml``: only the new class's rows of the classification layer train, so
-the old classes stay exactly as they were, training/keep_classes.py). Reported per N: head AP50 on
-the held-out hardhat-workers test photos (never trained on), and the old classes' AP50 on the
-validation photos of the old sources, beside the starting model's, measured in the same run.
+trainer (HazardTrainer), the recipe of ``--config``: its epochs, ``close_mosaic`` and ``ultralytics``
+arguments (``configs/train/add_class.yaml``: a fine-tune with the backbone frozen), and with
+``train_only_classes`` in it (``configs/train/add_class_exact.yaml``) only the new class's rows of the
+classification layer train, so the old classes stay exactly as they were (training/keep_classes.py).
+Reported per N: head AP50 on the held-out hardhat-workers test photos (never trained on), and the old
+classes' AP50 on the validation photos of the old sources, beside the starting model's, measured in the
+same run.
 Subsets are nested (the 25 are among the 50, ...) and drawn with a fixed seed.
 """
 
@@ -96,7 +98,7 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
         "model": str(weights),
         "data": str(data),
         "imgsz": args.imgsz,
-        "epochs": args.epochs,
+        "epochs": args.recipe.epochs,
         "batch": 16,
         "seed": args.seed,
         "deterministic": True,
@@ -106,17 +108,18 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
         "amp": False,
         "val": False,
         "plots": False,
-        "freeze": args.freeze,
-        "close_mosaic": 1,
-        "warmup_epochs": 0.5,
+        "close_mosaic": args.recipe.close_mosaic,
         "project": str(folder),
         "name": "run",
         "save_dir": str(folder / "run"),
         "exist_ok": True,
         "verbose": False,
     }
+    overrides.update(args.recipe.ultralytics)  # freeze, warm-up, optimizer and lr of the recipe
     trainer = trainer_class()(overrides=overrides)
-    if args.train_only:  # the new class's rows alone (training/keep_classes.py): the old classes stay exact
+    if (
+        args.recipe.train_only_classes
+    ):  # the new class's rows alone (training/keep_classes.py): the old classes stay exact
         trainer.hl_train_only = [names.index("head")]
 
     def threads(_: Any) -> None:
@@ -137,18 +140,20 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=ROOT / "models" / "baseline" / "baseline.pt")
     parser.add_argument("--counts", type=int, nargs="+", default=[25, 50, 100, 200])
     parser.add_argument("--replay", type=int, default=120)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--freeze", type=int, default=10, help="backbone layers kept frozen (less forgetting)")
     parser.add_argument(
-        "--train-only",
-        action="store_true",
-        help="train only the new class's rows (configs/train/add_class_exact.yaml): old classes kept exactly",
+        "--config",
+        type=Path,
+        default=ROOT / "configs" / "train" / "add_class.yaml",
+        help="the recipe (epochs, close_mosaic, ultralytics arguments, train_only_classes)",
     )
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "learning_curve")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "learning-curve-head.png")
     args = parser.parse_args()
+    from hazardlens.training.config import load_config
+
+    args.recipe = load_config(args.config)
 
     from hazardlens.models.ultralytics_env import prepare_ultralytics
 
@@ -178,9 +183,10 @@ def main() -> None:
         "export": str(export),
         "weights": str(args.weights),
         "replay": args.replay,
-        "epochs": args.epochs,
-        "freeze": args.freeze,
-        "train_only": args.train_only,
+        "config": str(args.config),
+        "epochs": args.recipe.epochs,
+        "ultralytics": args.recipe.ultralytics,
+        "train_only_classes": args.recipe.train_only_classes,
         "imgsz": args.imgsz,
         "seed": args.seed,
         "new_pool": len(new_pool),
@@ -248,7 +254,10 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"Adding a class: {args.epochs} epochs from production, replay {args.replay}", fontsize=9)
+    how = "new class's rows only" if args.recipe.train_only_classes else "fine-tune"
+    ax.set_title(
+        f"Adding a class ({how}): {args.recipe.epochs} epochs from production, replay {args.replay}", fontsize=9
+    )
     fig.tight_layout()
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png)
