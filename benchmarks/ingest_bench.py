@@ -5,7 +5,8 @@
 For each object-store backend (filesystem; S3 via a moto server started here on loopback, standing
 in for MinIO) it ingests ``--count`` real JPEGs from ../shared/data (sfchd-ppe, then fire-smoke)
 into a fresh home, and compares with the floor: reading the same files and putting the same bytes
-into the same kind of store with no processing at all. The goal is a ratio >= 0.5, i.e. decoding,
+into the same kind of store with no processing at all. The goal is a ratio >= 0.6 on S3/MinIO (issue 16;
+the filesystem's bare write is a local copy, printed for comparison), i.e. decoding,
 hashing, thumbnails, dedup, near-duplicate search and the catalogue together cost no more than the
 bare store write.
 
@@ -237,7 +238,7 @@ def main() -> None:
         every = ", ".join(f"{x:.2f}" for x in r["ratios"])  # type: ignore[attr-defined]
         print(
             f"{r['backend']:>22}: ingest {r['ingest_per_s']:6.1f} img/s | raw put {r['raw_put_per_s']:6.1f} img/s"
-            f" | ratio {ratio:.2f} (median of {every}; goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"
+            f" | ratio {ratio:.2f} (median of {every}; goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'})"
             f" | stored {r['stored']} dedup {r['deduplicated']} near-dup {r['near_duplicates']}"
             f" refused {r['refused']}"
         )
