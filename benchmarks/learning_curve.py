@@ -117,9 +117,8 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
     }
     overrides.update(args.recipe.ultralytics)  # freeze, warm-up, optimizer and lr of the recipe
     trainer = trainer_class()(overrides=overrides)
-    if (
-        args.recipe.train_only_classes
-    ):  # the new class's rows alone (training/keep_classes.py): the old classes stay exact
+    if args.recipe.train_only_classes:
+        # the new class's rows alone (training/keep_classes.py): the old classes stay exact
         trainer.hl_train_only = [names.index("head")]
 
     def threads(_: Any) -> None:

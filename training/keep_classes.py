@@ -42,7 +42,8 @@ def freeze_before_head(trainer: Any) -> None:
 
 
 class KeepOldClasses:
-    """Installed on a trainer whose set-up is done (``on_pretrain_routine_end``): see the module."""
+    """Installed on a trainer right after its set-up (optimizer and EMA exist, training has not
+    started): see the module."""
 
     def __init__(self, trainer: Any, class_ids: Sequence[int]) -> None:
         import torch
@@ -61,17 +62,15 @@ class KeepOldClasses:
         trainer.freeze_layer_names = [*getattr(trainer, "freeze_layer_names", []), head_prefix]
         rows = {id(seq[-1].weight) for heads in cls_heads(detect) for seq in heads}
         rows |= {id(seq[-1].bias) for heads in cls_heads(detect) for seq in heads}
-        self.row_keys: set[str] = set()
-        self.trained: list[tuple[Any, Any]] = []  # (parameter, its start value)
+        self.start = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+        self.trained: dict[str, Any] = {}  # state-dict key -> the trained parameter
         for name, param in model.named_parameters():
             if id(param) in rows:
                 param.requires_grad_(True)
                 param.register_hook(self._mask)
-                self.trained.append((param, param.detach().clone()))
-                self.row_keys.add(name)
+                self.trained[name] = param
             elif name.startswith(head_prefix):
                 param.requires_grad_(False)
-        self.start = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
         trainer.optimizer.register_step_post_hook(lambda *_: self.restore_rows())
         self.trainer = trainer
         trainer.add_callback("on_train_batch_end", lambda t: self.restore_ema())
@@ -86,8 +85,8 @@ class KeepOldClasses:
         import torch
 
         with torch.no_grad():
-            for param, start in self.trained:
-                param[self.old] = start[self.old]
+            for key, param in self.trained.items():
+                param[self.old] = self.start[key][self.old]
 
     def restore_ema(self) -> None:
         """The EMA copy (what Ultralytics saves) back to the start weights except the trained rows."""
@@ -101,7 +100,7 @@ class KeepOldClasses:
                 start = self.start.get(key)
                 if start is None:
                     continue
-                if key in self.row_keys:
+                if key in self.trained:
                     value[self.old] = start[self.old].to(value.dtype)
                 else:
                     value.copy_(start)
