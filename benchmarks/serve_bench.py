@@ -1,6 +1,6 @@
 """The detection service end to end against Ultralytics' own in-process predict, on real photos.
 
-    .venv/bin/python benchmarks/serve_bench.py [--weights PATH] [--imgsz 640] [--count 60]
+    .venv/bin/python benchmarks/serve_bench.py [--weights PATH] [--imgsz 640] [--count 150]
         [--engines onnx,openvino,openvino-int8] [--levels 1,16]
 
 Same ``--count`` photos from ../shared/data/sfchd-ppe, same model, same machine, one run:
@@ -16,7 +16,10 @@ Same ``--count`` photos from ../shared/data/sfchd-ppe, same model, same machine,
   ``YOLO(onnx).predict(path)`` in this process, batch 1, on the same files (so it, too, reads and
   decodes each JPEG); ``--torch`` adds its PyTorch predict;
 * ratios per engine: service p50 @1 / Ultralytics ONNX p50 (goal <= 0.7) and throughput @16 / @1
-  (goal >= 1.5); the server's RSS with one model loaded.
+  (goal >= 1.5); the server's RSS with one model loaded;
+* the engine's own ceiling (FP32 engines): the decoded photos through ``predict`` in this process,
+  one at a time and then from as many threads as streams, no HTTP: on a machine whose single
+  request already uses every core, what parallel streams can gain at most.
 
 On a shared, busy machine absolute figures swing; the ratios are measured in the same run.
 
@@ -314,6 +317,52 @@ def serve(home: Path, key: str, engine: str, args: argparse.Namespace, payloads:
     return out
 
 
+def engine_ceiling(weights: Path, engine: str, files: list[Path], imgsz: int, home: Path) -> dict[str, float]:
+    """What the engine alone can gain from concurrency here: the same decoded photos through
+    ``engine.predict`` one at a time, then from as many threads as it has streams (no HTTP, no JSON,
+    no decoding): the bound the service's throughput @16 / @1 can approach on this machine."""
+    import cv2
+
+    from hazardlens.models.engines import load_engine, plan_streams
+    from hazardlens.models.ultralytics_env import prepare_ultralytics
+
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    classes = list(YOLO(str(weights)).names.values())
+    streams, threads = plan_streams()
+    eng = load_engine(engine, weights, classes, imgsz, home / "ceiling", streams=streams, threads=threads)
+    images = [cv2.imread(str(f)) for f in files]
+    try:
+        for image in images[:4]:  # warm-up: every stream and the solo one
+            eng.predict([image])
+        start = time.perf_counter()
+        for image in images:
+            eng.predict([image])
+        alone = len(images) / (time.perf_counter() - start)
+        pending = list(range(len(images)))
+        lock = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    i = pending.pop()
+                eng.predict([images[i]])
+
+        workers = [threading.Thread(target=drain) for _ in range(max(2, streams))]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        together = len(images) / (time.perf_counter() - start)
+    finally:
+        eng.close()
+    return {"streams": streams, "threads": threads, "alone_ips": alone, "parallel_ips": together}
+
+
 def ultralytics_onnx(weights: Path, home: Path, imgsz: int) -> Path:
     """The same ``.pt`` exported by Ultralytics' own exporter (its defaults: static shape), in this run."""
     from hazardlens.models.ultralytics_env import prepare_ultralytics
@@ -334,7 +383,8 @@ def main() -> None:
     parser.add_argument("--weights", help="a YOLO .pt (default: shipped baseline, else random weights)")
     parser.add_argument("--classes", help="comma-separated taxonomy keys of --weights' classes")
     parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--count", type=int, default=60)
+    # 150: at 60 photos, 16 callers make under four waves and the ramp and drain weigh on throughput@16
+    parser.add_argument("--count", type=int, default=150)
     parser.add_argument("--engines", default=os.environ.get("HAZARDLENS_ENGINE", "onnx,openvino"))
     parser.add_argument("--device", default=os.environ.get("HAZARDLENS_DEVICE", "auto"))
     parser.add_argument("--levels", default="1,16")
@@ -378,6 +428,11 @@ def main() -> None:
         results["ultralytics_torch"] = {
             k: round(v, 2) for k, v in ultralytics_predict(weights, files, args.imgsz, device).items()
         }
+    for er in results["engines"]:
+        if not er["engine"].endswith("-int8"):
+            er["engine_ceiling"] = {
+                k: round(v, 2) for k, v in engine_ceiling(weights, er["engine"], files, args.imgsz, home).items()
+            }
     results["load_average_end"] = os.getloadavg()
 
     print(f"model: {model_desc}; {len(files)} photos; {os.cpu_count()} CPUs; load {results['load_average_start']}")
@@ -406,6 +461,14 @@ def main() -> None:
             er["speed_vs_onnx_fp32_p50"] = round(b1["p50_ms"] / e1["p50_ms"], 3)
             line += f"; speed vs onnx FP32 (p50@1) = {er['speed_vs_onnx_fp32_p50']}x"
         print(line)
+        if "engine_ceiling" in er:
+            c = er["engine_ceiling"]
+            er["ratio_engine_parallel_vs_alone"] = round(c["parallel_ips"] / c["alone_ips"], 3)
+            print(
+                f"{'':>16}the engine alone, no HTTP: {c['alone_ips']:.1f} images/s one at a time, "
+                f"{c['parallel_ips']:.1f} from {int(c['streams'])} streams x {int(c['threads'])} threads: "
+                f"x{er['ratio_engine_parallel_vs_alone']} (the bound on throughput@16 / @1 here)"
+            )
     print(json.dumps(results, ensure_ascii=False))
     if args.json:
         Path(args.json).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")

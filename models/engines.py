@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -311,33 +310,58 @@ class _ArrayEngine:
 
 
 class _Pool:
-    """A fixed set of per-stream objects (ORT sessions, OpenVINO infer requests) handed out one per call.
+    """Per-stream objects (ORT sessions, OpenVINO infer requests) handed out one per call, plus an
+    optional *solo* object that uses every core.
 
-    Last in, first out, and the first item is handed out first: it is the "solo" stream that uses
-    every core, so a lone request (no other stream busy) always gets it."""
+    The solo object is handed out only when nothing else runs and nobody waits, so a lone request
+    keeps the latency of all cores; under load the calls share the per-stream objects and never run
+    beside the solo one. Running both at once puts more threads than cores to work: on this 2-core
+    machine one 2-thread and one 1-thread ORT session side by side took 37 ms per image, two 1-thread
+    sessions 29 ms, one 2-thread session alone 34 ms (``benchmarks/serve_bench.py`` prints the
+    engine's own ceiling beside the service's figures)."""
 
-    def __init__(self, items: Sequence[Any]) -> None:
-        self._free: queue.LifoQueue[Any] = queue.LifoQueue()
-        for item in reversed(items):
-            self._free.put(item)
+    def __init__(self, items: Sequence[Any], solo: Any = None) -> None:
+        self._free = list(reversed(items))  # a stack: the most recently used (warm) object first
+        self._solo = solo
+        self._solo_busy = False
+        self._busy = 0
+        self._waiting = 0
+        self._cond = threading.Condition()
 
     @contextlib.contextmanager
     def take(self) -> Iterator[Any]:
-        item = self._free.get()
+        with self._cond:
+            solo = self._solo is not None and self._busy == 0 and self._waiting == 0
+            if solo:
+                item, self._solo_busy = self._solo, True
+            else:
+                self._waiting += 1
+                try:
+                    while self._solo_busy or not self._free:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                item = self._free.pop()
+            self._busy += 1
         try:
             yield item
         finally:
-            self._free.put(item)
+            with self._cond:
+                self._busy -= 1
+                if solo:
+                    self._solo_busy = False
+                else:
+                    self._free.append(item)
+                self._cond.notify_all()
 
 
 class OnnxEngine(_ArrayEngine):
     """YOLOv8/11 (and end-to-end YOLO26) ONNX models on ONNX Runtime, FP32 or INT8 (QDQ) alike.
 
-    ``streams`` sessions of the same file, so that concurrent batches run side by side instead of
-    queueing for one session's thread pool: the first (the one a lone request gets) with every core,
-    the others with ``threads`` intra-op threads each. Under load the cores are slightly
-    oversubscribed (idle threads do not spin), while a single request keeps the latency of one
-    all-core session."""
+    ``streams`` sessions of the same file with ``threads`` intra-op threads each, so that concurrent
+    batches run side by side instead of queueing for one session's thread pool, and with more than
+    one stream a solo session on every core that a lone request gets (see :class:`_Pool`): a single
+    request keeps the latency of all cores, a loaded server the throughput of parallel streams."""
 
     name = "onnx"
 
@@ -373,12 +397,16 @@ class OnnxEngine(_ArrayEngine):
         # request needs (measured here: 255 ms -> 96 ms per 640 px image under load).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sessions = []
-        for i in range(self.streams):
-            options.intra_op_num_threads = max(threads, cpu_cores()) if i == 0 and self.streams > 1 else threads
-            sessions.append(ort.InferenceSession(str(path), sess_options=options, providers=providers))
+        sessions = [ort.InferenceSession(str(path), sess_options=options, providers=providers)]
+        sessions += [
+            ort.InferenceSession(str(path), sess_options=options, providers=providers) for _ in range(self.streams - 1)
+        ]
+        solo = None
+        if self.streams > 1:
+            options.intra_op_num_threads = max(threads, cpu_cores())
+            solo = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self._session = sessions[0]
-        self._sessions = _Pool(sessions)
+        self._sessions = _Pool(sessions, solo)
         self.threads = threads
         meta = self._session.get_modelmeta().custom_metadata_map or {}
         inp = self._session.get_inputs()[0]
@@ -408,10 +436,10 @@ class OnnxEngine(_ArrayEngine):
 class OpenVinoEngine(_ArrayEngine):
     """The same ONNX export (FP32) or an NNCF-quantised INT8 IR on Intel's OpenVINO runtime (CPU).
 
-    ``streams`` infer requests run in parallel: the first (a lone request's) compiled in latency mode
-    on every core, the others from one compilation in OpenVINO's throughput mode. FP32 is asked for
-    explicitly: on CPUs with BF16 support the runtime would otherwise quietly infer in BF16, which
-    moves boxes by pixels."""
+    ``streams`` infer requests from one compilation in OpenVINO's throughput mode run in parallel under
+    load; with more than one stream a lone request gets a solo one compiled in latency mode on every
+    core instead (see :class:`_Pool`). FP32 is asked for explicitly: on CPUs with BF16 support the
+    runtime would otherwise quietly infer in BF16, which moves boxes by pixels."""
 
     name = "openvino"
 
@@ -440,36 +468,27 @@ class OpenVinoEngine(_ArrayEngine):
         core = ov.Core()
         model = core.read_model(str(path))
         f32 = ov.Type.f32
-        # The solo stream (what a lone request gets): latency mode on every core. The other streams:
-        # one compilation in throughput mode sharing ``threads`` per stream.
-        self._compiled = [
-            core.compile_model(
-                model,
-                "CPU",
-                {
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_NUM_THREADS": max(per_stream, cpu_cores()),
-                    "INFERENCE_PRECISION_HINT": f32,
-                },
-            )
-        ]
-        requests = [self._compiled[0].create_infer_request()]
-        if self.streams > 1:
-            rest = self.streams - 1
-            self._compiled.append(
-                core.compile_model(
-                    model,
-                    "CPU",
-                    {
-                        "PERFORMANCE_HINT": "THROUGHPUT",
-                        "NUM_STREAMS": str(rest),
-                        "INFERENCE_NUM_THREADS": per_stream * rest,
-                        "INFERENCE_PRECISION_HINT": f32,
-                    },
-                )
-            )
-            requests += [self._compiled[1].create_infer_request() for _ in range(rest)]
-        self._requests = _Pool(requests)
+
+        # The streams: one compilation in throughput mode, ``threads`` per stream; with one stream,
+        # latency mode. The solo request (a lone caller's, with several streams): latency mode on every core.
+        def compiled(hint: str, streams: int, threads: int) -> Any:
+            config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+            if hint == "THROUGHPUT":
+                config["NUM_STREAMS"] = str(streams)
+            config["INFERENCE_PRECISION_HINT"] = f32
+            return core.compile_model(model, "CPU", config)
+
+        if self.streams == 1:
+            self._compiled = [compiled("LATENCY", 1, per_stream)]
+            requests, solo = [self._compiled[0].create_infer_request()], None
+        else:
+            self._compiled = [
+                compiled("THROUGHPUT", self.streams, per_stream * self.streams),
+                compiled("LATENCY", 1, max(per_stream, cpu_cores())),
+            ]
+            requests = [self._compiled[0].create_infer_request() for _ in range(self.streams)]
+            solo = self._compiled[1].create_infer_request()
+        self._requests = _Pool(requests, solo)
         self.threads = per_stream
         self.providers = ["OpenVINO:CPU"]
         self.device = "cpu"
