@@ -47,6 +47,68 @@ def _rules_table(rows: list[dict[str, Any]], title: str) -> Table:
     return rt
 
 
+def _job_model(ref: str) -> tuple[str, str]:
+    """``hazardlens evaluate``'s MODEL as the job's (name, version): a job evaluates registered models
+    only (a weights file on this machine means nothing to a worker)."""
+    from hazardlens.errors import Invalid
+    from hazardlens.models.registry import DEFAULT_NAME
+
+    ref = ref.strip()
+    name, _, version = ref.rpartition(":")
+    if ref == "production":
+        name, version = DEFAULT_NAME, "production"
+    if not name or not version or ref.lower().endswith(".pt"):
+        raise Invalid(
+            f"--as-job evaluates a registered model (NAME:VERSION, production or NAME:production), not {ref!r}",
+            code="invalid_model_ref",
+        )
+    return name, version
+
+
+def _evaluate_as_job(
+    ctx: Context,
+    principal: Any,
+    model: str,
+    dataset: str,
+    split: str,
+    by_tag: bool,
+    wait: bool,
+    unsupported: dict[str, Any],
+) -> None:
+    """``hazardlens evaluate ... --as-job``: the ``evaluate`` job (:mod:`hazardlens.training.eval_job`),
+    run here without a broker, followed on the workers with one."""
+    from hazardlens.cli.common import follow_job
+    from hazardlens.cli.worker import detector_services, register_kinds
+    from hazardlens.errors import Invalid
+    from hazardlens.jobs import JobRunner
+
+    given = [flag for flag, value in unsupported.items() if value]
+    if given:
+        raise Invalid(f"{', '.join(given)} cannot be used with --as-job", code="invalid_job")
+    name, version = _job_model(model)
+    register_kinds()
+    params = {"model": name, "version": version, "dataset": dataset, "split": split, "by_tag": by_tag}
+    runner = JobRunner(ctx, services=detector_services())
+    job = runner.submit("evaluate", params, principal)
+
+    def summary(done: Any) -> str:
+        r = done.result or {}
+        line = f"job {done.id} {done.status}"
+        if r:
+            line += (
+                f": {r.get('model')} on {r.get('dataset')} ({r.get('split')}), {r.get('images')} image(s): "
+                f"mAP50={r.get('map50', 0):.3f} mAP50-95={r.get('map50_95', 0):.3f}; report {r.get('report_md')}"
+            )
+        return line + (f"; error: {done.error}" if done.error else "")
+
+    def details(r: dict[str, Any]) -> list[str]:
+        lines = [f"{key}: AP50 {ap:.3f}" for key, ap in (r.get("per_class") or {}).items()]
+        lines += [f"source {tag}: mAP50 {g.get('map50', 0):.3f}" for tag, g in (r.get("per_tag") or {}).items()]
+        return lines
+
+    follow_job(ctx, runner, job, doing="evaluating", wait=wait, as_json=False, summary=summary, details=details)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @friendly_errors
@@ -132,6 +194,13 @@ def register(app: typer.Typer) -> None:
         ),
         tags: str = typer.Option(None, "--tags", help="with --by-tag: only these tags (comma-separated)"),
         org: str = typer.Option("000000", "--org", help=ORG_HELP),
+        as_job: bool = typer.Option(
+            False,
+            "--as-job",
+            help="run it as an `evaluate` job (a registered model only; with a broker on the gpu/cpu workers, "
+            "--no-wait leaves it there); the result is the summary figures and where the report lies",
+        ),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="with --as-job and a broker: follow the job"),
     ) -> None:
         """Evaluate a model (per class and per sector; --by-tag per source too) and, with --compare, write a
         comparison report. Classes an image declares unlabelled are not scored on that image."""
@@ -140,6 +209,10 @@ def register(app: typer.Typer) -> None:
 
         ctx = _ready()
         principal = cli_principal(ctx, org)
+        if as_job:
+            unsupported = {"--compare": compare, "--out": out, "--imgsz": imgsz, "--tags": tags}
+            _evaluate_as_job(ctx, principal, model, dataset, split, by_tag, wait, unsupported)
+            return
         refs = [model] + ([compare] if compare else [])
         reports = []
         for i, ref in enumerate(refs):

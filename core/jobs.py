@@ -85,7 +85,8 @@ class JobType:
 
 _TYPES: dict[str, JobType] = {}
 #: Kinds that want a GPU: sent to the ``gpu`` queue when the deployment has one (unless registered otherwise).
-GPU_KINDS = frozenset({"train"})
+#: ``evaluate`` runs the model over a whole split, as training's validation does.
+GPU_KINDS = frozenset({"train", "evaluate"})
 
 
 def register(

@@ -1,7 +1,9 @@
 """The ``dataset_export`` background job: a dataset version written as YOLO or COCO under the home.
 
 Importing this module registers the kind with the generic queue (:mod:`hazardlens.jobs`); the
-parameters are :class:`~hazardlens.contracts.jobs.DatasetExportJobParams`.
+parameters are :class:`~hazardlens.contracts.jobs.DatasetExportJobParams`. It registers the datasets
+part's other kinds with it: ``blob_gc`` (:mod:`hazardlens.datasets.blob_gc`) and ``library_rebuild``
+(:mod:`hazardlens.datasets.rebuild`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Any
 from hazardlens import jobs
 from hazardlens.auth import Principal
 from hazardlens.context import Context
-from hazardlens.contracts.jobs import DatasetExportJobParams, TrainJobParams
+from hazardlens.contracts.jobs import DatasetExportJobParams, EvaluateJobParams, TrainJobParams
 from hazardlens.orm import Job
 
 
-def check_dataset(ctx: Context, params: TrainJobParams | DatasetExportJobParams, principal: Principal) -> None:
+def check_dataset(
+    ctx: Context, params: TrainJobParams | DatasetExportJobParams | EvaluateJobParams, principal: Principal
+) -> None:
     """A dataset the caller cannot see fails the request now (404), not the job later."""
     from hazardlens.datasets.versions import resolve
 
@@ -52,10 +56,12 @@ def run_export(ctx: Context, job: Job, principal: Principal, progress: jobs.Prog
 
 
 def register() -> None:
-    from hazardlens.datasets import blob_gc  # registers blob_gc (garbage collection of the store) too
+    # blob_gc (garbage collection of the store) and library_rebuild (thumbnails, near-duplicate links) too
+    from hazardlens.datasets import blob_gc, rebuild
 
     jobs.register("dataset_export", permission="datasets:write", handler=run_export, check=check_dataset)
     blob_gc.register()
+    rebuild.register()
 
 
 register()

@@ -1,8 +1,9 @@
 """The ``train`` background job, and the import path the job runner used to have.
 
 The generic queue and runner moved to :mod:`hazardlens.jobs` (the core); the ``dataset_export``
-handler to :mod:`hazardlens.datasets.jobs`. Importing this module registers both kinds, so the server
-and the CLI wire every job kind by importing it. ``JobRunner``, ``job_dict`` and friends are
+handler to :mod:`hazardlens.datasets.jobs`. Importing this module registers ``train``, ``evaluate``
+(:mod:`hazardlens.training.eval_job`) and the datasets part's kinds, so the server and the CLI wire
+every job kind by importing it. ``JobRunner``, ``job_dict`` and friends are
 re-exported here for the callers that imported them from ``hazardlens.training.jobs``.
 """
 
@@ -65,9 +66,12 @@ def run_train(ctx: Context, job: Job, principal: Principal, progress: jobs.Progr
 
 
 def register() -> None:
-    """Register ``train`` (admins only; Ultralytics' log lines go to the job's log tail) and
-    ``dataset_export`` with the job queue."""
+    """Register ``train`` (admins only; Ultralytics' log lines go to the job's log tail), ``evaluate``
+    (:mod:`hazardlens.training.eval_job`) and the datasets part's kinds with the job queue."""
+    from hazardlens.training import eval_job
+
     jobs.register("train", permission="train", handler=run_train, check=check_train, loggers=("ultralytics",))
+    eval_job.register()
     dataset_jobs.register()
 
 

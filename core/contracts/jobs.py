@@ -19,9 +19,17 @@ from hazardlens.contracts.filters import SampleFilter
 from hazardlens.contracts.samples import Timestamp
 from hazardlens.errors import Invalid
 
-JobKind = Literal["train", "dataset_export", "prelabel", "blob_gc", "federation_pull"]
+JobKind = Literal["train", "dataset_export", "prelabel", "blob_gc", "federation_pull", "library_rebuild", "evaluate"]
 JobStatus = Literal["queued", "running", "completed", "failed"]
-JOB_KINDS: tuple[str, ...] = ("train", "dataset_export", "prelabel", "blob_gc", "federation_pull")
+JOB_KINDS: tuple[str, ...] = (
+    "train",
+    "dataset_export",
+    "prelabel",
+    "blob_gc",
+    "federation_pull",
+    "library_rebuild",
+    "evaluate",
+)
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "completed", "failed")
 
 #: ``NAME@VERSION``: a dataset name (as ``datasets create`` accepts it) and ``latest``, a number
@@ -174,6 +182,88 @@ class FederationPullJobParams(Contract):
     scheduled: StrictBool = Field(False, description="submitted by the peer's schedule")
 
 
+#: What a library rebuild re-makes for each sample (README, "library-wide batch work").
+RebuildPart = Literal["thumbnails", "near_duplicates"]
+
+
+def _default_rebuild() -> list[RebuildPart]:
+    return ["thumbnails", "near_duplicates"]
+
+
+class LibraryRebuildJobParams(Contract):
+    """Rebuild, for every sample of the caller's organisation that matches ``filters``, its thumbnail
+    (re-rendered from the stored photo, as ingest makes it) and/or its near-duplicate links (looked up
+    again, as ingest does), in shards of ``shard_size`` samples. Shared samples of other
+    organisations are theirs to curate: skipped. Mends what a lost thumbnail object, a restored
+    catalogue or a changed ``HAZARDLENS_THUMBNAIL_SIZE`` / near-duplicate distance left behind."""
+
+    what: list[RebuildPart] = Field(
+        default_factory=_default_rebuild,
+        min_length=1,
+        max_length=2,
+        description="what to rebuild: thumbnails, near_duplicates (default both)",
+    )
+    filters: SampleFilter = Field(
+        default_factory=SampleFilter, description="which samples (the sample search's filters); none: all"
+    )
+    shard_size: Annotated[int, Field(strict=True, ge=1, le=5000)] | None = Field(
+        None, description="samples per shard (default HAZARDLENS_SHARD_SIZE, 200)"
+    )
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _no_blank_filters(cls, value: Any) -> Any:
+        # SampleFilter reads a blank field as "no filter" (empty form fields, CLI defaults); in a JSON body
+        # the document says every filter has at least one character, and a blank one would quietly widen
+        # the rebuild to the whole library: refused, as the document says.
+        if isinstance(value, Mapping):
+            blank = sorted(str(k) for k, v in value.items() if isinstance(v, str) and not v.strip())
+            if blank:
+                raise ValueError(f"blank filter(s) {', '.join(blank)}: leave a filter out instead")
+        return value
+
+    @field_validator("what")
+    @classmethod
+    def _once_each(cls, value: list[RebuildPart]) -> list[RebuildPart]:
+        return list(dict.fromkeys(value))
+
+
+#: A registered model's name (``hazardlens``), never a path.
+ModelName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+EvalSplit = Literal["train", "val", "test"]
+
+
+class EvaluateJobParams(Contract):
+    """Evaluate a registered model version on a dataset version's split (what ``hazardlens evaluate``
+    does), on a worker: mAP overall, per class and, with ``by_tag``, per source. Not sharded: the
+    mAP needs every prediction of the split together."""
+
+    model: ModelName = Field("hazardlens", description="registered model name", examples=["hazardlens"])
+    version: ModelVersionName = Field(
+        "production",
+        description="registered version, or 'production' (the version in production when the job starts)",
+        examples=["3", "production"],
+    )
+    dataset: DatasetRef = Field(description="NAME@VERSION of the dataset version to evaluate on", examples=["ppe@3"])
+    split: EvalSplit = Field("val", description="which split of the dataset version")
+    by_tag: StrictBool = Field(False, description="also per source: per-class figures for each sample tag")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _ref(cls, value: Any) -> Any:
+        return _dataset_ref(value)
+
+    @field_validator("model", "version")
+    @classmethod
+    def _registered_not_file(cls, value: str) -> str:
+        # the evaluation reads NAME:VERSION ending in .pt as a weights file: a job names registry entries only
+        if value.lower().endswith(".pt"):
+            raise ValueError(f"{value!r} must name a registered model, not a weights file")
+        return value
+
+
 class TrainJobIn(Contract):
     kind: Literal["train"]
     params: TrainJobParams
@@ -199,10 +289,36 @@ class FederationPullJobIn(Contract):
     params: FederationPullJobParams
 
 
-AnyJobIn = TrainJobIn | DatasetExportJobIn | PrelabelJobIn | BlobGcJobIn | FederationPullJobIn
+class LibraryRebuildJobIn(Contract):
+    kind: Literal["library_rebuild"]
+    params: LibraryRebuildJobParams = Field(default_factory=LibraryRebuildJobParams)
+
+
+class EvaluateJobIn(Contract):
+    kind: Literal["evaluate"]
+    params: EvaluateJobParams
+
+
+AnyJobIn = (
+    TrainJobIn
+    | DatasetExportJobIn
+    | PrelabelJobIn
+    | BlobGcJobIn
+    | FederationPullJobIn
+    | LibraryRebuildJobIn
+    | EvaluateJobIn
+)
 #: What ``POST /v1/jobs`` accepts: ``{"kind": ..., "params": {...}}``, the params model chosen by ``kind``.
 JobIn = Annotated[AnyJobIn, Field(discriminator="kind")]
-JobParams = TrainJobParams | DatasetExportJobParams | PrelabelJobParams | BlobGcJobParams | FederationPullJobParams
+JobParams = (
+    TrainJobParams
+    | DatasetExportJobParams
+    | PrelabelJobParams
+    | BlobGcJobParams
+    | FederationPullJobParams
+    | LibraryRebuildJobParams
+    | EvaluateJobParams
+)
 _JOB_IN: TypeAdapter[AnyJobIn] = TypeAdapter(JobIn)
 _PARAMS_MODELS: dict[str, type[BaseModel]] = {
     "train": TrainJobParams,
@@ -210,6 +326,8 @@ _PARAMS_MODELS: dict[str, type[BaseModel]] = {
     "prelabel": PrelabelJobParams,
     "blob_gc": BlobGcJobParams,
     "federation_pull": FederationPullJobParams,
+    "library_rebuild": LibraryRebuildJobParams,
+    "evaluate": EvaluateJobParams,
 }
 
 
@@ -240,6 +358,8 @@ def invalid_job(kind: str, exc: ValidationError) -> Invalid:
             "prelabel": "prelabel",
             "federation_pull": "federation pull",
             "blob_gc": "blob_gc",
+            "library_rebuild": "library rebuild",
+            "evaluate": "evaluate",
         }.get(kind, "export")
         known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
         return Invalid(
@@ -262,8 +382,8 @@ class JobSummary(Public):
     kind: JobKind
     status: JobStatus
     params: dict[str, Any] = Field(
-        description="the validated parameters (TrainJobParams, DatasetExportJobParams, PrelabelJobParams or "
-        "BlobGcJobParams)"
+        description="the validated parameters (TrainJobParams, DatasetExportJobParams, PrelabelJobParams, "
+        "BlobGcJobParams, FederationPullJobParams, LibraryRebuildJobParams or EvaluateJobParams)"
     )
     progress: float = Field(ge=0.0, le=1.0, description="0..1, written while the job runs")
     message: str | None = Field(description="the latest progress message")
@@ -276,12 +396,18 @@ class JobSummary(Public):
             "blob_gc: {dry_run, grace_hours, scanned, referenced, orphans, young_orphans, collectable, deleted, "
             "bytes_freed, restored, failed, failures: [{key, reason}], removed: [key], unrecognised}; "
             "federation_pull: {peer, full, scheduled, samples: {added, updated, withdrawn, blobs, blob_bytes, "
-            "cursor, ...}, models: {registered, already_held}, taxonomy: {received, added, updated, withdrawn}}"
+            "cursor, ...}, models: {registered, already_held}, taxonomy: {received, added, updated, withdrawn}}; "
+            "library_rebuild: {what, samples, thumbnails, thumbnails_missing, links_added, links_removed, links_kept, "
+            "dup_groups_changed, failed, failures: [{sample_id, what, reason}], shards, shards_failed}; "
+            "evaluate: {model, dataset, dataset_id, split, images, instances, precision, recall, map50, map50_95, "
+            "per_class: {class: AP50}, per_tag: {tag: {images, map50, map50_95, per_class}}, report, report_md}"
         )
     )
     error: str | None = Field(description="when failed: 'code: message' (or 'interrupted by restart')")
     created_by: int | None = Field(description="the submitting user's id")
-    shards: int = Field(0, description="sharded kinds (prelabel): how many shards the job was cut into")
+    shards: int = Field(
+        0, description="sharded kinds (prelabel, library_rebuild): how many shards the job was cut into"
+    )
     created_at: Timestamp | None
     started_at: Timestamp | None
     finished_at: Timestamp | None
@@ -308,6 +434,9 @@ __all__ = [
     "DatasetExportJobIn",
     "DatasetExportJobParams",
     "DatasetRef",
+    "EvalSplit",
+    "EvaluateJobIn",
+    "EvaluateJobParams",
     "FederationPullJobIn",
     "FederationPullJobParams",
     "ExportFormat",
@@ -318,9 +447,13 @@ __all__ = [
     "JobPublic",
     "JobStatus",
     "JobSummary",
+    "LibraryRebuildJobIn",
+    "LibraryRebuildJobParams",
+    "ModelName",
     "ModelVersionName",
     "PrelabelJobIn",
     "PrelabelJobParams",
+    "RebuildPart",
     "TrainJobIn",
     "TrainJobParams",
     "invalid_job",

@@ -1,8 +1,10 @@
-"""Background jobs: submit a training run or a dataset export, then poll it.
+"""Background jobs: submit a training run, an evaluation, a dataset export or library-wide batch work,
+then poll it.
 
 The queue is :mod:`hazardlens.jobs`; importing :mod:`hazardlens.training.jobs` registers the kinds
-(``train``, ``dataset_export``). The body is :data:`hazardlens.contracts.jobs.JobIn`, the parameters'
-model chosen by ``kind``, so the document says exactly which parameters each kind takes.
+(``train``, ``evaluate``, ``dataset_export``, ``blob_gc``, ``library_rebuild``). The body is
+:data:`hazardlens.contracts.jobs.JobIn`, the parameters' model chosen by ``kind``, so the document says
+exactly which parameters each kind takes.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ _EXAMPLES = {
         "summary": "report the store's unreferenced objects older than a day (system organisation's admin)",
         "value": {"kind": "blob_gc", "params": {"dry_run": True, "grace_hours": 24}},
     },
+    "library_rebuild": {
+        "summary": "rebuild the thumbnails and near-duplicate links of the organisation's dust samples "
+        "(samples:delete)",
+        "value": {
+            "kind": "library_rebuild",
+            "params": {"what": ["thumbnails", "near_duplicates"], "filters": {"sector": "dust"}, "shard_size": 200},
+        },
+    },
+    "evaluate": {
+        "summary": "evaluate model version 3 on a dataset version's val split, per source too (admin)",
+        "value": {
+            "kind": "evaluate",
+            "params": {"model": "hazardlens", "version": "3", "dataset": "ppe@3", "split": "val", "by_tag": True},
+        },
+    },
 }
 
 
@@ -98,8 +115,8 @@ _EXAMPLES = {
     "",
     status_code=202,
     response_model=JobPublic,
-    summary="Submit a job (train needs admin; dataset_export datasets:write; prelabel suggestions:request; "
-    "blob_gc an admin of the system organisation)",
+    summary="Submit a job (train and evaluate need admin; dataset_export datasets:write; prelabel "
+    "suggestions:request; library_rebuild samples:delete; blob_gc an admin of the system organisation)",
     description="Parameters are checked now (unknown ones, a missing training config, a dataset the "
     "caller cannot see), so a typo fails the request, not the job an hour later.",
     responses=errors(401, 403, 404, 409, 413, 422, 503),
