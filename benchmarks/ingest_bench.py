@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HAZARDLENS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -156,16 +157,16 @@ def bench_backends(count: int, workers: int, rounds: int, skip_minio: bool) -> l
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-mode, image, home = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+mode, home, files = sys.argv[1], Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]]
 from PIL import Image
 from hazardlens.settings import Settings
 from hazardlens.context import Context
 from hazardlens.auth import ensure_user, principal_of
-from hazardlens.datasets.library import IngestMeta, ingest
+from hazardlens.datasets.library import IngestMeta, ingest, ingest_paths
 ctx = Context(Settings(home=home)); ctx.init()
 with ctx.db.session() as s:
     u = ensure_user(s, "420000", "bench", "admin"); who = principal_of(u)
-data = image.read_bytes()
+data = files[0].read_bytes() if mode != "folder" else b""
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -178,17 +179,32 @@ except OSError:
     pass
 before = status("VmRSS")
 start = time.perf_counter()
+out = {}
 if mode == "ingest":
     with ctx.db.session() as s:
         r = ingest(ctx, s, who, data, IngestMeta(sector="general"))
-        dims = (r.sample.width, r.sample.height)
+        out["dims"] = (r.sample.width, r.sample.height)
+elif mode == "folder":  # the folder ingest (bounded decode pool) of every file given
+    out["stored"] = ingest_paths(ctx, who, files, IngestMeta(sector="general")).stored
 else:
-    with Image.open(image) as im:
-        im.load(); dims = im.size  # what a decoder without reduced decoding would hold
+    with Image.open(files[0]) as im:
+        im.load(); out["dims"] = im.size  # what a decoder without reduced decoding would hold
 elapsed = time.perf_counter() - start
 after = status("VmHWM")
-print(json.dumps({"delta_mib": (after - before) / 1024, "peak_mib": after / 1024, "s": elapsed, "dims": dims}))
+print(json.dumps({"delta_mib": (after - before) / 1024, "peak_mib": after / 1024, "s": elapsed, **out}))
 """
+
+
+def _child(mode: str, home: Path, files: list[Path]) -> dict[str, Any]:
+    """Run :data:`_CHILD` in a fresh process (its own peak memory) and return what it printed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, str(home), *map(str, files)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def make_48mp_jpeg(path: Path) -> int:
@@ -214,42 +230,9 @@ def bench_memory() -> dict[str, object]:
         out: dict[str, object] = {"file_mib": size / 2**20}
         for mode in ("ingest", "full_decode"):
             home = Path(tmp) / f"home-{mode}"
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, mode, str(image), str(home)],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
-            out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+            out[mode] = _child(mode, home, [image])
             shutil.rmtree(home, ignore_errors=True)
         return out
-
-
-_CHILD_MANY = r"""
-import json, sys
-from pathlib import Path
-home, paths = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
-from hazardlens.settings import Settings
-from hazardlens.context import Context
-from hazardlens.auth import ensure_user, principal_of
-from hazardlens.datasets.library import IngestMeta, ingest_paths
-ctx = Context(Settings(home=home)); ctx.init()
-with ctx.db.session() as s:
-    u = ensure_user(s, "420000", "bench", "admin"); who = principal_of(u)
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])  # KiB
-try:
-    open("/proc/self/clear_refs", "w").write("5")
-except OSError:
-    pass
-before = status("VmRSS")
-summary = ingest_paths(ctx, who, paths, IngestMeta(sector="general"))
-after = status("VmHWM")
-print(json.dumps({"delta_mib": (after - before) / 1024, "peak_mib": after / 1024, "stored": summary.stored}))
-"""
 
 
 def bench_memory_scaling(counts: list[int]) -> list[dict[str, object]]:
@@ -261,14 +244,7 @@ def bench_memory_scaling(counts: list[int]) -> list[dict[str, object]]:
         for n in counts:
             files = real_jpegs(n)
             home = Path(tmp) / f"home-{n}"
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD_MANY, str(home), *map(str, files)],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
-            out.append({"files": n, **json.loads(proc.stdout.strip().splitlines()[-1])})
+            out.append({"files": n, **_child("folder", home, files)})
             shutil.rmtree(home, ignore_errors=True)
     return out
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from hazardlens.cli.common import ORG_HELP, cli_principal, context, follow_job, friendly_errors
+from hazardlens.cli.common import ORG_HELP, cli_principal, context, friendly_errors, submit_and_follow
 
 
 def _summary_line(job: Any) -> str:
@@ -49,19 +49,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
     ) -> None:
         """Remove blobs, thumbnails and model files no catalogue row names, older than the grace period."""
-        from hazardlens.cli.worker import register_kinds
-        from hazardlens.jobs import JobRunner
-
-        register_kinds()
         ctx = context()
         ctx.init()
         principal = cli_principal(ctx, org)
-        runner = JobRunner(ctx)
-        job = runner.submit("blob_gc", {"dry_run": dry_run, "grace_hours": grace_hours}, principal)
-        follow_job(
+        submit_and_follow(
             ctx,
-            runner,
-            job,
+            principal,
+            "blob_gc",
+            {"dry_run": dry_run, "grace_hours": grace_hours},
             doing="collecting",
             wait=wait,
             as_json=as_json,

@@ -130,3 +130,32 @@ def follow_job(
         print(final.id)
     if final.status == "failed":
         raise typer.Exit(1)
+
+
+def submit_and_follow(
+    ctx: Context,
+    principal: Any,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    detector: bool = False,
+    doing: str,
+    wait: bool,
+    as_json: bool,
+    summary: Callable[[Any], str],
+    details: Callable[[dict[str, Any]], list[str]],
+) -> None:
+    """Submit a job of ``kind`` as ``principal`` (every kind registered first) and :func:`follow_job` it;
+    ``detector``: the runner gets a model manager of its own for kinds that run the model here."""
+    from hazardlens.cli.worker import detector_services, register_kinds
+    from hazardlens.jobs import JobRunner
+
+    register_kinds()
+    runner = JobRunner(ctx, services=detector_services()) if detector else JobRunner(ctx)
+    job = runner.submit(kind, params, principal)
+    follow_job(ctx, runner, job, doing=doing, wait=wait, as_json=as_json, summary=summary, details=details)
+
+
+def filter_params(**values: str | None) -> dict[str, str]:
+    """The sample filters a batch command was given (``SampleFilter``'s field names), blanks left out."""
+    return {key: value for key, value in values.items() if value}

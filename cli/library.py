@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from hazardlens.cli.common import ORG_HELP, cli_principal, context, follow_job, friendly_errors
+from hazardlens.cli.common import ORG_HELP, cli_principal, context, filter_params, friendly_errors, submit_and_follow
 
 
 def _summary_line(job: Any) -> str:
@@ -51,35 +51,27 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rebuild the thumbnails (from the stored photos) and near-duplicate links of every sample of ORG
         matching the filters."""
-        from hazardlens.cli.worker import detector_services, register_kinds
-        from hazardlens.jobs import JobRunner
-
-        register_kinds()
         ctx = context()
         ctx.init()
         principal = cli_principal(ctx, org)
-        filters = {
-            "sector": sector,
-            "status": status,
-            "class_key": class_key,
-            "site": site,
-            "camera": camera,
-            "tag": tag,
-            "captured_from": captured_from,
-            "captured_to": captured_to,
-        }
-        params: dict[str, Any] = {
-            "what": [w.strip() for w in what.split(",") if w.strip()],
-            "filters": {k: v for k, v in filters.items() if v},
-        }
+        filters = filter_params(
+            sector=sector,
+            status=status,
+            class_key=class_key,
+            site=site,
+            camera=camera,
+            tag=tag,
+            captured_from=captured_from,
+            captured_to=captured_to,
+        )
+        params: dict[str, Any] = {"what": [w.strip() for w in what.split(",") if w.strip()], "filters": filters}
         if shard_size:
             params["shard_size"] = shard_size
-        runner = JobRunner(ctx, services=detector_services())
-        job = runner.submit("library_rebuild", params, principal)
-        follow_job(
+        submit_and_follow(
             ctx,
-            runner,
-            job,
+            principal,
+            "library_rebuild",
+            params,
             doing="rebuilding",
             wait=wait,
             as_json=as_json,

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from hazardlens.cli.common import ORG_HELP, cli_principal, context, follow_job, friendly_errors
+from hazardlens.cli.common import ORG_HELP, cli_principal, context, filter_params, friendly_errors, submit_and_follow
 
 
 def _summary_line(job: Any) -> str:
@@ -43,32 +43,28 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
     ) -> None:
         """Pre-label every sample of ORG matching the filters (one open suggestion each, never a label)."""
-        from hazardlens.cli.worker import detector_services, register_kinds
-        from hazardlens.jobs import JobRunner
-
-        register_kinds()
         ctx = context()
         ctx.init()
         principal = cli_principal(ctx, org)
-        filters = {
-            "sector": sector,
-            "status": status,
-            "class_key": class_key,
-            "site": site,
-            "camera": camera,
-            "tag": tag,
-            "captured_from": captured_from,
-            "captured_to": captured_to,
-        }
-        params: dict[str, Any] = {"filters": {k: v for k, v in filters.items() if v}, "model": model, "conf": conf}
+        filters = filter_params(
+            sector=sector,
+            status=status,
+            class_key=class_key,
+            site=site,
+            camera=camera,
+            tag=tag,
+            captured_from=captured_from,
+            captured_to=captured_to,
+        )
+        params: dict[str, Any] = {"filters": filters, "model": model, "conf": conf}
         if shard_size:
             params["shard_size"] = shard_size
-        runner = JobRunner(ctx, services=detector_services())
-        job = runner.submit("prelabel", params, principal)
-        follow_job(
+        submit_and_follow(
             ctx,
-            runner,
-            job,
+            principal,
+            "prelabel",
+            params,
+            detector=True,
             doing="pre-labelling",
             wait=wait,
             as_json=as_json,

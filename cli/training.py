@@ -51,18 +51,12 @@ def _job_model(ref: str) -> tuple[str, str]:
     """``hazardlens evaluate``'s MODEL as the job's (name, version): a job evaluates registered models
     only (a weights file on this machine means nothing to a worker)."""
     from hazardlens.errors import Invalid
-    from hazardlens.models.registry import DEFAULT_NAME
+    from hazardlens.training.evaluate import split_model_ref
 
-    ref = ref.strip()
-    name, _, version = ref.rpartition(":")
-    if ref == "production":
-        name, version = DEFAULT_NAME, "production"
-    if not name or not version or ref.lower().endswith(".pt"):
-        raise Invalid(
-            f"--as-job evaluates a registered model (NAME:VERSION, production or NAME:production), not {ref!r}",
-            code="invalid_model_ref",
-        )
-    return name, version
+    accepted = "NAME:VERSION, production or NAME:production (--as-job evaluates a registered model)"
+    if ref.strip().lower().endswith(".pt"):
+        raise Invalid(f"model reference {ref!r} must be {accepted}", code="invalid_model_ref")
+    return split_model_ref(ref, accepted)
 
 
 def _evaluate_as_job(
@@ -77,19 +71,14 @@ def _evaluate_as_job(
 ) -> None:
     """``hazardlens evaluate ... --as-job``: the ``evaluate`` job (:mod:`hazardlens.training.eval_job`),
     run here without a broker, followed on the workers with one."""
-    from hazardlens.cli.common import follow_job
-    from hazardlens.cli.worker import detector_services, register_kinds
+    from hazardlens.cli.common import submit_and_follow
     from hazardlens.errors import Invalid
-    from hazardlens.jobs import JobRunner
 
     given = [flag for flag, value in unsupported.items() if value]
     if given:
         raise Invalid(f"{', '.join(given)} cannot be used with --as-job", code="invalid_job")
     name, version = _job_model(model)
-    register_kinds()
-    params = {"model": name, "version": version, "dataset": dataset, "split": split, "by_tag": by_tag}
-    runner = JobRunner(ctx, services=detector_services())
-    job = runner.submit("evaluate", params, principal)
+    params: dict[str, Any] = {"model": name, "version": version, "dataset": dataset, "split": split, "by_tag": by_tag}
 
     def summary(done: Any) -> str:
         r = done.result or {}
@@ -106,7 +95,17 @@ def _evaluate_as_job(
         lines += [f"source {tag}: mAP50 {g.get('map50', 0):.3f}" for tag, g in (r.get("per_tag") or {}).items()]
         return lines
 
-    follow_job(ctx, runner, job, doing="evaluating", wait=wait, as_json=False, summary=summary, details=details)
+    submit_and_follow(
+        ctx,
+        principal,
+        "evaluate",
+        params,
+        doing="evaluating",
+        wait=wait,
+        as_json=False,
+        summary=summary,
+        details=details,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ process and at 10^6 samples as at 10^3, with nothing held in memory.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from itertools import combinations
 from typing import Any
 
@@ -137,26 +138,40 @@ def link_near_duplicates(ctx: Context, session: Session, principal: Principal, s
     group = min([sample.id, *ids, *groups])
     # Usually the neighbours are already in one group named by its smallest id: nothing to merge.
     if any(g != group for _, _, g in near):
-        members = or_(Sample.id.in_(ids), Sample.dup_group.in_(groups)) if groups else Sample.id.in_(ids)
-        changed = session.scalars(
-            select(Sample)
-            .where(members, or_(Sample.dup_group.is_(None), Sample.dup_group != group))
-            .order_by(Sample.id)
-        ).all()
-        for other_sample in changed:
-            audit(
-                session,
-                principal,
-                "sample.dup_group",
-                "sample",
-                other_sample.id,
-                sample_id=other_sample.id,
-                before={"dup_group": other_sample.dup_group},
-                after={"dup_group": group},
-            )
-            other_sample.dup_group = group
+        merge_group(session, principal, ids, groups, group)
     sample.dup_group = group
     return ids
+
+
+def merge_group(
+    session: Session,
+    principal: Principal,
+    ids: Sequence[int],
+    groups: Collection[int],
+    group: int,
+    only: ColumnElement[bool] | None = None,
+) -> int:
+    """Move the samples ``ids`` and every member of ``groups`` into ``group`` (audited per sample);
+    ``only`` narrows whose group may change (the library rebuild: the organisation's own samples).
+    Returns how many samples moved."""
+    members = or_(Sample.id.in_(ids), Sample.dup_group.in_(groups)) if groups else Sample.id.in_(ids)
+    query = select(Sample).where(members, or_(Sample.dup_group.is_(None), Sample.dup_group != group))
+    if only is not None:
+        query = query.where(only)
+    moved = session.scalars(query.order_by(Sample.id)).all()
+    for row in moved:
+        audit(
+            session,
+            principal,
+            "sample.dup_group",
+            "sample",
+            row.id,
+            sample_id=row.id,
+            before={"dup_group": row.dup_group},
+            after={"dup_group": group},
+        )
+        row.dup_group = group
+    return len(moved)
 
 
 def linked_ids(session: Session, principal: Principal, sample_id: int) -> list[int]:

@@ -53,7 +53,7 @@ from hazardlens.auth import Principal
 from hazardlens.context import Context
 from hazardlens.contracts.jobs import LibraryRebuildJobParams
 from hazardlens.datasets.ingest import thumbnail_key
-from hazardlens.datasets.near_duplicates import find_near_duplicates
+from hazardlens.datasets.near_duplicates import find_near_duplicates, merge_group
 from hazardlens.datasets.search import apply_filters
 from hazardlens.datasets.tenancy import visibility
 from hazardlens.errors import Forbidden, HazardError
@@ -261,25 +261,7 @@ def _merge_groups(session: Session, principal: Principal, links: _Links) -> int:
         members = [sample_id, *near]
         groups = {int(g) for g in session.scalars(select(Sample.dup_group).where(Sample.id.in_(members))) if g}
         group = min([*members, *groups])
-        in_group = or_(Sample.id.in_(members), Sample.dup_group.in_(groups)) if groups else Sample.id.in_(members)
-        rows = session.scalars(
-            select(Sample)
-            .where(owned(principal), in_group, or_(Sample.dup_group.is_(None), Sample.dup_group != group))
-            .order_by(Sample.id)
-        ).all()
-        for row in rows:
-            audit(
-                session,
-                principal,
-                "sample.dup_group",
-                "sample",
-                row.id,
-                sample_id=row.id,
-                before={"dup_group": row.dup_group},
-                after={"dup_group": group},
-            )
-            row.dup_group = group
-            changed += 1
+        changed += merge_group(session, principal, members, groups, group, only=owned(principal))
         session.flush()
     return changed
 

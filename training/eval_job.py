@@ -23,7 +23,7 @@ the request with 404, not the job later.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -39,17 +39,10 @@ PERMISSION = "train"
 
 
 def registered_model(session: Session, name: str, version: str) -> ModelVersion:
-    """The registry row the job evaluates: ``version`` of ``name``, or its production version
-    (NotFound ``model_not_found`` when there is none)."""
-    from hazardlens.errors import NotFound
-    from hazardlens.models.registry import get_model, production_model
+    """The registry row the job evaluates (the production version for 'production')."""
+    from hazardlens.training.evaluate import registered_version
 
-    if version == "production":
-        row = production_model(session, name)
-        if row is None:
-            raise NotFound(f"no production version of {name}", code="model_not_found")
-        return row
-    return get_model(session, name, version)
+    return cast(ModelVersion, registered_version(session, name, version))
 
 
 def check_evaluate(ctx: Context, params: EvaluateJobParams, principal: Principal) -> None:

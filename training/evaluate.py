@@ -161,10 +161,37 @@ class EvalReport:
 # ---- model references ---------------------------------------------------------------------------
 
 
+def split_model_ref(ref: str, accepted: str = "NAME:VERSION, 'production' or NAME:production") -> tuple[str, str]:
+    """A registry reference ('NAME:VERSION', 'production', 'NAME:production') as (name, version);
+    ``accepted`` says in the error what the caller takes instead."""
+    from hazardlens.models.registry import DEFAULT_NAME
+
+    ref = (ref or "").strip()
+    name, _, version = ref.rpartition(":")
+    if ref == "production":
+        name, version = DEFAULT_NAME, "production"
+    if not name or not version:
+        raise Invalid(f"model reference {ref!r} must be {accepted}", code="invalid_model_ref")
+    return name, version
+
+
+def registered_version(session: Any, name: str, version: str) -> Any:
+    """The registry row of ``version`` of ``name``, or of its production version for 'production'
+    (NotFound ``model_not_found`` when there is none)."""
+    from hazardlens.models.registry import get_model, production_model
+
+    if version != "production":
+        return get_model(session, name, version)
+    mv = production_model(session, name)
+    if mv is None:
+        raise NotFound(f"no production version of {name}", code="model_not_found")
+    return mv
+
+
 def resolve_model(ctx: Context, ref: str) -> tuple[Path, dict[str, Any], int | None]:
     """'NAME:VERSION', 'production' / 'NAME:production' (the registry), or a local .pt path.
     Returns the weights path, a description for the report, and the registry row id if any."""
-    from hazardlens.models.registry import DEFAULT_NAME, get_model, local_weights, production_model
+    from hazardlens.models.registry import local_weights
 
     ref = (ref or "").strip()
     path = Path(ref).expanduser()
@@ -174,21 +201,9 @@ def resolve_model(ctx: Context, ref: str) -> tuple[Path, dict[str, Any], int | N
         from hazardlens.models.registry import sha256_file
 
         return path.resolve(), {"ref": ref, "path": str(path.resolve()), "weights_sha256": sha256_file(path)}, None
-    name, _, version = ref.rpartition(":")
-    if ref == "production":
-        name, version = DEFAULT_NAME, "production"
-    if not name or not version:
-        raise Invalid(
-            f"model reference {ref!r} must be NAME:VERSION, 'production', NAME:production or a .pt path",
-            code="invalid_model_ref",
-        )
+    name, version = split_model_ref(ref, "NAME:VERSION, 'production', NAME:production or a .pt path")
     with ctx.db.session() as session:
-        if version == "production":
-            mv = production_model(session, name)
-            if mv is None:
-                raise NotFound(f"no production version of {name}", code="model_not_found")
-        else:
-            mv = get_model(session, name, version)
+        mv = registered_version(session, name, version)
         weights = local_weights(ctx, mv)
         info = {
             "ref": ref,
