@@ -19,7 +19,9 @@ with their full labels, and the production model is fine-tuned for E epochs with
 trainer (HazardTrainer), the recipe of ``--config``: its epochs, ``close_mosaic`` and ``ultralytics``
 arguments (``configs/train/add_class.yaml``: a fine-tune with the backbone frozen), and with
 ``train_only_classes`` in it (``configs/train/add_class_exact.yaml``) only the new class's rows of the
-classification layer train, so the old classes stay exactly as they were (training/keep_classes.py).
+classification layer train, so the old classes stay exactly as they were (training/keep_classes.py);
+with ``keep_old_outputs`` (``configs/train/add_class_keep.yaml``) every class but ``head`` is held to
+the start model's outputs while everything trains (training/distill.py).
 Reported per N: head AP50 on the held-out hardhat-workers test photos (never trained on), and the old
 classes' AP50 on the validation photos of the old sources, beside the starting model's, measured in the
 same run.
@@ -120,6 +122,10 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
     if args.recipe.train_only_classes:
         # the new class's rows alone (training/keep_classes.py): the old classes stay exact
         trainer.hl_train_only = [names.index("head")]
+    if args.recipe.keep_old_outputs:
+        # every class but the simulated new one held to the start model's outputs (training/distill.py)
+        held = [i for i, n in enumerate(names) if n != "head"]
+        trainer.hl_keep_old = (weights, held, float(args.recipe.keep_old_outputs))
 
     def threads(_: Any) -> None:
         import torch
@@ -186,6 +192,7 @@ def main() -> None:
         "epochs": args.recipe.epochs,
         "ultralytics": args.recipe.ultralytics,
         "train_only_classes": args.recipe.train_only_classes,
+        "keep_old_outputs": args.recipe.keep_old_outputs,
         "imgsz": args.imgsz,
         "seed": args.seed,
         "new_pool": len(new_pool),
@@ -254,6 +261,8 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     how = "new class's rows only" if args.recipe.train_only_classes else "fine-tune"
+    if args.recipe.keep_old_outputs:
+        how = f"fine-tune, old outputs held x{args.recipe.keep_old_outputs:g}"
     ax.set_title(
         f"Adding a class ({how}): {args.recipe.epochs} epochs from production, replay {args.replay}", fontsize=9
     )

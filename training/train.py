@@ -92,6 +92,11 @@ def train(
         )
     device = resolve_device(cfg.device)
     _check_train_only(cfg, classes, start_from)
+    if cfg.keep_old_outputs and start_from is None and not resume:
+        raise Invalid(
+            "keep_old_outputs holds the classes the start model knew to its outputs: it needs `train --from MODEL`",
+            code="invalid_config",
+        )
 
     if resume:
         run_dir = find_resumable(ctx, dv, cfg, run_id)
@@ -153,6 +158,7 @@ def train(
     trainer = trainer_class()(overrides=args)
     trainer.hl_pipeline = pipeline
     trainer.hl_train_only = _train_only_ids(cfg, classes, info.get("started_from"))
+    trainer.hl_keep_old = _keep_old(cfg, classes, info.get("started_from"), run_dir)
     for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_val_start"):
         trainer.add_callback(event, reporter.threads)
     trainer.add_callback("on_train_epoch_start", reporter.epoch_start)
@@ -251,6 +257,25 @@ def _train_only_ids(cfg: TrainConfig, classes: list[str], started_from: dict[str
                 code="invalid_config",
             )
     return class_ids(classes, list(wanted))
+
+
+def _keep_old(
+    cfg: TrainConfig, classes: list[str], started_from: dict[str, Any] | None, run_dir: Path
+) -> tuple[Path, list[int], float] | None:
+    """For ``keep_old_outputs`` (training/distill.py): the teacher (the run's start weights, widened
+    to the dataset's classes like the student, so the indices agree), the classes it held (those the
+    start model knew) and the weight; None for a run without it."""
+    if not cfg.keep_old_outputs:
+        return None
+    if not started_from:
+        raise Invalid(
+            "keep_old_outputs holds the classes the start model knew to its outputs: it needs `train --from MODEL`",
+            code="invalid_config",
+        )
+    known = [c for c in started_from.get("model_classes") or [] if c in classes]
+    if not known:
+        raise Invalid("keep_old_outputs: the start model knows none of the dataset's classes", code="invalid_config")
+    return run_dir / "start.pt", [classes.index(c) for c in known], float(cfg.keep_old_outputs)
 
 
 def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:

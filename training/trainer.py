@@ -69,6 +69,8 @@ def trainer_class() -> type:
         hl_unlabeled: dict[str, list[int]] | None = None
         #: class ids whose classification rows alone train (``train_only_classes``; keep_classes.py)
         hl_train_only: list[int] | None = None
+        #: (teacher weights, class ids held to it, weight): ``keep_old_outputs`` (training/distill.py)
+        hl_keep_old: tuple[Path, list[int], float] | None = None
 
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
             dataset = super().build_dataset(img_path, mode, batch)
@@ -114,6 +116,12 @@ def trainer_class() -> type:
                 from hazardlens.training.keep_classes import KeepOldClasses
 
                 KeepOldClasses(self, self.hl_train_only)
+            if self.hl_keep_old is not None:
+                from hazardlens.training import distill
+
+                # after the masked loss (registered while the dataset was built) has replaced the criterion
+                if distill.install not in self.callbacks["on_train_start"]:
+                    self.add_callback("on_train_start", distill.install)
 
     _TRAINER_CLASS = HazardTrainer
     return HazardTrainer

@@ -159,6 +159,18 @@ class TrainConfig(BaseModel):
             "(the classes `train --from` adds), not {v!r}",
         ),
     ] = None
+    #: Learning without forgetting (training/distill.py): with ``train --from``, the classes the start
+    #: model already had are held to its outputs on every training image (their scores everywhere,
+    #: the box distributions where it is confident of them), with this weight beside the detection
+    #: loss; the added classes learn freely. 0 or unset: off.
+    keep_old_outputs: Annotated[
+        float | None,
+        _check(
+            lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100),
+            "'keep_old_outputs' is a weight from 0 to 100 (1 is the detection loss's own scale), not {v!r}",
+            lambda v: float(v) if v else None,
+        ),
+    ] = None
     device: Annotated[
         str,
         _check(
@@ -188,9 +200,9 @@ class TrainConfig(BaseModel):
         return d
 
     def sha256(self) -> str:
-        # train_repeat and train_only_classes joined the config later: leaving them out when unset keeps
-        # earlier runs' hashes
-        later = ("train_repeat", "train_only_classes")
+        # train_repeat, train_only_classes and keep_old_outputs joined the config later: leaving them
+        # out when unset keeps earlier runs' hashes
+        later = ("train_repeat", "train_only_classes", "keep_old_outputs")
         body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k in later and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
