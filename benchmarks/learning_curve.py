@@ -122,6 +122,7 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
     if args.recipe.train_only_classes:
         # the new class's rows alone (training/keep_classes.py): the old classes stay exact
         trainer.hl_train_only = [names.index("head")]
+    trainer.hl_hold_batchnorm = args.recipe.hold_batchnorm
     if args.recipe.keep_old_outputs:
         # every class but the simulated new one held to the start model's outputs (training/distill.py)
         held = [i for i, n in enumerate(names) if n != "head"]
@@ -151,6 +152,15 @@ def main() -> None:
         default=ROOT / "configs" / "train" / "add_class.yaml",
         help="the recipe (epochs, close_mosaic, ultralytics arguments, train_only_classes)",
     )
+    parser.add_argument(
+        "--new-split",
+        default="test",
+        choices=("val", "test"),
+        help="hardhat-workers photos the new class is scored on (val to choose a recipe, test to report)",
+    )
+    parser.add_argument(
+        "--old-split", default="val", choices=("val", "test"), help="old sources' photos the old classes are scored on"
+    )
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "learning_curve")
@@ -177,9 +187,11 @@ def main() -> None:
     rng.shuffle(old_pool)
     replay = old_pool[: args.replay]
 
-    new_test = _write_eval_set(args.out, "new", [p for p in _split_images(export, "test") if p.name in partial], names)
+    new_test = _write_eval_set(
+        args.out, "new", [p for p in _split_images(export, args.new_split) if p.name in partial], names
+    )
     old_val = _write_eval_set(
-        args.out, "old", [p for p in _split_images(export, "val") if p.name not in partial], names
+        args.out, "old", [p for p in _split_images(export, args.old_split) if p.name not in partial], names
     )
 
     results_path = args.out / "results.json"
@@ -193,9 +205,12 @@ def main() -> None:
         "ultralytics": args.recipe.ultralytics,
         "train_only_classes": args.recipe.train_only_classes,
         "keep_old_outputs": args.recipe.keep_old_outputs,
+        "hold_batchnorm": args.recipe.hold_batchnorm,
         "imgsz": args.imgsz,
         "seed": args.seed,
         "new_pool": len(new_pool),
+        "new_split": args.new_split,
+        "old_split": args.old_split,
     }
     if "0" not in results:
         results["0"] = {

@@ -157,3 +157,46 @@ def test_old_class_drifts_less_when_held(tmp_path: Path) -> None:
     drift = {name: (scores(r.best) - start).abs() for name, r in runs.items()}
     assert float(drift["free"][:, 0].mean()) > 0  # the plain fine-tune moved fire
     assert float(drift["held"][:, 0].mean()) < 0.5 * float(drift["free"][:, 0].mean())
+
+
+@pytest.mark.slow
+def test_hold_batchnorm_keeps_every_running_statistic(tmp_path: Path) -> None:
+    """With hold_batchnorm every BatchNorm layer's running mean and variance in the registered model
+    are the start model's (the layers before `freeze` keep theirs in Ultralytics anyway; this is about
+    the ones that train), while weights did move; without it the trained layers' statistics move."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from hazardlens.context import Context
+    from hazardlens.settings import Settings
+    from hazardlens.training.train import train
+    from tests.fixtures.training import fire_only_model, make_tiny_dataset, no_network, write_config
+
+    ctx = Context(Settings(home=tmp_path / "home"))
+    ctx.init()
+    tiny = make_tiny_dataset(ctx)
+    ref = fire_only_model(ctx, tiny, tmp_path)
+    runs = {}
+    with no_network():
+        for name, hold in (("moving", False), ("held", True)):
+            runs[name] = train(
+                ctx,
+                tiny.ref,
+                write_config(tmp_path / f"{name}.yaml", hold_batchnorm=hold, ultralytics=MOVE),
+                principal=tiny.principal,
+                start_from=ref,
+                run_id=name,
+            )
+    ctx.close()
+
+    def stats(weights: Path) -> dict[str, torch.Tensor]:
+        model = load_checkpoint(str(weights))[0].half().float()  # the saved models are half precision
+        return {k: v for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+    start = stats(runs["held"].run_dir / "start.pt")
+    held, moving = stats(runs["held"].best), stats(runs["moving"].best)
+    assert len(start) > 50
+    assert all(torch.equal(held[k], v) for k, v in start.items())
+    assert sum(not torch.equal(moving[k], v) for k, v in start.items()) > len(start) // 2
+    weights = {k: v for k, v in load_checkpoint(str(runs["held"].best))[0].float().state_dict().items()}
+    first = {k: v for k, v in load_checkpoint(str(runs["held"].run_dir / "start.pt"))[0].float().state_dict().items()}
+    assert any(not torch.equal(weights[k], first[k].half().float()) for k in first if k.endswith(".conv.weight"))

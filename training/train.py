@@ -159,6 +159,7 @@ def train(
     trainer.hl_pipeline = pipeline
     trainer.hl_train_only = _train_only_ids(cfg, classes, info.get("started_from"))
     trainer.hl_keep_old = _keep_old(cfg, classes, info.get("started_from"), run_dir)
+    trainer.hl_hold_batchnorm = cfg.hold_batchnorm
     for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_val_start"):
         trainer.add_callback(event, reporter.threads)
     trainer.add_callback("on_train_epoch_start", reporter.epoch_start)

@@ -71,6 +71,8 @@ def trainer_class() -> type:
         hl_train_only: list[int] | None = None
         #: (teacher weights, class ids held to it, weight): ``keep_old_outputs`` (training/distill.py)
         hl_keep_old: tuple[Path, list[int], float] | None = None
+        #: every BatchNorm layer keeps the start model's statistics (``hold_batchnorm``)
+        hl_hold_batchnorm: bool = False
 
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
             dataset = super().build_dataset(img_path, mode, batch)
@@ -104,6 +106,15 @@ def trainer_class() -> type:
                 from hazardlens.training.keep_classes import freeze_before_head
 
                 freeze_before_head(self)  # before Ultralytics applies ``freeze``, right after this
+
+        def _model_train(self) -> None:
+            super()._model_train()  # train mode, BatchNorm of frozen layers in inference mode
+            if self.hl_hold_batchnorm:
+                import torch.nn as nn
+
+                for module in self.model.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
 
         def _setup_train(self) -> None:
             original = engine_trainer.check_amp

@@ -171,6 +171,14 @@ class TrainConfig(BaseModel):
             lambda v: float(v) if v else None,
         ),
     ] = None
+    #: BatchNorm running statistics stay the start model's for the whole run (every BatchNorm layer in
+    #: inference mode; its scale and shift still train). The statistics are shared by every class, and
+    #: re-estimating them on a few dozen new (mosaic-augmented) photos moves the old classes without a
+    #: single gradient step; the usual practice when fine-tuning a detector on little data.
+    hold_batchnorm: Annotated[
+        bool,
+        _check(lambda v: isinstance(v, bool), "'hold_batchnorm' is true or false, not {v!r}"),
+    ] = False
     device: Annotated[
         str,
         _check(
@@ -200,10 +208,10 @@ class TrainConfig(BaseModel):
         return d
 
     def sha256(self) -> str:
-        # train_repeat, train_only_classes and keep_old_outputs joined the config later: leaving them
-        # out when unset keeps earlier runs' hashes
-        later = ("train_repeat", "train_only_classes", "keep_old_outputs")
-        body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k in later and v is None)}
+        # train_repeat, train_only_classes, keep_old_outputs and hold_batchnorm joined the config later:
+        # leaving them out when unset keeps earlier runs' hashes
+        later = ("train_repeat", "train_only_classes", "keep_old_outputs", "hold_batchnorm")
+        body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k in later and v in (None, False))}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
