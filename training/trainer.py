@@ -112,7 +112,8 @@ def trainer_class() -> type:
             if self.hl_hold_batchnorm:
                 import torch.nn as nn
 
-                for module in self.model.modules():
+                model: Any = self.model  # a path until set-up builds it; a module here
+                for module in model.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
 
