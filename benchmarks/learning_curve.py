@@ -2,8 +2,8 @@
 against the number of images a curator labelled, and what the old classes lose meanwhile.
 
     .venv/bin/python benchmarks/learning_curve.py --export DIR [--weights models/baseline/baseline.pt]
-        [--counts 25 50 100 200] [--replay 120] [--config configs/train/add_class.yaml]
-        [--out var/learning_curve] [--png docs/learning-curve-head.png]
+        [--counts 25 50 100 200] [--replay 120] [--config configs/train/add_class_keep.yaml]
+        [--new-split test] [--old-split val] [--out var/learning_curve] [--png docs/learning-curve-head-keep.png]
 
 ``DIR`` is the product's materialised YOLO export of the dataset version ``combined`` (the folder
 ``hazardlens train`` writes under ``<home>/cache/datasets/``; its ``unlabeled_classes.json`` marks the
@@ -21,10 +21,11 @@ arguments (``configs/train/add_class.yaml``: a fine-tune with the backbone froze
 ``train_only_classes`` in it (``configs/train/add_class_exact.yaml``) only the new class's rows of the
 classification layer train, so the old classes stay exactly as they were (training/keep_classes.py);
 with ``keep_old_outputs`` (``configs/train/add_class_keep.yaml``) every class but ``head`` is held to
-the start model's outputs while everything trains (training/distill.py).
-Reported per N: head AP50 on the held-out hardhat-workers test photos (never trained on), and the old
-classes' AP50 on the validation photos of the old sources, beside the starting model's, measured in the
-same run.
+the start model's outputs while everything trains (training/distill.py), and with ``hold_batchnorm``
+the BatchNorm statistics stay the start model's.
+Reported per N: head AP50 on held-out hardhat-workers photos (``--new-split``: ``val`` to choose a
+recipe, ``test`` to report it), and the old classes' AP50 on held-out photos of the old sources
+(``--old-split``), beside the starting model's, measured in the same run.
 Subsets are nested (the 25 are among the 50, ...) and drawn with a fixed seed.
 """
 
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        default=ROOT / "configs" / "train" / "add_class.yaml",
+        default=ROOT / "configs" / "train" / "add_class_keep.yaml",
         help="the recipe (epochs, close_mosaic, ultralytics arguments, train_only_classes)",
     )
     parser.add_argument(
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "learning_curve")
-    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "learning-curve-head.png")
+    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "learning-curve-head-keep.png")
     args = parser.parse_args()
     from hazardlens.training.config import load_config
 
@@ -246,7 +247,9 @@ def main() -> None:
 def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
     counts = sorted(int(k) for k in results if k.isdigit())
     base_old = results["0"]["old"]
-    print("| labelled images | head AP50 (hardhat test) | old classes mean AP50 | change |")
+    new_split = results["setup"].get("new_split", "test")
+    old_split = results["setup"].get("old_split", "val")
+    print(f"| labelled images | head AP50 (hardhat {new_split}) | old classes mean AP50 ({old_split}) | change |")
     print("|---|---|---|---|")
     rows = []
     for n in counts:
@@ -263,8 +266,8 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     xs = [r[0] for r in rows if r[0] > 0]
-    ax.plot(xs, [r[1] for r in rows if r[0] > 0], "o-", label="new class: head AP50 (held-out hardhat photos)")
-    ax.plot(xs, [r[2] for r in rows if r[0] > 0], "s--", label="old classes: mean AP50 (old sources' val)")
+    ax.plot(xs, [r[1] for r in rows if r[0] > 0], "o-", label=f"new class: head AP50 (hardhat {new_split} photos)")
+    ax.plot(xs, [r[2] for r in rows if r[0] > 0], "s--", label=f"old classes: mean AP50 (old sources' {old_split})")
     ax.axhline(rows[0][2], color="grey", lw=0.8, ls=":", label="old classes before fine-tuning")
     ax.set_xscale("log")
     ax.minorticks_off()
