@@ -93,10 +93,7 @@ def train(
     device = resolve_device(cfg.device)
     _check_train_only(cfg, classes, start_from)
     if cfg.keep_old_outputs and start_from is None and not resume:
-        raise Invalid(
-            "keep_old_outputs holds the classes the start model knew to its outputs: it needs `train --from MODEL`",
-            code="invalid_config",
-        )
+        raise Invalid(_KEEP_NEEDS_FROM, code="invalid_config")
 
     if resume:
         run_dir = find_resumable(ctx, dv, cfg, run_id)
@@ -260,6 +257,11 @@ def _train_only_ids(cfg: TrainConfig, classes: list[str], started_from: dict[str
     return class_ids(classes, list(wanted))
 
 
+_KEEP_NEEDS_FROM = (
+    "keep_old_outputs holds the classes the start model knew to its outputs: it needs `train --from MODEL`"
+)
+
+
 def _keep_old(
     cfg: TrainConfig, classes: list[str], started_from: dict[str, Any] | None, run_dir: Path
 ) -> tuple[Path, list[int], float] | None:
@@ -269,10 +271,7 @@ def _keep_old(
     if not cfg.keep_old_outputs:
         return None
     if not started_from:
-        raise Invalid(
-            "keep_old_outputs holds the classes the start model knew to its outputs: it needs `train --from MODEL`",
-            code="invalid_config",
-        )
+        raise Invalid(_KEEP_NEEDS_FROM, code="invalid_config")
     known = [c for c in started_from.get("model_classes") or [] if c in classes]
     if not known:
         raise Invalid("keep_old_outputs: the start model knows none of the dataset's classes", code="invalid_config")
