@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,19 +104,10 @@ def test_keep_old_outputs_needs_from(tmp_path: Path) -> None:
 MOVE = {"plots": False, "nbs": 2, "warmup_epochs": 0, "lr0": 0.05, "optimizer": "SGD"}
 
 
-@pytest.mark.slow
-def test_old_class_drifts_less_when_held(tmp_path: Path) -> None:
-    """The same `train --from` fine-tune adding a class, twice from the same start: with
-    keep_old_outputs the old class's scores on the training photos stay closer to the start model's
-    than without (half the drift or less). Whether the added class still learns is a question for real
-    photos: benchmarks/learning_curve.py measures it (README)."""
-    import numpy as np
-    from PIL import Image
-    from ultralytics.nn.tasks import load_checkpoint
-
+def _runs_from_one_start(tmp_path: Path, variants: dict[str, dict[str, object]]) -> tuple[Any, Any, dict[str, Any]]:
+    """A tiny library, a model trained on its ``fire`` boxes alone, and one `train --from` run per
+    variant (tiny.yaml with those changes) adding ``accumulated_dust`` to it: (context, dataset, runs)."""
     from hazardlens.context import Context
-    from hazardlens.datasets.materialize import export_version
-    from hazardlens.orm import DatasetVersion
     from hazardlens.settings import Settings
     from hazardlens.training.train import train
     from tests.fixtures.training import fire_only_model, make_tiny_dataset, no_network, write_config
@@ -126,15 +118,38 @@ def test_old_class_drifts_less_when_held(tmp_path: Path) -> None:
     ref = fire_only_model(ctx, tiny, tmp_path)
     runs = {}
     with no_network():
-        for name, extra in (("free", {}), ("held", {"keep_old_outputs": 20.0})):
+        for name, changes in variants.items():
             runs[name] = train(
                 ctx,
                 tiny.ref,
-                write_config(tmp_path / f"{name}.yaml", epochs=3, ultralytics=MOVE, **extra),
+                write_config(tmp_path / f"{name}.yaml", **changes),
                 principal=tiny.principal,
                 start_from=ref,
                 run_id=name,
             )
+    return ctx, tiny, runs
+
+
+@pytest.mark.slow
+def test_old_class_drifts_less_when_held(tmp_path: Path) -> None:
+    """The same `train --from` fine-tune adding a class, twice from the same start: with
+    keep_old_outputs the old class's scores on the training photos stay closer to the start model's
+    than without (half the drift or less). Whether the added class still learns is a question for real
+    photos: benchmarks/learning_curve.py measures it (README)."""
+    import numpy as np
+    from PIL import Image
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from hazardlens.datasets.materialize import export_version
+    from hazardlens.orm import DatasetVersion
+
+    ctx, tiny, runs = _runs_from_one_start(
+        tmp_path,
+        {
+            "free": {"epochs": 3, "ultralytics": MOVE},
+            "held": {"epochs": 3, "ultralytics": MOVE, "keep_old_outputs": 20.0},
+        },
+    )
     with ctx.db.session() as s:
         dv = s.get(DatasetVersion, tiny.version_id)
         assert dv is not None
@@ -166,26 +181,13 @@ def test_hold_batchnorm_keeps_every_running_statistic(tmp_path: Path) -> None:
     the ones that train), while weights did move; without it the trained layers' statistics move."""
     from ultralytics.nn.tasks import load_checkpoint
 
-    from hazardlens.context import Context
-    from hazardlens.settings import Settings
-    from hazardlens.training.train import train
-    from tests.fixtures.training import fire_only_model, make_tiny_dataset, no_network, write_config
-
-    ctx = Context(Settings(home=tmp_path / "home"))
-    ctx.init()
-    tiny = make_tiny_dataset(ctx)
-    ref = fire_only_model(ctx, tiny, tmp_path)
-    runs = {}
-    with no_network():
-        for name, hold in (("moving", False), ("held", True)):
-            runs[name] = train(
-                ctx,
-                tiny.ref,
-                write_config(tmp_path / f"{name}.yaml", hold_batchnorm=hold, ultralytics=MOVE),
-                principal=tiny.principal,
-                start_from=ref,
-                run_id=name,
-            )
+    ctx, _, runs = _runs_from_one_start(
+        tmp_path,
+        {
+            "moving": {"hold_batchnorm": False, "ultralytics": MOVE},
+            "held": {"hold_batchnorm": True, "ultralytics": MOVE},
+        },
+    )
     ctx.close()
 
     def stats(weights: Path) -> dict[str, torch.Tensor]:
