@@ -109,7 +109,7 @@ class KeepOldOutputs:
         loss, items = self.criterion(preds, batch)
         if not torch.is_grad_enabled() or self.weight <= 0:
             return loss, items  # validation losses stay the plain detection loss
-        student = preds[1] if isinstance(preds, tuple) else preds
+        student = self.criterion.parse_output(preds)  # the training dict, as the detection loss reads it
         teacher = teacher_outputs(self.teacher, batch["img"])
         score_term, box_term = distill_terms(
             student["scores"],
