@@ -22,7 +22,9 @@ arguments (``configs/train/add_class.yaml``: a fine-tune with the backbone froze
 classification layer train, so the old classes stay exactly as they were (training/keep_classes.py);
 with ``keep_old_outputs`` (``configs/train/add_class_keep.yaml``) every class but ``head`` is held to
 the start model's outputs while everything trains (training/distill.py), and with ``hold_batchnorm``
-the BatchNorm statistics stay the start model's.
+the BatchNorm statistics stay the start model's; with ``branch_classes``
+(``configs/train/add_class_branch.yaml``) the fine-tune is grafted onto the start model as a branch
+answering for ``head`` only (training/branch.py), and the grafted model is what is scored.
 Reported per N: head AP50 on held-out hardhat-workers photos (``--new-split``: ``val`` to choose a
 recipe, ``test`` to report it), and the old classes' AP50 on held-out photos of the old sources
 (``--old-split``), beside the starting model's, measured in the same run.
@@ -138,7 +140,13 @@ def _train(weights: Path, folder: Path, names: list[str], args: argparse.Namespa
         trainer.add_callback(event, threads)
     threads(None)
     trainer.train()
-    return folder / "run" / "weights" / "last.pt"
+    last = folder / "run" / "weights" / "last.pt"
+    if args.recipe.branch_classes:
+        from hazardlens.training.branch import graft, trunk_size
+
+        # the fine-tune grafted onto the start model, answering for the simulated new class only
+        return graft(weights, last, ["head"], trunk_size(args.recipe.ultralytics), folder / "branched.pt")
+    return last
 
 
 def main() -> None:
@@ -207,6 +215,7 @@ def main() -> None:
         "train_only_classes": args.recipe.train_only_classes,
         "keep_old_outputs": args.recipe.keep_old_outputs,
         "hold_batchnorm": args.recipe.hold_batchnorm,
+        "branch_classes": args.recipe.branch_classes,
         "imgsz": args.imgsz,
         "seed": args.seed,
         "new_pool": len(new_pool),
@@ -281,6 +290,8 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
     how = "new class's rows only" if args.recipe.train_only_classes else "fine-tune"
     if args.recipe.keep_old_outputs:
         how = f"fine-tune, old outputs held x{args.recipe.keep_old_outputs:g}"
+    if args.recipe.branch_classes:
+        how = "fine-tune grafted as a branch"
     ax.set_title(
         f"Adding a class ({how}): {args.recipe.epochs} epochs from production, replay {args.replay}", fontsize=9
     )

@@ -90,6 +90,7 @@ def test_the_record_shape_is_unchanged() -> None:
         "train_caps": {"fire": 0},
         "train_repeat": {"head": 2},
         "train_only_classes": None,  # added later; left out of the hash when unset (the hashes above)
+        "branch_classes": None,  # likewise
         "keep_old_outputs": None,  # likewise
         "hold_batchnorm": False,  # likewise
         "device": "cpu",

@@ -57,7 +57,10 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
     new_names = [str(n) for n in new_names]
     if len(set(new_names)) != len(new_names):
         raise Invalid("the new class list has duplicates", code="invalid_classes")
+    from hazardlens.training.branch import unbranched
+
     model, ckpt = load_checkpoint(str(weights))
+    model = unbranched(model)  # a branched model is trained from its base layers (training/branch.py)
     old_names = _names(model)
     dropped = [n for n in old_names if n not in new_names]
     if dropped:

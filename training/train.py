@@ -92,6 +92,7 @@ def train(
         )
     device = resolve_device(cfg.device)
     _check_train_only(cfg, classes, start_from)
+    _check_branch(cfg, classes, start_from, resume)
     if cfg.keep_old_outputs and start_from is None and not resume:
         raise Invalid(_KEEP_NEEDS_FROM, code="invalid_config")
 
@@ -183,6 +184,10 @@ def train(
     final = clean_metrics(trainer.metrics or {})
     best = run_dir / "weights" / "best.pt"
     last = run_dir / "weights" / "last.pt"
+    if cfg.branch_classes and best.is_file():
+        if progress:
+            progress(0.99, "grafting the fine-tune onto the start model as a branch")
+        best, final, info["branch"] = _graft(cfg, classes, info.get("started_from"), best, data_yaml, final)
     info.update(
         status="completed",
         finished_at=now_iso(),
@@ -257,6 +262,63 @@ def _train_only_ids(cfg: TrainConfig, classes: list[str], started_from: dict[str
     return class_ids(classes, list(wanted))
 
 
+def _check_branch(cfg: TrainConfig, classes: list[str], start_from: str | None, resume: bool) -> None:
+    """``branch_classes`` needs ``--from`` (the model to graft onto), a frozen trunk and classes of this
+    dataset: refused before a run folder exists."""
+    if not cfg.branch_classes:
+        return
+    from hazardlens.training.branch import trunk_size
+
+    if start_from is None and not resume:
+        raise Invalid(
+            "branch_classes grafts the fine-tune onto the model it started from: it needs `train --from MODEL`",
+            code="invalid_config",
+        )
+    trunk_size(cfg.ultralytics)
+    if isinstance(cfg.branch_classes, list):
+        class_ids(classes, cfg.branch_classes)
+
+
+def _graft(
+    cfg: TrainConfig,
+    classes: list[str],
+    started_from: dict[str, Any] | None,
+    best: Path,
+    data_yaml: Path,
+    student_metrics: dict[str, float],
+) -> tuple[Path, dict[str, float], dict[str, Any]]:
+    """The run's result as a branch of the model it started from (training/branch.py), validated on the
+    dataset's validation split like best.pt was: (weights, their metrics, what the run records)."""
+    from hazardlens.training.branch import graft, trunk_size
+
+    if not started_from:
+        raise Invalid("branch_classes: the run did not start from a model (`train --from`)", code="invalid_config")
+    owned = cfg.branch_classes
+    if owned == "added":
+        owned = list(started_from.get("added_classes") or [])
+        if not owned:
+            raise Invalid(
+                "branch_classes: added, but the dataset has no class the model lacks: the branch would answer for "
+                "nothing",
+                code="invalid_config",
+            )
+    assert isinstance(owned, list)
+    trunk = trunk_size(cfg.ultralytics)
+    grafted = graft(started_from["weights"], best, owned, trunk, best.with_name("branched.pt"))
+    metrics = _validate(grafted, data_yaml, cfg)
+    return grafted, metrics, {"classes": owned, "trunk": trunk, "student": str(best), "student_val": student_metrics}
+
+
+def _validate(weights: Path, data_yaml: Path, cfg: TrainConfig) -> dict[str, float]:
+    """Ultralytics' validation of ``weights`` on the dataset's validation split, as the trainer reports it."""
+    from ultralytics import YOLO
+
+    result = YOLO(str(weights)).val(
+        data=str(data_yaml), split="val", imgsz=cfg.imgsz, batch=cfg.batch, plots=False, verbose=False, workers=0
+    )
+    return clean_metrics(dict(result.results_dict))
+
+
 _KEEP_NEEDS_FROM = (
     "keep_old_outputs holds the classes the start model knew to its outputs: it needs `train --from MODEL`"
 )
@@ -281,6 +343,7 @@ def _keep_old(
 def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The weights a ``--from`` run starts from: the model itself, or its expansion to the dataset's
     classes (old classes keep their weights; see training/expand.py)."""
+    from hazardlens.training.branch import branched
     from hazardlens.training.evaluate import resolve_model
     from hazardlens.training.expand import expand_classes, model_classes
 
@@ -288,7 +351,7 @@ def _start_weights(ctx: Context, ref: str, classes: list[str], run_dir: Path) ->
     known = list(info.get("classes") or model_classes(weights))
     added = [c for c in classes if c not in known]
     start = run_dir / "start.pt"
-    if added or known != classes:
+    if added or known != classes or branched(weights):  # a branched model trains from its base layers
         expand_classes(weights, classes, start)
     else:
         shutil.copyfile(weights, start)
@@ -353,6 +416,7 @@ def _register(
             "seed": cfg.seed,
             "resumed": resumed,
             "started_from": info.get("started_from"),
+            "branch": info.get("branch"),
         },
     }
     with ctx.db.session() as session:

@@ -159,6 +159,27 @@ class TrainConfig(BaseModel):
             "(the classes `train --from` adds), not {v!r}",
         ),
     ] = None
+    #: Graft the fine-tune onto the start model as a branch of its own (training/branch.py,
+    #: models/branched.py): the start model keeps answering for the classes it had, exactly, and the
+    #: fine-tuned layers after the frozen trunk (``ultralytics.freeze``) answer for these classes. A
+    #: list of class keys, or ``added``: the classes ``train --from`` added. Needs ``train --from``.
+    branch_classes: Annotated[
+        list[str] | str | None,
+        _check(
+            lambda v: (
+                v is None
+                or v == "added"
+                or (
+                    isinstance(v, list)
+                    and bool(v)
+                    and all(isinstance(c, str) and c for c in v)
+                    and len(set(v)) == len(v)
+                )
+            ),
+            "'branch_classes' is a list of distinct class keys, e.g. [explosion_vent], or 'added' "
+            "(the classes `train --from` adds), not {v!r}",
+        ),
+    ] = None
     #: Learning without forgetting (training/distill.py): with ``train --from``, the classes the start
     #: model already had are held to its outputs on every training image (their scores everywhere,
     #: the box distributions where it is confident of them), with this weight beside the detection
@@ -208,9 +229,9 @@ class TrainConfig(BaseModel):
         return d
 
     def sha256(self) -> str:
-        # train_repeat, train_only_classes, keep_old_outputs and hold_batchnorm joined the config later:
-        # leaving them out when unset keeps earlier runs' hashes
-        later = ("train_repeat", "train_only_classes", "keep_old_outputs", "hold_batchnorm")
+        # train_repeat, train_only_classes, branch_classes, keep_old_outputs and hold_batchnorm joined the
+        # config later: leaving them out when unset keeps earlier runs' hashes
+        later = ("train_repeat", "train_only_classes", "branch_classes", "keep_old_outputs", "hold_batchnorm")
         body = {k: v for k, v in self.to_dict().items() if k != "source" and not (k in later and v in (None, False))}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
