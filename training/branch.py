@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +102,9 @@ def _check_trunk(base: Any, student: Any, trunk: int) -> None:
 def graft(start: Path | str, student: Path | str, owned: Sequence[str], trunk: int, out: Path | str) -> Path:
     """Write to ``out`` the start model (plain or already branched) with the student's layers after
     the trunk added as a branch answering for ``owned``; the model's classes become the student's."""
-    import torch
     from ultralytics.nn.tasks import load_checkpoint
+
+    from hazardlens.training.expand import save_checkpoint
 
     base_model, _ = load_checkpoint(str(start))
     student_model, student_ckpt = load_checkpoint(str(student))
@@ -130,24 +130,17 @@ def graft(start: Path | str, student: Path | str, owned: Sequence[str], trunk: i
     base_model.save = sorted(set(base_model.save) | set(head.trunk_inputs))
     base_model.names = dict(enumerate(names))
     base_model.nc = len(names)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model": base_model.half(),
-            "train_args": dict(student_ckpt.get("train_args") or {}),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "version": student_ckpt.get("version"),
-            "hazardlens_branched": {
-                "start": str(start),
-                "student": str(student),
-                "trunk": trunk,
-                "branches": [{"classes": o} for o in head.owned],
-            },
-        },
+    return save_checkpoint(
+        base_model,
+        student_ckpt,
         out,
+        hazardlens_branched={
+            "start": str(start),
+            "student": str(student),
+            "trunk": trunk,
+            "branches": [{"classes": o} for o in head.owned],
+        },
     )
-    return out
 
 
 __all__ = ["branched", "graft", "trunk_size", "unbranched"]

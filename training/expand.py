@@ -99,19 +99,27 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
         model.yaml["nc"] = nc_new
     model.names = dict(enumerate(new_names))
     model.nc = nc_new
+    return save_checkpoint(model, ckpt, out, hazardlens_expanded_from={"weights": str(weights), "classes": old_names})
+
+
+def save_checkpoint(model: Any, like: dict[str, Any], out: Path | str, **records: Any) -> Path:
+    """Save ``model`` as an Ultralytics checkpoint (half precision, like its own) at ``out``, with the
+    training arguments and version of the checkpoint ``like`` and what hazardlens did to it (``records``)."""
+    import torch
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "model": model.half(),
-            "train_args": dict(ckpt.get("train_args") or {}),
+            "train_args": dict(like.get("train_args") or {}),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "version": ckpt.get("version"),
-            "hazardlens_expanded_from": {"weights": str(weights), "classes": old_names},
+            "version": like.get("version"),
+            **records,
         },
         out,
     )
     return out
 
 
-__all__ = ["expand_classes", "model_classes"]
+__all__ = ["expand_classes", "model_classes", "save_checkpoint"]

@@ -76,6 +76,19 @@ def _non_negative(key: str) -> BeforeValidator:
     return _check(lambda v: _whole(v) and v >= 0, f"'{key}' must be a non-negative integer, not {{v!r}}")
 
 
+def _class_keys_or_added(key: str) -> BeforeValidator:
+    """A list of distinct class keys, or ``added`` (the classes ``train --from`` adds)."""
+    return _check(
+        lambda v: (
+            v is None
+            or v == "added"
+            or (isinstance(v, list) and bool(v) and all(isinstance(c, str) and c for c in v) and len(set(v)) == len(v))
+        ),
+        f"'{key}' is a list of distinct class keys, e.g. [explosion_vent], or 'added' "
+        "(the classes `train --from` adds), not {v!r}",
+    )
+
+
 def _imgsz(value: Any) -> Any:
     if _whole(value) and value % 32:
         raise ValueError(f"'imgsz' must be a multiple of 32 (the model's stride), not {value}")
@@ -142,44 +155,12 @@ class TrainConfig(BaseModel):
     #: Train only these classes' rows of the final classification layer; every other weight stays the
     #: start model's, so its other classes score exactly as before (training/keep_classes.py). A list of
     #: class keys, or ``added``: the classes ``train --from`` added to the model.
-    train_only_classes: Annotated[
-        list[str] | str | None,
-        _check(
-            lambda v: (
-                v is None
-                or v == "added"
-                or (
-                    isinstance(v, list)
-                    and bool(v)
-                    and all(isinstance(c, str) and c for c in v)
-                    and len(set(v)) == len(v)
-                )
-            ),
-            "'train_only_classes' is a list of distinct class keys, e.g. [explosion_vent], or 'added' "
-            "(the classes `train --from` adds), not {v!r}",
-        ),
-    ] = None
+    train_only_classes: Annotated[list[str] | str | None, _class_keys_or_added("train_only_classes")] = None
     #: Graft the fine-tune onto the start model as a branch of its own (training/branch.py,
     #: models/branched.py): the start model keeps answering for the classes it had, exactly, and the
     #: fine-tuned layers after the frozen trunk (``ultralytics.freeze``) answer for these classes. A
     #: list of class keys, or ``added``: the classes ``train --from`` added. Needs ``train --from``.
-    branch_classes: Annotated[
-        list[str] | str | None,
-        _check(
-            lambda v: (
-                v is None
-                or v == "added"
-                or (
-                    isinstance(v, list)
-                    and bool(v)
-                    and all(isinstance(c, str) and c for c in v)
-                    and len(set(v)) == len(v)
-                )
-            ),
-            "'branch_classes' is a list of distinct class keys, e.g. [explosion_vent], or 'added' "
-            "(the classes `train --from` adds), not {v!r}",
-        ),
-    ] = None
+    branch_classes: Annotated[list[str] | str | None, _class_keys_or_added("branch_classes")] = None
     #: Learning without forgetting (training/distill.py): with ``train --from``, the classes the start
     #: model already had are held to its outputs on every training image (their scores everywhere,
     #: the box distributions where it is confident of them), with this weight beside the detection
