@@ -133,11 +133,13 @@ def register(app: typer.Typer) -> None:
             help="start from a registered model (production, "
             "NAME:VERSION) or a .pt instead of the "
             "config's model; classes the dataset adds are "
-            "appended to its head, the old ones kept",
+            "appended to its head, the old ones kept (a config "
+            "with branch_classes grafts the result onto it as a branch)",
         ),
         org: str = typer.Option("000000", "--org", help=ORG_HELP),
     ) -> None:
-        """Train a detector on a dataset version (offline); registers best.pt as a candidate."""
+        """Train a detector on a dataset version (offline); registers best.pt (with branch_classes: its
+        graft onto the --from model) as a candidate."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from hazardlens.training.train import train as do_train
