@@ -10,8 +10,8 @@ branched model is reported as p50 latency and as a ratio to it. ``--student`` gr
 (a run's ``weights/best.pt``); without it a stand-in is made from the production model (widened by a
 class, every layer after the trunk perturbed): time depends on the layers, not on what they learnt.
 Photos: ``--count`` from ../shared/data/sfchd-ppe/images, else generated ones of the same size. One
-photo at a time (a lone inspector's request), after warm-up; the figures swing on a busy machine,
-the ratios much less.
+photo at a time (a lone inspector's request), after warm-up, the models taking turns photo by photo;
+the figures swing on a busy machine, the ratios much less.
 """
 
 from __future__ import annotations
@@ -55,15 +55,20 @@ def _stand_in(weights: Path, out: Path, trunk: int, added: str, seed: int) -> Pa
     return out
 
 
-def _p50(engine: object, photos: list[np.ndarray]) -> float:
-    for photo in photos[:5]:
-        engine.predict([photo])  # type: ignore[attr-defined]
-    times = []
-    for photo in photos:
-        started = time.perf_counter()
-        engine.predict([photo])  # type: ignore[attr-defined]
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+def _interleaved_p50(engines: dict[str, object], photos: list[np.ndarray]) -> dict[str, float]:
+    """p50 latency per engine, the engines taking turns photo by photo (so that a busy moment of the
+    machine falls on all of them alike, not on whichever was being timed)."""
+    for engine in engines.values():
+        for photo in photos[:5]:
+            engine.predict([photo])  # type: ignore[attr-defined]
+    times: dict[str, list[float]] = {label: [] for label in engines}
+    for i, photo in enumerate(photos):
+        order = list(engines.items())
+        for label, engine in order[i % len(order) :] + order[: i % len(order)]:
+            started = time.perf_counter()
+            engine.predict([photo])  # type: ignore[attr-defined]
+            times[label].append((time.perf_counter() - started) * 1000)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def main() -> None:
@@ -101,19 +106,22 @@ def main() -> None:
     photos = _photos(args.count)
     streams, threads = plan_streams()
     print(f"{len(photos)} photos, imgsz {args.imgsz}, one at a time; {streams} streams x {threads} threads")
-    results: dict[str, dict[str, float]] = {}
-    for label, weights in models.items():
-        onnx = export_onnx(weights, work / f"{weights.stem}.onnx", args.imgsz)
-        keys = model_classes(weights)
-        for kind in args.engines.split(","):
-            engine = (
-                OnnxEngine(onnx, keys, args.imgsz, device="cpu")
+    results: dict[str, dict[str, float]] = {label: {} for label in models}
+    exports = {label: export_onnx(w, work / f"{w.stem}.onnx", args.imgsz) for label, w in models.items()}
+    for kind in args.engines.split(","):
+        engines = {
+            label: (
+                OnnxEngine(onnx, model_classes(models[label]), args.imgsz, device="cpu")
                 if kind == "onnx"
-                else OpenVinoEngine(onnx, keys, args.imgsz)
+                else OpenVinoEngine(onnx, model_classes(models[label]), args.imgsz)
             )
-            try:
-                results.setdefault(label, {})[kind] = _p50(engine, photos)
-            finally:
+            for label, onnx in exports.items()
+        }
+        try:
+            for label, p50 in _interleaved_p50(engines, photos).items():
+                results[label][kind] = p50
+        finally:
+            for engine in engines.values():
                 engine.close()
     anchor = results["production (anchor)"]
     print("| model | " + " | ".join(f"{k} p50 ms | x production" for k in args.engines.split(",")) + " |")
