@@ -2,8 +2,8 @@
 against the number of images a curator labelled, and what the old classes lose meanwhile.
 
     .venv/bin/python benchmarks/learning_curve.py --export DIR [--weights models/baseline/baseline.pt]
-        [--counts 25 50 100 200] [--replay 120] [--config configs/train/add_class_keep.yaml]
-        [--new-split test] [--old-split val] [--out var/learning_curve] [--png docs/learning-curve-head-keep.png]
+        [--counts 25 50 100 200] [--replay 120] [--config configs/train/add_class_branch.yaml]
+        [--new-split test] [--old-split val] [--out var/learning_curve] [--png docs/learning-curve-head-branch.png]
 
 ``DIR`` is the product's materialised YOLO export of the dataset version ``combined`` (the folder
 ``hazardlens train`` writes under ``<home>/cache/datasets/``; its ``unlabeled_classes.json`` marks the
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        default=ROOT / "configs" / "train" / "add_class_keep.yaml",
+        default=ROOT / "configs" / "train" / "add_class_branch.yaml",
         help="the recipe (epochs, close_mosaic, ultralytics arguments, train_only_classes)",
     )
     parser.add_argument(
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "learning_curve")
-    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "learning-curve-head-keep.png")
+    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "learning-curve-head-branch.png")
     args = parser.parse_args()
     from hazardlens.training.config import load_config
 
