@@ -157,8 +157,13 @@ def test_graft_refuses_a_fine_tune_that_moved_the_trunk(tiny_yolo_pt: Path, tmp_
         graft(tiny_yolo_pt, student, ["ladle"], TRUNK, tmp_path / "branched.pt")
     assert err.value.code == "not_a_branch" and "model.3." in err.value.message
     assert not (tmp_path / "branched.pt").exists()
+    fine = _student(tiny_yolo_pt, tmp_path / "s.pt", "ladle", 5)
     with pytest.raises(Invalid):
-        graft(tiny_yolo_pt, _student(tiny_yolo_pt, tmp_path / "s.pt", "ladle", 5), ["vent"], TRUNK, tmp_path / "x.pt")
+        graft(tiny_yolo_pt, fine, ["vent"], TRUNK, tmp_path / "x.pt")  # a class the fine-tune does not have
+    with pytest.raises(Invalid) as err:
+        graft(tiny_yolo_pt, fine, ["ladle"], 30, tmp_path / "x.pt")  # nothing left after the trunk
+    assert err.value.code == "not_a_branch" and "no neck" in err.value.message
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_a_branched_model_refuses_to_train(tiny_yolo_pt: Path, tmp_path: Path) -> None:

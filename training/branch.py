@@ -118,6 +118,11 @@ def graft(start: Path | str, student: Path | str, owned: Sequence[str], trunk: i
     if dropped:
         raise Invalid(f"the fine-tune lacks classes the start model has: {', '.join(dropped)}", code="classes_dropped")
     plain = unbranched(base_model)
+    if not 0 < trunk < len(plain.model) - 1:
+        raise Invalid(
+            f"a trunk of {trunk} layers leaves no neck and head to graft (the model has {len(plain.model)} layers)",
+            code="not_a_branch",
+        )
     _check_trunk(plain, student_model, trunk)
     layers = [copy.deepcopy(m) for m in student_model.model[trunk:]]
     branch = Branch(layers, _trunk_inputs(layers, trunk), names)
