@@ -230,6 +230,30 @@ def test_branch_runs_are_refused_before_a_run_exists(
     ctx.close()
 
 
+def test_branch_of_added_classes_is_refused_before_training_when_nothing_is_added(tmp_path: Path) -> None:
+    """`branch_classes: added` from a model that already has every class of the dataset: the branch would
+    answer for nothing; refused right after the start weights are resolved, before any epoch."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from hazardlens.models.ultralytics_env import prepare_ultralytics
+    from hazardlens.training.runs import runs_root
+    from hazardlens.training.train import train
+    from tests.fixtures.training import write_config
+
+    prepare_ultralytics()
+    ctx, tiny = _library(tmp_path)
+    model = DetectionModel("yolo11n.yaml", nc=2, verbose=False)
+    model.names = {0: "accumulated_dust", 1: "fire"}
+    torch.save({"model": model.half(), "train_args": {"imgsz": 64}}, tmp_path / "both.pt")
+    config = write_config(tmp_path / "c.yaml", branch_classes="added", ultralytics={"freeze": TRUNK})
+    with pytest.raises(Invalid) as err:
+        train(ctx, tiny.ref, config, principal=tiny.principal, start_from=str(tmp_path / "both.pt"), run_id="none")
+    assert err.value.code == "invalid_config" and "answer for nothing" in err.value.message
+    assert (runs_root(ctx) / "none").is_dir()  # the run folder was made (the start weights live there) ...
+    assert not (runs_root(ctx) / "none" / "weights").exists()  # ... but no epoch ran
+    ctx.close()
+
+
 @pytest.mark.slow
 def test_train_from_with_branch_classes_registers_a_graft(tmp_path: Path) -> None:
     """`train --from` a registered model with branch_classes: added: the registered candidate is the

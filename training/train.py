@@ -133,6 +133,8 @@ def train(
         }
         if start_from is not None:
             start, info["started_from"] = _start_weights(ctx, start_from, classes, run_dir)
+            if cfg.branch_classes:
+                _branch_owned(cfg, info["started_from"])  # before hours of training, not after
             cfg = cfg.model_copy(update={"model": str(start)})
     write_json(run_dir / "run.json", info)
 
@@ -293,20 +295,24 @@ def _graft(
 
     if not started_from:
         raise Invalid("branch_classes: the run did not start from a model (`train --from`)", code="invalid_config")
-    owned = cfg.branch_classes
-    if owned == "added":
-        owned = list(started_from.get("added_classes") or [])
-        if not owned:
-            raise Invalid(
-                "branch_classes: added, but the dataset has no class the model lacks: the branch would answer for "
-                "nothing",
-                code="invalid_config",
-            )
-    assert isinstance(owned, list)
+    owned = _branch_owned(cfg, started_from)
     trunk = trunk_size(cfg.ultralytics)
     grafted = graft(started_from["weights"], best, owned, trunk, best.with_name("branched.pt"))
     metrics = _validate(grafted, data_yaml, cfg)
     return grafted, metrics, {"classes": owned, "trunk": trunk, "student": str(best), "student_val": student_metrics}
+
+
+def _branch_owned(cfg: TrainConfig, started_from: dict[str, Any] | None) -> list[str]:
+    """The classes the branch answers for: the config's list, or the classes ``--from`` added."""
+    if isinstance(cfg.branch_classes, list):
+        return list(cfg.branch_classes)
+    owned = [str(c) for c in (started_from or {}).get("added_classes") or []]
+    if not owned:
+        raise Invalid(
+            "branch_classes: added, but the dataset has no class the model lacks: the branch would answer for nothing",
+            code="invalid_config",
+        )
+    return owned
 
 
 def _validate(weights: Path, data_yaml: Path, cfg: TrainConfig) -> dict[str, float]:
