@@ -177,6 +177,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "empty_dataset": _c(422, "the dataset version has no classes"),
     "empty_split": _c(422, "the dataset version lacks train or val images"),
     "classes_dropped": _c(422, "expanding a model's classes would drop classes it knows"),
+    "not_a_branch": _c(
+        422, "a fine-tune that cannot be grafted onto its start model: its trunk moved, or none is left"
+    ),
     "invalid_repeat": _c(422, "train_repeat names classes the dataset lacks"),
     "materialise_failed": _c(422, "the YOLO export of a version produced no data.yaml"),
     "materialise_mismatch": _c(422, "the materialised split disagrees with the version"),

@@ -112,7 +112,10 @@ def graft(start: Path | str, student: Path | str, owned: Sequence[str], trunk: i
     names = _names(student_model)
     missing = [c for c in owned if c not in names]
     if missing or not owned:
-        raise Invalid(f"the branch's classes are not the fine-tune's: {', '.join(missing) or 'none given'}")
+        raise Invalid(
+            f"the branch's classes are not the fine-tune's: {', '.join(missing) or 'none given'}",
+            code="invalid_classes",
+        )
     known = _names(base_model)
     dropped = [c for c in known if c not in names]
     if dropped:
