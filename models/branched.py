@@ -19,7 +19,7 @@ engines' decoding all work unchanged. Building one from a fine-tune is training/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,8 +52,9 @@ class Branch(nn.Module):
         self.inputs = [int(i) for i in inputs]  # trunk layers it reads, in the order BranchedDetect passes them
         self.names = [str(n) for n in names]  # the classes of its Detect head, in index order
 
-    def forward(self, trunk: Sequence[torch.Tensor]) -> Any:
-        outputs: dict[int, Any] = dict(zip(self.inputs, trunk, strict=True))
+    def forward(self, trunk: Mapping[int, torch.Tensor]) -> Any:
+        """The branch's Detect output, from the trunk outputs by layer index (those in ``inputs``)."""
+        outputs: dict[int, Any] = {i: trunk[i] for i in self.inputs}
         x: Any = None
         layers: Any = self.layers
         for layer in layers:
@@ -148,7 +149,7 @@ class BranchedDetect(nn.Module):
         parts = [self._place(_decoded(base_out), 0)]
         branches: Any = self.branches
         for k, branch in enumerate(branches, start=1):
-            parts.append(self._place(_decoded(branch([trunk[i] for i in branch.inputs])), k))
+            parts.append(self._place(_decoded(branch(trunk)), k))
         y = torch.cat(parts, 2)
         return (y, base_out[1]) if isinstance(base_out, tuple) else y
 

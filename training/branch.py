@@ -21,13 +21,7 @@ from typing import Any
 
 from hazardlens.errors import Invalid
 from hazardlens.models.branched import Branch, BranchedDetect, is_branched
-
-
-def _names(model: Any) -> list[str]:
-    names = getattr(model, "names", None) or {}
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
-    return [str(n) for n in names]
+from hazardlens.training.expand import class_names, save_checkpoint
 
 
 def trunk_size(ultralytics_args: dict[str, Any]) -> int:
@@ -104,29 +98,28 @@ def graft(start: Path | str, student: Path | str, owned: Sequence[str], trunk: i
     the trunk added as a branch answering for ``owned``; the model's classes become the student's."""
     from ultralytics.nn.tasks import load_checkpoint
 
-    from hazardlens.training.expand import save_checkpoint
-
     base_model, _ = load_checkpoint(str(start))
     student_model, student_ckpt = load_checkpoint(str(student))
     base_model, student_model = base_model.float().eval(), student_model.float().eval()
-    names = _names(student_model)
+    names = class_names(student_model)
     missing = [c for c in owned if c not in names]
     if missing or not owned:
         raise Invalid(
             f"the branch's classes are not the fine-tune's: {', '.join(missing) or 'none given'}",
             code="invalid_classes",
         )
-    known = _names(base_model)
+    known = class_names(base_model)
     dropped = [c for c in known if c not in names]
     if dropped:
         raise Invalid(f"the fine-tune lacks classes the start model has: {', '.join(dropped)}", code="classes_dropped")
-    plain = unbranched(base_model)
-    if not 0 < trunk < len(plain.model) - 1:
+    # the trunk and the layer count of a branched start are its base model's: no need to unbranch it here
+    layer_count = len(base_model.model)
+    if not 0 < trunk < layer_count - 1:
         raise Invalid(
-            f"a trunk of {trunk} layers leaves no neck and head to graft (the model has {len(plain.model)} layers)",
+            f"a trunk of {trunk} layers leaves no neck and head to graft (the model has {layer_count} layers)",
             code="not_a_branch",
         )
-    _check_trunk(plain, student_model, trunk)
+    _check_trunk(base_model, student_model, trunk)
     layers = [copy.deepcopy(m) for m in student_model.model[trunk:]]
     branch = Branch(layers, _trunk_inputs(layers, trunk), names)
     if is_branched(base_model):

@@ -32,7 +32,8 @@ def cls_heads(detect: Any) -> list[Any]:
     return heads
 
 
-def _names(model: Any) -> list[str]:
+def class_names(model: Any) -> list[str]:
+    """An Ultralytics model's class names, in index order."""
     names = getattr(model, "names", None) or {}
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names)]
@@ -43,7 +44,7 @@ def model_classes(weights: Path | str) -> list[str]:
     """The class names a checkpoint was trained on, in index order."""
     from ultralytics.nn.tasks import load_checkpoint
 
-    return _names(load_checkpoint(str(weights))[0])
+    return class_names(load_checkpoint(str(weights))[0])
 
 
 def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | str) -> Path:
@@ -61,7 +62,7 @@ def expand_classes(weights: Path | str, new_names: Sequence[str], out: Path | st
 
     model, ckpt = load_checkpoint(str(weights))
     model = unbranched(model)  # a branched model is trained from its base layers (training/branch.py)
-    old_names = _names(model)
+    old_names = class_names(model)
     dropped = [n for n in old_names if n not in new_names]
     if dropped:
         raise Invalid(
@@ -122,4 +123,4 @@ def save_checkpoint(model: Any, like: dict[str, Any], out: Path | str, **records
     return out
 
 
-__all__ = ["expand_classes", "model_classes", "save_checkpoint"]
+__all__ = ["class_names", "expand_classes", "model_classes", "save_checkpoint"]
